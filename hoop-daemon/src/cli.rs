@@ -1,0 +1,195 @@
+//! The `hoop` command line: one binary for the daemon and its clients.
+use std::{
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::Config,
+    control::{Request, Response, Status, client_request},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "hoop", version, about = "Transparent, eBPF-enforced access gateway for automation jobs")]
+pub struct Cli {
+    /// Config file. Default: /etc/hoop/hoop.toml if it exists, else the embedded defaults.
+    #[arg(long, global = true, env = "HOOP_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the gateway daemon (as root).
+    Daemon,
+    /// Run CMD as a job: every TCP connect it makes goes through the daemon.
+    Run {
+        /// Identity name to record for the job.
+        #[arg(long)]
+        identity: Option<String>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Show the daemon, attached programs, jobs and live connections.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove hoop's kernel programs and pinned maps (with the daemon stopped).
+    Detach,
+    /// Validate a config file (default: the one the daemon would use).
+    CheckConfig { path: Option<PathBuf> },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hoop: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::CheckConfig { path } = &cli.command {
+        let cfg = Config::load(path.as_deref().or(cli.config.as_deref()))?;
+        println!("{}: ok", cfg.source.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Cmd::Daemon => {
+            init_logging();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { identity, command } => run(&cfg, identity, command),
+        Cmd::Status { json } => {
+            let status = match request(&cfg, &Request::Status)? {
+                Response::Status(s) => s,
+                other => bail!("unexpected answer: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Detach => detach(&cfg),
+        Cmd::CheckConfig { .. } => unreachable!(),
+    }
+}
+
+fn request(cfg: &Config, req: &Request) -> Result<Response> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match rt.block_on(client_request(&cfg.control_socket(), req))? {
+        Response::Error { message } => bail!("{message}"),
+        ok => Ok(ok),
+    }
+}
+
+/// Asks the daemon to put this very process into a new job cgroup, then
+/// becomes CMD: the job's exit code is CMD's, with nothing in between.
+fn run(cfg: &Config, identity: Option<String>, command: Vec<String>) -> Result<ExitCode> {
+    let resp = request(cfg, &Request::Run { identity, command: command.clone() })?;
+    let Response::Run { .. } = resp else { bail!("unexpected answer: {resp:?}") };
+    let err = Command::new(&command[0]).args(&command[1..]).exec();
+    eprintln!("hoop: cannot run {}: {err}", command[0]);
+    Ok(ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }))
+}
+
+fn detach(cfg: &Config) -> Result<ExitCode> {
+    if let Ok(Response::Status(s)) = request(cfg, &Request::Status) {
+        bail!(
+            "the hoop daemon (pid {}) is running; stop it first (systemctl stop hoop), then \
+             run `hoop detach` again",
+            s.pid
+        );
+    }
+    let removed = crate::capture::detach(&cfg.capture.bpf_pin_dir)
+        .with_context(|| format!("removing pins under {}", cfg.capture.bpf_pin_dir.display()))?;
+    for p in &removed {
+        println!("removed {}", p.display());
+    }
+    if let Ok(mount) = crate::capture::cgroup::discover_mount() {
+        let root = mount.join(&cfg.capture.cgroup);
+        remove_empty_cgroups(&root);
+    }
+    println!("hoop detached: no programs or maps remain under {}", cfg.capture.bpf_pin_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes job cgroups that are empty and the root if it is then empty. A
+/// cgroup that still has processes is left (and reported).
+fn remove_empty_cgroups(root: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("job-")) {
+                match std::fs::remove_dir(&p) {
+                    Ok(()) => println!("removed {}", p.display()),
+                    Err(err) => eprintln!("hoop: left {} in place: {err}", p.display()),
+                }
+            }
+        }
+    }
+    if root.exists() && std::fs::remove_dir(root).is_ok() {
+        println!("removed {}", root.display());
+    }
+}
+
+fn print_status(s: &Status) {
+    println!("daemon     pid {} (config {})", s.pid, s.config);
+    println!("cgroup     {} (id {})", s.root_cgroup, s.root_cgroup_id);
+    println!("listen     {}", s.listen.join(" "));
+    println!("pins       {}", s.pin_dir);
+    println!("programs");
+    for l in &s.links {
+        println!("  {:<20} link {:<6} prog {:<6}{}", l.program, l.link_id, l.prog_id, if l.reused { " (reused)" } else { "" });
+    }
+    println!("jobs ({})", s.jobs.len());
+    for j in &s.jobs {
+        println!(
+            "  {}  identity {}  pid {}  denied {}  {}",
+            j.job.id,
+            j.job.identity,
+            j.job.pid,
+            j.denied,
+            j.job.command.join(" ")
+        );
+    }
+    println!("connections ({})", s.connections.len());
+    for c in &s.connections {
+        println!(
+            "  #{:<5} {} -> {}  pid {} {}",
+            c.id,
+            c.job.as_deref().unwrap_or("-"),
+            c.orig_dst,
+            c.pid,
+            c.exe.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("HOOP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,241 @@
+//! Configuration: embedded defaults, optionally overridden by a TOML file.
+//! Unknown keys are errors, and every error names the file, line and key.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// The defaults, shipped inside the binary and documented in place.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+/// Read when no `--config` is given, if it exists.
+pub const SYSTEM_CONFIG: &str = "/etc/hoop/hoop.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: `{key}` {problem}")]
+    Invalid { path: PathBuf, key: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub capture: CaptureConfig,
+    /// Where this config came from, for messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub control_group: String,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    pub cgroup: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+    pub listen4: Ipv4Addr,
+    pub listen6: Ipv6Addr,
+    pub listen_port: u16,
+    pub dns_resolvers: Vec<IpAddr>,
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn embedded() -> Self {
+        Self::parse(DEFAULT_TOML, Path::new("<embedded defaults>"))
+            .expect("embedded default config is valid")
+    }
+
+    /// `--config PATH` if given (it must exist), else the system config if it
+    /// exists, else the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(p) => Self::load_file(p),
+            None if Path::new(SYSTEM_CONFIG).exists() => Self::load_file(Path::new(SYSTEM_CONFIG)),
+            None => Ok(Self::embedded()),
+        }
+    }
+
+    pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text` on top of the embedded defaults, then validates.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        };
+        let mut merged: toml::Table = DEFAULT_TOML.parse().expect("embedded defaults parse");
+        let user: toml::Table = text.parse().map_err(parse_err)?;
+        merge(&mut merged, user);
+        // Re-serialise so that serde reports unknown keys against the merged
+        // table; locations come from the user's text when the error is there.
+        let merged_text = toml::to_string(&merged).expect("merged config serialises");
+        let mut cfg: Config = match toml::from_str(&merged_text) {
+            Ok(c) => c,
+            Err(e) => {
+                // Point at the user's own text where possible.
+                return Err(match toml::from_str::<Config>(text) {
+                    Err(user_err) if !is_missing_field(&user_err) => parse_err(user_err),
+                    _ => parse_err(e),
+                });
+            }
+        };
+        cfg.source = path.to_owned();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| ConfigError::Invalid {
+            path: self.source.clone(),
+            key,
+            problem: problem.to_string(),
+        };
+        if self.capture.listen_port == 0 {
+            return Err(bad("capture.listen_port", "must not be 0"));
+        }
+        let cg = &self.capture.cgroup;
+        if cg.as_os_str().is_empty()
+            || cg.is_absolute()
+            || cg.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(bad(
+                "capture.cgroup",
+                "must be a relative path below the cgroup2 mount, like \"hoop.slice\" (no \"..\")",
+            ));
+        }
+        if !self.capture.bpf_pin_dir.is_absolute() {
+            return Err(bad("capture.bpf_pin_dir", "must be an absolute path on bpffs"));
+        }
+        for (key, p) in [
+            ("daemon.state_dir", &self.daemon.state_dir),
+            ("daemon.runtime_dir", &self.daemon.runtime_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(bad(key, "must be an absolute path"));
+            }
+        }
+        if self.daemon.connect_timeout_ms == 0 {
+            return Err(bad("daemon.connect_timeout_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.daemon.connect_timeout_ms)
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.daemon.runtime_dir.join("control.sock")
+    }
+
+    /// The resolvers jobs may use: configured, or those of /etc/resolv.conf.
+    pub fn resolvers(&self) -> Vec<IpAddr> {
+        if !self.capture.dns_resolvers.is_empty() {
+            return self.capture.dns_resolvers.clone();
+        }
+        std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| parse_resolv_conf(&t))
+            .unwrap_or_default()
+    }
+}
+
+fn is_missing_field(e: &toml::de::Error) -> bool {
+    e.message().starts_with("missing field")
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        // Strip an IPv6 zone (fe80::1%eth0); the kernel hook sees no zone.
+        .filter_map(|a| a.split('%').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/hoop/test.toml"))
+    }
+
+    #[test]
+    fn embedded_defaults_are_complete() {
+        let c = Config::embedded();
+        assert_eq!(c.capture.listen_port, 15001);
+        assert_eq!(c.capture.cgroup, PathBuf::from("hoop.slice"));
+        assert_eq!(c.control_socket(), PathBuf::from("/run/hoop/control.sock"));
+    }
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let c = parse("[capture]\nlisten_port = 16000\n").unwrap();
+        assert_eq!(c.capture.listen_port, 16000);
+        assert_eq!(c.capture.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/hoop"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let e = parse("[capture]\nlisten_port = 16000\nlisten_prot = 1\n").unwrap_err().to_string();
+        assert!(e.contains("/etc/hoop/test.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("listen_prot"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_syntax_errors_are_located() {
+        let e = parse("[capture]\nlisten_port = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("test.toml"), "{e}");
+        let e = parse("[capture\n").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let e = parse("[capture]\ncgroup = \"../escape\"\n").unwrap_err().to_string();
+        assert!(e.contains("capture.cgroup"), "{e}");
+        let e = parse("[capture]\nlisten_port = 0\n").unwrap_err().to_string();
+        assert!(e.contains("capture.listen_port"), "{e}");
+    }
+
+    #[test]
+    fn resolv_conf_parsing() {
+        let r = parse_resolv_conf("# c\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch x\n");
+        assert_eq!(r, vec!["127.0.0.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+    }
+}

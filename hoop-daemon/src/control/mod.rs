@@ -1,0 +1,45 @@
+//! The control socket: a Unix socket (mode 0660, root and the control group)
+//! speaking one JSON request and one JSON response per line.
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+pub use server::{Server, client_request};
+
+use crate::{capture::LinkState, jobs::{Job, LiveConnection}};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Put the calling process (SO_PEERCRED) into a new job cgroup.
+    Run { identity: Option<String>, command: Vec<String> },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Run { job_id: String, cgroup: String, cgroup_id: u64 },
+    Status(Box<Status>),
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub config: String,
+    pub root_cgroup: String,
+    pub root_cgroup_id: u64,
+    pub pin_dir: String,
+    pub listen: Vec<String>,
+    pub links: Vec<LinkState>,
+    pub jobs: Vec<JobStatus>,
+    pub connections: Vec<LiveConnection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    #[serde(flatten)]
+    pub job: Job,
+    pub denied: u64,
+}

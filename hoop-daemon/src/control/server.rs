@@ -1,0 +1,206 @@
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use super::{JobStatus, Request, Response, Status};
+use crate::{
+    capture::{Capture, Cgroup},
+    config::Config,
+    jobs::{Job, Jobs},
+};
+
+/// Longest request line accepted; anything larger is a broken client.
+const MAX_LINE: usize = 64 * 1024;
+
+pub struct Server {
+    pub cfg: Arc<Config>,
+    pub capture: Arc<Capture>,
+    pub jobs: Arc<Jobs>,
+    pub watch_job: tokio::sync::mpsc::UnboundedSender<Arc<Job>>,
+    pub control_gid: Option<u32>,
+}
+
+impl Server {
+    /// Binds the socket, refusing to steal it from a running daemon.
+    pub async fn bind(path: &Path, control_gid: Option<u32>) -> Result<UnixListener> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                bail!("another hoop daemon is serving {}", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        std::os::unix::fs::chown(path, Some(0), control_gid)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(l)
+    }
+
+    pub fn spawn(self: Arc<Self>, l: UnixListener) {
+        tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = me.handle(s).await {
+                                tracing::debug!(error = %e, "control connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "control accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn handle(&self, s: UnixStream) -> Result<()> {
+        let cred = s.peer_cred()?;
+        let (r, mut w) = s.into_split();
+        let mut line = String::new();
+        let mut r = BufReader::new(r).take(MAX_LINE as u64);
+        r.read_line(&mut line).await?;
+        let resp = if !self.authorised(cred.uid(), cred.gid(), cred.pid()) {
+            Response::Error { message: "not authorised: root or the control group only".into() }
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Err(e) => Response::Error { message: format!("bad request: {e}") },
+                Ok(req) => self.dispatch(req, cred.pid(), cred.uid()).await,
+            }
+        };
+        let mut out = serde_json::to_vec(&resp)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+        Ok(())
+    }
+
+    fn authorised(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+        if uid == 0 {
+            return true;
+        }
+        let Some(g) = self.control_gid else { return false };
+        gid == g || pid.is_some_and(|p| supplementary_groups(p).contains(&g))
+    }
+
+    async fn dispatch(&self, req: Request, pid: Option<i32>, uid: u32) -> Response {
+        let result = match req {
+            Request::Run { identity, command } => self.run(identity, command, pid, uid),
+            Request::Status => Ok(Response::Status(Box::new(self.status()))),
+        };
+        result.unwrap_or_else(|e| Response::Error { message: format!("{e:#}") })
+    }
+
+    fn run(&self, identity: Option<String>, command: Vec<String>, pid: Option<i32>, uid: u32) -> Result<Response> {
+        let pid = pid.filter(|p| *p > 0).context("peer pid unknown")? as u32;
+        let id = Jobs::new_job_id();
+        let path = self.capture.root.path.join(format!("job-{id}"));
+        let cg = Cgroup::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        if let Err(e) = cg.add_process(pid) {
+            let _ = cg.remove();
+            return Err(e).with_context(|| format!("moving pid {pid} into {}", path.display()));
+        }
+        let job = Job {
+            id: id.clone(),
+            cgroup_id: cg.id,
+            cgroup_path: path.clone(),
+            identity: identity.unwrap_or_else(|| format!("uid:{uid}")),
+            pid,
+            uid,
+            command,
+            started_unix_ms: Jobs::now_ms(),
+        };
+        let job = self.jobs.insert(job).context("recording the job")?;
+        tracing::info!(
+            job = %job.id, pid, uid, identity = %job.identity, cgroup = %path.display(),
+            cgroup_id = cg.id, command = ?job.command, "job started"
+        );
+        let _ = self.watch_job.send(job);
+        Ok(Response::Run { job_id: id, cgroup: path.display().to_string(), cgroup_id: cg.id })
+    }
+
+    fn status(&self) -> Status {
+        let c = &self.cfg.capture;
+        Status {
+            pid: std::process::id(),
+            config: self.cfg.source.display().to_string(),
+            root_cgroup: self.capture.root.path.display().to_string(),
+            root_cgroup_id: self.capture.root.id,
+            pin_dir: self.capture.pin_dir.display().to_string(),
+            listen: vec![
+                format!("{}:{}", c.listen4, c.listen_port),
+                format!("[{}]:{}", c.listen6, c.listen_port),
+            ],
+            links: self.capture.links.clone(),
+            jobs: self
+                .jobs
+                .list()
+                .into_iter()
+                .map(|j| JobStatus { denied: self.jobs.denied_count(j.cgroup_id), job: (*j).clone() })
+                .collect(),
+            connections: self.jobs.connections(),
+        }
+    }
+}
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// Looks a group up in /etc/group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
+}
+
+/// Sends one request to the daemon and reads its answer.
+pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response> {
+    let s = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach the hoop daemon at {}; is it running? (systemctl start hoop, or \
+             `hoop daemon`)",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = s.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(r).read_line(&mut answer).await?;
+    if answer.is_empty() {
+        bail!("the daemon closed the control connection without answering");
+    }
+    Ok(serde_json::from_str(&answer).context("malformed answer from the daemon")?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn group_lookup_reads_etc_group() {
+        assert_eq!(super::group_id("root"), Some(0));
+        assert_eq!(super::group_id("no-such-group-hoop-test"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! `hoop daemon`: discovers cgroup2 and bpffs, attaches the kernel programs,
+//! and serves the transparent listener and the control socket until SIGTERM.
+//! Stopping the daemon leaves the programs attached: jobs are refused, not
+//! freed, until a daemon serves them again.
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use inotify::{Inotify, WatchMask};
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+
+use crate::{
+    accept,
+    capture::{self, Capture, Cgroup},
+    config::Config,
+    control::{self, Server},
+    jobs::{Job, Jobs},
+};
+
+pub async fn run(cfg: Config) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    let mount = capture::cgroup::discover_mount()?;
+    let root = capture::cgroup::ensure_root(&mount, &cfg.capture.cgroup)?;
+    tracing::info!(mount = %mount.display(), root = %root.path.display(), cgroup_id = root.id, "cgroup2");
+
+    // Listen before attaching: once the redirect is in place, someone answers.
+    let listeners = accept::Listeners::bind(&cfg).await?;
+    let mut capture = Capture::attach(&cfg, root)?;
+    for l in &capture.links {
+        tracing::info!(program = %l.program, link_id = l.link_id, prog_id = l.prog_id, reused = l.reused, "attached");
+    }
+
+    let jobs = Arc::new(Jobs::new(cfg.daemon.runtime_dir.join("jobs")));
+    capture::spawn_event_reader(capture.take_events()?, jobs.clone())
+        .context("watching the kernel's event ring buffer")?;
+    let capture = Arc::new(capture);
+
+    let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+    for job in jobs.restore() {
+        tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job restored");
+        let _ = watch_tx.send(job);
+    }
+    spawn_job_reaper(jobs.clone(), watch_rx)?;
+
+    let control_gid = control::server::group_id(&cfg.daemon.control_group);
+    let socket = cfg.control_socket();
+    let listener = Server::bind(&socket, control_gid).await?;
+    let server = Arc::new(Server {
+        cfg: cfg.clone(),
+        capture: capture.clone(),
+        jobs: jobs.clone(),
+        watch_job: watch_tx,
+        control_gid,
+    });
+    server.spawn(listener);
+    accept::spawn(listeners, cfg.clone(), capture.clone(), jobs.clone());
+    tracing::info!(
+        control = %socket.display(),
+        listen = %format!("{}:{} [{}]:{}", cfg.capture.listen4, cfg.capture.listen_port, cfg.capture.listen6, cfg.capture.listen_port),
+        "hoop daemon ready"
+    );
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("stopping; programs stay attached, so jobs are refused until the daemon is back");
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Ends jobs whose cgroup emptied: removes the cgroup and the job record.
+/// Watches `cgroup.events` with inotify rather than polling.
+fn spawn_job_reaper(jobs: Arc<Jobs>, mut new_jobs: mpsc::UnboundedReceiver<Arc<Job>>) -> Result<()> {
+    let inotify = Inotify::init().context("inotify_init")?;
+    let mut watches = inotify.watches();
+    let mut stream = inotify.into_event_stream([0u8; 4096])?;
+    tokio::spawn(async move {
+        let mut by_wd = HashMap::new();
+        loop {
+            tokio::select! {
+                Some(job) = new_jobs.recv() => {
+                    let events: PathBuf = job.cgroup_path.join("cgroup.events");
+                    match watches.add(&events, WatchMask::MODIFY) {
+                        Ok(wd) => { by_wd.insert(wd.clone(), job.clone()); }
+                        Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot watch job cgroup"),
+                    }
+                    // It may have emptied before the watch existed.
+                    reap_if_empty(&jobs, &job);
+                }
+                Some(ev) = stream.next() => {
+                    let Ok(ev) = ev else { continue };
+                    if let Some(job) = by_wd.get(&ev.wd).cloned() {
+                        if reap_if_empty(&jobs, &job) {
+                            by_wd.remove(&ev.wd);
+                            let _ = watches.remove(ev.wd);
+                        }
+                    }
+                }
+                else => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+fn reap_if_empty(jobs: &Jobs, job: &Job) -> bool {
+    let cg = Cgroup { path: job.cgroup_path.clone(), id: job.cgroup_id };
+    match cg.populated() {
+        Ok(true) => return false,
+        Ok(false) => {}
+        // The cgroup is already gone.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "cannot read cgroup.events");
+            return false;
+        }
+    }
+    if let Err(e) = cg.remove() {
+        tracing::warn!(job = %job.id, error = %e, "cannot remove job cgroup");
+    }
+    if jobs.remove(job.cgroup_id).is_some() {
+        tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job ended");
+    }
+    true
+}

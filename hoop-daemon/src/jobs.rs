@@ -1,0 +1,214 @@
+//! The job registry: which cgroup belongs to which job and identity, and the
+//! live connections and refusals per job. Job records are persisted in the
+//! runtime dir, so a restarted daemon still knows the jobs that kept running.
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::{Cgroup, DenyReport};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub cgroup_id: u64,
+    pub cgroup_path: PathBuf,
+    /// The identity the job runs as (unverified name for now).
+    pub identity: String,
+    /// The pid that asked for the job (the `hoop run` process, then CMD).
+    pub pid: u32,
+    pub uid: u32,
+    pub command: Vec<String>,
+    pub started_unix_ms: u64,
+}
+
+/// A connection the daemon is serving right now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LiveConnection {
+    pub id: u64,
+    pub job: Option<String>,
+    pub pid: u32,
+    pub cgroup_id: u64,
+    pub exe: Option<String>,
+    pub orig_dst: String,
+    pub via: String,
+}
+
+#[derive(Default)]
+pub struct Jobs {
+    dir: PathBuf,
+    jobs: Mutex<HashMap<u64, Arc<Job>>>,
+    conns: Mutex<HashMap<u64, LiveConnection>>,
+    denied: Mutex<HashMap<u64, u64>>,
+    next_conn: AtomicU64,
+}
+
+impl Jobs {
+    /// A registry persisting job records under `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, ..Self::default() }
+    }
+
+    pub fn new_job_id() -> String {
+        // Nanoseconds since the epoch: unique on one host, and sorts by age.
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        format!("{:x}", t.as_nanos())
+    }
+
+    pub fn now_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    }
+
+    pub fn insert(&self, job: Job) -> std::io::Result<Arc<Job>> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.record_path(&job.id);
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec(&job)?)?;
+        fs::rename(&tmp, &path)?;
+        let job = Arc::new(job);
+        self.jobs.lock().unwrap().insert(job.cgroup_id, job.clone());
+        Ok(job)
+    }
+
+    /// Reloads job records left by a previous daemon whose cgroups still
+    /// exist; drops the others.
+    pub fn restore(&self) -> Vec<Arc<Job>> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut restored = Vec::new();
+        for e in entries.flatten() {
+            let p = e.path();
+            let job = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Job>(&b).ok());
+            match job {
+                Some(job) if Cgroup::open(&job.cgroup_path).is_ok_and(|c| c.id == job.cgroup_id) => {
+                    let job = Arc::new(job);
+                    self.jobs.lock().unwrap().insert(job.cgroup_id, job.clone());
+                    restored.push(job);
+                }
+                _ => {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        restored
+    }
+
+    pub fn remove(&self, cgroup_id: u64) -> Option<Arc<Job>> {
+        let job = self.jobs.lock().unwrap().remove(&cgroup_id)?;
+        let _ = fs::remove_file(self.record_path(&job.id));
+        self.denied.lock().unwrap().remove(&cgroup_id);
+        Some(job)
+    }
+
+    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<Arc<Job>> {
+        self.jobs.lock().unwrap().get(&cgroup_id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Job>> {
+        let mut v: Vec<_> = self.jobs.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn count_denied(&self, r: DenyReport) {
+        *self.denied.lock().unwrap().entry(r.cgroup_id).or_default() += 1;
+    }
+
+    pub fn denied_count(&self, cgroup_id: u64) -> u64 {
+        self.denied.lock().unwrap().get(&cgroup_id).copied().unwrap_or(0)
+    }
+
+    /// Registers a live connection; it is removed when the guard drops.
+    pub fn open_connection(self: &Arc<Self>, mut c: LiveConnection) -> ConnectionGuard {
+        c.id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = c.id;
+        self.conns.lock().unwrap().insert(id, c);
+        ConnectionGuard { jobs: self.clone(), id }
+    }
+
+    pub fn connections(&self) -> Vec<LiveConnection> {
+        let mut v: Vec<_> = self.conns.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+pub struct ConnectionGuard {
+    jobs: Arc<Jobs>,
+    pub id: u64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.jobs.conns.lock().unwrap().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, cg: &Cgroup) -> Job {
+        Job {
+            id: id.into(),
+            cgroup_id: cg.id,
+            cgroup_path: cg.path.clone(),
+            identity: "ci".into(),
+            pid: 1,
+            uid: 0,
+            command: vec!["true".into()],
+            started_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn records_survive_a_restart_only_while_their_cgroup_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Plain directories stand in for cgroups: identity is the inode.
+        let live = Cgroup::create(&tmp.path().join("job-a")).unwrap();
+        let gone = Cgroup::create(&tmp.path().join("job-b")).unwrap();
+        let jobs = Jobs::new(tmp.path().join("jobs"));
+        jobs.insert(job("a", &live)).unwrap();
+        jobs.insert(job("b", &gone)).unwrap();
+        gone.remove().unwrap();
+
+        let after = Jobs::new(tmp.path().join("jobs"));
+        let restored = after.restore();
+        assert_eq!(restored.len(), 1);
+        assert_eq!(restored[0].id, "a");
+        assert!(after.by_cgroup(live.id).is_some());
+        assert!(!tmp.path().join("jobs/b.json").exists());
+    }
+
+    #[test]
+    fn connection_guard_unregisters() {
+        let jobs = Arc::new(Jobs::default());
+        let g = jobs.open_connection(LiveConnection {
+            id: 0,
+            job: None,
+            pid: 1,
+            cgroup_id: 2,
+            exe: None,
+            orig_dst: "127.0.0.2:80".into(),
+            via: "transparent".into(),
+        });
+        assert_eq!(jobs.connections().len(), 1);
+        drop(g);
+        assert!(jobs.connections().is_empty());
+    }
+}

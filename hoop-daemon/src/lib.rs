@@ -1,0 +1,16 @@
+//! hoop: a transparent, eBPF-enforced access gateway for automation jobs.
+//!
+//! The data path reads top-down: `capture` (kernel programs, cgroups) →
+//! `accept` (listeners, one `Flow` per connection) → upstream. `control`
+//! serves the CLI over a Unix socket; `jobs` is the registry tying cgroups to
+//! identities.
+#![deny(unsafe_code)]
+
+pub mod accept;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod jobs;
+pub mod sys;

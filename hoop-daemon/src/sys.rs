@@ -1,0 +1,201 @@
+//! The raw syscalls hoop needs that aya doesn't expose: atomically taking a
+//! map entry, swapping the program behind a pinned link, reading link info,
+//! and the filesystem checks around bpffs and cgroup2. All of hoop's unsafe
+//! code lives in this file (plus `cgroup` has none; `capture` calls here).
+#![allow(unsafe_code)]
+
+use std::{
+    ffi::CString,
+    io,
+    mem::{MaybeUninit, size_of},
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+use aya::Pod;
+
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+pub const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+pub const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, correctly sized prefix of `union bpf_attr`
+    // for `cmd`; the kernel reads/writes only within `size_of::<T>()`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Reads and deletes `key` in one step, so two accepts can never claim the
+/// same record. `Ok(None)` if there is no entry.
+pub fn map_take<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
+    let mut value = MaybeUninit::<V>::zeroed();
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        // SAFETY: the kernel filled `value` on success; V is Pod.
+        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Opens a pinned bpffs object (map, link or program).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// Atomically replaces the program behind a link: no moment exists where the
+/// cgroup has no program attached.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// What the kernel says about a cgroup link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub id: u32,
+    pub prog_id: u32,
+    pub link_type: u32,
+    pub cgroup_id: u64,
+    pub attach_type: u32,
+}
+
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose
+    // cgroup member is { __u64 cgroup_id; __u32 attach_type; }.
+    let mut buf = [0u64; 16];
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<[u64; 16]>() as u32,
+        info: buf.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(LinkInfo {
+        link_type: buf[0] as u32,
+        id: (buf[0] >> 32) as u32,
+        prog_id: buf[1] as u32,
+        cgroup_id: buf[2],
+        attach_type: buf[3] as u32,
+    })
+}
+
+/// The filesystem magic of the filesystem holding `path`.
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut st = MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: valid C string and a statfs buffer the kernel fills.
+    let r = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
+/// `mount -t bpf bpf <path>`.
+pub fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let src = c"bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; no data arg.
+    let r = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+    };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Registers the event ring buffer with tokio's reactor for readability.
+pub fn async_ring(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    // SAFETY: the RingBuf owns its map fd for its whole lifetime (it is only
+    // closed when the RingBuf drops, which the AsyncFd controls), and
+    // `as_raw_fd` always returns that same fd.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attr_layouts_match_the_kernel_abi() {
+        assert_eq!(size_of::<MapElemAttr>(), 32);
+        assert_eq!(size_of::<ObjGetAttr>(), 24);
+        assert_eq!(size_of::<LinkUpdateAttr>(), 16);
+        assert_eq!(size_of::<InfoAttr>(), 16);
+    }
+
+    #[test]
+    fn fs_magic_reads_proc() {
+        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+        assert_eq!(fs_magic(Path::new("/proc")).unwrap(), PROC_SUPER_MAGIC);
+    }
+}

@@ -1,0 +1,60 @@
+//! `cargo xtask`: only what cargo can't do by itself.
+//!
+//! - `build-ebpf`: the eBPF crate needs a dated nightly with rust-src and a
+//!   bpf-linker built against that nightly's own LLVM. Both are installed on
+//!   first use (into rustup and `target/tools`), then reused.
+//! - `test`: unit tests, then the privileged suites (real kernel programs),
+//!   which fail rather than skip when they can't run.
+//! - `demo`: the daemon with embedded defaults and a job going through it.
+mod demo;
+mod ebpf;
+mod sh;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object (installs the pinned nightly and bpf-linker if missing).
+    BuildEbpf,
+    /// Build everything and run all tests, privileged suites included (as root).
+    Test {
+        /// Extra arguments for the privileged test run (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run a demo job through the gateway (as root).
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r: Result<()> = match cli.cmd {
+        Cmd::BuildEbpf => ebpf::build().map(|_| ()),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo::run(),
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    sh::require_root("the privileged suites attach eBPF programs to test cgroups")?;
+    sh::apt_install(&["curl", "util-linux", "iproute2"])?;
+    ebpf::build()?;
+    sh::step("unit and in-process tests");
+    sh::cargo(&["test", "--workspace", "--exclude", "hoop-tests"])?;
+    sh::step("privileged suites (real kernel programs, as root)");
+    sh::cargo(&["build", "-p", "hoop-daemon", "-p", "hoop-tests", "--bins"])?;
+    let mut a = vec!["test", "-p", "hoop-tests", "--", "--test-threads=1"];
+    a.extend(args.iter().map(String::as_str));
+    sh::cargo_env(&a, &[("HOOP_REQUIRE_PRIVILEGED", "1")])
+}
