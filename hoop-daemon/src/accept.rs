@@ -7,7 +7,7 @@ use std::{io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    capture::{CapturedOrigin, Capture, is_own_listener},
+    capture::{Capture, CapturedOrigin, is_own_listener},
     config::Config,
     jobs::{Job, Jobs, LiveConnection},
 };
@@ -93,9 +93,20 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, capture: Arc<Capture>, jo
 }
 
 /// Turns an accepted peer address into a [`Flow`] using the kernel record.
-fn classify(cfg: &Config, capture: &Capture, jobs: &Jobs, peer: SocketAddr) -> Result<Flow, Refused> {
-    let CapturedOrigin { dst, pid, cgroup_id } =
-        capture.take_origin(peer).map_err(Refused::Map)?.ok_or(Refused::NoRecord(peer))?;
+fn classify(
+    cfg: &Config,
+    capture: &Capture,
+    jobs: &Jobs,
+    peer: SocketAddr,
+) -> Result<Flow, Refused> {
+    let CapturedOrigin {
+        dst,
+        pid,
+        cgroup_id,
+    } = capture
+        .take_origin(peer)
+        .map_err(Refused::Map)?
+        .ok_or(Refused::NoRecord(peer))?;
     if is_own_listener(cfg, dst) {
         return Err(Refused::Loop(dst));
     }
@@ -143,7 +154,11 @@ async fn serve(job_side: TcpStream, flow: Flow, cfg: Arc<Config>, jobs: Arc<Jobs
     drop(guard);
 }
 
-async fn splice(mut job_side: TcpStream, dst: SocketAddr, timeout: Duration) -> io::Result<(u64, u64)> {
+async fn splice(
+    mut job_side: TcpStream,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> io::Result<(u64, u64)> {
     let mut upstream = tokio::time::timeout(timeout, TcpStream::connect(dst))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))??;

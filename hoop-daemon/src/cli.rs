@@ -14,7 +14,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "hoop", version, about = "Transparent, eBPF-enforced access gateway for automation jobs")]
+#[command(
+    name = "hoop",
+    version,
+    about = "Transparent, eBPF-enforced access gateway for automation jobs"
+)]
 pub struct Cli {
     /// Config file. Default: /etc/hoop/hoop.toml if it exists, else the embedded defaults.
     #[arg(long, global = true, env = "HOOP_CONFIG")]
@@ -92,7 +96,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn request(cfg: &Config, req: &Request) -> Result<Response> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match rt.block_on(client_request(&cfg.control_socket(), req))? {
         Response::Error { message } => bail!("{message}"),
         ok => Ok(ok),
@@ -102,11 +108,25 @@ fn request(cfg: &Config, req: &Request) -> Result<Response> {
 /// Asks the daemon to put this very process into a new job cgroup, then
 /// becomes CMD: the job's exit code is CMD's, with nothing in between.
 fn run(cfg: &Config, identity: Option<String>, command: Vec<String>) -> Result<ExitCode> {
-    let resp = request(cfg, &Request::Run { identity, command: command.clone() })?;
-    let Response::Run { .. } = resp else { bail!("unexpected answer: {resp:?}") };
+    let resp = request(
+        cfg,
+        &Request::Run {
+            identity,
+            command: command.clone(),
+        },
+    )?;
+    let Response::Run { .. } = resp else {
+        bail!("unexpected answer: {resp:?}")
+    };
     let err = Command::new(&command[0]).args(&command[1..]).exec();
     eprintln!("hoop: cannot run {}: {err}", command[0]);
-    Ok(ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }))
+    Ok(ExitCode::from(
+        if err.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        },
+    ))
 }
 
 fn detach(cfg: &Config) -> Result<ExitCode> {
@@ -126,7 +146,10 @@ fn detach(cfg: &Config) -> Result<ExitCode> {
         let root = mount.join(&cfg.capture.cgroup);
         remove_empty_cgroups(&root);
     }
-    println!("hoop detached: no programs or maps remain under {}", cfg.capture.bpf_pin_dir.display());
+    println!(
+        "hoop detached: no programs or maps remain under {}",
+        cfg.capture.bpf_pin_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -136,7 +159,10 @@ fn remove_empty_cgroups(root: &std::path::Path) {
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("job-")) {
+            if p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("job-"))
+            {
                 match std::fs::remove_dir(&p) {
                     Ok(()) => println!("removed {}", p.display()),
                     Err(err) => eprintln!("hoop: left {} in place: {err}", p.display()),
@@ -154,9 +180,18 @@ fn print_status(s: &Status) {
     println!("cgroup     {} (id {})", s.root_cgroup, s.root_cgroup_id);
     println!("listen     {}", s.listen.join(" "));
     println!("pins       {}", s.pin_dir);
-    println!("programs");
+    println!(
+        "programs   ({} cgroup links on the root in the kernel)",
+        s.kernel_links_on_root
+    );
     for l in &s.links {
-        println!("  {:<20} link {:<6} prog {:<6}{}", l.program, l.link_id, l.prog_id, if l.reused { " (reused)" } else { "" });
+        println!(
+            "  {:<20} link {:<6} prog {:<6}{}",
+            l.program,
+            l.link_id,
+            l.prog_id,
+            if l.reused { " (reused)" } else { "" }
+        );
     }
     println!("jobs ({})", s.jobs.len());
     for j in &s.jobs {

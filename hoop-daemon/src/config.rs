@@ -16,11 +16,18 @@ pub const SYSTEM_CONFIG: &str = "/etc/hoop/hoop.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config {path}: `{key}` {problem}")]
-    Invalid { path: PathBuf, key: &'static str, problem: String },
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -117,7 +124,9 @@ impl Config {
         let cg = &self.capture.cgroup;
         if cg.as_os_str().is_empty()
             || cg.is_absolute()
-            || cg.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || cg
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
             return Err(bad(
                 "capture.cgroup",
@@ -125,7 +134,10 @@ impl Config {
             ));
         }
         if !self.capture.bpf_pin_dir.is_absolute() {
-            return Err(bad("capture.bpf_pin_dir", "must be an absolute path on bpffs"));
+            return Err(bad(
+                "capture.bpf_pin_dir",
+                "must be an absolute path on bpffs",
+            ));
         }
         for (key, p) in [
             ("daemon.state_dir", &self.daemon.state_dir),
@@ -211,7 +223,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_file_line_and_key() {
-        let e = parse("[capture]\nlisten_port = 16000\nlisten_prot = 1\n").unwrap_err().to_string();
+        let e = parse("[capture]\nlisten_port = 16000\nlisten_prot = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/etc/hoop/test.toml"), "{e}");
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("listen_prot"), "{e}");
@@ -219,7 +233,9 @@ mod tests {
 
     #[test]
     fn wrong_types_and_syntax_errors_are_located() {
-        let e = parse("[capture]\nlisten_port = \"x\"\n").unwrap_err().to_string();
+        let e = parse("[capture]\nlisten_port = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("test.toml"), "{e}");
         let e = parse("[capture\n").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
@@ -227,15 +243,26 @@ mod tests {
 
     #[test]
     fn semantic_errors_name_the_key() {
-        let e = parse("[capture]\ncgroup = \"../escape\"\n").unwrap_err().to_string();
+        let e = parse("[capture]\ncgroup = \"../escape\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("capture.cgroup"), "{e}");
-        let e = parse("[capture]\nlisten_port = 0\n").unwrap_err().to_string();
+        let e = parse("[capture]\nlisten_port = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("capture.listen_port"), "{e}");
     }
 
     #[test]
     fn resolv_conf_parsing() {
-        let r = parse_resolv_conf("# c\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch x\n");
-        assert_eq!(r, vec!["127.0.0.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+        let r =
+            parse_resolv_conf("# c\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch x\n");
+        assert_eq!(
+            r,
+            vec![
+                "127.0.0.53".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
     }
 }

@@ -66,14 +66,19 @@ pub async fn run(cfg: Config) -> Result<()> {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
-    tracing::info!("stopping; programs stay attached, so jobs are refused until the daemon is back");
+    tracing::info!(
+        "stopping; programs stay attached, so jobs are refused until the daemon is back"
+    );
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 
 /// Ends jobs whose cgroup emptied: removes the cgroup and the job record.
 /// Watches `cgroup.events` with inotify rather than polling.
-fn spawn_job_reaper(jobs: Arc<Jobs>, mut new_jobs: mpsc::UnboundedReceiver<Arc<Job>>) -> Result<()> {
+fn spawn_job_reaper(
+    jobs: Arc<Jobs>,
+    mut new_jobs: mpsc::UnboundedReceiver<Arc<Job>>,
+) -> Result<()> {
     let inotify = Inotify::init().context("inotify_init")?;
     let mut watches = inotify.watches();
     let mut stream = inotify.into_event_stream([0u8; 4096])?;
@@ -92,11 +97,11 @@ fn spawn_job_reaper(jobs: Arc<Jobs>, mut new_jobs: mpsc::UnboundedReceiver<Arc<J
                 }
                 Some(ev) = stream.next() => {
                     let Ok(ev) = ev else { continue };
-                    if let Some(job) = by_wd.get(&ev.wd).cloned() {
-                        if reap_if_empty(&jobs, &job) {
-                            by_wd.remove(&ev.wd);
-                            let _ = watches.remove(ev.wd);
-                        }
+                    if let Some(job) = by_wd.get(&ev.wd).cloned()
+                        && reap_if_empty(&jobs, &job)
+                    {
+                        by_wd.remove(&ev.wd);
+                        let _ = watches.remove(ev.wd);
                     }
                 }
                 else => return,
@@ -107,7 +112,10 @@ fn spawn_job_reaper(jobs: Arc<Jobs>, mut new_jobs: mpsc::UnboundedReceiver<Arc<J
 }
 
 fn reap_if_empty(jobs: &Jobs, job: &Job) -> bool {
-    let cg = Cgroup { path: job.cgroup_path.clone(), id: job.cgroup_id };
+    let cg = Cgroup {
+        path: job.cgroup_path.clone(),
+        id: job.cgroup_id,
+    };
     match cg.populated() {
         Ok(true) => return false,
         Ok(false) => {}

@@ -54,17 +54,25 @@ pub struct Jobs {
 impl Jobs {
     /// A registry persisting job records under `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, ..Self::default() }
+        Self {
+            dir,
+            ..Self::default()
+        }
     }
 
     pub fn new_job_id() -> String {
         // Nanoseconds since the epoch: unique on one host, and sorts by age.
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         format!("{:x}", t.as_nanos())
     }
 
     pub fn now_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64
     }
 
     pub fn insert(&self, job: Job) -> std::io::Result<Arc<Job>> {
@@ -81,13 +89,19 @@ impl Jobs {
     /// Reloads job records left by a previous daemon whose cgroups still
     /// exist; drops the others.
     pub fn restore(&self) -> Vec<Arc<Job>> {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut restored = Vec::new();
         for e in entries.flatten() {
             let p = e.path();
-            let job = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Job>(&b).ok());
+            let job = fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Job>(&b).ok());
             match job {
-                Some(job) if Cgroup::open(&job.cgroup_path).is_ok_and(|c| c.id == job.cgroup_id) => {
+                Some(job)
+                    if Cgroup::open(&job.cgroup_path).is_ok_and(|c| c.id == job.cgroup_id) =>
+                {
                     let job = Arc::new(job);
                     self.jobs.lock().unwrap().insert(job.cgroup_id, job.clone());
                     restored.push(job);
@@ -122,7 +136,12 @@ impl Jobs {
     }
 
     pub fn denied_count(&self, cgroup_id: u64) -> u64 {
-        self.denied.lock().unwrap().get(&cgroup_id).copied().unwrap_or(0)
+        self.denied
+            .lock()
+            .unwrap()
+            .get(&cgroup_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Registers a live connection; it is removed when the guard drops.
@@ -130,7 +149,10 @@ impl Jobs {
         c.id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let id = c.id;
         self.conns.lock().unwrap().insert(id, c);
-        ConnectionGuard { jobs: self.clone(), id }
+        ConnectionGuard {
+            jobs: self.clone(),
+            id,
+        }
     }
 
     pub fn connections(&self) -> Vec<LiveConnection> {

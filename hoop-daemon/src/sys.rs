@@ -9,7 +9,7 @@ use std::{
     io,
     mem::{MaybeUninit, size_of},
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
@@ -36,7 +36,11 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
             size_of::<T>() as libc::c_uint,
         )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 #[repr(C)]
@@ -80,7 +84,13 @@ struct ObjGetAttr {
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a fresh fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -142,6 +152,52 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     })
 }
 
+#[repr(C)]
+struct IdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+
+/// Every BPF link in the kernel attached to the cgroup with this id, from
+/// whoever made it: how status proves links were reused, not stacked.
+pub fn cgroup_links(cgroup_id: u64) -> io::Result<Vec<LinkInfo>> {
+    let mut found = Vec::new();
+    let mut id = 0;
+    loop {
+        let mut attr = IdAttr {
+            id,
+            next_id: 0,
+            open_flags: 0,
+        };
+        match bpf(BPF_LINK_GET_NEXT_ID, &mut attr) {
+            Ok(_) => id = attr.next_id,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(found),
+            Err(e) => return Err(e),
+        }
+        let mut attr = IdAttr {
+            id,
+            next_id: 0,
+            open_flags: 0,
+        };
+        let fd = match bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) {
+            // SAFETY: a fresh fd from the kernel, owned from here on.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            // Gone between the two calls.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        let info = link_info(fd.as_fd())?;
+        // BPF_LINK_TYPE_CGROUP
+        if info.link_type == 3 && info.cgroup_id == cgroup_id {
+            found.push(info);
+        }
+    }
+}
+
 /// The filesystem magic of the filesystem holding `path`.
 pub fn fs_magic(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes())
@@ -153,6 +209,7 @@ pub fn fs_magic(path: &Path) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: statfs succeeded and filled the struct.
+    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
     Ok(unsafe { st.assume_init() }.f_type as i64)
 }
 
@@ -163,9 +220,19 @@ pub fn mount_bpffs(path: &Path) -> io::Result<()> {
     let src = c"bpf";
     // SAFETY: all pointers are valid NUL-terminated strings; no data arg.
     let r = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Registers the event ring buffer with tokio's reactor for readability.
@@ -175,10 +242,8 @@ pub fn async_ring(
     // SAFETY: the RingBuf owns its map fd for its whole lifetime (it is only
     // closed when the RingBuf drops, which the AsyncFd controls), and
     // `as_raw_fd` always returns that same fd.
-    unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| io::Error::other(e.to_string()))
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
@@ -191,6 +256,7 @@ mod tests {
         assert_eq!(size_of::<ObjGetAttr>(), 24);
         assert_eq!(size_of::<LinkUpdateAttr>(), 16);
         assert_eq!(size_of::<InfoAttr>(), 16);
+        assert_eq!(size_of::<IdAttr>(), 12);
     }
 
     #[test]

@@ -271,7 +271,11 @@ fn local_key(ctx: &SockOpsContext, origin: &Origin) -> LocalKey {
             read_volatile(addr_of!((*ops).local_port)),
         )
     };
-    let addr = if family == AF_INET || is_v4_mapped(&origin.addr) { v4_mapped(ip4) } else { ip6 };
+    let addr = if family == AF_INET || is_v4_mapped(&origin.addr) {
+        v4_mapped(ip4)
+    } else {
+        ip6
+    };
     LocalKey { addr, port }
 }
 
@@ -299,17 +303,18 @@ fn on_tcp_close(ctx: &SockOpsContext) {
     let key = local_key(ctx, &origin);
     // Only remove the local entry if it is still ours: the port may already
     // belong to a newer connect.
-    if let Some(o) = unsafe { ORIG_BY_LOCAL.get(&key) } {
-        if o.cookie == cookie {
-            let _ = ORIG_BY_LOCAL.remove(&key);
-        }
+    if let Some(o) = unsafe { ORIG_BY_LOCAL.get(&key) }
+        && o.cookie == cookie
+    {
+        let _ = ORIG_BY_LOCAL.remove(&key);
     }
     let _ = ORIG_BY_COOKIE.remove(&cookie);
 }
 
 #[cgroup_sock(sock_create)]
 pub fn hoop_sock_create(ctx: SockContext) -> i32 {
-    let (family, ty, proto) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    let (family, ty, proto) =
+        unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
     let ok = match family {
         AF_UNIX | AF_NETLINK => true,
         AF_INET | AF_INET6 => {

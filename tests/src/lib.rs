@@ -1,1 +1,380 @@
-pub fn placeholder() {}
+//! Harness for hoop's privileged suites: a daemon per test with its own
+//! config (ports, cgroup, bpffs pins, runtime dir), counting upstreams on
+//! loopback, and jobs started through the real `hoop run`.
+//!
+//! These suites need root and a real kernel. They never skip: without root
+//! they fail, loudly, with the reason.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next().unwrap_or("").to_string())
+        });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "privileged suite: must run as root (real eBPF programs, real cgroups); run `cargo xtask test` as root"
+    );
+}
+
+/// The workspace's `target/debug/hoop`, built by `cargo xtask test`.
+pub fn hoop_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOOP_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/hoop");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p hoop-daemon` (cargo xtask test does)",
+        p.display()
+    );
+    p.canonicalize().unwrap()
+}
+
+/// Two ports free on both 127.0.0.1 and ::1 (the listener needs both).
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if TcpListener::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub config: PathBuf,
+    pub port: u16,
+    pub cgroup: String,
+    pub pin_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub probe: PathBuf,
+    pub log: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl TestEnv {
+    /// A fresh environment. `extra` is appended to the generated config.
+    pub fn new(name: &str, probe_src: &str, extra: &str) -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("hoop-{name}-"))
+            .tempdir()
+            .unwrap();
+        // Jobs run as nobody must reach the probe binary.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let probe = dir.path().join("hoop-probe");
+        std::fs::copy(probe_src, &probe).unwrap();
+        std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tag = format!("{name}-{}", std::process::id());
+        let port = free_port();
+        let cgroup = format!("hoop-test-{tag}");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/hoop-test-{tag}"));
+        let runtime_dir = dir.path().join("run");
+        let config = dir.path().join("hoop.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n\n\
+                 [capture]\ncgroup = \"{cgroup}\"\nbpf_pin_dir = \"{pins}\"\nlisten_port = {port}\n\
+                 dns_resolvers = [\"127.0.0.54\"]\n{extra}\n",
+                state = dir.path().join("state").display(),
+                run = runtime_dir.display(),
+                pins = pin_dir.display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("daemon.log");
+        Self {
+            dir,
+            name: name.into(),
+            config,
+            port,
+            cgroup,
+            pin_dir,
+            runtime_dir,
+            probe,
+            log,
+            daemon: None,
+        }
+    }
+
+    pub fn hoop(&self) -> Command {
+        let mut c = Command::new(hoop_bin());
+        c.arg("--config")
+            .arg(&self.config)
+            .env_remove("HOOP_CONFIG");
+        c
+    }
+
+    /// Starts the daemon and waits until `hoop status` answers.
+    pub fn start_daemon(&mut self) -> Duration {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .hoop()
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if self.hoop().arg("status").output().unwrap().status.success() {
+                return t.elapsed();
+            }
+            if let Some(s) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({s}):\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        panic!("daemon not ready within 10 s:\n{}", self.log());
+    }
+
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.hoop().args(["status", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "hoop status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a daemon log line containing every needle.
+    pub fn wait_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let t = Instant::now();
+        loop {
+            if let Some(l) = self
+                .log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return Some(l.to_string());
+            }
+            if t.elapsed() > timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `hoop run [--identity] -- cmd…`, as root.
+    pub fn run(&self, cmd: &[&str]) -> Output {
+        self.hoop().arg("run").arg("--").args(cmd).output().unwrap()
+    }
+
+    /// `hoop run -- setpriv … cmd`: the job drops to nobody, as the threat
+    /// model's untrusted job does.
+    pub fn run_as_nobody(&self, cmd: &[&str]) -> Output {
+        self.hoop()
+            .args([
+                "run",
+                "--",
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ])
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the probe in a job; returns (succeeded, its output line).
+    pub fn probe(&self, nobody: bool, args: &[&str]) -> (bool, String) {
+        let probe = self.probe.to_str().unwrap();
+        let mut cmd = vec![probe];
+        cmd.extend_from_slice(args);
+        let out = if nobody {
+            self.run_as_nobody(&cmd)
+        } else {
+            self.run(&cmd)
+        };
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            line.starts_with("pid=") || args[0] == "loop",
+            "probe {args:?} produced no result line (hoop run failed?): stdout={line:?} stderr={err}"
+        );
+        (out.status.success(), line)
+    }
+
+    /// Runs a shell snippet as root in a job; returns (succeeded, last line).
+    pub fn probe_shell(&self, script: &str) -> (bool, String) {
+        let out = self.run(&["sh", "-c", script]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        (
+            out.status.success(),
+            text.lines().last().unwrap_or("").to_string(),
+        )
+    }
+
+    pub fn cgroup_mount() -> PathBuf {
+        let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let all: Vec<&str> = m
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1])
+            })
+            .collect();
+        ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .find(|p| all.contains(p))
+            .or(all.first())
+            .map(PathBuf::from)
+            .expect("no cgroup2 mount")
+    }
+
+    pub fn root_cgroup(&self) -> PathBuf {
+        Self::cgroup_mount().join(&self.cgroup)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        // Leave nothing attached: the test's cgroup and pins go away.
+        let out = self.hoop().arg("detach").output();
+        if let Ok(o) = &out
+            && !o.status.success()
+        {
+            eprintln!("hoop detach failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let root = self.root_cgroup();
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&root);
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ({}) ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// An HTTP upstream on loopback that counts every TCP connection it accepts.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Upstream {
+    pub fn start(bind: &str) -> Self {
+        let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (h, p) = (hits.clone(), peers.clone());
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Ok(peer) = s.peer_addr() {
+                    p.lock().unwrap().push(peer);
+                }
+                thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let body = format!("upstream {addr} hit {n}\n");
+                    let _ = write!(
+                        s,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Self { addr, hits, peers }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// A UDP socket on loopback counting the datagrams that reach it.
+pub struct UdpCounter {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+impl UdpCounter {
+    pub fn start(bind: &str) -> Self {
+        let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind udp {bind}: {e}"));
+        let addr = s.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while s.recv_from(&mut buf).is_ok() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Self { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}

@@ -35,15 +35,36 @@ pub fn run() -> Result<()> {
     let mut daemon = Daemon::start(&hoop)?;
 
     step("a job: hoop run -- curl http://127.0.0.2:8080/ (no proxy settings)");
-    let out = hoop_cmd(&hoop).args(["run", "--identity", "demo", "--", "curl", "-sS", "--max-time", "5"]).arg(format!("http://{UPSTREAM}/")).output()?;
+    let out = hoop_cmd(&hoop)
+        .args([
+            "run",
+            "--identity",
+            "demo",
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://{UPSTREAM}/"))
+        .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
-        bail!("the demo job failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the demo job failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     step("a bypass attempt: UDP to 127.0.0.2:443 (QUIC) from a job is refused in the kernel");
     let out = hoop_cmd(&hoop)
-        .args(["run", "--", "bash", "-c", "echo hi > /dev/udp/127.0.0.2/443"])
+        .args([
+            "run",
+            "--",
+            "bash",
+            "-c",
+            "echo hi > /dev/udp/127.0.0.2/443",
+        ])
         .output()?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if out.status.success() {
@@ -70,7 +91,10 @@ pub fn run() -> Result<()> {
 
     step("restart: the daemon swaps its programs into the pinned links");
     let mut daemon = Daemon::start(&hoop)?;
-    let out = hoop_cmd(&hoop).args(["run", "--", "curl", "-sS", "--max-time", "5"]).arg(format!("http://{UPSTREAM}/")).output()?;
+    let out = hoop_cmd(&hoop)
+        .args(["run", "--", "curl", "-sS", "--max-time", "5"])
+        .arg(format!("http://{UPSTREAM}/"))
+        .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     daemon.stop()?;
 
@@ -94,13 +118,30 @@ struct Daemon {
 impl Daemon {
     fn start(hoop: &PathBuf) -> Result<Self> {
         let log = root_dir().join("target/demo-daemon.log");
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = hoop_cmd(hoop).arg("daemon").stderr(f).stdout(Stdio::null()).spawn()?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = hoop_cmd(hoop)
+            .arg("daemon")
+            .stderr(f)
+            .stdout(Stdio::null())
+            .spawn()?;
         let mut d = Self { child, log };
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
-            if hoop_cmd(hoop).arg("status").stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
-                eprintln!("daemon up in {} ms (log: {})", t.elapsed().as_millis(), d.log.display());
+            if hoop_cmd(hoop)
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success()
+            {
+                eprintln!(
+                    "daemon up in {} ms (log: {})",
+                    t.elapsed().as_millis(),
+                    d.log.display()
+                );
                 return Ok(d);
             }
             if let Some(s) = d.child.try_wait()? {
@@ -109,7 +150,10 @@ impl Daemon {
             thread::sleep(Duration::from_millis(50));
         }
         d.kill()?;
-        bail!("the daemon did not come up within 10 s; see {}", d.log.display())
+        bail!(
+            "the daemon did not come up within 10 s; see {}",
+            d.log.display()
+        )
     }
 
     fn kill(&mut self) -> Result<()> {
@@ -119,7 +163,11 @@ impl Daemon {
     }
 
     fn stop(&mut self) -> Result<()> {
-        sh::run(Command::new("kill").arg("-TERM").arg(self.child.id().to_string()))?;
+        sh::run(
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string()),
+        )?;
         self.child.wait()?;
         Ok(())
     }
@@ -130,7 +178,14 @@ fn serve_upstream(l: TcpListener) {
         let Ok(mut s) = s else { continue };
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf);
-        let body = format!("hello from the partner API at {UPSTREAM} (request #{})\n", n + 1);
-        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let body = format!(
+            "hello from the partner API at {UPSTREAM} (request #{})\n",
+            n + 1
+        );
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
 }

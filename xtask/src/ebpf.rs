@@ -39,11 +39,22 @@ fn ensure_nightly(channel: &str) -> Result<PathBuf> {
         rustup()
             .args(["component", "list", "--installed", "--toolchain", channel])
             .output()
-            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(component))
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains(component)
+            })
     };
-    if !has("rust-src") {
-        step(&format!("installing toolchain {channel} with rust-src"));
-        run(rustup().args(["toolchain", "install", channel, "--profile", "minimal", "--component", "rust-src"]))?;
+    const COMPONENTS: [&str; 3] = ["rust-src", "clippy", "rustfmt"];
+    if !COMPONENTS.iter().all(|c| has(c)) {
+        step(&format!(
+            "installing toolchain {channel} with {}",
+            COMPONENTS.join(", ")
+        ));
+        let mut c = rustup();
+        c.args(["toolchain", "install", channel, "--profile", "minimal"]);
+        for comp in COMPONENTS {
+            c.args(["--component", comp]);
+        }
+        run(&mut c)?;
     }
     let sysroot = output(rustup().args(["run", channel, "rustc", "--print", "sysroot"]))?;
     Ok(PathBuf::from(sysroot.trim()))
@@ -59,7 +70,10 @@ fn nightly_llvm(channel: &str, sysroot: &Path) -> Result<(PathBuf, String)> {
     let major = version.split('.').next().unwrap().to_string();
     let lib = fs::read_dir(sysroot.join("lib"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
         .with_context(|| format!("no libLLVM.so.* in {}/lib", sysroot.display()))?;
     Ok((lib, major))
 }
@@ -70,14 +84,19 @@ fn ensure_bpf_linker(channel: &str, sysroot: &Path) -> Result<PathBuf> {
     let bin = tools.join("bin/bpf-linker");
     let (lib, major) = nightly_llvm(channel, sysroot)?;
     let stamp = tools.join("bpf-linker.stamp");
-    let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm {major} {}\n", lib.display());
+    let want = format!(
+        "bpf-linker {BPF_LINKER_VERSION} llvm {major} {}\n",
+        lib.display()
+    );
     // The binary's rpath points into the prefix below: check it still resolves.
     let prefix = tools.join(format!("llvm-{channel}"));
     let prefix_ok = prefix.join("lib/libLLVM.so").exists();
     if bin.exists() && prefix_ok && fs::read_to_string(&stamp).ok().as_deref() == Some(&want) {
         return Ok(bin);
     }
-    step(&format!("building bpf-linker {BPF_LINKER_VERSION} against {channel}'s LLVM {major} (about a minute, once)"));
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against {channel}'s LLVM {major} (about a minute, once)"
+    ));
     let libdir = prefix.join("lib");
     fs::create_dir_all(&libdir)?;
     for name in ["libLLVM.so".into(), lib.file_name().unwrap().to_os_string()] {
@@ -87,8 +106,19 @@ fn ensure_bpf_linker(channel: &str, sysroot: &Path) -> Result<PathBuf> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
-        .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--force"])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .arg("--root")
         .arg(&tools)
         .env("LLVM_PREFIX", &prefix)
@@ -97,25 +127,69 @@ fn ensure_bpf_linker(channel: &str, sysroot: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// `cargo fmt --check` and `cargo clippy -D warnings` on the eBPF crate.
+pub fn lint() -> Result<()> {
+    let channel = nightly()?;
+    let sysroot = ensure_nightly(&channel)?;
+    let linker = ensure_bpf_linker(&channel, &sysroot)?;
+    let mut fmt = nightly_cargo(&channel, &linker);
+    run(fmt.args(["fmt", "--check"]))?;
+    let mut clippy = nightly_cargo(&channel, &linker);
+    clippy.args([
+        "clippy",
+        "--release",
+        "--target",
+        TARGET,
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(&mut clippy)
+}
+
+/// `cargo` of the pinned nightly, in hoop-ebpf, with bpf-linker on PATH.
+fn nightly_cargo(channel: &str, linker: &Path) -> Command {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut c = rustup();
+    c.args(["run", channel, "cargo"])
+        .current_dir(root_dir().join("hoop-ebpf"))
+        .env("CARGO_TARGET_DIR", root_dir().join("target"))
+        .env(
+            "PATH",
+            format!("{}:{path}", linker.parent().unwrap().display()),
+        );
+    // Variables set by the outer (stable) cargo must not steer the nightly build.
+    for v in [
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// Builds hoop-ebpf; returns the object's path.
 pub fn build() -> Result<PathBuf> {
     let channel = nightly()?;
     let sysroot = ensure_nightly(&channel)?;
     let linker = ensure_bpf_linker(&channel, &sysroot)?;
     step("building the eBPF object");
-    let path = std::env::var("PATH").unwrap_or_default();
-    let tools_bin = linker.parent().unwrap();
     let target_dir = root_dir().join("target");
-    let mut c = rustup();
-    c.args(["run", &channel, "cargo", "build", "--release", "--target", TARGET, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(root_dir().join("hoop-ebpf"))
-        .env("PATH", format!("{}:{path}", tools_bin.display()));
-    // Variables set by the outer (stable) cargo must not steer the nightly build.
-    for v in ["RUSTC", "RUSTDOC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO", "CARGO_TARGET_DIR"] {
-        c.env_remove(v);
-    }
+    let mut c = nightly_cargo(&channel, &linker);
+    c.args([
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "-Z",
+        "build-std=core",
+    ]);
     run(&mut c)?;
     let obj = target_dir.join(TARGET).join("release/hoop-ebpf");
     if !obj.is_file() {

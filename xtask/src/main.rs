@@ -50,6 +50,17 @@ fn test(args: &[String]) -> Result<()> {
     sh::require_root("the privileged suites attach eBPF programs to test cgroups")?;
     sh::apt_install(&["curl", "util-linux", "iproute2"])?;
     ebpf::build()?;
+    sh::step("lint: rustfmt and clippy -D warnings, both workspaces");
+    sh::cargo(&["fmt", "--all", "--check"])?;
+    sh::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    ebpf::lint()?;
     sh::step("unit and in-process tests");
     sh::cargo(&["test", "--workspace", "--exclude", "hoop-tests"])?;
     sh::step("privileged suites (real kernel programs, as root)");

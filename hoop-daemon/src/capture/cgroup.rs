@@ -52,7 +52,10 @@ impl Cgroup {
         // The kernel's cgroup id (bpf_get_current_cgroup_id) is the inode
         // number of the cgroup's directory.
         let id = fs::metadata(path)?.ino();
-        Ok(Self { path: path.to_owned(), id })
+        Ok(Self {
+            path: path.to_owned(),
+            id,
+        })
     }
 
     pub fn create(path: &Path) -> io::Result<Self> {
@@ -62,7 +65,9 @@ impl Cgroup {
 
     /// Moves a whole process (all its threads) into this cgroup.
     pub fn add_process(&self, pid: u32) -> io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs"))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))?;
         f.write_all(pid.to_string().as_bytes())
     }
 
@@ -86,15 +91,15 @@ pub fn ensure_root(mount: &Path, relative: &Path) -> Result<Cgroup> {
     let path = mount.join(relative);
     let root = Cgroup::create(&path)
         .with_context(|| format!("creating the hoop root cgroup {}", path.display()))?;
-    if let Some(own) = own_cgroup(mount)? {
-        if own.starts_with(&path) {
-            bail!(
-                "the daemon runs inside the hoop cgroup {} ({}); start it outside, e.g. as the \
-                 hoop.service unit, or set capture.cgroup to another cgroup",
-                path.display(),
-                own.display()
-            );
-        }
+    if let Some(own) = own_cgroup(mount)?
+        && own.starts_with(&path)
+    {
+        bail!(
+            "the daemon runs inside the hoop cgroup {} ({}); start it outside, e.g. as the \
+             hoop.service unit, or set capture.cgroup to another cgroup",
+            path.display(),
+            own.display()
+        );
     }
     Ok(root)
 }
@@ -117,7 +122,10 @@ mod tests {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
                       cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
                       cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(find_cgroup2(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let pure = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
         assert_eq!(find_cgroup2(pure), Some(PathBuf::from("/sys/fs/cgroup")));
         let odd = "none /mnt/cg2 cgroup2 rw 0 0\n";

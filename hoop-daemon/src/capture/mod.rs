@@ -106,13 +106,22 @@ impl Capture {
         }
         let orig_by_local = sys::obj_get(&map_dir.join(maps::ORIG_BY_LOCAL))
             .context("opening the pinned origin map")?;
-        Ok(Self { root, pin_dir, links, orig_by_local, ebpf })
+        Ok(Self {
+            root,
+            pin_dir,
+            links,
+            orig_by_local,
+            ebpf,
+        })
     }
 
     /// Takes (reads and deletes) the record for a connection accepted from
     /// `peer`. `None`: the connection did not come through capture.
     pub fn take_origin(&self, peer: SocketAddr) -> std::io::Result<Option<CapturedOrigin>> {
-        let key = LocalKey { addr: ip_words(peer.ip()), port: peer.port() as u32 };
+        let key = LocalKey {
+            addr: ip_words(peer.ip()),
+            port: peer.port() as u32,
+        };
         let origin: Option<Origin> = sys::map_take(self.orig_by_local.as_fd(), &key)?;
         Ok(origin.map(|o| CapturedOrigin {
             dst: SocketAddr::new(words_ip(o.addr), o.port),
@@ -197,14 +206,18 @@ fn link_program(
         Program::CgroupSock(p) => link!(p),
         other => bail!("unexpected program type {:?}", other.prog_type()),
     };
-    Ok(LinkState { program: name.to_string(), link_id: info.id, prog_id: info.prog_id, reused })
+    Ok(LinkState {
+        program: name.to_string(),
+        link_id: info.id,
+        prog_id: info.prog_id,
+        reused,
+    })
 }
 
 /// Makes sure `pin_dir` is on bpffs, mounting /sys/fs/bpf if it is absent.
 fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let std_mount = Path::new("/sys/fs/bpf");
-    if pin_dir.starts_with(std_mount) && sys::fs_magic(std_mount).ok() != Some(sys::BPF_FS_MAGIC)
-    {
+    if pin_dir.starts_with(std_mount) && sys::fs_magic(std_mount).ok() != Some(sys::BPF_FS_MAGIC) {
         sys::mount_bpffs(std_mount).with_context(|| {
             "bpffs is not mounted at /sys/fs/bpf and mounting it failed; mount it with \
              `mount -t bpf bpf /sys/fs/bpf` (needs root / CAP_SYS_ADMIN)"
@@ -212,7 +225,10 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         tracing::info!("mounted bpffs at /sys/fs/bpf");
     }
     // Check the nearest existing ancestor: pin_dir itself may not exist yet.
-    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if sys::fs_magic(existing).ok() != Some(sys::BPF_FS_MAGIC) {
         bail!(
             "capture.bpf_pin_dir {} is not on a bpf filesystem ({} is not bpffs). Mount one \
@@ -230,7 +246,9 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for sub in ["links", "maps"] {
         let dir = pin_dir.join(sub);
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries {
             let p = e?.path();
             fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -250,7 +268,9 @@ pub fn ip_words(ip: IpAddr) -> [u32; 4] {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     };
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// The inverse of [`ip_words`]; v4-mapped comes back as IPv4.
@@ -286,7 +306,10 @@ mod tests {
             assert_eq!(words_ip(ip_words(ip)), ip);
         }
         let w = ip_words("127.0.0.2".parse().unwrap());
-        assert_eq!(w, hoop_common::v4_mapped(u32::from_ne_bytes([127, 0, 0, 2])));
+        assert_eq!(
+            w,
+            hoop_common::v4_mapped(u32::from_ne_bytes([127, 0, 0, 2]))
+        );
     }
 
     #[test]

@@ -6,22 +6,34 @@ use serde::{Deserialize, Serialize};
 
 pub use server::{Server, client_request};
 
-use crate::{capture::LinkState, jobs::{Job, LiveConnection}};
+use crate::{
+    capture::LinkState,
+    jobs::{Job, LiveConnection},
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Put the calling process (SO_PEERCRED) into a new job cgroup.
-    Run { identity: Option<String>, command: Vec<String> },
+    Run {
+        identity: Option<String>,
+        command: Vec<String>,
+    },
     Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Run { job_id: String, cgroup: String, cgroup_id: u64 },
+    Run {
+        job_id: String,
+        cgroup: String,
+        cgroup_id: u64,
+    },
     Status(Box<Status>),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +45,8 @@ pub struct Status {
     pub pin_dir: String,
     pub listen: Vec<String>,
     pub links: Vec<LinkState>,
+    /// All cgroup links the kernel has on the root cgroup (ours: one per program).
+    pub kernel_links_on_root: usize,
     pub jobs: Vec<JobStatus>,
     pub connections: Vec<LiveConnection>,
 }

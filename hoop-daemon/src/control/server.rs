@@ -38,7 +38,8 @@ impl Server {
             if UnixStream::connect(path).await.is_ok() {
                 bail!("another hoop daemon is serving {}", path.display());
             }
-            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
         }
         let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
         std::os::unix::fs::chown(path, Some(0), control_gid)?;
@@ -74,10 +75,14 @@ impl Server {
         let mut r = BufReader::new(r).take(MAX_LINE as u64);
         r.read_line(&mut line).await?;
         let resp = if !self.authorised(cred.uid(), cred.gid(), cred.pid()) {
-            Response::Error { message: "not authorised: root or the control group only".into() }
+            Response::Error {
+                message: "not authorised: root or the control group only".into(),
+            }
         } else {
             match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response::Error { message: format!("bad request: {e}") },
+                Err(e) => Response::Error {
+                    message: format!("bad request: {e}"),
+                },
                 Ok(req) => self.dispatch(req, cred.pid(), cred.uid()).await,
             }
         };
@@ -91,7 +96,9 @@ impl Server {
         if uid == 0 {
             return true;
         }
-        let Some(g) = self.control_gid else { return false };
+        let Some(g) = self.control_gid else {
+            return false;
+        };
         gid == g || pid.is_some_and(|p| supplementary_groups(p).contains(&g))
     }
 
@@ -100,10 +107,18 @@ impl Server {
             Request::Run { identity, command } => self.run(identity, command, pid, uid),
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
         };
-        result.unwrap_or_else(|e| Response::Error { message: format!("{e:#}") })
+        result.unwrap_or_else(|e| Response::Error {
+            message: format!("{e:#}"),
+        })
     }
 
-    fn run(&self, identity: Option<String>, command: Vec<String>, pid: Option<i32>, uid: u32) -> Result<Response> {
+    fn run(
+        &self,
+        identity: Option<String>,
+        command: Vec<String>,
+        pid: Option<i32>,
+        uid: u32,
+    ) -> Result<Response> {
         let pid = pid.filter(|p| *p > 0).context("peer pid unknown")? as u32;
         let id = Jobs::new_job_id();
         let path = self.capture.root.path.join(format!("job-{id}"));
@@ -128,7 +143,11 @@ impl Server {
             cgroup_id = cg.id, command = ?job.command, "job started"
         );
         let _ = self.watch_job.send(job);
-        Ok(Response::Run { job_id: id, cgroup: path.display().to_string(), cgroup_id: cg.id })
+        Ok(Response::Run {
+            job_id: id,
+            cgroup: path.display().to_string(),
+            cgroup_id: cg.id,
+        })
     }
 
     fn status(&self) -> Status {
@@ -144,11 +163,17 @@ impl Server {
                 format!("[{}]:{}", c.listen6, c.listen_port),
             ],
             links: self.capture.links.clone(),
+            kernel_links_on_root: crate::sys::cgroup_links(self.capture.root.id)
+                .map(|l| l.len())
+                .unwrap_or(0),
             jobs: self
                 .jobs
                 .list()
                 .into_iter()
-                .map(|j| JobStatus { denied: self.jobs.denied_count(j.cgroup_id), job: (*j).clone() })
+                .map(|j| JobStatus {
+                    denied: self.jobs.denied_count(j.cgroup_id),
+                    job: (*j).clone(),
+                })
                 .collect(),
             connections: self.jobs.connections(),
         }
@@ -159,9 +184,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -171,7 +198,9 @@ pub fn group_id(name: &str) -> Option<u32> {
     let text = std::fs::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');
-        (f.next()? == name).then(|| f.nth(1)?.parse().ok()).flatten()
+        (f.next()? == name)
+            .then(|| f.nth(1)?.parse().ok())
+            .flatten()
     })
 }
 
@@ -193,7 +222,7 @@ pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response>
     if answer.is_empty() {
         bail!("the daemon closed the control connection without answering");
     }
-    Ok(serde_json::from_str(&answer).context("malformed answer from the daemon")?)
+    serde_json::from_str(&answer).context("malformed answer from the daemon")
 }
 
 #[cfg(test)]
