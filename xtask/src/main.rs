@@ -62,10 +62,17 @@ fn test(args: &[String]) -> Result<()> {
     ])?;
     ebpf::lint()?;
     sh::step("unit and in-process tests");
-    sh::cargo(&["test", "--workspace", "--exclude", "hoop-tests"])?;
+    let mut tally = sh::Tally::default();
+    tally.cargo_test(&["test", "--workspace", "--exclude", "hoop-tests"], &[])?;
     sh::step("privileged suites (real kernel programs, as root)");
     sh::cargo(&["build", "-p", "hoop-daemon", "-p", "hoop-tests", "--bins"])?;
     let mut a = vec!["test", "-p", "hoop-tests", "--", "--test-threads=1"];
     a.extend(args.iter().map(String::as_str));
-    sh::cargo_env(&a, &[("HOOP_REQUIRE_PRIVILEGED", "1")])
+    let r = tally.cargo_test(&a, &[("HOOP_REQUIRE_PRIVILEGED", "1")]);
+    // One closing line for the whole run, whatever the last binary was.
+    println!(
+        "\nall suites: {} passed, {} failed",
+        tally.passed, tally.failed
+    );
+    r
 }

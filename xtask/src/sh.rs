@@ -53,6 +53,52 @@ pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     run(&mut c)
 }
 
+/// Sums the `test result:` lines of cargo test runs.
+#[derive(Default)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Runs `cargo test …`, echoing its output and counting the results.
+    pub fn cargo_test(&mut self, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+        use std::io::{BufRead, BufReader};
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.args(args)
+            .current_dir(root_dir())
+            .stdout(std::process::Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().with_context(|| format!("starting {c:?}"))?;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let num = |key: &str| -> u64 {
+                    rest.split(';')
+                        .find_map(|p| {
+                            p.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(key)
+                        })
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                self.passed += num(" passed");
+                self.failed += num(" failed");
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{c:?} failed: {status}");
+        }
+        Ok(())
+    }
+}
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
