@@ -1,27 +1,19 @@
 //! The transparent listener. Every TCP connect of a job arrives here; the
-//! kernel record tells where it was going and who made it. For now the
-//! connection is spliced to its original destination; the TLS/HTTP pipeline
-//! takes over this spot next.
-use std::{io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+//! kernel record tells where it was going and who made it. The connection
+//! then goes through the pipeline (or the explicit proxy, when the job was
+//! itself configured to use it).
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     capture::{Capture, CapturedOrigin, is_own_listener},
     config::Config,
-    jobs::{Job, Jobs, LiveConnection},
+    flow::{Flow, Via},
+    jobs::{Jobs, LiveConnection},
+    pipeline::{self, Gateway},
+    proxy,
 };
-
-/// One captured connection, as the rest of the daemon sees it.
-#[derive(Debug, Clone)]
-pub struct Flow {
-    pub orig_dst: SocketAddr,
-    pub peer: SocketAddr,
-    pub pid: u32,
-    pub cgroup_id: u64,
-    pub exe: Option<PathBuf>,
-    pub job: Option<Arc<Job>>,
-}
 
 /// Why a connection was closed without being served.
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +53,21 @@ impl Listeners {
     }
 }
 
-pub fn spawn(listeners: Listeners, cfg: Arc<Config>, capture: Arc<Capture>, jobs: Arc<Jobs>) {
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub capture: Arc<Capture>,
+    pub jobs: Arc<Jobs>,
+    pub gw: Arc<Gateway>,
+}
+
+pub fn spawn(listeners: Listeners, ctx: Arc<Ctx>) {
     for l in std::iter::once(listeners.v4).chain(listeners.v6) {
-        let (cfg, capture, jobs) = (cfg.clone(), capture.clone(), jobs.clone());
-        tokio::spawn(async move { accept_loop(l, cfg, capture, jobs).await });
+        let ctx = ctx.clone();
+        tokio::spawn(async move { accept_loop(l, ctx).await });
     }
 }
 
-async fn accept_loop(l: TcpListener, cfg: Arc<Config>, capture: Arc<Capture>, jobs: Arc<Jobs>) {
+async fn accept_loop(l: TcpListener, ctx: Arc<Ctx>) {
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
@@ -79,10 +78,10 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, capture: Arc<Capture>, jo
                 continue;
             }
         };
-        match classify(&cfg, &capture, &jobs, peer) {
+        match classify(&ctx, peer) {
             Ok(flow) => {
-                let (cfg, jobs) = (cfg.clone(), jobs.clone());
-                tokio::spawn(async move { serve(stream, flow, cfg, jobs).await });
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, flow, ctx.clone()));
             }
             Err(why) => {
                 tracing::warn!(peer = %peer, reason = %why, "refused connection");
@@ -93,76 +92,65 @@ async fn accept_loop(l: TcpListener, cfg: Arc<Config>, capture: Arc<Capture>, jo
 }
 
 /// Turns an accepted peer address into a [`Flow`] using the kernel record.
-fn classify(
-    cfg: &Config,
-    capture: &Capture,
-    jobs: &Jobs,
-    peer: SocketAddr,
-) -> Result<Flow, Refused> {
+fn classify(ctx: &Ctx, peer: SocketAddr) -> Result<Flow, Refused> {
     let CapturedOrigin {
         dst,
         pid,
         cgroup_id,
-    } = capture
+    } = ctx
+        .capture
         .take_origin(peer)
         .map_err(Refused::Map)?
         .ok_or(Refused::NoRecord(peer))?;
-    if is_own_listener(cfg, dst) {
+    if is_own_listener(&ctx.cfg, dst) {
         return Err(Refused::Loop(dst));
     }
     Ok(Flow {
+        id: Flow::next_id(),
+        via: Via::Transparent,
         orig_dst: dst,
+        target_host: None,
         peer,
         pid,
         cgroup_id,
         exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
-        job: jobs.by_cgroup(cgroup_id),
+        job: ctx.jobs.by_cgroup(cgroup_id),
     })
 }
 
-async fn serve(job_side: TcpStream, flow: Flow, cfg: Arc<Config>, jobs: Arc<Jobs>) {
-    let job_id = flow.job.as_ref().map(|j| j.id.clone());
-    let exe = flow.exe.as_ref().map(|p| p.display().to_string());
-    let guard = jobs.open_connection(LiveConnection {
-        id: 0,
-        job: job_id.clone(),
-        pid: flow.pid,
-        cgroup_id: flow.cgroup_id,
-        exe: exe.clone(),
-        orig_dst: flow.orig_dst.to_string(),
-        via: "transparent".into(),
-    });
-    let span = tracing::info_span!("flow", id = guard.id);
-    let _e = span.enter();
+/// True if `dst` is one of the explicit proxy listeners.
+fn is_proxy_listener(cfg: &Config, dst: SocketAddr) -> bool {
+    cfg.proxy
+        .listen
+        .iter()
+        .any(|l| *l == dst || (l.ip().is_unspecified() && l.port() == dst.port()))
+}
+
+async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
+    let flow = Arc::new(flow);
     tracing::info!(
+        flow = flow.id,
         orig_dst = %flow.orig_dst,
         pid = flow.pid,
         cgroup = flow.cgroup_id,
-        job = job_id.as_deref().unwrap_or("-"),
+        job = flow.job_id().unwrap_or("-"),
         identity = flow.job.as_ref().map(|j| j.identity.as_str()).unwrap_or("-"),
-        exe = exe.as_deref().unwrap_or("-"),
+        exe = flow.exe.as_ref().map(|p| p.display().to_string()).as_deref().unwrap_or("-"),
         peer = %flow.peer,
         "connection"
     );
-    drop(_e);
-    let result = splice(job_side, flow.orig_dst, cfg.connect_timeout()).await;
-    let _e = span.enter();
-    match result {
-        Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "closed"),
-        Err(e) => tracing::warn!(error = %e, orig_dst = %flow.orig_dst, "upstream failed"),
+    if is_proxy_listener(&ctx.cfg, flow.orig_dst) {
+        // A captured job configured with a proxy: serve it as one, with the
+        // identity the kernel gave us.
+        let client = proxy::Client {
+            peer: flow.peer,
+            captured: Some(flow.clone()),
+        };
+        proxy::serve(ctx.gw.clone(), ctx.jobs.clone(), stream, client).await;
+        return;
     }
-    drop(guard);
-}
-
-async fn splice(
-    mut job_side: TcpStream,
-    dst: SocketAddr,
-    timeout: Duration,
-) -> io::Result<(u64, u64)> {
-    let mut upstream = tokio::time::timeout(timeout, TcpStream::connect(dst))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))??;
-    let _ = upstream.set_nodelay(true);
-    let _ = job_side.set_nodelay(true);
-    tokio::io::copy_bidirectional(&mut job_side, &mut upstream).await
+    let _guard = ctx.jobs.open_connection(LiveConnection::of(&flow));
+    if let Err(e) = pipeline::serve(ctx.gw.clone(), stream, flow.clone()).await {
+        tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
+    }
 }

@@ -35,6 +35,8 @@ pub enum ConfigError {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub capture: CaptureConfig,
+    pub proxy: ProxyConfig,
+    pub tls: TlsConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -47,11 +49,26 @@ pub struct DaemonConfig {
     pub runtime_dir: PathBuf,
     pub control_group: String,
     pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub listen: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub upstream_ca_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
+    pub enabled: bool,
     pub cgroup: PathBuf,
     pub bpf_pin_dir: PathBuf,
     pub listen4: Ipv4Addr,
@@ -147,14 +164,38 @@ impl Config {
                 return Err(bad(key, "must be an absolute path"));
             }
         }
-        if self.daemon.connect_timeout_ms == 0 {
-            return Err(bad("daemon.connect_timeout_ms", "must be at least 1"));
+        for (key, v) in [
+            ("daemon.connect_timeout_ms", self.daemon.connect_timeout_ms),
+            (
+                "daemon.response_timeout_ms",
+                self.daemon.response_timeout_ms,
+            ),
+            (
+                "daemon.handshake_timeout_ms",
+                self.daemon.handshake_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        if self
+            .proxy
+            .listen
+            .iter()
+            .any(|a| a.port() == self.capture.listen_port && self.capture.enabled)
+        {
+            return Err(bad("proxy.listen", "must not use capture.listen_port"));
         }
         Ok(())
     }
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.daemon.connect_timeout_ms)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.daemon.handshake_timeout_ms)
     }
 
     pub fn control_socket(&self) -> PathBuf {

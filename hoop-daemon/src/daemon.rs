@@ -15,48 +15,60 @@ use crate::{
     config::Config,
     control::{self, Server},
     jobs::{Job, Jobs},
+    pipeline::{Gateway, phases::Passthrough},
+    proxy,
 };
 
 pub async fn run(cfg: Config) -> Result<()> {
     let cfg = Arc::new(cfg);
-    let mount = capture::cgroup::discover_mount()?;
-    let root = capture::cgroup::ensure_root(&mount, &cfg.capture.cgroup)?;
-    tracing::info!(mount = %mount.display(), root = %root.path.display(), cgroup_id = root.id, "cgroup2");
-
-    // Listen before attaching: once the redirect is in place, someone answers.
-    let listeners = accept::Listeners::bind(&cfg).await?;
-    let mut capture = Capture::attach(&cfg, root)?;
-    for l in &capture.links {
-        tracing::info!(program = %l.program, link_id = l.link_id, prog_id = l.prog_id, reused = l.reused, "attached");
-    }
-
     let jobs = Arc::new(Jobs::new(cfg.daemon.runtime_dir.join("jobs")));
-    capture::spawn_event_reader(capture.take_events()?, jobs.clone())
-        .context("watching the kernel's event ring buffer")?;
-    let capture = Arc::new(capture);
+    let gw = Arc::new(Gateway::new(cfg.clone(), Arc::new(Passthrough))?);
+    tracing::info!(ca = %gw.ca.cert_path.display(), spki_sha256 = %gw.ca.spki_sha256_base64(), "local CA");
+    let proxies = proxy::bind(&cfg.proxy.listen).await?;
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
-    for job in jobs.restore() {
-        tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job restored");
-        let _ = watch_tx.send(job);
-    }
+    let capture = if cfg.capture.enabled {
+        let (capture, listeners) = start_capture(&cfg, &jobs).await?;
+        for job in jobs.restore() {
+            tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job restored");
+            let _ = watch_tx.send(job);
+        }
+        let ctx = accept::Ctx {
+            cfg: cfg.clone(),
+            capture: capture.clone(),
+            jobs: jobs.clone(),
+            gw: gw.clone(),
+        };
+        accept::spawn(listeners, Arc::new(ctx));
+        Some(capture)
+    } else {
+        tracing::warn!(
+            "capture disabled (capture.enabled = false): only the explicit proxy serves"
+        );
+        None
+    };
     spawn_job_reaper(jobs.clone(), watch_rx)?;
+    proxy::spawn(proxies, gw.clone(), jobs.clone());
 
     let control_gid = control::server::group_id(&cfg.daemon.control_group);
     let socket = cfg.control_socket();
     let listener = Server::bind(&socket, control_gid).await?;
     let server = Arc::new(Server {
         cfg: cfg.clone(),
-        capture: capture.clone(),
+        capture,
         jobs: jobs.clone(),
         watch_job: watch_tx,
         control_gid,
     });
     server.spawn(listener);
-    accept::spawn(listeners, cfg.clone(), capture.clone(), jobs.clone());
     tracing::info!(
         control = %socket.display(),
-        listen = %format!("{}:{} [{}]:{}", cfg.capture.listen4, cfg.capture.listen_port, cfg.capture.listen6, cfg.capture.listen_port),
+        listen = %if cfg.capture.enabled {
+            format!("{}:{} [{}]:{}", cfg.capture.listen4, cfg.capture.listen_port, cfg.capture.listen6, cfg.capture.listen_port)
+        } else {
+            "-".into()
+        },
+        proxy = ?cfg.proxy.listen,
         "hoop daemon ready"
     );
 
@@ -71,6 +83,25 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// cgroup2, bpffs, the kernel programs and the transparent listener.
+async fn start_capture(
+    cfg: &Arc<Config>,
+    jobs: &Arc<Jobs>,
+) -> Result<(Arc<Capture>, accept::Listeners)> {
+    let mount = capture::cgroup::discover_mount()?;
+    let root = capture::cgroup::ensure_root(&mount, &cfg.capture.cgroup)?;
+    tracing::info!(mount = %mount.display(), root = %root.path.display(), cgroup_id = root.id, "cgroup2");
+    // Listen before attaching: once the redirect is in place, someone answers.
+    let listeners = accept::Listeners::bind(cfg).await?;
+    let mut capture = Capture::attach(cfg, root)?;
+    for l in &capture.links {
+        tracing::info!(program = %l.program, link_id = l.link_id, prog_id = l.prog_id, reused = l.reused, "attached");
+    }
+    capture::spawn_event_reader(capture.take_events()?, jobs.clone())
+        .context("watching the kernel's event ring buffer")?;
+    Ok((Arc::new(capture), listeners))
 }
 
 /// Ends jobs whose cgroup emptied: removes the cgroup and the job record.

@@ -5,10 +5,7 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -42,13 +39,29 @@ pub struct LiveConnection {
     pub via: String,
 }
 
+impl LiveConnection {
+    pub fn of(f: &crate::flow::Flow) -> Self {
+        Self {
+            id: f.id,
+            job: f.job_id().map(str::to_owned),
+            pid: f.pid,
+            cgroup_id: f.cgroup_id,
+            exe: f.exe.as_ref().map(|p| p.display().to_string()),
+            orig_dst: match &f.target_host {
+                Some(h) => format!("{h} ({})", f.orig_dst),
+                None => f.orig_dst.to_string(),
+            },
+            via: f.via.as_str().to_string(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Jobs {
     dir: PathBuf,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     conns: Mutex<HashMap<u64, LiveConnection>>,
     denied: Mutex<HashMap<u64, u64>>,
-    next_conn: AtomicU64,
 }
 
 impl Jobs {
@@ -145,8 +158,7 @@ impl Jobs {
     }
 
     /// Registers a live connection; it is removed when the guard drops.
-    pub fn open_connection(self: &Arc<Self>, mut c: LiveConnection) -> ConnectionGuard {
-        c.id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+    pub fn open_connection(self: &Arc<Self>, c: LiveConnection) -> ConnectionGuard {
         let id = c.id;
         self.conns.lock().unwrap().insert(id, c);
         ConnectionGuard {
@@ -221,7 +233,7 @@ mod tests {
     fn connection_guard_unregisters() {
         let jobs = Arc::new(Jobs::default());
         let g = jobs.open_connection(LiveConnection {
-            id: 0,
+            id: 7,
             job: None,
             pid: 1,
             cgroup_id: 2,

@@ -65,6 +65,7 @@ pub struct TestEnv {
     pub name: String,
     pub config: PathBuf,
     pub port: u16,
+    pub proxy_port: u16,
     pub cgroup: String,
     pub pin_dir: PathBuf,
     pub runtime_dir: PathBuf,
@@ -88,6 +89,7 @@ impl TestEnv {
         std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let tag = format!("{name}-{}", std::process::id());
         let port = free_port();
+        let proxy_port = free_port();
         let cgroup = format!("hoop-test-{tag}");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/hoop-test-{tag}"));
         let runtime_dir = dir.path().join("run");
@@ -97,7 +99,7 @@ impl TestEnv {
             format!(
                 "[daemon]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n\n\
                  [capture]\ncgroup = \"{cgroup}\"\nbpf_pin_dir = \"{pins}\"\nlisten_port = {port}\n\
-                 dns_resolvers = [\"127.0.0.54\"]\n{extra}\n",
+                 dns_resolvers = [\"127.0.0.54\"]\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n{extra}\n",
                 state = dir.path().join("state").display(),
                 run = runtime_dir.display(),
                 pins = pin_dir.display(),
@@ -110,6 +112,7 @@ impl TestEnv {
             name: name.into(),
             config,
             port,
+            proxy_port,
             cgroup,
             pin_dir,
             runtime_dir,

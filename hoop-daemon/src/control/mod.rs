@@ -40,10 +40,13 @@ pub enum Response {
 pub struct Status {
     pub pid: u32,
     pub config: String,
+    /// Whether the kernel programs are in use (false: explicit proxy only).
+    pub capture: bool,
     pub root_cgroup: String,
     pub root_cgroup_id: u64,
     pub pin_dir: String,
     pub listen: Vec<String>,
+    pub proxy: Vec<String>,
     pub links: Vec<LinkState>,
     /// All cgroup links the kernel has on the root cgroup (ours: one per program).
     pub kernel_links_on_root: usize,

@@ -22,7 +22,8 @@ const MAX_LINE: usize = 64 * 1024;
 
 pub struct Server {
     pub cfg: Arc<Config>,
-    pub capture: Arc<Capture>,
+    /// None when capture is disabled (explicit proxy only).
+    pub capture: Option<Arc<Capture>>,
     pub jobs: Arc<Jobs>,
     pub watch_job: tokio::sync::mpsc::UnboundedSender<Arc<Job>>,
     pub control_gid: Option<u32>,
@@ -120,8 +121,11 @@ impl Server {
         uid: u32,
     ) -> Result<Response> {
         let pid = pid.filter(|p| *p > 0).context("peer pid unknown")? as u32;
+        let capture = self.capture.as_ref().context(
+            "capture is disabled on this daemon (capture.enabled = false); point the job at the explicit proxy instead",
+        )?;
         let id = Jobs::new_job_id();
-        let path = self.capture.root.path.join(format!("job-{id}"));
+        let path = capture.root.path.join(format!("job-{id}"));
         let cg = Cgroup::create(&path).with_context(|| format!("creating {}", path.display()))?;
         if let Err(e) = cg.add_process(pid) {
             let _ = cg.remove();
@@ -152,18 +156,35 @@ impl Server {
 
     fn status(&self) -> Status {
         let c = &self.cfg.capture;
+        let cap = self.capture.as_deref();
         Status {
             pid: std::process::id(),
             config: self.cfg.source.display().to_string(),
-            root_cgroup: self.capture.root.path.display().to_string(),
-            root_cgroup_id: self.capture.root.id,
-            pin_dir: self.capture.pin_dir.display().to_string(),
-            listen: vec![
-                format!("{}:{}", c.listen4, c.listen_port),
-                format!("[{}]:{}", c.listen6, c.listen_port),
-            ],
-            links: self.capture.links.clone(),
-            kernel_links_on_root: crate::sys::cgroup_links(self.capture.root.id)
+            capture: cap.is_some(),
+            root_cgroup: cap
+                .map(|c| c.root.path.display().to_string())
+                .unwrap_or_default(),
+            root_cgroup_id: cap.map(|c| c.root.id).unwrap_or(0),
+            pin_dir: cap
+                .map(|c| c.pin_dir.display().to_string())
+                .unwrap_or_default(),
+            listen: match cap {
+                Some(_) => vec![
+                    format!("{}:{}", c.listen4, c.listen_port),
+                    format!("[{}]:{}", c.listen6, c.listen_port),
+                ],
+                None => vec![],
+            },
+            proxy: self
+                .cfg
+                .proxy
+                .listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            links: cap.map(|c| c.links.clone()).unwrap_or_default(),
+            kernel_links_on_root: cap
+                .and_then(|c| crate::sys::cgroup_links(c.root.id).ok())
                 .map(|l| l.len())
                 .unwrap_or(0),
             jobs: self

@@ -1,4 +1,6 @@
 //! The `hoop` command line: one binary for the daemon and its clients.
+mod ca;
+
 use std::{
     os::unix::process::CommandExt,
     path::PathBuf,
@@ -50,6 +52,26 @@ pub enum Cmd {
     Detach,
     /// Validate a config file (default: the one the daemon would use).
     CheckConfig { path: Option<PathBuf> },
+    /// The local CA that jobs must trust.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Print the CA certificate (PEM).
+    Export,
+    /// Print base64(SHA-256(SPKI)) for Chromium's --ignore-certificate-errors-spki-list.
+    Spki,
+    /// Add the CA to an NSS database (Chromium, Firefox) with certutil.
+    InstallNss {
+        /// The user whose ~/.pki/nssdb gets the CA.
+        #[arg(long, conflicts_with = "dir")]
+        user: Option<String>,
+        /// An NSS database directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -91,6 +113,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Detach => detach(&cfg),
+        Cmd::Ca(c) => {
+            match c {
+                CaCmd::Export => print!("{}", ca::read_pem(&cfg)?),
+                CaCmd::Spki => println!("{}", ca::spki(&ca::read_pem(&cfg)?)?),
+                CaCmd::InstallNss { user, dir } => {
+                    let db = ca::install_nss(&cfg, user.as_deref(), dir.as_deref())?;
+                    println!("hoop CA added to the NSS database {}", db.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::CheckConfig { .. } => unreachable!(),
     }
 }
@@ -178,7 +211,22 @@ fn remove_empty_cgroups(root: &std::path::Path) {
 fn print_status(s: &Status) {
     println!("daemon     pid {} (config {})", s.pid, s.config);
     println!("cgroup     {} (id {})", s.root_cgroup, s.root_cgroup_id);
-    println!("listen     {}", s.listen.join(" "));
+    println!(
+        "listen     {}",
+        if s.capture {
+            s.listen.join(" ")
+        } else {
+            "- (capture disabled)".into()
+        }
+    );
+    println!(
+        "proxy      {}",
+        if s.proxy.is_empty() {
+            "-".into()
+        } else {
+            s.proxy.join(" ")
+        }
+    );
     println!("pins       {}", s.pin_dir);
     println!(
         "programs   ({} cgroup links on the root in the kernel)",

@@ -1,0 +1,168 @@
+//! Bodies stream through hoop frame by frame; nothing is buffered unless a
+//! phase's transform chooses to.
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+
+use super::phases::BodyTransform;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn boxed<B>(b: B) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed_unsync()
+}
+
+/// Wraps a body: counts its bytes, applies an optional transform, and calls
+/// `done(bytes, completed)` exactly once, at the end or when dropped early.
+pub struct Observed<F: FnOnce(u64, bool) + Send + Unpin> {
+    inner: Body,
+    transform: Option<Box<dyn BodyTransform>>,
+    bytes: u64,
+    done: Option<F>,
+    finished: bool,
+}
+
+impl<F: FnOnce(u64, bool) + Send + Unpin> Observed<F> {
+    pub fn new(inner: Body, transform: Option<Box<dyn BodyTransform>>, done: F) -> Self {
+        Self {
+            inner,
+            transform,
+            bytes: 0,
+            done: Some(done),
+            finished: false,
+        }
+    }
+
+    fn complete(&mut self, ok: bool) {
+        if let Some(f) = self.done.take() {
+            f(self.bytes, ok);
+        }
+    }
+}
+
+impl<F: FnOnce(u64, bool) + Send + Unpin> HttpBody for Observed<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match (frame.into_data(), this.transform.as_mut()) {
+                    (Ok(data), Some(t)) => Frame::data(t.chunk(data)),
+                    (Ok(data), None) => Frame::data(data),
+                    (Err(frame), _) => frame,
+                };
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finished = true;
+                this.complete(false);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.finished = true;
+                let tail = this
+                    .transform
+                    .as_mut()
+                    .map(|t| t.finish())
+                    .filter(|b| !b.is_empty());
+                if let Some(tail) = tail {
+                    this.bytes += tail.len() as u64;
+                    this.complete(true);
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+                this.complete(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || (self.transform.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A transform may change the length.
+        if self.transform.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl<F: FnOnce(u64, bool) + Send + Unpin> Drop for Observed<F> {
+    fn drop(&mut self) {
+        self.complete(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    struct Upper;
+    impl BodyTransform for Upper {
+        fn chunk(&mut self, data: Bytes) -> Bytes {
+            Bytes::from(data.to_ascii_uppercase())
+        }
+        fn finish(&mut self) -> Bytes {
+            Bytes::from_static(b"!")
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_transforms_and_reports_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let b = Observed::new(full("hello"), Some(Box::new(Upper)), move |n, ok| {
+            s.lock().unwrap().push((n, ok))
+        });
+        let out = b.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"HELLO!");
+        assert_eq!(*seen.lock().unwrap(), vec![(6, true)]);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_body_reports_incomplete() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        drop(Observed::new(full("x"), None, move |n, ok| {
+            s.lock().unwrap().push((n, ok))
+        }));
+        assert_eq!(*seen.lock().unwrap(), vec![(0, false)]);
+    }
+}

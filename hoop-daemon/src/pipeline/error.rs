@@ -1,0 +1,174 @@
+//! Every way a request can fail, and the one place where a failure becomes
+//! the response the job sees: a status, an `x-hoop-reason` header naming the
+//! reason, and a short text body.
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::{Body, full};
+
+pub const REASON_HEADER: &str = "x-hoop-reason";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PipelineError {
+    // Upstream side.
+    #[error("cannot connect to upstream {dst}: {detail}")]
+    UpstreamConnect { dst: SocketAddr, detail: String },
+    #[error("upstream {dst} did not accept the connection within {ms} ms")]
+    UpstreamConnectTimeout { dst: SocketAddr, ms: u64 },
+    #[error("upstream {name} ({dst}) presented an invalid certificate: {detail}")]
+    UpstreamCertificate {
+        dst: SocketAddr,
+        name: String,
+        detail: String,
+    },
+    #[error("TLS with upstream {name} ({dst}) failed: {detail}")]
+    UpstreamTls {
+        dst: SocketAddr,
+        name: String,
+        detail: String,
+    },
+    #[error("upstream did not answer within {ms} ms")]
+    UpstreamResponseTimeout { ms: u64 },
+    #[error("upstream broke the HTTP exchange: {detail}")]
+    UpstreamProtocol { detail: String },
+    // Job side.
+    #[error("bad request: {detail}")]
+    BadRequest { detail: String },
+    #[error("cannot resolve {host}: {detail}")]
+    Resolve { host: String, detail: String },
+    // Policy.
+    #[error("{message}")]
+    Denied {
+        rule: String,
+        status: StatusCode,
+        message: String,
+    },
+    // Ours.
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+impl PipelineError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UpstreamConnectTimeout { .. } | Self::UpstreamResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamCertificate { .. }
+            | Self::UpstreamTls { .. }
+            | Self::UpstreamProtocol { .. }
+            | Self::Resolve { .. } => StatusCode::BAD_GATEWAY,
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Denied { status, .. } => *status,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable, machine-readable reason for the `x-hoop-reason` header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UpstreamConnect { .. } => "upstream-connect-failed",
+            Self::UpstreamConnectTimeout { .. } => "upstream-connect-timeout",
+            Self::UpstreamCertificate { .. } => "upstream-certificate-invalid",
+            Self::UpstreamTls { .. } => "upstream-tls-failed",
+            Self::UpstreamResponseTimeout { .. } => "upstream-response-timeout",
+            Self::UpstreamProtocol { .. } => "upstream-protocol-error",
+            Self::BadRequest { .. } => "bad-request",
+            Self::Resolve { .. } => "resolve-failed",
+            Self::Denied { .. } => "policy-denied",
+            Self::Internal { .. } => "internal-error",
+        }
+    }
+
+    pub fn from_tls(dst: SocketAddr, name: &str, e: &std::io::Error) -> Self {
+        let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        match tls {
+            Some(rustls::Error::InvalidCertificate(c)) => Self::UpstreamCertificate {
+                dst,
+                name: name.into(),
+                detail: format!("{c:?}"),
+            },
+            _ => Self::UpstreamTls {
+                dst,
+                name: name.into(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The response the job gets for `e`. The only place errors turn into
+/// responses.
+pub fn respond(e: &PipelineError) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(format!("hoop: {e}\n"))));
+    *r.status_mut() = e.status();
+    let h = r.headers_mut();
+    h.insert(REASON_HEADER, HeaderValue::from_static(e.reason()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let PipelineError::Denied { rule, .. } = e
+        && let Ok(v) = HeaderValue::from_str(rule)
+    {
+        h.insert("x-hoop-rule", v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_status_reason_and_body() {
+        let dst: SocketAddr = "127.0.0.2:443".parse().unwrap();
+        let cases = [
+            (
+                PipelineError::UpstreamConnect {
+                    dst,
+                    detail: "refused".into(),
+                },
+                502,
+                "upstream-connect-failed",
+            ),
+            (
+                PipelineError::UpstreamConnectTimeout { dst, ms: 5 },
+                504,
+                "upstream-connect-timeout",
+            ),
+            (
+                PipelineError::UpstreamResponseTimeout { ms: 5 },
+                504,
+                "upstream-response-timeout",
+            ),
+            (
+                PipelineError::UpstreamCertificate {
+                    dst,
+                    name: "a.test".into(),
+                    detail: "UnknownIssuer".into(),
+                },
+                502,
+                "upstream-certificate-invalid",
+            ),
+            (
+                PipelineError::Denied {
+                    rule: "r1".into(),
+                    status: StatusCode::FORBIDDEN,
+                    message: "no".into(),
+                },
+                403,
+                "policy-denied",
+            ),
+        ];
+        for (e, status, reason) in cases {
+            let r = respond(&e);
+            assert_eq!(r.status().as_u16(), status, "{e}");
+            assert_eq!(r.headers()[REASON_HEADER], reason);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The pipeline every job connection goes through, however it arrived
+//! (transparent capture, CONNECT, SOCKS5): sniff the first bytes, terminate
+//! TLS with a leaf for the name the job asked for, and serve HTTP with an
+//! upstream connection to the original destination in between.
+pub mod body;
+pub mod classify;
+pub mod error;
+pub mod headers;
+mod http;
+pub mod phases;
+mod rewind;
+pub mod upstream;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Result;
+use rustls::{
+    ServerConfig,
+    pki_types::{DnsName, ServerName},
+    server::{Acceptor, ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+
+pub use error::PipelineError;
+pub use http::forward_plain;
+pub use phases::{Phases, SharedPhases};
+pub use rewind::Rewind;
+
+use crate::{
+    config::Config,
+    flow::Flow,
+    tls::{self, Ca, Leaves, UpstreamTls, leaf::LeafName},
+};
+use classify::{Kind, MAX_SNIFF, classify};
+use upstream::{Negotiated, TlsTarget, UpstreamConn};
+
+/// Everything a connection needs, shared by all of them.
+pub struct Gateway {
+    pub cfg: Arc<Config>,
+    pub ca: Arc<Ca>,
+    pub leaves: Arc<Leaves>,
+    pub upstream_tls: UpstreamTls,
+    pub phases: SharedPhases,
+    /// Server configs by the ALPN protocol mirrored from the upstream.
+    server_h2: Arc<ServerConfig>,
+    server_h1: Arc<ServerConfig>,
+    server_none: Arc<ServerConfig>,
+}
+
+#[derive(Debug)]
+struct SniResolver(Arc<Leaves>, Option<LeafName>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = match hello.server_name() {
+            Some(sni) => LeafName::Dns(sni.to_string()),
+            None => self.1.clone()?,
+        };
+        self.0
+            .get(&name)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot mint a leaf"))
+            .ok()
+    }
+}
+
+impl Gateway {
+    pub fn new(cfg: Arc<Config>, phases: SharedPhases) -> Result<Self> {
+        let ca = Arc::new(Ca::load_or_create(&cfg.daemon.state_dir)?);
+        let leaves = Arc::new(Leaves::new(ca.clone())?);
+        let upstream_tls = UpstreamTls::new(&cfg.tls.upstream_ca_files)?;
+        let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>> {
+            let mut c = ServerConfig::builder_with_provider(tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(SniResolver(leaves.clone(), None)));
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(c))
+        };
+        Ok(Self {
+            server_h2: server(&[tls::H2])?,
+            server_h1: server(&[tls::HTTP11])?,
+            server_none: server(&[])?,
+            cfg,
+            ca,
+            leaves,
+            upstream_tls,
+            phases,
+        })
+    }
+
+    fn server_config(
+        &self,
+        alpn: Option<&[u8]>,
+        no_sni_ip: Option<LeafName>,
+    ) -> Result<Arc<ServerConfig>> {
+        let shared = match alpn {
+            Some(p) if p == tls::H2 => &self.server_h2,
+            Some(_) => &self.server_h1,
+            None => &self.server_none,
+        };
+        let Some(ip) = no_sni_ip else {
+            return Ok(shared.clone());
+        };
+        // No SNI: the leaf is for the original IP, which the shared resolver
+        // can't know; a per-connection config is rare and cheap enough.
+        let mut c = (**shared).clone();
+        c.cert_resolver = Arc::new(SniResolver(self.leaves.clone(), Some(ip)));
+        Ok(Arc::new(c))
+    }
+
+    pub(crate) fn timeouts(&self) -> (Duration, Duration) {
+        (
+            self.cfg.connect_timeout(),
+            Duration::from_millis(self.cfg.daemon.response_timeout_ms),
+        )
+    }
+}
+
+/// Serves one job connection to its end. Errors toward the job have already
+/// become responses; what returns here is for the log.
+pub async fn serve<IO>(gw: Arc<Gateway>, io: IO, flow: Arc<Flow>) -> Result<(), PipelineError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (kind, io) = sniff(io, gw.cfg.handshake_timeout()).await?;
+    match kind {
+        Kind::Tls => serve_tls(gw, io, flow).await,
+        Kind::Http => {
+            let (ct, rt) = gw.timeouts();
+            let up = UpstreamConn::new(flow.orig_dst, None, ct, rt);
+            http::serve(gw, io, flow, up, false, "http", None).await
+        }
+        Kind::H2c | Kind::Other | Kind::NeedMore => Err(PipelineError::BadRequest {
+            detail: format!("not TLS or HTTP/1 (first bytes {kind:?}); raw TCP is refused"),
+        }),
+    }
+}
+
+/// Reads just enough to classify the connection, then rewinds.
+async fn sniff<IO: AsyncRead + Unpin>(
+    mut io: IO,
+    timeout: Duration,
+) -> Result<(Kind, Rewind<IO>), PipelineError> {
+    let mut buf = Vec::with_capacity(MAX_SNIFF);
+    let read = async {
+        loop {
+            let mut chunk = [0u8; MAX_SNIFF];
+            let want = MAX_SNIFF - buf.len();
+            let n = io.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(Kind::NeedMore);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            match classify(&buf) {
+                Kind::NeedMore if buf.len() < MAX_SNIFF => continue,
+                k => return Ok(k),
+            }
+        }
+    };
+    let kind = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| PipelineError::BadRequest {
+            detail: "client sent nothing in time".into(),
+        })?
+        .map_err(|e| PipelineError::BadRequest {
+            detail: e.to_string(),
+        })?;
+    Ok((kind, Rewind::new(buf.into(), io)))
+}
+
+async fn serve_tls<IO>(
+    gw: Arc<Gateway>,
+    io: Rewind<IO>,
+    flow: Arc<Flow>,
+) -> Result<(), PipelineError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let bad = |detail: String| PipelineError::BadRequest { detail };
+    let start = tokio::time::timeout(
+        gw.cfg.handshake_timeout(),
+        LazyConfigAcceptor::new(Acceptor::default(), io),
+    )
+    .await
+    .map_err(|_| bad("TLS ClientHello timed out".into()))?
+    .map_err(|e| bad(format!("malformed TLS ClientHello: {e}")))?;
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(str::to_owned);
+    let alpn: Vec<Vec<u8>> = hello
+        .alpn()
+        .map(|i| i.map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+
+    // The name the upstream must prove: the SNI, else the original IP.
+    let (name, no_sni_leaf) = match &sni {
+        Some(s) => {
+            let dns = DnsName::try_from(s.as_str())
+                .map_err(|_| bad(format!("invalid SNI {s:?}")))?
+                .to_owned();
+            (ServerName::DnsName(dns), None)
+        }
+        None => (
+            ServerName::IpAddress(flow.orig_dst.ip().into()),
+            Some(LeafName::Ip(flow.orig_dst.ip())),
+        ),
+    };
+    let (ct, rt) = gw.timeouts();
+    let target = TlsTarget {
+        name,
+        config: gw.upstream_tls.config_for(&alpn),
+    };
+    let up = UpstreamConn::new(flow.orig_dst, Some(target), ct, rt);
+    // Upstream first: the job gets the protocol the upstream chose.
+    let pre = up.predial().await;
+    let offered = |p: &[u8]| alpn.iter().any(|a| a == p);
+    let job_alpn: Option<&[u8]> = match &pre {
+        Ok(Negotiated::H2) => Some(tls::H2),
+        Ok(Negotiated::H1 { alpn: true }) => Some(tls::HTTP11),
+        Ok(Negotiated::H1 { alpn: false }) => None,
+        // Still finish the handshake so the job reads why.
+        Err(_) if offered(tls::HTTP11) => Some(tls::HTTP11),
+        Err(_) if offered(tls::H2) => Some(tls::H2),
+        Err(_) => None,
+    };
+    let config = gw
+        .server_config(job_alpn, no_sni_leaf)
+        .map_err(|e| PipelineError::Internal {
+            detail: e.to_string(),
+        })?;
+    let stream = tokio::time::timeout(gw.cfg.handshake_timeout(), start.into_stream(config))
+        .await
+        .map_err(|_| bad("TLS handshake with the job timed out".into()))?
+        .map_err(|e| bad(format!("TLS handshake with the job failed: {e}")))?;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::H2);
+    http::serve(gw, stream, flow, up, h2, "https", pre.err()).await
+}

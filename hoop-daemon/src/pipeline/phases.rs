@@ -1,0 +1,92 @@
+//! Phase hooks: the pipeline calls these in order, and policy, masking,
+//! approval and audit implement them without touching transport code. Each
+//! phase is a plain function of what it is shown, so it can be tested
+//! without sockets.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, request, response};
+
+use super::PipelineError;
+use crate::flow::Flow;
+
+/// What the request phase sees: the head, never the socket.
+pub struct RequestView<'a> {
+    pub flow: &'a Flow,
+    pub method: &'a Method,
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+pub enum Decision {
+    Allow,
+    /// Refuse with this error (usually [`PipelineError::Denied`]).
+    Deny(PipelineError),
+}
+
+/// A streaming transform of a response body (masking plugs in here).
+pub trait BodyTransform: Send {
+    fn chunk(&mut self, data: Bytes) -> Bytes;
+    /// Whatever the transform still holds at the end of the body.
+    fn finish(&mut self) -> Bytes {
+        Bytes::new()
+    }
+}
+
+/// What happened, for the audit log.
+#[derive(Debug, Clone)]
+pub struct ExchangeRecord {
+    pub flow_id: u64,
+    pub job: Option<String>,
+    pub orig_dst: SocketAddr,
+    pub method: String,
+    pub scheme: String,
+    pub authority: String,
+    pub path: String,
+    pub status: Option<StatusCode>,
+    pub reason: Option<&'static str>,
+    pub response_bytes: u64,
+    pub duration: Duration,
+}
+
+pub trait Phases: Send + Sync + 'static {
+    /// Request received: allow, or deny (holding comes with approvals).
+    fn on_request(&self, _req: &RequestView<'_>) -> Decision {
+        Decision::Allow
+    }
+    /// About to go upstream: may rewrite the head (credential injection).
+    fn before_upstream(&self, _flow: &Flow, _req: &mut request::Parts) {}
+    /// Response head arrived: may rewrite it, and may ask to transform the body.
+    fn on_response_head(
+        &self,
+        _flow: &Flow,
+        _resp: &mut response::Parts,
+    ) -> Option<Box<dyn BodyTransform>> {
+        None
+    }
+    /// The exchange is complete (body fully sent, or failed).
+    fn on_exchange_done(&self, _record: ExchangeRecord) {}
+}
+
+/// The phases before any policy exists: allow everything, log exchanges.
+pub struct Passthrough;
+
+impl Phases for Passthrough {
+    fn on_exchange_done(&self, r: ExchangeRecord) {
+        tracing::info!(
+            flow = r.flow_id,
+            job = r.job.as_deref().unwrap_or("-"),
+            method = %r.method,
+            url = %format!("{}://{}{}", r.scheme, r.authority, r.path),
+            status = r.status.map(|s| s.as_u16()).unwrap_or(0),
+            reason = r.reason.unwrap_or("-"),
+            bytes = r.response_bytes,
+            ms = r.duration.as_millis() as u64,
+            "exchange"
+        );
+    }
+}
+
+pub type SharedPhases = Arc<dyn Phases>;

@@ -1,0 +1,305 @@
+//! The explicit proxy listener, for clients configured with a proxy and for
+//! hosts without eBPF: HTTP CONNECT, absolute-URI HTTP, and SOCKS5. Each
+//! feeds the same pipeline as a captured connection.
+pub mod socks5;
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{Method, Request, Response};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{
+    flow::{Flow, Via},
+    jobs::{Jobs, LiveConnection},
+    pipeline::{self, Gateway, PipelineError, Rewind, body::Body, error::respond},
+};
+use socks5::{Socks5Error, Target};
+
+/// Who is on the other end of a proxy connection, as far as we know.
+#[derive(Clone)]
+pub struct Client {
+    pub peer: SocketAddr,
+    /// Set when a captured job used the proxy (its kernel record).
+    pub captured: Option<Arc<Flow>>,
+}
+
+pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    use anyhow::Context;
+    let mut v = Vec::new();
+    for a in addrs {
+        v.push(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the proxy listener {a}"))?,
+        );
+    }
+    Ok(v)
+}
+
+pub fn spawn(listeners: Vec<TcpListener>, gw: Arc<Gateway>, jobs: Arc<Jobs>) {
+    for l in listeners {
+        let (gw, jobs) = (gw.clone(), jobs.clone());
+        tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, peer)) => {
+                        let _ = s.set_nodelay(true);
+                        let (gw, jobs) = (gw.clone(), jobs.clone());
+                        tokio::spawn(serve(
+                            gw,
+                            jobs,
+                            s,
+                            Client {
+                                peer,
+                                captured: None,
+                            },
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "proxy accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves one proxy client connection: SOCKS5 if it starts with version 5,
+/// else HTTP.
+pub async fn serve<IO>(gw: Arc<Gateway>, jobs: Arc<Jobs>, mut io: IO, client: Client)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut first = [0u8; 1];
+    let Ok(Ok(1)) = tokio::time::timeout(gw.cfg.handshake_timeout(), io.read(&mut first)).await
+    else {
+        return;
+    };
+    let io = Rewind::new(bytes::Bytes::copy_from_slice(&first), io);
+    if first[0] == socks5::VERSION {
+        if let Err(e) = serve_socks5(gw, jobs, io, client.clone()).await {
+            tracing::warn!(peer = %client.peer, error = %e, "SOCKS5 client refused");
+        }
+        return;
+    }
+    let svc = service_fn(move |req| {
+        let (gw, jobs, client) = (gw.clone(), jobs.clone(), client.clone());
+        async move { Ok::<_, Infallible>(http_proxy(gw, jobs, client, req).await) }
+    });
+    let r = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "proxy client connection ended");
+    }
+}
+
+fn new_flow(via: Via, dst: SocketAddr, host: Option<String>, client: &Client) -> Flow {
+    let cap = client.captured.as_deref();
+    Flow {
+        id: Flow::next_id(),
+        via,
+        orig_dst: dst,
+        target_host: host,
+        peer: client.peer,
+        pid: cap.map(|f| f.pid).unwrap_or(0),
+        cgroup_id: cap.map(|f| f.cgroup_id).unwrap_or(0),
+        exe: cap.and_then(|f| f.exe.clone()),
+        job: cap.and_then(|f| f.job.clone()),
+    }
+}
+
+/// Resolves a proxy target. A literal IP is used as is.
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, PipelineError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let err = |detail: String| PipelineError::Resolve {
+        host: host.to_string(),
+        detail,
+    };
+    tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))
+}
+
+fn host_name(host: &str) -> Option<String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().is_err().then(|| bare.to_string())
+}
+
+async fn run_flow<IO>(gw: Arc<Gateway>, jobs: Arc<Jobs>, io: IO, flow: Flow)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let flow = Arc::new(flow);
+    let _guard = jobs.open_connection(LiveConnection::of(&flow));
+    tracing::info!(
+        flow = flow.id, via = flow.via.as_str(), orig_dst = %flow.orig_dst,
+        host = flow.target_host.as_deref().unwrap_or("-"), peer = %flow.peer, "connection"
+    );
+    if let Err(e) = pipeline::serve(gw, io, flow.clone()).await {
+        tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
+    }
+}
+
+async fn http_proxy(
+    gw: Arc<Gateway>,
+    jobs: Arc<Jobs>,
+    client: Client,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        let Some(auth) = req.uri().authority().cloned() else {
+            return respond(&PipelineError::BadRequest {
+                detail: "CONNECT without host:port".into(),
+            });
+        };
+        let Some(port) = auth.port_u16() else {
+            return respond(&PipelineError::BadRequest {
+                detail: "CONNECT target needs a port".into(),
+            });
+        };
+        let dst = match resolve(auth.host(), port).await {
+            Ok(d) => d,
+            Err(e) => return respond(&e),
+        };
+        let flow = new_flow(Via::Connect, dst, host_name(auth.host()), &client);
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(up) => run_flow(gw, jobs, TokioIo::new(up), flow).await,
+                Err(e) => tracing::debug!(error = %e, "CONNECT tunnel never opened"),
+            }
+        });
+        return Response::new(pipeline::body::empty());
+    }
+    // Absolute-URI proxying of plain HTTP.
+    let uri = req.uri().clone();
+    if uri.scheme_str() != Some("http") {
+        let detail = format!(
+            "not a proxy request: {} {} (use CONNECT for https)",
+            req.method(),
+            uri
+        );
+        return respond(&PipelineError::BadRequest { detail });
+    }
+    let Some(auth) = uri.authority().cloned() else {
+        return respond(&PipelineError::BadRequest {
+            detail: "absolute URI without a host".into(),
+        });
+    };
+    let dst = match resolve(auth.host(), auth.port_u16().unwrap_or(80)).await {
+        Ok(d) => d,
+        Err(e) => return respond(&e),
+    };
+    let flow = Arc::new(new_flow(
+        Via::ProxyHttp,
+        dst,
+        host_name(auth.host()),
+        &client,
+    ));
+    let _guard = jobs.open_connection(LiveConnection::of(&flow));
+    pipeline::forward_plain(gw, flow, req).await
+}
+
+async fn serve_socks5<IO>(
+    gw: Arc<Gateway>,
+    jobs: Arc<Jobs>,
+    mut io: IO,
+    client: Client,
+) -> anyhow::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = gw.cfg.handshake_timeout();
+    let mut buf = Vec::new();
+    let (methods, used) = read_parsed(&mut io, &mut buf, socks5::parse_greeting, timeout).await?;
+    buf.drain(..used);
+    if methods.contains(&socks5::NO_AUTH) {
+        io.write_all(&[socks5::VERSION, socks5::NO_AUTH]).await?;
+    } else if methods.contains(&socks5::USER_PASS) {
+        io.write_all(&[socks5::VERSION, socks5::USER_PASS]).await?;
+        // The password will carry the job's token; for now any is accepted.
+        let (_creds, used) =
+            read_parsed(&mut io, &mut buf, socks5::parse_user_pass, timeout).await?;
+        buf.drain(..used);
+        io.write_all(&[1, 0]).await?;
+    } else {
+        io.write_all(&[socks5::VERSION, socks5::NO_ACCEPTABLE])
+            .await?;
+        anyhow::bail!("no acceptable authentication method offered");
+    }
+    let (target, used) = match read_parsed(&mut io, &mut buf, socks5::parse_request, timeout).await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<Socks5Error>()
+                .map(|e| e.reply_code())
+                .unwrap_or(1);
+            let _ = io.write_all(&socks5::reply(code)).await;
+            return Err(e);
+        }
+    };
+    buf.drain(..used);
+    let (dst, host) = match target {
+        Target::Ip(a) => (a, None),
+        Target::Domain(h, p) => match resolve(&h, p).await {
+            Ok(a) => (a, Some(h)),
+            Err(e) => {
+                io.write_all(&socks5::reply(0x04)).await?;
+                anyhow::bail!("{e}");
+            }
+        },
+    };
+    io.write_all(&socks5::reply(0)).await?;
+    let flow = new_flow(Via::Socks5, dst, host, &client);
+    // Bytes the client pipelined after the request belong to the tunnel.
+    run_flow(gw, jobs, Rewind::new(buf.into(), io), flow).await;
+    Ok(())
+}
+
+async fn read_parsed<IO, T>(
+    io: &mut IO,
+    buf: &mut Vec<u8>,
+    parse: fn(&[u8]) -> socks5::Parsed<T>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(T, usize)>
+where
+    IO: AsyncRead + Unpin,
+{
+    let read = async {
+        loop {
+            if let Some(x) = parse(buf)? {
+                return Ok(x);
+            }
+            if buf.len() > 1024 {
+                anyhow::bail!("SOCKS5 handshake too long");
+            }
+            let mut chunk = [0u8; 512];
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                anyhow::bail!("client closed during the SOCKS5 handshake");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| anyhow::anyhow!("SOCKS5 handshake timed out"))?
+}

@@ -1,0 +1,97 @@
+//! An in-process gateway (no eBPF, no root): the explicit proxy listener on
+//! loopback in front of the real pipeline, with a test CA for upstreams.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::PathBuf, process::Output, sync::Arc};
+
+use hoop::{
+    config::Config,
+    jobs::Jobs,
+    pipeline::{Gateway, phases::Passthrough},
+    proxy,
+};
+use hoop_testkit::{Origin, OriginOpts, TestCa};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub gw: Arc<Gateway>,
+    pub proxy: SocketAddr,
+    /// hoop's CA, which clients must trust.
+    pub hoop_ca: PathBuf,
+    pub test_ca: TestCa,
+}
+
+pub async fn env(response_timeout_ms: u64) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let test_ca = TestCa::default();
+    let upstream_ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&upstream_ca, &test_ca.cert_pem).unwrap();
+    let text = format!(
+        "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\nresponse_timeout_ms = {response_timeout_ms}\n\
+         connect_timeout_ms = 2000\nhandshake_timeout_ms = 2000\n\
+         [capture]\nenabled = false\n[proxy]\nlisten = []\n[tls]\nupstream_ca_files = [\"{ca}\"]\n",
+        d = dir.path().display(),
+        ca = upstream_ca.display()
+    );
+    let cfg = Config::parse(&text, &dir.path().join("hoop.toml")).unwrap();
+    let gw = Arc::new(Gateway::new(Arc::new(cfg), Arc::new(Passthrough)).unwrap());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    proxy::spawn(
+        vec![l],
+        gw.clone(),
+        Arc::new(Jobs::new(dir.path().join("jobs"))),
+    );
+    let hoop_ca = dir.path().join("state/ca.pem");
+    Env {
+        dir,
+        gw,
+        proxy,
+        hoop_ca,
+        test_ca,
+    }
+}
+
+impl Env {
+    /// An HTTPS origin for `localhost` and 127.0.0.1 (and ::1), h2 + h1.
+    pub async fn origin(&self) -> Origin {
+        self.origin_with(&self.test_ca, &["localhost", "127.0.0.1", "::1"])
+            .await
+    }
+
+    pub async fn origin_with(&self, ca: &TestCa, names: &[&str]) -> Origin {
+        let tls = ca.server_config(names, &[b"h2", b"http/1.1"]);
+        Origin::start(OriginOpts {
+            tls: Some(tls),
+            bind: None,
+            also_v6: true,
+        })
+        .await
+    }
+
+    /// curl through the proxy, trusting hoop's CA. Returns the output;
+    /// `-w` appends "\n<code> <http_version>".
+    pub async fn curl(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&self.hoop_ca)
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .args(args)
+            .output()
+            .await
+            .expect("curl is installed")
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+}
+
+/// (body, status, http version) from a `curl -w` output.
+pub fn parse_curl(out: &Output) -> (String, u16, String) {
+    let s = String::from_utf8_lossy(&out.stdout);
+    let (body, tail) = s.rsplit_once('\n').unwrap_or(("", &s));
+    let mut t = tail.split_whitespace();
+    let code = t.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    (body.to_string(), code, t.next().unwrap_or("").to_string())
+}

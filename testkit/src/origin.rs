@@ -1,0 +1,311 @@
+//! A real origin server: TLS (or plain), h1 and h2, and these routes:
+//!
+//! | route | answers |
+//! |---|---|
+//! | `/hello` | `hello from origin <addr>` |
+//! | `/echo` | JSON of the request: method, path, headers, body |
+//! | `/bytes/N` | N bytes streamed in 64 KiB chunks (chunked in h1) |
+//! | `/chunked` | three chunks with pauses between them |
+//! | `/hang` | never answers |
+//! | `/ws` | WebSocket echo |
+//! | `/page` | an HTML page that fetch()es `/data.json` into the DOM |
+//! | `/data.json` | a small JSON document |
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt, stream};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+#[derive(Clone, Default)]
+pub struct OriginOpts {
+    /// TLS config; None serves plain HTTP.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// IPv4 address to bind (port 0 picks one).
+    pub bind: Option<SocketAddr>,
+    /// Also listen on [::1] with the same port.
+    pub also_v6: bool,
+}
+
+/// One request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct State {
+    hits: AtomicUsize,
+    connections: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    _rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Origin {
+    /// Starts on the current tokio runtime.
+    pub async fn start(opts: OriginOpts) -> Self {
+        let state = Arc::new(State::default());
+        let addr = listen(&opts, state.clone()).await;
+        Self {
+            addr,
+            state,
+            _rt: None,
+        }
+    }
+
+    /// Starts on a runtime of its own (for synchronous tests), one worker.
+    pub fn start_background(opts: OriginOpts) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(State::default());
+        let addr = rt.block_on(listen(&opts, state.clone()));
+        Self {
+            addr,
+            state,
+            _rt: Some(rt),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+}
+
+async fn listen(opts: &OriginOpts, state: Arc<State>) -> SocketAddr {
+    let bind = opts.bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+    let (l4, l6) = loop {
+        let l4 = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        if !opts.also_v6 {
+            break (l4, None);
+        }
+        let port = l4.local_addr().unwrap().port();
+        match TcpListener::bind(("::1", port)).await {
+            Ok(l6) => break (l4, Some(l6)),
+            Err(_) if bind.port() == 0 => continue,
+            Err(e) => panic!("bind [::1]:{port}: {e}"),
+        }
+    };
+    let addr = l4.local_addr().unwrap();
+    for l in std::iter::once(l4).chain(l6) {
+        let (tls, state) = (opts.tls.clone().map(TlsAcceptor::from), state.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                state.connections.fetch_add(1, Ordering::SeqCst);
+                let (tls, state) = (tls.clone(), state.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        Some(acc) => {
+                            if let Ok(s) = acc.accept(s).await {
+                                serve(TokioIo::new(s), state, addr).await
+                            }
+                        }
+                        None => serve(TokioIo::new(s), state, addr).await,
+                    }
+                });
+            }
+        });
+    }
+    addr
+}
+
+async fn serve<IO>(io: IO, state: Arc<State>, addr: SocketAddr)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(req, state, addr).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(io, svc)
+        .await;
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed_unsync()
+}
+
+fn text(status: StatusCode, b: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(b));
+    *r.status_mut() = status;
+    r
+}
+
+async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) -> Response<Body> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    state.seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path: req.uri().to_string(),
+        version: format!("{:?}", req.version()),
+        headers: headers.clone(),
+    });
+    match path.as_str() {
+        "/hello" => text(StatusCode::OK, format!("hello from origin {addr}\n")),
+        "/echo" => {
+            let method = req.method().to_string();
+            let version = format!("{:?}", req.version());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let h: serde_json::Map<String, serde_json::Value> = headers
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            let j = serde_json::json!({
+                "method": method, "path": path, "version": version, "headers": h,
+                "body": String::from_utf8_lossy(&body),
+            });
+            let mut r = text(StatusCode::OK, j.to_string());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        "/chunked" => {
+            let s = stream::iter(0..3).then(|i| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(format!(
+                    "chunk {i}\n"
+                ))))
+            });
+            Response::new(StreamBody::new(s).boxed_unsync())
+        }
+        "/hang" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            text(StatusCode::OK, "too late")
+        }
+        "/ws" => websocket(&mut req),
+        "/page" => {
+            let mut r = text(StatusCode::OK, PAGE);
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            r
+        }
+        "/data.json" => {
+            let mut r = text(StatusCode::OK, r#"{"partner":"acme","items":[1,2,3]}"#);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        p if p.starts_with("/bytes/") => match p[7..].parse::<u64>() {
+            Ok(n) => stream_bytes(n),
+            Err(_) => text(StatusCode::BAD_REQUEST, "bad size"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "no such route\n"),
+    }
+}
+
+const PAGE: &str = r#"<!doctype html>
+<html><head><title>partner</title></head><body>
+<div id="status">loading</div>
+<script>
+fetch('/data.json').then(r => r.json()).then(j => {
+  document.getElementById('status').textContent = 'partner=' + j.partner + ' items=' + j.items.length;
+}).catch(e => { document.getElementById('status').textContent = 'error ' + e; });
+</script>
+</body></html>
+"#;
+
+static ZEROES: [u8; 65536] = [b'x'; 65536];
+
+fn stream_bytes(n: u64) -> Response<Body> {
+    let s = stream::unfold(n, |left| async move {
+        if left == 0 {
+            return None;
+        }
+        let k = left.min(ZEROES.len() as u64);
+        let frame = hyper::body::Frame::data(Bytes::from_static(&ZEROES[..k as usize]));
+        Some((Ok::<_, Infallible>(frame), left - k))
+    });
+    Response::new(StreamBody::new(s).boxed_unsync())
+}
+
+fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "not a websocket request");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(up) = on_upgrade.await else { return };
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).unwrap(),
+    );
+    r
+}
