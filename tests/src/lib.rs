@@ -77,6 +77,11 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh environment. `extra` is appended to the generated config.
     pub fn new(name: &str, probe_src: &str, extra: &str) -> Self {
+        Self::with(name, probe_src, "", extra)
+    }
+
+    /// Like `new`, with `daemon_extra` added to the `[daemon]` table.
+    pub fn with(name: &str, probe_src: &str, daemon_extra: &str, extra: &str) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix(&format!("hoop-{name}-"))
@@ -97,7 +102,7 @@ impl TestEnv {
         std::fs::write(
             &config,
             format!(
-                "[daemon]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n\n\
+                "[daemon]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n{daemon_extra}\n\n\
                  [capture]\ncgroup = \"{cgroup}\"\nbpf_pin_dir = \"{pins}\"\nlisten_port = {port}\n\
                  dns_resolvers = [\"127.0.0.54\"]\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n{extra}\n",
                 state = dir.path().join("state").display(),
@@ -156,6 +161,15 @@ impl TestEnv {
             thread::sleep(Duration::from_millis(10));
         }
         panic!("daemon not ready within 10 s:\n{}", self.log());
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
+    /// The hoop CA a job must trust.
+    pub fn hoop_ca(&self) -> PathBuf {
+        self.dir.path().join("state/ca.pem")
     }
 
     pub fn kill_daemon(&mut self) {

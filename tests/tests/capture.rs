@@ -179,7 +179,10 @@ fn status_lists_programs_jobs_and_live_connections() {
         .spawn()
         .unwrap();
     // The daemon holds the job's connection while it waits for a request.
-    assert!(eventually(Duration::from_secs(3), || env.status()["connections"].as_array().unwrap().len() == 1));
+    assert!(eventually(
+        Duration::from_secs(3),
+        || env.status()["connections"].as_array().unwrap().len() == 1
+    ));
     let s = env.status();
     let conns = s["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 1, "{s}");

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         "thread" => addr().and_then(|ad| std::thread::spawn(move || http_get(ad)).join().unwrap()),
         "child" => child(&a(1)),
         "escape" => escape(&a(1)),
+        "rawtcp" => addr().and_then(raw_tcp),
         "hold" => addr().and_then(|ad| hold(ad, a(2).parse().unwrap_or(2))),
         "loop" => {
             return looping(
@@ -180,6 +181,22 @@ fn tcp_fastopen(addr: SocketAddr) -> R {
         return Err("empty response".into());
     }
     Ok(format!("body={}", body.lines().last().unwrap_or("")))
+}
+
+/// Speaks something that is neither TLS nor HTTP (an SSH banner).
+fn raw_tcp(addr: SocketAddr) -> R {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    if got.is_empty() {
+        Err("closed without a byte".into())
+    } else {
+        Ok(format!("got {} bytes", got.len()))
+    }
 }
 
 /// Connects and keeps the connection open for `secs` without a request.
