@@ -36,6 +36,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub capture: CaptureConfig,
     pub proxy: ProxyConfig,
+    pub egress: EgressConfig,
     pub tls: TlsConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
@@ -57,6 +58,12 @@ pub struct DaemonConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     pub listen: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    pub allow: Vec<crate::egress::Cidr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

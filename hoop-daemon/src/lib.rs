@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod egress;
 pub mod flow;
 pub mod jobs;
 pub mod pipeline;

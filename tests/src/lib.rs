@@ -82,6 +82,24 @@ impl TestEnv {
 
     /// Like `new`, with `daemon_extra` added to the `[daemon]` table.
     pub fn with(name: &str, probe_src: &str, daemon_extra: &str, extra: &str) -> Self {
+        Self::build(
+            name,
+            probe_src,
+            daemon_extra,
+            extra,
+            "\"127.0.0.0/8\", \"::1/128\"",
+        )
+    }
+
+    /// Full control, including the `egress.allow` list (TOML array items).
+    /// Test daemons may only dial loopback.
+    pub fn build(
+        name: &str,
+        probe_src: &str,
+        daemon_extra: &str,
+        extra: &str,
+        egress: &str,
+    ) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix(&format!("hoop-{name}-"))
@@ -104,7 +122,8 @@ impl TestEnv {
             format!(
                 "[daemon]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n{daemon_extra}\n\n\
                  [capture]\ncgroup = \"{cgroup}\"\nbpf_pin_dir = \"{pins}\"\nlisten_port = {port}\n\
-                 dns_resolvers = [\"127.0.0.54\"]\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n{extra}\n",
+                 dns_resolvers = [\"127.0.0.54\"]\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n\n\
+                 [egress]\nallow = [{egress}]\n{extra}\n",
                 state = dir.path().join("state").display(),
                 run = runtime_dir.display(),
                 pins = pin_dir.display(),

@@ -179,3 +179,29 @@ fn a_1_gib_download_does_not_grow_the_daemon() {
             .is_some()
     );
 }
+
+#[test]
+fn destinations_outside_egress_allow_get_403_before_any_dial() {
+    let ca = TestCa::default();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca_file = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let extra = format!("[tls]\nupstream_ca_files = [\"{}\"]\n", ca_file.display());
+    let mut env = TestEnv::build("egress", PROBE, "", &extra, "\"127.0.0.2/32\"");
+    env.start_daemon();
+    let t = Tls { env, ca };
+    let outside = origin(&t.ca, "127.0.0.3");
+    let (code, _, text) = curl(&t, &outside, "/hello", &[]);
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.contains("x-hoop-reason: destination-not-allowed"),
+        "{text}"
+    );
+    assert_eq!(
+        outside.connections(),
+        0,
+        "the daemon dialled a forbidden destination"
+    );
+    let inside = origin(&t.ca, "127.0.0.2");
+    assert_eq!(curl(&t, &inside, "/hello", &[]).0, 200);
+}

@@ -48,7 +48,13 @@ fn main() {
 
 fn test(args: &[String]) -> Result<()> {
     sh::require_root("the privileged suites attach eBPF programs to test cgroups")?;
-    sh::apt_install(&["curl", "util-linux", "iproute2"])?;
+    sh::apt_install(&[
+        "curl",
+        "util-linux",
+        "iproute2",
+        "chromium",
+        "libnss3-tools",
+    ])?;
     ebpf::build()?;
     sh::step("lint: rustfmt and clippy -D warnings, both workspaces");
     sh::cargo(&["fmt", "--all", "--check"])?;

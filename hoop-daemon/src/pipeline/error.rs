@@ -39,6 +39,8 @@ pub enum PipelineError {
     #[error("cannot resolve {host}: {detail}")]
     Resolve { host: String, detail: String },
     // Policy.
+    #[error("upstream {dst} is outside the networks this daemon may reach (egress.allow)")]
+    EgressDenied { dst: SocketAddr },
     #[error("{message}")]
     Denied {
         rule: String,
@@ -63,6 +65,7 @@ impl PipelineError {
             | Self::Resolve { .. } => StatusCode::BAD_GATEWAY,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Denied { status, .. } => *status,
+            Self::EgressDenied { .. } => StatusCode::FORBIDDEN,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,6 +82,7 @@ impl PipelineError {
             Self::BadRequest { .. } => "bad-request",
             Self::Resolve { .. } => "resolve-failed",
             Self::Denied { .. } => "policy-denied",
+            Self::EgressDenied { .. } => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
         }
     }

@@ -32,8 +32,7 @@ pub async fn forward_plain(
     flow: Arc<Flow>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let (ct, rt) = gw.timeouts();
-    let up = UpstreamConn::new(flow.orig_dst, None, ct, rt);
+    let up = UpstreamConn::new(flow.orig_dst, None, gw.limits());
     handle(
         Arc::new(Conn {
             gw,

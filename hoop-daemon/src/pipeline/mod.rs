@@ -34,7 +34,7 @@ use crate::{
     tls::{self, Ca, Leaves, UpstreamTls, leaf::LeafName},
 };
 use classify::{Kind, MAX_SNIFF, classify};
-use upstream::{Negotiated, TlsTarget, UpstreamConn};
+use upstream::{Limits, Negotiated, TlsTarget, UpstreamConn};
 
 /// Everything a connection needs, shared by all of them.
 pub struct Gateway {
@@ -43,6 +43,7 @@ pub struct Gateway {
     pub leaves: Arc<Leaves>,
     pub upstream_tls: UpstreamTls,
     pub phases: SharedPhases,
+    limits: Limits,
     /// Server configs by the ALPN protocol mirrored from the upstream.
     server_h2: Arc<ServerConfig>,
     server_h1: Arc<ServerConfig>,
@@ -78,7 +79,13 @@ impl Gateway {
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(c))
         };
+        let limits = Limits {
+            egress: cfg.egress.allow.clone().into(),
+            connect_timeout: cfg.connect_timeout(),
+            response_timeout: Duration::from_millis(cfg.daemon.response_timeout_ms),
+        };
         Ok(Self {
+            limits,
             server_h2: server(&[tls::H2])?,
             server_h1: server(&[tls::HTTP11])?,
             server_none: server(&[])?,
@@ -110,11 +117,8 @@ impl Gateway {
         Ok(Arc::new(c))
     }
 
-    pub(crate) fn timeouts(&self) -> (Duration, Duration) {
-        (
-            self.cfg.connect_timeout(),
-            Duration::from_millis(self.cfg.daemon.response_timeout_ms),
-        )
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 }
 
@@ -128,8 +132,7 @@ where
     match kind {
         Kind::Tls => serve_tls(gw, io, flow).await,
         Kind::Http => {
-            let (ct, rt) = gw.timeouts();
-            let up = UpstreamConn::new(flow.orig_dst, None, ct, rt);
+            let up = UpstreamConn::new(flow.orig_dst, None, gw.limits());
             http::serve(gw, io, flow, up, false, "http", None).await
         }
         Kind::H2c | Kind::Other | Kind::NeedMore => Err(PipelineError::BadRequest {
@@ -206,12 +209,11 @@ where
             Some(LeafName::Ip(flow.orig_dst.ip())),
         ),
     };
-    let (ct, rt) = gw.timeouts();
     let target = TlsTarget {
         name,
         config: gw.upstream_tls.config_for(&alpn),
     };
-    let up = UpstreamConn::new(flow.orig_dst, Some(target), ct, rt);
+    let up = UpstreamConn::new(flow.orig_dst, Some(target), gw.limits());
     // Upstream first: the job gets the protocol the upstream chose.
     let pre = up.predial().await;
     let offered = |p: &[u8]| alpn.iter().any(|a| a == p);

@@ -17,6 +17,13 @@ use tokio_rustls::TlsConnector;
 
 use super::{PipelineError, body::Body};
 
+/// Where and how long the daemon may dial.
+pub struct Limits {
+    pub egress: Arc<[crate::egress::Cidr]>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct TlsTarget {
     pub name: ServerName<'static>,
@@ -48,23 +55,20 @@ pub struct UpstreamConn {
     pub dst: SocketAddr,
     pub tls: Option<TlsTarget>,
     idle: Mutex<Option<Sender>>,
+    egress: Arc<[crate::egress::Cidr]>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
 
 impl UpstreamConn {
-    pub fn new(
-        dst: SocketAddr,
-        tls: Option<TlsTarget>,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Self {
+    pub fn new(dst: SocketAddr, tls: Option<TlsTarget>, limits: &Limits) -> Self {
         Self {
             dst,
             tls,
             idle: Mutex::new(None),
-            connect_timeout,
-            response_timeout,
+            egress: limits.egress.clone(),
+            connect_timeout: limits.connect_timeout,
+            response_timeout: limits.response_timeout,
         }
     }
 
@@ -78,6 +82,9 @@ impl UpstreamConn {
 
     async fn dial(&self) -> Result<(Sender, Negotiated), PipelineError> {
         let dst = self.dst;
+        if !crate::egress::allowed(&self.egress, dst.ip()) {
+            return Err(PipelineError::EgressDenied { dst });
+        }
         let ms = self.connect_timeout.as_millis() as u64;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
             .await

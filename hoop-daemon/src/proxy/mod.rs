@@ -178,6 +178,9 @@ async fn http_proxy(
             Ok(d) => d,
             Err(e) => return respond(&e),
         };
+        if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
+            return respond(&PipelineError::EgressDenied { dst });
+        }
         let flow = new_flow(Via::Connect, dst, host_name(auth.host()), &client);
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -267,6 +270,10 @@ where
             }
         },
     };
+    if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
+        io.write_all(&socks5::reply(0x02)).await?;
+        anyhow::bail!("{}", PipelineError::EgressDenied { dst });
+    }
     io.write_all(&socks5::reply(0)).await?;
     let flow = new_flow(Via::Socks5, dst, host, &client);
     // Bytes the client pipelined after the request belong to the tunnel.

@@ -29,7 +29,8 @@ pub async fn env(response_timeout_ms: u64) -> Env {
     let text = format!(
         "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\nresponse_timeout_ms = {response_timeout_ms}\n\
          connect_timeout_ms = 2000\nhandshake_timeout_ms = 2000\n\
-         [capture]\nenabled = false\n[proxy]\nlisten = []\n[tls]\nupstream_ca_files = [\"{ca}\"]\n",
+         [capture]\nenabled = false\n[proxy]\nlisten = []\n\
+         [egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n[tls]\nupstream_ca_files = [\"{ca}\"]\n",
         d = dir.path().display(),
         ca = upstream_ca.display()
     );
