@@ -3,19 +3,8 @@
 //! no other test's allocations blur the measurement.
 mod support;
 
+use hoop_testkit::peak_rss_kib;
 use support::{env, parse_curl};
-
-fn peak_rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_download_streams_in_constant_memory() {
@@ -28,7 +17,7 @@ async fn a_large_download_streams_in_constant_memory() {
         .curl(&["-x", &env.proxy_url(), "-o", "/dev/null", &url(1 << 20)])
         .await;
     assert_eq!(parse_curl(&out).1, 200);
-    let before = peak_rss_kib();
+    let before = peak_rss_kib("self");
     for proto in ["--http1.1", "--http2"] {
         let out = env
             .curl(&[
@@ -49,7 +38,7 @@ async fn a_large_download_streams_in_constant_memory() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let grown_mib = (peak_rss_kib() - before) as f64 / 1024.0;
+    let grown_mib = (peak_rss_kib("self") - before) as f64 / 1024.0;
     eprintln!(
         "peak RSS grew by {grown_mib:.1} MiB over 2 × {} MiB downloads",
         SIZE >> 20

@@ -6,3 +6,13 @@ mod origin;
 
 pub use ca::TestCa;
 pub use origin::{Origin, OriginOpts};
+
+/// Peak resident memory (VmHWM, KiB) of a process: a pid, or "self".
+pub fn peak_rss_kib(pid: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let v = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .expect("VmHWM in /proc status");
+    v.trim().trim_end_matches("kB").trim().parse().unwrap()
+}

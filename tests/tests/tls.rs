@@ -3,7 +3,7 @@
 //! real-looking names.
 use std::time::{Duration, Instant};
 
-use hoop_testkit::{Origin, OriginOpts, TestCa};
+use hoop_testkit::{Origin, OriginOpts, TestCa, peak_rss_kib};
 use hoop_tests::{TestEnv, Upstream};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
@@ -133,18 +133,6 @@ fn raw_tcp_is_refused_and_never_reaches_the_upstream() {
     );
 }
 
-fn rss_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_1_gib_download_does_not_grow_the_daemon() {
     const GIB: u64 = 1 << 30;
@@ -152,8 +140,8 @@ fn a_1_gib_download_does_not_grow_the_daemon() {
     let o = origin(&t.ca, "127.0.0.2");
     let (code, _, _) = curl(&t, &o, "/bytes/1048576", &["-o", "/dev/null"]);
     assert_eq!(code, 200);
-    let pid = t.env.daemon_pid();
-    let before = rss_hwm_kib(pid);
+    let pid = t.env.daemon_pid().to_string();
+    let before = peak_rss_kib(&pid);
     let (code, _, text) = curl(
         &t,
         &o,
@@ -161,7 +149,7 @@ fn a_1_gib_download_does_not_grow_the_daemon() {
         &["-o", "/dev/null", "--http1.1"],
     );
     assert_eq!(code, 200, "{text}");
-    let grown = (rss_hwm_kib(pid) - before) as f64 / 1024.0;
+    let grown = (peak_rss_kib(&pid) - before) as f64 / 1024.0;
     eprintln!(
         "daemon peak RSS: {} MiB before, grew {grown:.1} MiB over a 1 GiB download",
         before / 1024
