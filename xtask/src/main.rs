@@ -6,8 +6,12 @@
 //! - `test`: unit tests, then the privileged suites (real kernel programs),
 //!   which fail rather than skip when they can't run.
 //! - `demo`: the daemon with embedded defaults and a job going through it.
+//! - `fuzz`: libFuzzer runs of the parsers (cargo-fuzz, nightly).
+//! - `bench`: hoop against the direct path and mitmproxy, into BENCHMARKS.md.
+mod bench;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod sh;
 
 use anyhow::Result;
@@ -31,6 +35,16 @@ enum Cmd {
     },
     /// Build everything and run a demo job through the gateway (as root).
     Demo,
+    /// Benchmark hoop against the direct path and mitmproxy; writes BENCHMARKS.md (as root).
+    Bench(bench::Opts),
+    /// Fuzz hoop's parsers with libFuzzer (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only this target (classify, socks5, config).
+        target: Option<String>,
+    },
 }
 
 fn main() {
@@ -39,6 +53,8 @@ fn main() {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+        Cmd::Bench(o) => bench::run(&o),
+        Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
     };
     if let Err(e) = r {
         eprintln!("xtask: {e:#}");
