@@ -2,7 +2,13 @@
 //! kernel record tells where it was going and who made it. The connection
 //! then goes through the pipeline (or the explicit proxy, when the job was
 //! itself configured to use it).
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -10,7 +16,8 @@ use crate::{
     capture::{Capture, CapturedOrigin, is_own_listener},
     config::Config,
     flow::{Flow, Via},
-    jobs::{Jobs, LiveConnection},
+    identity::Identity,
+    jobs::{Job, Jobs, LiveConnection},
     pipeline::{self, Gateway},
     proxy,
 };
@@ -58,6 +65,47 @@ pub struct Ctx {
     pub capture: Arc<Capture>,
     pub jobs: Arc<Jobs>,
     pub gw: Arc<Gateway>,
+    /// The cgroup2 mount: static identities match paths relative to it.
+    pub cgroup_mount: PathBuf,
+    /// cgroup id → path, for cgroups that are not `hoop run` jobs.
+    pub cgroup_paths: moka::sync::Cache<u64, Option<Arc<PathBuf>>>,
+}
+
+impl Ctx {
+    pub fn new(cfg: Arc<Config>, capture: Arc<Capture>, jobs: Arc<Jobs>, gw: Arc<Gateway>, cgroup_mount: PathBuf) -> Self {
+        Self {
+            cfg,
+            capture,
+            jobs,
+            gw,
+            cgroup_mount,
+            cgroup_paths: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// Who a connection from this cgroup is: the verified identity of its
+    /// `hoop run` job, else the static identity its path maps to.
+    fn identity(&self, job: Option<&Job>, cgroup_id: u64) -> Option<Arc<Identity>> {
+        if let Some(id) = job.and_then(|j| j.identity.clone()) {
+            return Some(Arc::new(id));
+        }
+        let path = match job {
+            Some(j) => Some(Arc::new(j.cgroup_path.clone())),
+            None => self.cgroup_paths.get_with(cgroup_id, || {
+                crate::capture::cgroup::find_by_id(&self.capture.root.path, cgroup_id).map(Arc::new)
+            }),
+        }?;
+        let rel = relative(&self.cgroup_mount, &path)?;
+        self.gw.policy().static_identity(&rel).map(Arc::new)
+    }
+}
+
+/// `path` relative to the cgroup2 mount, as static identity globs see it.
+pub fn relative(mount: &Path, path: &Path) -> Option<String> {
+    path.strip_prefix(mount).ok()?.to_str().map(str::to_owned)
 }
 
 pub fn spawn(listeners: Listeners, ctx: Arc<Ctx>) {
@@ -105,6 +153,7 @@ fn classify(ctx: &Ctx, peer: SocketAddr) -> Result<Flow, Refused> {
     if is_own_listener(&ctx.cfg, dst) {
         return Err(Refused::Loop(dst));
     }
+    let job = ctx.jobs.by_cgroup(cgroup_id);
     Ok(Flow {
         id: Flow::next_id(),
         via: Via::Transparent,
@@ -114,7 +163,8 @@ fn classify(ctx: &Ctx, peer: SocketAddr) -> Result<Flow, Refused> {
         pid,
         cgroup_id,
         exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
-        job: ctx.jobs.by_cgroup(cgroup_id),
+        identity: ctx.identity(job.as_deref(), cgroup_id),
+        job,
     })
 }
 
@@ -134,7 +184,7 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
         pid = flow.pid,
         cgroup = flow.cgroup_id,
         job = flow.job_id().unwrap_or("-"),
-        identity = flow.job.as_ref().map(|j| j.identity.as_str()).unwrap_or("-"),
+        identity = flow.identity_name(),
         exe = flow.exe.as_ref().map(|p| p.display().to_string()).as_deref().unwrap_or("-"),
         peer = %flow.peer,
         "connection"

@@ -12,33 +12,38 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 use crate::{
     accept,
     capture::{self, Capture, Cgroup},
-    config::Config,
+    config::{Config, ConfigError},
     control::{self, Server},
     jobs::{Job, Jobs},
-    pipeline::{Gateway, phases::Passthrough},
+    pipeline::Gateway,
+    policy::{Policy, phases::Enforce},
     proxy,
 };
 
 pub async fn run(cfg: Config) -> Result<()> {
     let cfg = Arc::new(cfg);
     let jobs = Arc::new(Jobs::new(cfg.daemon.runtime_dir.join("jobs")));
-    let gw = Arc::new(Gateway::new(cfg.clone(), Arc::new(Passthrough))?);
+    let policy = Policy::compile(&cfg, None)?;
+    let gw = Arc::new(Gateway::new(cfg.clone(), Arc::new(Enforce), policy)?);
+    tracing::info!(
+        connections = cfg.connections.len(),
+        issuers = cfg.identity.oidc.len(),
+        static_identities = cfg.identity.statics.len(),
+        "policy loaded"
+    );
     tracing::info!(ca = %gw.ca.cert_path.display(), spki_sha256 = %gw.ca.spki_sha256_base64(), "local CA");
     let proxies = proxy::bind(&cfg.proxy.listen).await?;
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+    let mut cgroup_mount = PathBuf::new();
     let capture = if cfg.capture.enabled {
-        let (capture, listeners) = start_capture(&cfg, &jobs).await?;
+        let (capture, listeners, mount) = start_capture(&cfg, &jobs).await?;
+        cgroup_mount = mount.clone();
         for job in jobs.restore() {
             tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job restored");
             let _ = watch_tx.send(job);
         }
-        let ctx = accept::Ctx {
-            cfg: cfg.clone(),
-            capture: capture.clone(),
-            jobs: jobs.clone(),
-            gw: gw.clone(),
-        };
+        let ctx = accept::Ctx::new(cfg.clone(), capture.clone(), jobs.clone(), gw.clone(), mount);
         accept::spawn(listeners, Arc::new(ctx));
         Some(capture)
     } else {
@@ -59,6 +64,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         jobs: jobs.clone(),
         watch_job: watch_tx,
         control_gid,
+        gw: gw.clone(),
+        cgroup_mount,
     });
     server.spawn(listener);
     tracing::info!(
@@ -74,9 +81,16 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                // Errors are logged by reload; the old policy keeps serving.
+                let _ = reload(&cfg, &gw);
+            }
+        }
     }
     tracing::info!(
         "stopping; programs stay attached, so jobs are refused until the daemon is back"
@@ -89,7 +103,7 @@ pub async fn run(cfg: Config) -> Result<()> {
 async fn start_capture(
     cfg: &Arc<Config>,
     jobs: &Arc<Jobs>,
-) -> Result<(Arc<Capture>, accept::Listeners)> {
+) -> Result<(Arc<Capture>, accept::Listeners, PathBuf)> {
     let mount = capture::cgroup::discover_mount()?;
     let root = capture::cgroup::ensure_root(&mount, &cfg.capture.cgroup)?;
     tracing::info!(mount = %mount.display(), root = %root.path.display(), cgroup_id = root.id, "cgroup2");
@@ -101,7 +115,53 @@ async fn start_capture(
     }
     capture::spawn_event_reader(capture.take_events()?, jobs.clone())
         .context("watching the kernel's event ring buffer")?;
-    Ok((Arc::new(capture), listeners))
+    Ok((Arc::new(capture), listeners, mount))
+}
+
+/// Re-reads the config file the daemon started with and swaps in its policy
+/// (identities, connections, secrets) whole. A broken file changes nothing.
+/// Listeners, capture and egress need a restart; changes there are named.
+pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
+    let result = (|| {
+        let new = if cfg.source.as_os_str() == crate::config::EMBEDDED_SOURCE {
+            Config::embedded()
+        } else {
+            Config::load_file(&cfg.source)?
+        };
+        let policy = Policy::compile(&new, Some(&gw.policy()))?;
+        let mut restart = Vec::new();
+        for (name, changed) in [
+            ("[daemon]", new.daemon != cfg.daemon),
+            ("[capture]", new.capture != cfg.capture),
+            ("[proxy]", new.proxy != cfg.proxy),
+            ("[egress]", new.egress != cfg.egress),
+            ("[tls]", new.tls != cfg.tls),
+        ] {
+            if changed {
+                restart.push(name);
+            }
+        }
+        let n = (new.connections.len(), new.identity.oidc.len());
+        gw.set_policy(policy);
+        let mut msg = format!(
+            "reloaded {}: {} connection(s), {} OIDC issuer(s)",
+            cfg.source.display(),
+            n.0,
+            n.1
+        );
+        if !restart.is_empty() {
+            msg.push_str(&format!(
+                "; changes to {} take effect at the next restart",
+                restart.join(", ")
+            ));
+        }
+        Ok(msg)
+    })();
+    match &result {
+        Ok(m) => tracing::info!("{m}"),
+        Err(e) => tracing::error!(error = %e, "reload refused; the previous policy keeps serving"),
+    }
+    result
 }
 
 /// Ends jobs whose cgroup emptied: removes the cgroup and the job record.

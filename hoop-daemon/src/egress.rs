@@ -77,6 +77,11 @@ pub fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
     allow.iter().any(|c| c.contains(ip))
 }
 
+/// Equal addresses, an IPv4 one and its v4-mapped IPv6 form included.
+pub fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! One captured or proxied connection, as the rest of the daemon sees it.
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use crate::jobs::Job;
+use crate::{identity::Identity, jobs::Job};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -38,6 +38,8 @@ pub struct Flow {
     pub cgroup_id: u64,
     pub exe: Option<PathBuf>,
     pub job: Option<Arc<Job>>,
+    /// Who the job is: verified token, or static identity of its cgroup.
+    pub identity: Option<Arc<Identity>>,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -45,6 +47,10 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 impl Flow {
     pub fn next_id() -> u64 {
         NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn identity_name(&self) -> &str {
+        self.identity.as_deref().map_or("-", |i| i.name.as_str())
     }
 
     pub fn job_id(&self) -> Option<&str> {

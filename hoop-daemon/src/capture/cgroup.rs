@@ -85,6 +85,31 @@ impl Cgroup {
     }
 }
 
+/// The cgroup directory at or below `root` whose id is `id` (a
+/// breadth-first walk; hoop's tree is small).
+pub fn find_by_id(root: &Path, id: u64) -> Option<PathBuf> {
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        seen += 1;
+        if seen > 100_000 {
+            return None;
+        }
+        let meta = fs::metadata(&dir).ok()?;
+        if meta.ino() == id {
+            return Some(dir);
+        }
+        if let Ok(rd) = fs::read_dir(&dir) {
+            queue.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
 /// The hoop root cgroup, created if needed. The daemon itself must not live
 /// inside it: its own connects would be redirected to itself.
 pub fn ensure_root(mount: &Path, relative: &Path) -> Result<Cgroup> {

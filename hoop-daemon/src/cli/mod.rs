@@ -35,13 +35,19 @@ pub enum Cmd {
     Daemon,
     /// Run CMD as a job: every TCP connect it makes goes through the daemon.
     Run {
-        /// Identity name to record for the job.
-        #[arg(long)]
-        identity: Option<String>,
+        /// A file holding the job's OIDC token (e.g. from the CI provider).
+        #[arg(long, value_name = "FILE", conflicts_with = "token_env")]
+        token_file: Option<PathBuf>,
+        /// An environment variable holding the job's OIDC token.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Re-read the config file and apply its policy (same as SIGHUP). A
+    /// broken file is refused and the running policy stays.
+    Reload,
     /// Show the daemon, attached programs, jobs and live connections.
     Status {
         /// Print JSON instead of text.
@@ -99,7 +105,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             rt.block_on(crate::daemon::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { identity, command } => run(&cfg, identity, command),
+        Cmd::Run {
+            token_file,
+            token_env,
+            command,
+        } => {
+            let token = read_token(token_file.as_deref(), token_env.as_deref())?;
+            run(&cfg, token, token_env.as_deref(), command)
+        }
+        Cmd::Reload => match request(&cfg, &Request::Reload)? {
+            Response::Reloaded { message } => {
+                println!("{message}");
+                Ok(ExitCode::SUCCESS)
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        },
         Cmd::Status { json } => {
             let status = match request(&cfg, &Request::Status)? {
                 Response::Status(s) => s,
@@ -140,18 +160,29 @@ fn request(cfg: &Config, req: &Request) -> Result<Response> {
 
 /// Asks the daemon to put this very process into a new job cgroup, then
 /// becomes CMD: the job's exit code is CMD's, with nothing in between.
-fn run(cfg: &Config, identity: Option<String>, command: Vec<String>) -> Result<ExitCode> {
+/// The token variable is not passed on: CMD has no use for it.
+fn run(
+    cfg: &Config,
+    token: Option<String>,
+    token_env: Option<&str>,
+    command: Vec<String>,
+) -> Result<ExitCode> {
     let resp = request(
         cfg,
         &Request::Run {
-            identity,
+            token,
             command: command.clone(),
         },
     )?;
     let Response::Run { .. } = resp else {
         bail!("unexpected answer: {resp:?}")
     };
-    let err = Command::new(&command[0]).args(&command[1..]).exec();
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    if let Some(v) = token_env {
+        cmd.env_remove(v);
+    }
+    let err = cmd.exec();
     eprintln!("hoop: cannot run {}: {err}", command[0]);
     Ok(ExitCode::from(
         if err.kind() == std::io::ErrorKind::NotFound {
@@ -160,6 +191,22 @@ fn run(cfg: &Config, identity: Option<String>, command: Vec<String>) -> Result<E
             126
         },
     ))
+}
+
+/// The job's token, from a file or a variable.
+fn read_token(file: Option<&std::path::Path>, var: Option<&str>) -> Result<Option<String>> {
+    let token = if let Some(f) = file {
+        std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?
+    } else if let Some(v) = var {
+        std::env::var(v).with_context(|| format!("the token variable {v} is not set"))?
+    } else {
+        return Ok(None);
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("the token is empty");
+    }
+    Ok(Some(token))
 }
 
 fn detach(cfg: &Config) -> Result<ExitCode> {
@@ -246,7 +293,7 @@ fn print_status(s: &Status) {
         println!(
             "  {}  identity {}  pid {}  denied {}  {}",
             j.job.id,
-            j.job.identity,
+            j.job.identity.as_ref().map_or("(static)", |i| i.name.as_str()),
             j.job.pid,
             j.denied,
             j.job.command.join(" ")

@@ -14,12 +14,15 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Put the calling process (SO_PEERCRED) into a new job cgroup.
+    /// Put the calling process (SO_PEERCRED) into a new job cgroup, bound
+    /// to the identity `token` proves (or the cgroup's static identity).
     Run {
-        identity: Option<String>,
+        token: Option<String>,
         command: Vec<String>,
     },
     Status,
+    /// Re-read the config file and apply its policy atomically.
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +32,10 @@ pub enum Response {
         job_id: String,
         cgroup: String,
         cgroup_id: u64,
+        identity: String,
+    },
+    Reloaded {
+        message: String,
     },
     Status(Box<Status>),
     Error {

@@ -15,9 +15,11 @@ use crate::{
     capture::{Capture, Cgroup},
     config::Config,
     jobs::{Job, Jobs},
+    pipeline::Gateway,
 };
 
-/// Longest request line accepted; anything larger is a broken client.
+/// Longest request line accepted; anything larger is a broken client. A
+/// token over the OIDC limit still fits, to be refused with its reason.
 const MAX_LINE: usize = 64 * 1024;
 
 pub struct Server {
@@ -27,6 +29,8 @@ pub struct Server {
     pub jobs: Arc<Jobs>,
     pub watch_job: tokio::sync::mpsc::UnboundedSender<Arc<Job>>,
     pub control_gid: Option<u32>,
+    pub gw: Arc<Gateway>,
+    pub cgroup_mount: PathBuf,
 }
 
 impl Server {
@@ -105,17 +109,20 @@ impl Server {
 
     async fn dispatch(&self, req: Request, pid: Option<i32>, uid: u32) -> Response {
         let result = match req {
-            Request::Run { identity, command } => self.run(identity, command, pid, uid),
+            Request::Run { token, command } => self.run(token, command, pid, uid).await,
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
+            Request::Reload => crate::daemon::reload(&self.cfg, &self.gw)
+                .map(|message| Response::Reloaded { message })
+                .map_err(anyhow::Error::from),
         };
         result.unwrap_or_else(|e| Response::Error {
             message: format!("{e:#}"),
         })
     }
 
-    fn run(
+    async fn run(
         &self,
-        identity: Option<String>,
+        token: Option<String>,
         command: Vec<String>,
         pid: Option<i32>,
         uid: u32,
@@ -126,6 +133,27 @@ impl Server {
         )?;
         let id = Jobs::new_job_id();
         let path = capture.root.path.join(format!("job-{id}"));
+        // Identity first: a job that can't be named gets no cgroup.
+        let policy = self.gw.policy();
+        let identity = match token {
+            Some(t) => match policy.issuers.verify(&t).await {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!(pid, uid, reason = e.reason(), error = %e, "job token rejected");
+                    bail!("token rejected ({}): {e}", e.reason());
+                }
+            },
+            None => None,
+        };
+        let rel = crate::accept::relative(&self.cgroup_mount, &path).unwrap_or_default();
+        let name = match (&identity, policy.static_identity(&rel)) {
+            (Some(i), _) => i.name.clone(),
+            (None, Some(s)) => s.name,
+            (None, None) => bail!(
+                "no identity for this job: pass an OIDC token (--token-file FILE or --token-env VAR), \
+                 or give cgroups like {rel} a static identity ([[identity.static]] in the config)"
+            ),
+        };
         let cg = Cgroup::create(&path).with_context(|| format!("creating {}", path.display()))?;
         if let Err(e) = cg.add_process(pid) {
             let _ = cg.remove();
@@ -135,7 +163,7 @@ impl Server {
             id: id.clone(),
             cgroup_id: cg.id,
             cgroup_path: path.clone(),
-            identity: identity.unwrap_or_else(|| format!("uid:{uid}")),
+            identity,
             pid,
             uid,
             command,
@@ -143,7 +171,7 @@ impl Server {
         };
         let job = self.jobs.insert(job).context("recording the job")?;
         tracing::info!(
-            job = %job.id, pid, uid, identity = %job.identity, cgroup = %path.display(),
+            job = %job.id, pid, uid, identity = %name, cgroup = %path.display(),
             cgroup_id = cg.id, command = ?job.command, "job started"
         );
         let _ = self.watch_job.send(job);
@@ -151,6 +179,7 @@ impl Server {
             job_id: id,
             cgroup: path.display().to_string(),
             cgroup_id: cg.id,
+            identity: name,
         })
     }
 

@@ -41,6 +41,18 @@ pub enum PipelineError {
     // Policy.
     #[error("upstream {dst} is outside the networks this daemon may reach (egress.allow)")]
     EgressDenied { dst: SocketAddr },
+    #[error("no identity: {detail}")]
+    NoIdentity { detail: String },
+    #[error("proxy authentication required: {detail}")]
+    ProxyAuth { detail: String },
+    #[error("{0}")]
+    NoRoute(crate::policy::NoRoute),
+    #[error("misdirected request: {detail}")]
+    Misdirected { detail: String },
+    #[error("connection {connection} injects a credential, which hoop only sends over verified TLS")]
+    CredentialNeedsTls { connection: String },
+    #[error("response not inspectable: {detail}")]
+    Uninspectable { detail: String },
     #[error("{message}")]
     Denied {
         rule: String,
@@ -65,6 +77,12 @@ impl PipelineError {
             | Self::Resolve { .. } => StatusCode::BAD_GATEWAY,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Denied { status, .. } => *status,
+            Self::NoIdentity { .. } | Self::NoRoute(_) | Self::CredentialNeedsTls { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Self::ProxyAuth { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Self::Uninspectable { .. } => StatusCode::BAD_GATEWAY,
             Self::EgressDenied { .. } => StatusCode::FORBIDDEN,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -82,6 +100,12 @@ impl PipelineError {
             Self::BadRequest { .. } => "bad-request",
             Self::Resolve { .. } => "resolve-failed",
             Self::Denied { .. } => "policy-denied",
+            Self::NoIdentity { .. } => "no-identity",
+            Self::ProxyAuth { .. } => "proxy-auth-required",
+            Self::NoRoute(_) => "no-connection",
+            Self::Misdirected { .. } => "misdirected-request",
+            Self::CredentialNeedsTls { .. } => "credential-needs-tls",
+            Self::Uninspectable { .. } => "response-not-inspectable",
             Self::EgressDenied { .. } => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
         }
@@ -116,6 +140,12 @@ pub fn respond(e: &PipelineError) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let PipelineError::ProxyAuth { .. } = e {
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"hoop\""),
+        );
+    }
     if let PipelineError::Denied { rule, .. } = e
         && let Ok(v) = HeaderValue::from_str(rule)
     {

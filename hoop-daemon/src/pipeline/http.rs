@@ -15,15 +15,35 @@ use super::{
     phases::{Decision, ExchangeRecord, RequestView},
     upstream::UpstreamConn,
 };
-use crate::flow::Flow;
+use crate::{flow::Flow, policy::Connection};
+
+/// What the job's connection to us is.
+pub enum Tls {
+    Plain,
+    /// TLS for `name` (SNI, or the original IP), which the upstream proved;
+    /// `route` is the connection policy chose for it.
+    Verified {
+        name: String,
+        route: Option<Arc<Connection>>,
+    },
+}
 
 struct Conn {
     gw: Arc<Gateway>,
     flow: Arc<Flow>,
     up: UpstreamConn,
-    scheme: &'static str,
+    tls: Tls,
     /// Why the upstream can't be reached, if the predial already failed.
     broken: Option<PipelineError>,
+}
+
+impl Conn {
+    fn scheme(&self) -> &'static str {
+        match self.tls {
+            Tls::Plain => "http",
+            Tls::Verified { .. } => "https",
+        }
+    }
 }
 
 /// Forwards one absolute-URI request from the explicit proxy (plain HTTP).
@@ -38,7 +58,7 @@ pub async fn forward_plain(
             gw,
             flow,
             up,
-            scheme: "http",
+            tls: Tls::Plain,
             broken: None,
         }),
         req,
@@ -52,7 +72,7 @@ pub async fn serve<IO>(
     flow: Arc<Flow>,
     up: UpstreamConn,
     h2: bool,
-    scheme: &'static str,
+    tls: Tls,
     broken: Option<PipelineError>,
 ) -> Result<(), PipelineError>
 where
@@ -62,7 +82,7 @@ where
         gw,
         flow,
         up,
-        scheme,
+        tls,
         broken,
     });
     let svc = service_fn(move |req| {
@@ -95,13 +115,24 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         .map(|p| p.to_string())
         .unwrap_or_else(|| "/".into());
     let authority = authority_of(&conn, &req);
-    let record =
-        |status: Option<StatusCode>, reason: Option<&'static str>, bytes: u64| ExchangeRecord {
+    let route = match route_for(&conn, &authority).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let _ = conn.broken.as_ref();
+            return fail(&conn, e, None, started, method, authority, path);
+        }
+    };
+    let record = |status: Option<StatusCode>,
+                  reason: Option<&'static str>,
+                  bytes: u64,
+                  route: &Option<Arc<Connection>>| ExchangeRecord {
             flow_id: conn.flow.id,
             job: conn.flow.job_id().map(str::to_owned),
+            identity: conn.flow.identity_name().to_string(),
+            connection: route.as_ref().map(|c| c.name.clone()),
             orig_dst: conn.flow.orig_dst,
             method: method.clone(),
-            scheme: conn.scheme.to_string(),
+            scheme: conn.scheme().to_string(),
             authority: authority.clone(),
             path: path.clone(),
             status,
@@ -109,11 +140,23 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             response_bytes: bytes,
             duration: started.elapsed(),
         };
-    match forward(&conn, req, &authority).await {
+    let route_ref = route.as_deref().expect("routed");
+    let result = match forward(&conn, route_ref, req, &authority).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
-            let transform = conn.gw.phases.on_response_head(&conn.flow, &mut parts);
-            let (phases, rec) = (conn.gw.phases.clone(), record(Some(parts.status), None, 0));
+            conn.gw
+                .phases
+                .on_response_head(&conn.flow, route_ref, &mut parts)
+                .map(|t| (parts, body, t))
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((parts, body, transform)) => {
+            let (phases, rec) = (
+                conn.gw.phases.clone(),
+                record(Some(parts.status), None, 0, &route),
+            );
             let observed = Observed::new(boxed(body), transform, move |bytes, ok| {
                 let reason = (!ok).then_some("response-body-incomplete");
                 phases.on_exchange_done(ExchangeRecord {
@@ -129,10 +172,140 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             tracing::warn!(flow = conn.flow.id, error = %e, reason = e.reason(), "request failed");
             conn.gw
                 .phases
-                .on_exchange_done(record(Some(e.status()), Some(e.reason()), 0));
+                .on_exchange_done(record(Some(e.status()), Some(e.reason()), 0, &route));
             respond(&e)
         }
     }
+}
+
+/// A request refused before it had a connection to go through.
+fn fail(
+    conn: &Conn,
+    e: PipelineError,
+    route: Option<String>,
+    started: Instant,
+    method: String,
+    authority: String,
+    path: String,
+) -> Response<Body> {
+    tracing::warn!(
+        flow = conn.flow.id, identity = conn.flow.identity_name(), error = %e,
+        reason = e.reason(), "request refused"
+    );
+    conn.gw.phases.on_exchange_done(ExchangeRecord {
+        flow_id: conn.flow.id,
+        job: conn.flow.job_id().map(str::to_owned),
+        identity: conn.flow.identity_name().to_string(),
+        connection: route,
+        orig_dst: conn.flow.orig_dst,
+        method,
+        scheme: conn.scheme().to_string(),
+        authority,
+        path,
+        status: Some(e.status()),
+        reason: Some(e.reason()),
+        response_bytes: 0,
+        duration: started.elapsed(),
+    });
+    respond(&e)
+}
+
+/// The connection this request goes through. Over TLS it was chosen at the
+/// handshake, for the name the upstream proved, and the request must be for
+/// that same host (anything else is domain fronting around the policy).
+/// Over plaintext the request names its host, which must be where the
+/// connection really goes.
+async fn route_for(conn: &Conn, authority: &str) -> Result<Arc<Connection>, PipelineError> {
+    if let Some(e) = &conn.broken
+        && !matches!(e, PipelineError::UpstreamConnect { .. } | PipelineError::UpstreamConnectTimeout { .. }
+            | PipelineError::UpstreamCertificate { .. } | PipelineError::UpstreamTls { .. })
+    {
+        // Policy refused at the handshake: say so for every request.
+        return Err(e.clone());
+    }
+    let host = host_of(authority);
+    let dst = conn.flow.orig_dst;
+    match &conn.tls {
+        Tls::Verified { name, route } => {
+            if !same_host(&host, name) {
+                return Err(PipelineError::Misdirected {
+                    detail: format!("request for {host} on a TLS connection to {name}"),
+                });
+            }
+            match route {
+                Some(r) => Ok(r.clone()),
+                None => conn.gw.route(&conn.flow, name, dst.port()),
+            }
+        }
+        Tls::Plain => {
+            let checked = match &conn.flow.target_host {
+                // A proxy target hoop resolved itself.
+                Some(t) if same_host(&host, t) => t.clone(),
+                Some(t) => {
+                    return Err(PipelineError::Misdirected {
+                        detail: format!("request for {host} through a tunnel to {t}"),
+                    });
+                }
+                None => verify_plain_host(&host, dst).await?,
+            };
+            let route = conn.gw.route(&conn.flow, &checked, dst.port())?;
+            if route.credential.is_some() {
+                return Err(PipelineError::CredentialNeedsTls {
+                    connection: route.name.clone(),
+                });
+            }
+            Ok(route)
+        }
+    }
+}
+
+/// Plaintext to an address the job chose: the Host it names must resolve
+/// to that address, or the job could borrow another host's policy.
+async fn verify_plain_host(host: &str, dst: std::net::SocketAddr) -> Result<String, PipelineError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return if crate::egress::same_ip(ip, dst.ip()) {
+            Ok(ip.to_string())
+        } else {
+            Err(PipelineError::Misdirected {
+                detail: format!("Host {host} is not the destination {}", dst.ip()),
+            })
+        };
+    }
+    let found = tokio::net::lookup_host((bare, dst.port()))
+        .await
+        .map(|a| a.map(|a| a.ip()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if found.iter().any(|ip| crate::egress::same_ip(*ip, dst.ip())) {
+        Ok(bare.to_ascii_lowercase())
+    } else {
+        Err(PipelineError::Misdirected {
+            detail: format!("Host {host} does not resolve to the destination {}", dst.ip()),
+        })
+    }
+}
+
+/// The host part of an authority (`h`, `h:port`, `[v6]:port`).
+fn host_of(authority: &str) -> String {
+    let a = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    if a.matches(':').count() > 1 {
+        return a.to_string();
+    }
+    a.split(':').next().unwrap_or("").to_string()
+}
+
+fn same_host(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.trim_end_matches('.').trim_start_matches('[').trim_end_matches(']');
+        match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => s.to_ascii_lowercase(),
+        }
+    };
+    norm(a) == norm(b)
 }
 
 /// The authority the job addressed: the h2 :authority or Host header, else
@@ -155,6 +328,7 @@ fn authority_of(conn: &Conn, req: &Request<Incoming>) -> String {
 
 async fn forward(
     conn: &Conn,
+    route: &Connection,
     mut req: Request<Incoming>,
     authority: &str,
 ) -> Result<Response<Body>, PipelineError> {
@@ -164,8 +338,9 @@ async fn forward(
     let path = req.uri().path().to_string();
     let view = RequestView {
         flow: &conn.flow,
+        connection: route,
         method: req.method(),
-        scheme: conn.scheme,
+        scheme: conn.scheme(),
         authority,
         path: &path,
         headers: req.headers(),
@@ -177,7 +352,7 @@ async fn forward(
     let job_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    conn.gw.phases.before_upstream(&conn.flow, &mut parts);
+    conn.gw.phases.before_upstream(&conn.flow, route, &mut parts);
     let mut resp = conn
         .up
         .send(Request::from_parts(parts, boxed(body)), authority)

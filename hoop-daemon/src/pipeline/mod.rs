@@ -30,7 +30,8 @@ pub use rewind::Rewind;
 
 use crate::{
     config::Config,
-    flow::Flow,
+    flow::{self, Flow},
+    policy::{Connection, Policy},
     tls::{self, Ca, Leaves, UpstreamTls, leaf::LeafName},
 };
 use classify::{Kind, MAX_SNIFF, classify};
@@ -43,6 +44,8 @@ pub struct Gateway {
     pub leaves: Arc<Leaves>,
     pub upstream_tls: UpstreamTls,
     pub phases: SharedPhases,
+    /// Identities, connections and credentials; swapped whole on reload.
+    policy: arc_swap::ArcSwap<Policy>,
     limits: Limits,
     /// Server configs by the ALPN protocol mirrored from the upstream.
     server_h2: Arc<ServerConfig>,
@@ -67,7 +70,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 impl Gateway {
-    pub fn new(cfg: Arc<Config>, phases: SharedPhases) -> Result<Self> {
+    pub fn new(cfg: Arc<Config>, phases: SharedPhases, policy: Policy) -> Result<Self> {
         let ca = Arc::new(Ca::load_or_create(&cfg.daemon.state_dir)?);
         let leaves = Arc::new(Leaves::new(ca.clone())?);
         let upstream_tls = UpstreamTls::new(&cfg.tls.upstream_ca_files)?;
@@ -94,7 +97,36 @@ impl Gateway {
             leaves,
             upstream_tls,
             phases,
+            policy: arc_swap::ArcSwap::from_pointee(policy),
         })
+    }
+
+    /// The policy in force now. Requests keep the one they started with.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Replaces the policy (reload); in-flight requests finish on the old.
+    pub fn set_policy(&self, p: Policy) {
+        self.policy.store(Arc::new(p));
+    }
+
+    /// The connection `flow`'s identity may use for `host:port`.
+    pub fn route(&self, flow: &Flow, host: &str, port: u16) -> Result<Arc<Connection>, PipelineError> {
+        let Some(identity) = &flow.identity else {
+            return Err(PipelineError::NoIdentity {
+                detail: match flow.via {
+                    flow::Via::Transparent => format!(
+                        "cgroup {} is neither a job started with a verified token nor matched by [[identity.static]]",
+                        flow.cgroup_id
+                    ),
+                    _ => "the proxy client presented no valid token".into(),
+                },
+            });
+        };
+        self.policy()
+            .route(identity, host, port)
+            .map_err(PipelineError::NoRoute)
     }
 
     fn server_config(
@@ -133,7 +165,7 @@ where
         Kind::Tls => serve_tls(gw, io, flow).await,
         Kind::Http => {
             let up = UpstreamConn::new(flow.orig_dst, None, gw.limits());
-            http::serve(gw, io, flow, up, false, "http", None).await
+            http::serve(gw, io, flow, up, false, http::Tls::Plain, None).await
         }
         Kind::H2c | Kind::Other | Kind::NeedMore => Err(PipelineError::BadRequest {
             detail: format!("not TLS or HTTP/1 (first bytes {kind:?}); raw TCP is refused"),
@@ -197,6 +229,7 @@ where
         .unwrap_or_default();
 
     // The name the upstream must prove: the SNI, else the original IP.
+    let tls_name = sni.clone().unwrap_or_else(|| flow.orig_dst.ip().to_string());
     let (name, no_sni_leaf) = match &sni {
         Some(s) => {
             let dns = DnsName::try_from(s.as_str())
@@ -209,13 +242,23 @@ where
             Some(LeafName::Ip(flow.orig_dst.ip())),
         ),
     };
+    // Policy first: nothing is dialled for a host the job may not reach;
+    // the job still gets a TLS handshake, to read why.
+    let route = gw.route(&flow, &tls_name, flow.orig_dst.port());
+    let trust = match &route {
+        Ok(c) => c.upstream_tls.as_deref().unwrap_or(&gw.upstream_tls),
+        Err(_) => &gw.upstream_tls,
+    };
     let target = TlsTarget {
         name,
-        config: gw.upstream_tls.config_for(&alpn),
+        config: trust.config_for(&alpn),
     };
     let up = UpstreamConn::new(flow.orig_dst, Some(target), gw.limits());
     // Upstream first: the job gets the protocol the upstream chose.
-    let pre = up.predial().await;
+    let pre = match &route {
+        Ok(_) => up.predial().await,
+        Err(e) => Err(e.clone()),
+    };
     let offered = |p: &[u8]| alpn.iter().any(|a| a == p);
     let job_alpn: Option<&[u8]> = match &pre {
         Ok(Negotiated::H2) => Some(tls::H2),
@@ -236,5 +279,9 @@ where
         .map_err(|_| bad("TLS handshake with the job timed out".into()))?
         .map_err(|e| bad(format!("TLS handshake with the job failed: {e}")))?;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::H2);
-    http::serve(gw, stream, flow, up, h2, "https", pre.err()).await
+    let tls = http::Tls::Verified {
+        name: tls_name,
+        route: route.ok(),
+    };
+    http::serve(gw, stream, flow, up, h2, tls, pre.err()).await
 }

@@ -8,11 +8,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, request, response};
 
 use super::PipelineError;
-use crate::flow::Flow;
+use crate::{flow::Flow, policy::Connection};
 
 /// What the request phase sees: the head, never the socket.
 pub struct RequestView<'a> {
     pub flow: &'a Flow,
+    /// The connection policy routed this request to.
+    pub connection: &'a Connection,
     pub method: &'a Method,
     pub scheme: &'a str,
     pub authority: &'a str,
@@ -46,6 +48,8 @@ pub struct ExchangeRecord {
     pub authority: String,
     pub path: String,
     pub status: Option<StatusCode>,
+    pub identity: String,
+    pub connection: Option<String>,
     pub reason: Option<&'static str>,
     pub response_bytes: u64,
     pub duration: Duration,
@@ -57,27 +61,28 @@ pub trait Phases: Send + Sync + 'static {
         Decision::Allow
     }
     /// About to go upstream: may rewrite the head (credential injection).
-    fn before_upstream(&self, _flow: &Flow, _req: &mut request::Parts) {}
-    /// Response head arrived: may rewrite it, and may ask to transform the body.
+    fn before_upstream(&self, _flow: &Flow, _conn: &Connection, _req: &mut request::Parts) {}
+    /// Response head arrived: may rewrite it, may ask to transform the body,
+    /// or may refuse the response (fail closed).
     fn on_response_head(
         &self,
         _flow: &Flow,
+        _conn: &Connection,
         _resp: &mut response::Parts,
-    ) -> Option<Box<dyn BodyTransform>> {
-        None
+    ) -> Result<Option<Box<dyn BodyTransform>>, PipelineError> {
+        Ok(None)
     }
     /// The exchange is complete (body fully sent, or failed).
     fn on_exchange_done(&self, _record: ExchangeRecord) {}
 }
 
-/// The phases before any policy exists: allow everything, log exchanges.
-pub struct Passthrough;
-
-impl Phases for Passthrough {
-    fn on_exchange_done(&self, r: ExchangeRecord) {
-        tracing::info!(
+/// Logs each exchange (until the audit log records them).
+pub fn log_exchange(r: &ExchangeRecord) {
+    tracing::info!(
             flow = r.flow_id,
             job = r.job.as_deref().unwrap_or("-"),
+            identity = %r.identity,
+            connection = r.connection.as_deref().unwrap_or("-"),
             method = %r.method,
             url = %format!("{}://{}{}", r.scheme, r.authority, r.path),
             status = r.status.map(|s| s.as_u16()).unwrap_or(0),
@@ -85,8 +90,7 @@ impl Phases for Passthrough {
             bytes = r.response_bytes,
             ms = r.duration.as_millis() as u64,
             "exchange"
-        );
-    }
+    );
 }
 
 pub type SharedPhases = Arc<dyn Phases>;

@@ -19,6 +19,7 @@ use tokio::{
 
 use crate::{
     flow::{Flow, Via},
+    identity::Identity,
     jobs::{Jobs, LiveConnection},
     pipeline::{self, Gateway, PipelineError, Rewind, body::Body, error::respond},
 };
@@ -105,7 +106,64 @@ where
     }
 }
 
-fn new_flow(via: Via, dst: SocketAddr, host: Option<String>, client: &Client) -> Flow {
+/// Who a proxy client is: a captured job is who its cgroup says; anyone
+/// else proves it with an OIDC token: Proxy-Authorization Bearer, or
+/// username and password concatenated (Basic, SOCKS5: RFC 1929 caps each
+/// at 255 bytes, so a long token is split across the two).
+async fn identify(
+    gw: &Gateway,
+    client: &Client,
+    token: Option<&str>,
+) -> Result<Option<Arc<Identity>>, PipelineError> {
+    if let Some(f) = &client.captured {
+        return Ok(f.identity.clone());
+    }
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(PipelineError::ProxyAuth {
+            detail: "send an OIDC token: Proxy-Authorization: Bearer <token>, or as username+password (Basic, SOCKS5)".into(),
+        });
+    };
+    match gw.policy().issuers.verify(token).await {
+        Ok(id) => Ok(Some(Arc::new(id))),
+        Err(e) => {
+            tracing::warn!(peer = %client.peer, reason = e.reason(), error = %e, "proxy token rejected");
+            Err(PipelineError::ProxyAuth {
+                detail: format!("token rejected: {e}"),
+            })
+        }
+    }
+}
+
+/// The token in a Proxy-Authorization header.
+fn proxy_token(req: &Request<Incoming>) -> Option<String> {
+    use base64::Engine;
+    let v = req
+        .headers()
+        .get(http::header::PROXY_AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_string());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let s = String::from_utf8(raw).ok()?;
+        // Username and password concatenated, as for SOCKS5.
+        return s.split_once(':').map(|(user, pass)| format!("{user}{pass}"));
+    }
+    None
+}
+
+fn new_flow(
+    via: Via,
+    dst: SocketAddr,
+    host: Option<String>,
+    client: &Client,
+    identity: Option<Arc<Identity>>,
+) -> Flow {
     let cap = client.captured.as_deref();
     Flow {
         id: Flow::next_id(),
@@ -117,6 +175,7 @@ fn new_flow(via: Via, dst: SocketAddr, host: Option<String>, client: &Client) ->
         cgroup_id: cap.map(|f| f.cgroup_id).unwrap_or(0),
         exe: cap.and_then(|f| f.exe.clone()),
         job: cap.and_then(|f| f.job.clone()),
+        identity,
     }
 }
 
@@ -150,7 +209,8 @@ where
     let _guard = jobs.open_connection(LiveConnection::of(&flow));
     tracing::info!(
         flow = flow.id, via = flow.via.as_str(), orig_dst = %flow.orig_dst,
-        host = flow.target_host.as_deref().unwrap_or("-"), peer = %flow.peer, "connection"
+        host = flow.target_host.as_deref().unwrap_or("-"), peer = %flow.peer,
+        identity = flow.identity_name(), "connection"
     );
     if let Err(e) = pipeline::serve(gw, io, flow.clone()).await {
         tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
@@ -163,6 +223,10 @@ async fn http_proxy(
     client: Client,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let identity = match identify(&gw, &client, proxy_token(&req).as_deref()).await {
+        Ok(i) => i,
+        Err(e) => return respond(&e),
+    };
     if req.method() == Method::CONNECT {
         let Some(auth) = req.uri().authority().cloned() else {
             return respond(&PipelineError::BadRequest {
@@ -181,7 +245,7 @@ async fn http_proxy(
         if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
             return respond(&PipelineError::EgressDenied { dst });
         }
-        let flow = new_flow(Via::Connect, dst, host_name(auth.host()), &client);
+        let flow = new_flow(Via::Connect, dst, host_name(auth.host()), &client, identity);
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             match upgrade.await {
@@ -215,6 +279,7 @@ async fn http_proxy(
         dst,
         host_name(auth.host()),
         &client,
+        identity,
     ));
     let _guard = jobs.open_connection(LiveConnection::of(&flow));
     pipeline::forward_plain(gw, flow, req).await
@@ -233,20 +298,35 @@ where
     let mut buf = Vec::new();
     let (methods, used) = read_parsed(&mut io, &mut buf, socks5::parse_greeting, timeout).await?;
     buf.drain(..used);
-    if methods.contains(&socks5::NO_AUTH) {
+    let identity = if client.captured.is_some() && methods.contains(&socks5::NO_AUTH) {
         io.write_all(&[socks5::VERSION, socks5::NO_AUTH]).await?;
+        identify(&gw, &client, None).await?
     } else if methods.contains(&socks5::USER_PASS) {
         io.write_all(&[socks5::VERSION, socks5::USER_PASS]).await?;
-        // The password will carry the job's token; for now any is accepted.
-        let (_creds, used) =
+        // RFC 1929 caps each field at 255 bytes, shorter than most JWTs:
+        // the token is username and password concatenated (a short token
+        // may sit in the password alone).
+        let ((user, pass), used) =
             read_parsed(&mut io, &mut buf, socks5::parse_user_pass, timeout).await?;
         buf.drain(..used);
-        io.write_all(&[1, 0]).await?;
+        let token = format!("{user}{pass}");
+        match identify(&gw, &client, Some(&token)).await {
+            Ok(i) => {
+                io.write_all(&[1, 0]).await?;
+                i
+            }
+            Err(e) => {
+                io.write_all(&[1, 1]).await?;
+                anyhow::bail!("{e}");
+            }
+        }
     } else {
         io.write_all(&[socks5::VERSION, socks5::NO_ACCEPTABLE])
             .await?;
-        anyhow::bail!("no acceptable authentication method offered");
-    }
+        anyhow::bail!(
+            "no acceptable authentication method offered: use username/password with the OIDC token as password"
+        );
+    };
     let (target, used) = match read_parsed(&mut io, &mut buf, socks5::parse_request, timeout).await
     {
         Ok(x) => x,
@@ -275,7 +355,7 @@ where
         anyhow::bail!("{}", PipelineError::EgressDenied { dst });
     }
     io.write_all(&socks5::reply(0)).await?;
-    let flow = new_flow(Via::Socks5, dst, host, &client);
+    let flow = new_flow(Via::Socks5, dst, host, &client, identity);
     // Bytes the client pipelined after the request belong to the tunnel.
     run_flow(gw, jobs, Rewind::new(buf.into(), io), flow).await;
     Ok(())

@@ -7,10 +7,14 @@ use std::{net::SocketAddr, path::PathBuf, process::Output, sync::Arc};
 use hoop::{
     config::Config,
     jobs::Jobs,
-    pipeline::{Gateway, phases::Passthrough},
+    pipeline::Gateway,
+    policy::{Policy, phases::Enforce},
     proxy,
 };
-use hoop_testkit::{Origin, OriginOpts, TestCa};
+use hoop_testkit::{
+    Origin, OriginOpts, TestCa,
+    oidc::{Alg, Issuer},
+};
 
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -19,10 +23,26 @@ pub struct Env {
     /// hoop's CA, which clients must trust.
     pub hoop_ca: PathBuf,
     pub test_ca: TestCa,
+    pub issuer: Issuer,
+    /// A valid token of `issuer` (identity `test:proxy-client`).
+    pub token: String,
 }
 
 pub async fn env(response_timeout_ms: u64) -> Env {
+    env_with(response_timeout_ms, "").await
+}
+
+/// `policy` (TOML) replaces the default: every host for every identity.
+pub async fn env_with(response_timeout_ms: u64, policy: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start("127.0.0.1", Alg::Es256).await;
+    let issuer_ca = dir.path().join("issuer-ca.pem");
+    std::fs::write(&issuer_ca, &issuer.ca.cert_pem).unwrap();
+    let policy = if policy.is_empty() {
+        "[[connection]]\nname = \"any\"\nhosts = [\"*\"]\nallow = [\"*\"]\n"
+    } else {
+        policy
+    };
     let test_ca = TestCa::default();
     let upstream_ca = dir.path().join("upstream-ca.pem");
     std::fs::write(&upstream_ca, &test_ca.cert_pem).unwrap();
@@ -30,12 +50,17 @@ pub async fn env(response_timeout_ms: u64) -> Env {
         "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\nresponse_timeout_ms = {response_timeout_ms}\n\
          connect_timeout_ms = 2000\nhandshake_timeout_ms = 2000\n\
          [capture]\nenabled = false\n[proxy]\nlisten = []\n\
-         [egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n[tls]\nupstream_ca_files = [\"{ca}\"]\n",
+         [egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n[tls]\nupstream_ca_files = [\"{ca}\"]\n\
+         [[identity.oidc]]\nname = \"test\"\nissuer = \"{iss}\"\naudience = \"hoop\"\nca_files = [\"{issuer_ca}\"]\n\
+         {policy}",
         d = dir.path().display(),
-        ca = upstream_ca.display()
+        ca = upstream_ca.display(),
+        iss = issuer.url,
+        issuer_ca = issuer_ca.display(),
     );
     let cfg = Config::parse(&text, &dir.path().join("hoop.toml")).unwrap();
-    let gw = Arc::new(Gateway::new(Arc::new(cfg), Arc::new(Passthrough)).unwrap());
+    let policy = Policy::compile(&cfg, None).unwrap();
+    let gw = Arc::new(Gateway::new(Arc::new(cfg), Arc::new(Enforce), policy).unwrap());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
     proxy::spawn(
@@ -44,12 +69,15 @@ pub async fn env(response_timeout_ms: u64) -> Env {
         Arc::new(Jobs::new(dir.path().join("jobs"))),
     );
     let hoop_ca = dir.path().join("state/ca.pem");
+    let token = issuer.token("proxy-client");
     Env {
         dir,
         gw,
         proxy,
         hoop_ca,
         test_ca,
+        issuer,
+        token,
     }
 }
 
@@ -70,11 +98,20 @@ impl Env {
         .await
     }
 
-    /// curl through the proxy, trusting hoop's CA. Returns the output;
-    /// `-w` appends "\n<code> <http_version>".
+    /// curl through the proxy with the test token, trusting hoop's CA.
+    /// Returns the output; `-w` appends "\n<code> <http_version>".
     pub async fn curl(&self, args: &[&str]) -> Output {
+        self.curl_as(&self.token, args).await
+    }
+
+    /// curl with `token` as proxy credentials (split into username and
+    /// password: SOCKS5 caps each at 255 bytes).
+    pub async fn curl_as(&self, token: &str, args: &[&str]) -> Output {
+        let (user, pass) = token.split_at(token.len() / 2);
         tokio::process::Command::new("curl")
-            .args(["-sS", "--max-time", "20", "--cacert"])
+            .args(["-sS", "--max-time", "20", "--proxy-user"])
+            .arg(format!("{user}:{pass}"))
+            .arg("--cacert")
             .arg(&self.hoop_ca)
             .args(["-w", "\n%{http_code} %{http_version}"])
             .args(args)
@@ -85,6 +122,11 @@ impl Env {
 
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.proxy)
+    }
+
+    /// The header a hand-written CONNECT needs.
+    pub fn proxy_auth(&self) -> String {
+        format!("Proxy-Authorization: Bearer {}\r\n", self.token)
     }
 }
 

@@ -1,5 +1,8 @@
 //! Configuration: embedded defaults, optionally overridden by a TOML file.
 //! Unknown keys are errors, and every error names the file, line and key.
+mod locate;
+pub mod policy;
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -10,6 +13,8 @@ use serde::Deserialize;
 
 /// The defaults, shipped inside the binary and documented in place.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
+/// The `source` of the embedded defaults.
+pub const EMBEDDED_SOURCE: &str = "<embedded defaults>";
 /// Read when no `--config` is given, if it exists.
 pub const SYSTEM_CONFIG: &str = "/etc/hoop/hoop.toml";
 
@@ -22,10 +27,12 @@ pub enum ConfigError {
     },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("invalid config {path}: `{key}` {problem}")]
+    #[error("invalid config {path}{}: `{key}` {problem}", at.map(|(l, c)| format!(":{l}:{c} (line {l}, column {c})")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        /// 1-based line and column in the file, when the key is in it.
+        at: Option<(usize, usize)>,
+        key: String,
         problem: String,
     },
 }
@@ -38,9 +45,16 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub egress: EgressConfig,
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub identity: policy::IdentityConfig,
+    #[serde(default, rename = "connection")]
+    pub connections: Vec<policy::ConnectionConfig>,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
+    /// The file's own text, to locate semantic errors.
+    #[serde(skip)]
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -87,7 +101,7 @@ pub struct CaptureConfig {
 impl Config {
     /// The embedded defaults.
     pub fn embedded() -> Self {
-        Self::parse(DEFAULT_TOML, Path::new("<embedded defaults>"))
+        Self::parse(DEFAULT_TOML, Path::new(EMBEDDED_SOURCE))
             .expect("embedded default config is valid")
     }
 
@@ -132,16 +146,26 @@ impl Config {
             }
         };
         cfg.source = path.to_owned();
+        cfg.text = text.to_owned();
         cfg.validate()?;
+        policy::check(&cfg.identity, &cfg.connections)
+            .map_err(|p| cfg.invalid(&p.key, p.problem))?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| ConfigError::Invalid {
+    /// An error about `key` (a path like `connection[0].hosts[1]`), located
+    /// in the file when the key is there.
+    pub fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
             path: self.source.clone(),
-            key,
-            problem: problem.to_string(),
-        };
+            at: locate::locate(&self.text, key),
+            key: key.to_string(),
+            problem: problem.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: &str| self.invalid(key, problem);
         if self.capture.listen_port == 0 {
             return Err(bad("capture.listen_port", "must not be 0"));
         }

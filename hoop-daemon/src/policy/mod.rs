@@ -1,0 +1,261 @@
+//! The compiled policy: static identities, connections (who may reach
+//! which hosts) and their credentials. Built from a `Config` in one go, so
+//! a reload either yields a whole new policy or an error and no change.
+pub mod canary;
+pub mod credential;
+mod host;
+pub mod phases;
+
+use std::sync::Arc;
+
+use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
+
+pub use host::HostPattern;
+
+use crate::{
+    config::{Config, ConfigError},
+    identity::{Identity, Issuers},
+    tls::UpstreamTls,
+};
+use credential::Credential;
+
+pub struct Connection {
+    pub name: String,
+    hosts: Vec<HostPattern>,
+    allow: GlobSet,
+    pub credential: Option<Credential>,
+    /// Trust for this connection's upstreams, when it names extra CAs.
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub fn covers(&self, host: &str, port: u16) -> bool {
+        self.hosts.iter().any(|h| h.matches(host, port))
+    }
+
+    pub fn allows(&self, identity: &str) -> bool {
+        self.allow.is_match(identity)
+    }
+}
+
+/// Why a request has no connection to go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRoute {
+    pub host: String,
+    pub identity: String,
+    /// Connections that cover the host but not this identity.
+    pub covered_by: Vec<String>,
+}
+
+impl std::fmt::Display for NoRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.covered_by.is_empty() {
+            write!(
+                f,
+                "no connection allows {} for identity {}",
+                self.host, self.identity
+            )
+        } else {
+            write!(
+                f,
+                "no connection allows {} for identity {} (connection {} covers the host but not this identity)",
+                self.host,
+                self.identity,
+                self.covered_by.join(", ")
+            )
+        }
+    }
+}
+
+pub struct Policy {
+    pub connections: Vec<Arc<Connection>>,
+    statics: Vec<(GlobMatcher, String)>,
+    /// OIDC issuers (with their cached keys).
+    pub issuers: Issuers,
+}
+
+impl Policy {
+    /// Compiles the policy sections of `cfg`, reading every secret. Errors
+    /// are located in the config file. Issuers unchanged since `previous`
+    /// keep their cached keys.
+    pub fn compile(cfg: &Config, previous: Option<&Policy>) -> Result<Self, ConfigError> {
+        let issuers = Issuers::new(
+            &cfg.identity.oidc,
+            &cfg.tls.upstream_ca_files,
+            previous.map(|p| &p.issuers),
+        )
+        .map_err(|e| cfg.invalid("identity.oidc", format!("{e:#}")))?;
+        let mut statics = Vec::new();
+        for (i, s) in cfg.identity.statics.iter().enumerate() {
+            let g = GlobBuilder::new(&s.cgroup)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| cfg.invalid(&format!("identity.static[{i}].cgroup"), format!("is not a valid glob: {e}")))?;
+            statics.push((g.compile_matcher(), s.name.clone()));
+        }
+        let mut connections = Vec::new();
+        for (i, c) in cfg.connections.iter().enumerate() {
+            let hosts = c
+                .hosts
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| cfg.invalid(&format!("connection[{i}].hosts"), e))?;
+            let mut allow = GlobSetBuilder::new();
+            for (j, a) in c.allow.iter().enumerate() {
+                let g = GlobBuilder::new(a).literal_separator(false).build().map_err(|e| {
+                    cfg.invalid(&format!("connection[{i}].allow[{j}]"), format!("is not a valid glob: {e}"))
+                })?;
+                allow.add(g);
+            }
+            let allow = allow
+                .build()
+                .map_err(|e| cfg.invalid(&format!("connection[{i}].allow"), e.to_string()))?;
+            let credential = c
+                .credential
+                .as_ref()
+                .map(|cc| {
+                    Credential::new(cc).map_err(|e| {
+                        let key = if e.contains("header") {
+                            format!("connection[{i}].credential")
+                        } else {
+                            format!("connection[{i}].credential.secret")
+                        };
+                        cfg.invalid(&key, e)
+                    })
+                })
+                .transpose()?;
+            let upstream_tls = if c.upstream_ca_files.is_empty() {
+                None
+            } else {
+                let mut files = cfg.tls.upstream_ca_files.clone();
+                files.extend(c.upstream_ca_files.iter().cloned());
+                Some(Arc::new(UpstreamTls::new(&files).map_err(|e| {
+                    cfg.invalid(&format!("connection[{i}].upstream_ca_files"), format!("{e:#}"))
+                })?))
+            };
+            connections.push(Arc::new(Connection {
+                name: c.name.clone(),
+                hosts,
+                allow,
+                credential,
+                upstream_tls,
+            }));
+        }
+        Ok(Self {
+            connections,
+            statics,
+            issuers,
+        })
+    }
+
+    /// The connection `identity` may use to reach `host:port`: the first
+    /// in config order that covers the host and allows the identity.
+    /// Default deny.
+    pub fn route(&self, identity: &Identity, host: &str, port: u16) -> Result<Arc<Connection>, NoRoute> {
+        let mut covered_by = Vec::new();
+        for c in &self.connections {
+            if c.covers(host, port) {
+                if c.allows(&identity.name) {
+                    return Ok(c.clone());
+                }
+                covered_by.push(c.name.clone());
+            }
+        }
+        Err(NoRoute {
+            host: format!("{host}:{port}"),
+            identity: identity.name.clone(),
+            covered_by,
+        })
+    }
+
+    /// The static identity of a cgroup (path relative to the cgroup2
+    /// mount), if a `[[identity.static]]` glob matches it.
+    pub fn static_identity(&self, cgroup: &str) -> Option<Identity> {
+        self.statics
+            .iter()
+            .find(|(g, _)| g.is_match(cgroup))
+            .map(|(_, name)| Identity::local(name, cgroup))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn policy(text: &str) -> Result<Policy, ConfigError> {
+        let cfg = Config::parse(text, Path::new("/etc/hoop/p.toml"))?;
+        Policy::compile(&cfg, None)
+    }
+
+    fn id(name: &str) -> Identity {
+        Identity::local(name, "test")
+    }
+
+    const TWO: &str = r#"
+[[connection]]
+name = "partner"
+hosts = ["api.partner.example", "*.partner.example:8443"]
+allow = ["ci:repo:acme/*"]
+
+[[connection]]
+name = "open"
+hosts = ["*.open.example"]
+allow = ["*"]
+"#;
+
+    #[test]
+    fn routes_by_host_and_identity_and_denies_by_default() {
+        let p = policy(TWO).unwrap();
+        let ci = id("ci:repo:acme/scraper:ref:refs/heads/main");
+        assert_eq!(p.route(&ci, "api.partner.example", 443).unwrap().name, "partner");
+        assert_eq!(p.route(&ci, "x.partner.example", 8443).unwrap().name, "partner");
+        assert!(p.route(&ci, "x.partner.example", 443).is_err());
+        let other = id("ci:repo:evil/x");
+        let e = p.route(&other, "api.partner.example", 443).unwrap_err();
+        assert_eq!(e.covered_by, ["partner"]);
+        assert!(e.to_string().contains("api.partner.example:443") && e.to_string().contains("ci:repo:evil/x"), "{e}");
+        assert_eq!(p.route(&other, "a.open.example", 443).unwrap().name, "open");
+        assert!(p.route(&ci, "elsewhere.example", 443).unwrap_err().covered_by.is_empty());
+        assert!(policy("").unwrap().route(&ci, "api.partner.example", 443).is_err());
+    }
+
+    #[test]
+    fn static_identities_match_cgroup_globs_level_by_level() {
+        let p = policy(
+            "[[identity.static]]\ncgroup = \"hoop.slice/scraper-*.service\"\nname = \"local:scraper\"\n\
+             [[identity.static]]\ncgroup = \"hoop.slice/**\"\nname = \"local:any\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.static_identity("hoop.slice/scraper-1.service").unwrap().name, "local:scraper");
+        assert_eq!(p.static_identity("hoop.slice/scraper-1.service/sub").unwrap().name, "local:any");
+        assert!(p.static_identity("other.slice/x").is_none());
+    }
+
+    #[test]
+    fn bad_policy_is_located() {
+        let e = policy("[[connection]]\nname = \"a\"\nhosts = [\"ok.example\", \"bad*.example\"]\nallow = [\"*\"]\n")
+            .err().unwrap().to_string();
+        assert!(e.contains("p.toml:3:") && e.contains("connection[0].hosts[1]"), "{e}");
+        let e = policy("[[connection]]\nname = \"a\"\nhosts = [\"a.example\"]\nallow = [\"x[\"]\n")
+            .err().unwrap().to_string();
+        assert!(e.contains("connection[0].allow[0]") && e.contains("p.toml:4:"), "{e}");
+        let e = policy("[[connection]]\nname = \"a\"\nhosts = [\"a.example\"]\nallow = [\"*\"]\ncredential = { secret = { file = \"/nonexistent/hoop-secret\" } }\n")
+            .err().unwrap().to_string();
+        assert!(e.contains("connection[0].credential.secret") && e.contains("/nonexistent/hoop-secret"), "{e}");
+        let e = policy("[[identity.oidc]]\nname = \"ci\"\nissuer = \"https://i.example\"\naudience = \"hoop\"\nalgorithms = [\"HS256\"]\n")
+            .err().unwrap().to_string();
+        assert!(e.contains("identity.oidc[0].algorithms[0]") && e.contains("p.toml:5:") && e.contains("HMAC"), "{e}");
+        let e = policy("[[identity.oidc]]\nname = \"ci\"\nissuer = \"http://i.example\"\naudience = \"hoop\"\n")
+            .err().unwrap().to_string();
+        assert!(e.contains("https"), "{e}");
+    }
+}
