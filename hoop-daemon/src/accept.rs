@@ -72,7 +72,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(cfg: Arc<Config>, capture: Arc<Capture>, jobs: Arc<Jobs>, gw: Arc<Gateway>, cgroup_mount: PathBuf) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        capture: Arc<Capture>,
+        jobs: Arc<Jobs>,
+        gw: Arc<Gateway>,
+        cgroup_mount: PathBuf,
+    ) -> Self {
         Self {
             cfg,
             capture,
@@ -86,18 +92,16 @@ impl Ctx {
         }
     }
 
-    /// Who a connection from this cgroup is: the verified identity of its
-    /// `hoop run` job, else the static identity its path maps to.
+    /// Who a connection from this cgroup is: the identity bound to its
+    /// `hoop run` job, else the static identity its path maps to (units
+    /// placed in the hoop slice by systemd, for example).
     fn identity(&self, job: Option<&Job>, cgroup_id: u64) -> Option<Arc<Identity>> {
-        if let Some(id) = job.and_then(|j| j.identity.clone()) {
-            return Some(Arc::new(id));
+        if let Some(j) = job {
+            return Some(Arc::new(j.identity.clone()));
         }
-        let path = match job {
-            Some(j) => Some(Arc::new(j.cgroup_path.clone())),
-            None => self.cgroup_paths.get_with(cgroup_id, || {
-                crate::capture::cgroup::find_by_id(&self.capture.root.path, cgroup_id).map(Arc::new)
-            }),
-        }?;
+        let path = self.cgroup_paths.get_with(cgroup_id, || {
+            crate::capture::cgroup::find_by_id(&self.capture.root.path, cgroup_id).map(Arc::new)
+        })?;
         let rel = relative(&self.cgroup_mount, &path)?;
         self.gw.policy().static_identity(&rel).map(Arc::new)
     }

@@ -43,7 +43,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job restored");
             let _ = watch_tx.send(job);
         }
-        let ctx = accept::Ctx::new(cfg.clone(), capture.clone(), jobs.clone(), gw.clone(), mount);
+        let ctx = accept::Ctx::new(
+            cfg.clone(),
+            capture.clone(),
+            jobs.clone(),
+            gw.clone(),
+            mount,
+        );
         accept::spawn(listeners, Arc::new(ctx));
         Some(capture)
     } else {

@@ -18,9 +18,9 @@ pub struct Job {
     pub id: String,
     pub cgroup_id: u64,
     pub cgroup_path: PathBuf,
-    /// The identity verified from the job's token; None: the static
-    /// identity of its cgroup applies, if any.
-    pub identity: Option<crate::identity::Identity>,
+    /// Bound at start: verified from the job's token, or the static
+    /// identity its cgroup path mapped to then.
+    pub identity: crate::identity::Identity,
     /// The pid that asked for the job (the `hoop run` process, then CMD).
     pub pid: u32,
     pub uid: u32,
@@ -203,7 +203,7 @@ mod tests {
             id: id.into(),
             cgroup_id: cg.id,
             cgroup_path: cg.path.clone(),
-            identity: Some(crate::identity::Identity::local("ci", "x")),
+            identity: crate::identity::Identity::local("ci", "x"),
             pid: 1,
             uid: 0,
             command: vec!["true".into()],

@@ -334,9 +334,15 @@ async fn garbage_from_the_client_is_refused_and_the_proxy_keeps_serving() {
     // Garbage inside a tunnel: neither TLS nor HTTP.
     let mut s = TcpStream::connect(env.proxy).await.unwrap();
     let port = origin.addr.port();
-    s.write_all(format!("CONNECT localhost:{port} HTTP/1.1\r\n{}\r\n", env.proxy_auth()).as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!(
+            "CONNECT localhost:{port} HTTP/1.1\r\n{}\r\n",
+            env.proxy_auth()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut buf)).await;
@@ -347,9 +353,15 @@ async fn garbage_from_the_client_is_refused_and_the_proxy_keeps_serving() {
     assert_eq!(origin.connections(), 0, "raw bytes reached the upstream");
     // A malformed ClientHello.
     let mut s = TcpStream::connect(env.proxy).await.unwrap();
-    s.write_all(format!("CONNECT localhost:{port} HTTP/1.1\r\n{}\r\n", env.proxy_auth()).as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!(
+            "CONNECT localhost:{port} HTTP/1.1\r\n{}\r\n",
+            env.proxy_auth()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
         .await
         .unwrap();

@@ -66,8 +66,12 @@ impl SigningKey {
                 let pkcs8 =
                     EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
                 KeyMaterial::Ec(Box::new(
-                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                        .unwrap(),
+                    EcdsaKeyPair::from_pkcs8(
+                        &ECDSA_P256_SHA256_FIXED_SIGNING,
+                        pkcs8.as_ref(),
+                        &rng,
+                    )
+                    .unwrap(),
                 ))
             }
             Alg::Rs256 => {

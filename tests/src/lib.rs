@@ -60,6 +60,11 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The policy of most suites: every job of the test is `test:local`, and
+/// may reach any (loopback) host.
+pub const DEFAULT_POLICY: &str = "[[identity.static]]\ncgroup = \"{cgroup}/**\"\nname = \"test:local\"\n\n\
+     [[connection]]\nname = \"loopback\"\nhosts = [\"*\"]\nallow = [\"*\"]\n";
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub name: String,
@@ -91,14 +96,29 @@ impl TestEnv {
         )
     }
 
-    /// Full control, including the `egress.allow` list (TOML array items).
-    /// Test daemons may only dial loopback.
+    /// With the `egress.allow` list (TOML array items). Test daemons may
+    /// only dial loopback.
     pub fn build(
         name: &str,
         probe_src: &str,
         daemon_extra: &str,
         extra: &str,
         egress: &str,
+    ) -> Self {
+        Self::custom(name, probe_src, daemon_extra, extra, egress, None)
+    }
+
+    /// Full control. `policy` replaces the default one: jobs of this test
+    /// get the static identity `test:local`, and one connection lets any
+    /// identity reach any host (egress still limits it to loopback).
+    /// `{cgroup}` in it stands for the test's root cgroup.
+    pub fn custom(
+        name: &str,
+        probe_src: &str,
+        daemon_extra: &str,
+        extra: &str,
+        egress: &str,
+        policy: Option<&str>,
     ) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
@@ -123,10 +143,11 @@ impl TestEnv {
                 "[daemon]\nstate_dir = \"{state}\"\nruntime_dir = \"{run}\"\n{daemon_extra}\n\n\
                  [capture]\ncgroup = \"{cgroup}\"\nbpf_pin_dir = \"{pins}\"\nlisten_port = {port}\n\
                  dns_resolvers = [\"127.0.0.54\"]\n\n[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n\n\
-                 [egress]\nallow = [{egress}]\n{extra}\n",
+                 [egress]\nallow = [{egress}]\n{extra}\n{policy}\n",
                 state = dir.path().join("state").display(),
                 run = runtime_dir.display(),
                 pins = pin_dir.display(),
+                policy = policy.unwrap_or(DEFAULT_POLICY).replace("{cgroup}", &cgroup),
             ),
         )
         .unwrap();
@@ -230,7 +251,7 @@ impl TestEnv {
         }
     }
 
-    /// `hoop run [--identity] -- cmd…`, as root.
+    /// `hoop run -- cmd…`, as root.
     pub fn run(&self, cmd: &[&str]) -> Output {
         self.hoop().arg("run").arg("--").args(cmd).output().unwrap()
     }

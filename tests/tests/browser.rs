@@ -56,7 +56,7 @@ fn chromium_loads_a_partner_page_through_the_gateway() {
     let url = format!("https://partner.test:{}/page", origin.addr.port());
     let out = env
         .hoop()
-        .args(["run", "--identity", "browser", "--", "chromium"])
+        .args(["run", "--", "chromium"])
         .args([
             "--headless",
             "--no-sandbox",

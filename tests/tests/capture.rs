@@ -16,18 +16,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 fn curl(env: &TestEnv, url: &str) -> (u32, String) {
     let child = env
         .hoop()
-        .args([
-            "run",
-            "--identity",
-            "test-ci",
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-g",
-            url,
-        ])
+        .args(["run", "--", "curl", "-sS", "--max-time", "5", "-g", url])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -85,7 +74,7 @@ fn job_reaches_upstreams_and_the_daemon_knows_who_and_where() {
             )
             .unwrap_or_else(|| panic!("case {i}: no job-started line for pid {pid}"));
         let cgroup_id = field(&started, "cgroup_id").unwrap();
-        assert!(started.contains("identity=test-ci"), "{started}");
+        assert!(started.contains("identity=test:local"), "{started}");
         let conn = env
             .wait_log(
                 &[
@@ -172,7 +161,7 @@ fn status_lists_programs_jobs_and_live_connections() {
     // A job holding one connection open without sending a request.
     let mut job = env
         .hoop()
-        .args(["run", "--identity", "watcher", "--"])
+        .args(["run", "--"])
         .arg(&env.probe)
         .args(["hold", &up.addr.to_string(), "5"])
         .stdout(Stdio::null())
@@ -194,11 +183,12 @@ fn status_lists_programs_jobs_and_live_connections() {
     assert_eq!(s["kernel_links_on_root"], 8, "{s}");
     let jobs = s["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{s}");
-    assert_eq!(jobs[0]["identity"], "watcher");
+    assert_eq!(jobs[0]["identity"]["name"], "test:local", "{s}");
+    assert_eq!(jobs[0]["identity"]["source"], "static", "{s}");
     let text = env.hoop().arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("hoop_connect4") && text.contains("watcher"),
+        text.contains("hoop_connect4") && text.contains("test:local"),
         "{text}"
     );
     job.kill().unwrap();

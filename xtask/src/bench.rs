@@ -82,8 +82,28 @@ pub fn run(o: &Opts) -> Result<()> {
     )?;
     let url = format!("https://{origin_addr}/hello");
 
+    step("starting a local OIDC issuer (the explicit proxy wants a token)");
+    let (issuer_ca, token_file) = (dir.join("issuer-ca.pem"), dir.join("token"));
+    let (_issuer, issuer_url) = Proc::spawn_listening(
+        pin.load(Command::new(rel.join("hoop-issuer")))
+            .args(["--bind", "127.0.0.4", "--sub", "bench"])
+            .arg("--ca-out")
+            .arg(&issuer_ca)
+            .arg("--token-out")
+            .arg(&token_file),
+        "issuer",
+    )?;
+    let token = std::fs::read_to_string(&token_file)?;
+    let proxy_auth = format!("Proxy-Authorization: Bearer {}", token.trim());
+
     step("starting hoop (release, HOOP_LOG=warn) on core 0");
-    let hoop = Hoop::start(&rel.join("hoop"), &dir, &origin_ca, &pin)?;
+    let policy = format!(
+        "[[identity.oidc]]\nname = \"bench\"\nissuer = \"{issuer_url}\"\naudience = \"hoop\"\n\
+         ca_files = [\"{}\"]\n\n[[identity.static]]\ncgroup = \"hoop-bench.slice/**\"\nname = \"bench:local\"\n\n\
+         [[connection]]\nname = \"origin\"\nhosts = [\"127.0.0.2\"]\nallow = [\"bench:*\"]\n",
+        issuer_ca.display()
+    );
+    let hoop = Hoop::start(&rel.join("hoop"), &dir, &origin_ca, &pin, &policy)?;
 
     let mut r = Report::new(o, &pin);
     let secs = o.seconds.to_string();
@@ -132,6 +152,7 @@ pub fn run(o: &Opts) -> Result<()> {
         }
         if let Some(p) = proxy {
             a.extend(["-x".into(), p.into()]);
+            a.extend(["--proxy-header".into(), proxy_auth.clone()]);
         }
         a.push(url.clone());
         a
@@ -360,7 +381,7 @@ struct Hoop {
 }
 
 impl Hoop {
-    fn start(bin: &Path, dir: &Path, origin_ca: &Path, pin: &Pin) -> Result<Self> {
+    fn start(bin: &Path, dir: &Path, origin_ca: &Path, pin: &Pin, policy: &str) -> Result<Self> {
         let port = loop {
             let p = free_port("127.0.0.1")?;
             if TcpListener::bind(("::1", p)).is_ok() {
@@ -377,7 +398,7 @@ impl Hoop {
                  listen_port = {port}\ndns_resolvers = [\"127.0.0.54\"]\n\n\
                  [proxy]\nlisten = [\"{proxy_addr}\"]\n\n\
                  [egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n\n\
-                 [tls]\nupstream_ca_files = [\"{ca}\"]\n",
+                 [tls]\nupstream_ca_files = [\"{ca}\"]\n\n{policy}",
                 d = dir.display(),
                 ca = origin_ca.display(),
             ),

@@ -19,6 +19,19 @@ use crate::{
 
 const UPSTREAM: &str = "127.0.0.2:8080";
 
+/// The demo's policy, on top of the embedded defaults: jobs in the hoop
+/// slice are `demo:local`, and may reach the local partner API only.
+const DEMO_POLICY: &str = r#"# Written by `cargo xtask demo`.
+[[identity.static]]
+cgroup = "hoop.slice/**"
+name = "demo:local"
+
+[[connection]]
+name = "partner-api"
+hosts = ["127.0.0.2:8080"]
+allow = ["demo:*"]
+"#;
+
 pub fn run() -> Result<()> {
     sh::require_root("the daemon attaches eBPF programs and creates cgroups")?;
     sh::apt_install(&["curl"])?;
@@ -31,21 +44,17 @@ pub fn run() -> Result<()> {
     let listener = TcpListener::bind(UPSTREAM).with_context(|| format!("binding {UPSTREAM}"))?;
     thread::spawn(move || serve_upstream(listener));
 
-    step("starting `hoop daemon` with the embedded default config");
+    let config = root_dir().join("target/demo-hoop.toml");
+    std::fs::write(&config, DEMO_POLICY)?;
+    step(&format!(
+        "starting `hoop daemon`: embedded defaults plus the demo policy in {}",
+        config.display()
+    ));
     let mut daemon = Daemon::start(&hoop)?;
 
     step("a job: hoop run -- curl http://127.0.0.2:8080/ (no proxy settings)");
     let out = hoop_cmd(&hoop)
-        .args([
-            "run",
-            "--identity",
-            "demo",
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-        ])
+        .args(["run", "--", "curl", "-sS", "--max-time", "5"])
         .arg(format!("http://{UPSTREAM}/"))
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -76,7 +85,7 @@ pub fn run() -> Result<()> {
 
     step("fail-closed: kill the daemon (SIGKILL) while a job runs, then connect");
     let mut job = hoop_cmd(&hoop)
-        .args(["run", "--identity", "demo", "--", "bash", "-c"])
+        .args(["run", "--", "bash", "-c"])
         .arg(format!(
             "sleep 1; if curl -sS --max-time 3 http://{UPSTREAM}/; then echo 'job: reached the API (unexpected)'; exit 1; \
              else echo 'job: connect refused while the daemon is down'; fi"
@@ -106,7 +115,7 @@ pub fn run() -> Result<()> {
 
 fn hoop_cmd(hoop: &PathBuf) -> Command {
     let mut c = Command::new(hoop);
-    c.env_remove("HOOP_CONFIG");
+    c.env("HOOP_CONFIG", root_dir().join("target/demo-hoop.toml"));
     c
 }
 

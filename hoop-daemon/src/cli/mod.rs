@@ -97,7 +97,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         println!("{}: ok", cfg.source.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = Config::load(cli.config.as_deref())?;
+    let cfg = match &cli.command {
+        // Clients only need the control socket: a config file broken by an
+        // edit must not stop jobs from starting, or `hoop reload` from
+        // reporting what is wrong with it.
+        Cmd::Run { .. } | Cmd::Status { .. } | Cmd::Reload => {
+            Config::load(cli.config.as_deref())
+                .or_else(|e| client_fallback(cli.config.as_deref(), e))?
+        }
+        _ => Config::load(cli.config.as_deref())?,
+    };
     match cli.command {
         Cmd::Daemon => {
             init_logging();
@@ -148,6 +157,33 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The embedded defaults with the file's `daemon.runtime_dir`, when the
+/// file is valid TOML but not a valid config.
+fn client_fallback(
+    path: Option<&std::path::Path>,
+    e: crate::config::ConfigError,
+) -> Result<Config> {
+    let path = path
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| crate::config::SYSTEM_CONFIG.into());
+    let table: toml::Table = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "hoop: warning: {e}\nhoop: (using the file's daemon.runtime_dir only, to reach the daemon)"
+    );
+    let mut cfg = Config::embedded();
+    if let Some(dir) = table
+        .get("daemon")
+        .and_then(|d| d.get("runtime_dir"))
+        .and_then(|d| d.as_str())
+    {
+        cfg.daemon.runtime_dir = dir.into();
+    }
+    Ok(cfg)
+}
+
 fn request(cfg: &Config, req: &Request) -> Result<Response> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -196,7 +232,8 @@ fn run(
 /// The job's token, from a file or a variable.
 fn read_token(file: Option<&std::path::Path>, var: Option<&str>) -> Result<Option<String>> {
     let token = if let Some(f) = file {
-        std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?
+        std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?
     } else if let Some(v) = var {
         std::env::var(v).with_context(|| format!("the token variable {v} is not set"))?
     } else {
@@ -293,7 +330,7 @@ fn print_status(s: &Status) {
         println!(
             "  {}  identity {}  pid {}  denied {}  {}",
             j.job.id,
-            j.job.identity.as_ref().map_or("(static)", |i| i.name.as_str()),
+            j.job.identity.name,
             j.job.pid,
             j.denied,
             j.job.command.join(" ")

@@ -143,7 +143,10 @@ pub fn check(identity: &IdentityConfig, connections: &[ConnectionConfig]) -> Res
         let key = |k: &str| format!("identity.oidc[{i}].{k}");
         check_name(&o.name).map_err(|p| problem(key("name"), p))?;
         if !names.insert(o.name.as_str()) {
-            return Err(problem(key("name"), "is used by another issuer; names must be unique"));
+            return Err(problem(
+                key("name"),
+                "is used by another issuer; names must be unique",
+            ));
         }
         let url = http::Uri::try_from(o.issuer.as_str())
             .map_err(|e| problem(key("issuer"), format!("is not a URL ({e})")))?;
@@ -157,7 +160,10 @@ pub fn check(identity: &IdentityConfig, connections: &[ConnectionConfig]) -> Res
             return Err(problem(key("audience"), "must not be empty"));
         }
         if o.algorithms.is_empty() {
-            return Err(problem(key("algorithms"), "must name at least one algorithm"));
+            return Err(problem(
+                key("algorithms"),
+                "must name at least one algorithm",
+            ));
         }
         for (j, a) in o.algorithms.iter().enumerate() {
             if !ASYMMETRIC_ALGS.contains(&a.as_str()) {
@@ -171,12 +177,17 @@ pub fn check(identity: &IdentityConfig, connections: &[ConnectionConfig]) -> Res
             }
         }
         if o.claims.is_empty() {
-            return Err(problem(key("claims"), "must name at least one claim, like [\"sub\"]"));
+            return Err(problem(
+                key("claims"),
+                "must name at least one claim, like [\"sub\"]",
+            ));
         }
     }
     for (i, s) in identity.statics.iter().enumerate() {
         let key = |k: &str| format!("identity.static[{i}].{k}");
-        if s.cgroup.is_empty() || s.cgroup.starts_with('/') || s.cgroup.split('/').any(|c| c == "..")
+        if s.cgroup.is_empty()
+            || s.cgroup.starts_with('/')
+            || s.cgroup.split('/').any(|c| c == "..")
         {
             return Err(problem(
                 key("cgroup"),
@@ -192,7 +203,10 @@ pub fn check(identity: &IdentityConfig, connections: &[ConnectionConfig]) -> Res
         let key = |k: &str| format!("connection[{i}].{k}");
         check_name(&c.name).map_err(|p| problem(key("name"), p))?;
         if !names.insert(c.name.as_str()) {
-            return Err(problem(key("name"), "is used by another connection; names must be unique"));
+            return Err(problem(
+                key("name"),
+                "is used by another connection; names must be unique",
+            ));
         }
         if c.hosts.is_empty() {
             return Err(problem(key("hosts"), "must list at least one host pattern"));
@@ -230,7 +244,10 @@ pub fn check(identity: &IdentityConfig, connections: &[ConnectionConfig]) -> Res
             if let Some(h) = &cred.header
                 && http::HeaderName::try_from(h.as_str()).is_err()
             {
-                return Err(problem(key("credential.header"), "is not a valid header name"));
+                return Err(problem(
+                    key("credential.header"),
+                    "is not a valid header name",
+                ));
             }
             let s = &cred.secret;
             let n = [s.file.is_some(), s.env.is_some(), s.credential.is_some()]

@@ -146,14 +146,15 @@ impl Server {
             None => None,
         };
         let rel = crate::accept::relative(&self.cgroup_mount, &path).unwrap_or_default();
-        let name = match (&identity, policy.static_identity(&rel)) {
-            (Some(i), _) => i.name.clone(),
-            (None, Some(s)) => s.name,
+        let identity = match (identity, policy.static_identity(&rel)) {
+            (Some(i), _) => i,
+            (None, Some(s)) => s,
             (None, None) => bail!(
                 "no identity for this job: pass an OIDC token (--token-file FILE or --token-env VAR), \
                  or give cgroups like {rel} a static identity ([[identity.static]] in the config)"
             ),
         };
+        let name = identity.name.clone();
         let cg = Cgroup::create(&path).with_context(|| format!("creating {}", path.display()))?;
         if let Err(e) = cg.add_process(pid) {
             let _ = cg.remove();

@@ -25,9 +25,15 @@ async fn get_inner(url: &str, tls: &Arc<ClientConfig>) -> Result<Bytes, String> 
     if uri.scheme_str() != Some("https") {
         return Err("only https:// is fetched".into());
     }
-    let host = uri.host().ok_or("no host")?.trim_start_matches('[').trim_end_matches(']');
+    let host = uri
+        .host()
+        .ok_or("no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(443);
-    let tcp = TcpStream::connect((host, port)).await.map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
     let stream = TlsConnector::from(tls.clone())
         .connect(name, tcp)
@@ -37,11 +43,18 @@ async fn get_inner(url: &str, tls: &Arc<ClientConfig>) -> Result<Bytes, String> 
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host).to_string();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or(host)
+        .to_string();
     let req = Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
         .header(header::HOST, authority)
         .header(header::ACCEPT, "application/json")
-        .header(header::USER_AGENT, concat!("hoop/", env!("CARGO_PKG_VERSION")))
+        .header(
+            header::USER_AGENT,
+            concat!("hoop/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;

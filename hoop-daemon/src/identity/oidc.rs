@@ -163,8 +163,8 @@ impl Issuer {
                 allowed: self.cfg.algorithms.join(", "),
             });
         }
-        let parsed = CoreIdToken::from_str(token)
-            .map_err(|e| TokenError::Malformed(format!("{e}")))?;
+        let parsed =
+            CoreIdToken::from_str(token).map_err(|e| TokenError::Malformed(format!("{e}")))?;
         let mut refreshed = false;
         let keys = match self.cached() {
             Some(k) => k,
@@ -232,11 +232,9 @@ impl Issuer {
         token: &CoreIdToken,
         keys: Arc<CoreJsonWebKeySet>,
     ) -> Result<(), ClaimsVerificationError> {
-        let algs = self
-            .cfg
-            .algorithms
-            .iter()
-            .filter_map(|a| serde_json::from_value::<CoreJwsSigningAlgorithm>(Value::String(a.clone())).ok());
+        let algs = self.cfg.algorithms.iter().filter_map(|a| {
+            serde_json::from_value::<CoreJwsSigningAlgorithm>(Value::String(a.clone())).ok()
+        });
         let leeway = chrono::Duration::seconds(self.cfg.leeway_secs as i64);
         let verifier = CoreIdTokenVerifier::new_public_client(
             ClientId::new(self.cfg.audience.clone()),
@@ -346,7 +344,8 @@ type Json = Map<String, Value>;
 
 fn peek(token: &str) -> Result<(Json, Json), TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed(
             "not a JWS compact token (header.payload.signature)".into(),

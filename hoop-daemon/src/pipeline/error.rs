@@ -49,7 +49,9 @@ pub enum PipelineError {
     NoRoute(crate::policy::NoRoute),
     #[error("misdirected request: {detail}")]
     Misdirected { detail: String },
-    #[error("connection {connection} injects a credential, which hoop only sends over verified TLS")]
+    #[error(
+        "connection {connection} injects a credential, which hoop only sends over verified TLS"
+    )]
     CredentialNeedsTls { connection: String },
     #[error("response not inspectable: {detail}")]
     Uninspectable { detail: String },

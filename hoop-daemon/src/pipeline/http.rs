@@ -126,20 +126,20 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                   reason: Option<&'static str>,
                   bytes: u64,
                   route: &Option<Arc<Connection>>| ExchangeRecord {
-            flow_id: conn.flow.id,
-            job: conn.flow.job_id().map(str::to_owned),
-            identity: conn.flow.identity_name().to_string(),
-            connection: route.as_ref().map(|c| c.name.clone()),
-            orig_dst: conn.flow.orig_dst,
-            method: method.clone(),
-            scheme: conn.scheme().to_string(),
-            authority: authority.clone(),
-            path: path.clone(),
-            status,
-            reason,
-            response_bytes: bytes,
-            duration: started.elapsed(),
-        };
+        flow_id: conn.flow.id,
+        job: conn.flow.job_id().map(str::to_owned),
+        identity: conn.flow.identity_name().to_string(),
+        connection: route.as_ref().map(|c| c.name.clone()),
+        orig_dst: conn.flow.orig_dst,
+        method: method.clone(),
+        scheme: conn.scheme().to_string(),
+        authority: authority.clone(),
+        path: path.clone(),
+        status,
+        reason,
+        response_bytes: bytes,
+        duration: started.elapsed(),
+    };
     let route_ref = route.as_deref().expect("routed");
     let result = match forward(&conn, route_ref, req, &authority).await {
         Ok(resp) => {
@@ -217,8 +217,13 @@ fn fail(
 /// connection really goes.
 async fn route_for(conn: &Conn, authority: &str) -> Result<Arc<Connection>, PipelineError> {
     if let Some(e) = &conn.broken
-        && !matches!(e, PipelineError::UpstreamConnect { .. } | PipelineError::UpstreamConnectTimeout { .. }
-            | PipelineError::UpstreamCertificate { .. } | PipelineError::UpstreamTls { .. })
+        && !matches!(
+            e,
+            PipelineError::UpstreamConnect { .. }
+                | PipelineError::UpstreamConnectTimeout { .. }
+                | PipelineError::UpstreamCertificate { .. }
+                | PipelineError::UpstreamTls { .. }
+        )
     {
         // Policy refused at the handshake: say so for every request.
         return Err(e.clone());
@@ -280,7 +285,10 @@ async fn verify_plain_host(host: &str, dst: std::net::SocketAddr) -> Result<Stri
         Ok(bare.to_ascii_lowercase())
     } else {
         Err(PipelineError::Misdirected {
-            detail: format!("Host {host} does not resolve to the destination {}", dst.ip()),
+            detail: format!(
+                "Host {host} does not resolve to the destination {}",
+                dst.ip()
+            ),
         })
     }
 }
@@ -299,7 +307,10 @@ fn host_of(authority: &str) -> String {
 
 fn same_host(a: &str, b: &str) -> bool {
     let norm = |s: &str| {
-        let s = s.trim_end_matches('.').trim_start_matches('[').trim_end_matches(']');
+        let s = s
+            .trim_end_matches('.')
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         match s.parse::<std::net::IpAddr>() {
             Ok(ip) => ip.to_string(),
             Err(_) => s.to_ascii_lowercase(),
@@ -352,7 +363,9 @@ async fn forward(
     let job_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    conn.gw.phases.before_upstream(&conn.flow, route, &mut parts);
+    conn.gw
+        .phases
+        .before_upstream(&conn.flow, route, &mut parts);
     let mut resp = conn
         .up
         .send(Request::from_parts(parts, boxed(body)), authority)

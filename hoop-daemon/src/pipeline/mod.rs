@@ -112,7 +112,12 @@ impl Gateway {
     }
 
     /// The connection `flow`'s identity may use for `host:port`.
-    pub fn route(&self, flow: &Flow, host: &str, port: u16) -> Result<Arc<Connection>, PipelineError> {
+    pub fn route(
+        &self,
+        flow: &Flow,
+        host: &str,
+        port: u16,
+    ) -> Result<Arc<Connection>, PipelineError> {
         let Some(identity) = &flow.identity else {
             return Err(PipelineError::NoIdentity {
                 detail: match flow.via {
@@ -229,7 +234,9 @@ where
         .unwrap_or_default();
 
     // The name the upstream must prove: the SNI, else the original IP.
-    let tls_name = sni.clone().unwrap_or_else(|| flow.orig_dst.ip().to_string());
+    let tls_name = sni
+        .clone()
+        .unwrap_or_else(|| flow.orig_dst.ip().to_string());
     let (name, no_sni_leaf) = match &sni {
         Some(s) => {
             let dns = DnsName::try_from(s.as_str())

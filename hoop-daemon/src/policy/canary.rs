@@ -89,7 +89,12 @@ mod tests {
             for cut2 in [cut1, (cut1 + 7).min(body.len())] {
                 let hits = Arc::new(AtomicUsize::new(0));
                 let h = hits.clone();
-                let mut t = CanaryBody::new(c.clone(), Box::new(move |n| { h.fetch_add(n, Ordering::SeqCst); }));
+                let mut t = CanaryBody::new(
+                    c.clone(),
+                    Box::new(move |n| {
+                        h.fetch_add(n, Ordering::SeqCst);
+                    }),
+                );
                 let mut out = Vec::new();
                 for part in [&body[..cut1], &body[cut1..cut2], &body[cut2..]] {
                     out.extend_from_slice(&t.chunk(Bytes::copy_from_slice(part.as_bytes())));

@@ -33,7 +33,8 @@ impl Secret {
         let raw = if let Some(f) = &src.file {
             read_file(f)?
         } else if let Some(var) = &src.env {
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?
+            std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?
         } else if let Some(name) = &src.credential {
             let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                 format!(
@@ -75,8 +76,14 @@ impl fmt::Display for Secret {
 }
 
 enum Mode {
-    Header { name: HeaderName, value: HeaderValue },
-    Query { param: String, encoded: String },
+    Header {
+        name: HeaderName,
+        value: HeaderValue,
+    },
+    Query {
+        param: String,
+        encoded: String,
+    },
 }
 
 /// A connection's credential, ready to inject.
@@ -263,7 +270,10 @@ mod tests {
     use super::*;
 
     fn cred(extra: &str, secret_file: &Path) -> Credential {
-        let text = format!("{extra}\nsecret = {{ file = \"{}\" }}\n", secret_file.display());
+        let text = format!(
+            "{extra}\nsecret = {{ file = \"{}\" }}\n",
+            secret_file.display()
+        );
         let c: CredentialConfig = toml::from_str(&text).unwrap();
         Credential::new(&c).unwrap()
     }
@@ -285,7 +295,12 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let f = secret_file("s3cr3t-value-123");
-        let s = Secret::load(&SecretSource { file: Some(f.path().into()), env: None, credential: None }).unwrap();
+        let s = Secret::load(&SecretSource {
+            file: Some(f.path().into()),
+            env: None,
+            credential: None,
+        })
+        .unwrap();
         assert_eq!(s.expose(), "s3cr3t-value-123");
         assert_eq!(format!("{s} {s:?}"), "[hoop:credential] [hoop:credential]");
         let c = cred("", f.path());
@@ -295,9 +310,19 @@ mod tests {
     #[test]
     fn short_or_missing_secrets_are_refused_without_showing_them() {
         let f = secret_file("abc");
-        let e = Secret::load(&SecretSource { file: Some(f.path().into()), env: None, credential: None }).unwrap_err();
+        let e = Secret::load(&SecretSource {
+            file: Some(f.path().into()),
+            env: None,
+            credential: None,
+        })
+        .unwrap_err();
         assert!(e.contains("shorter") && !e.contains("abc"), "{e}");
-        let e = Secret::load(&SecretSource { file: None, env: Some("HOOP_NO_SUCH_VAR".into()), credential: None }).unwrap_err();
+        let e = Secret::load(&SecretSource {
+            file: None,
+            env: Some("HOOP_NO_SUCH_VAR".into()),
+            credential: None,
+        })
+        .unwrap_err();
         assert!(e.contains("HOOP_NO_SUCH_VAR"), "{e}");
     }
 
@@ -305,7 +330,13 @@ mod tests {
     fn header_injection_replaces_what_the_job_sent() {
         let f = secret_file("s3cr3t-value-123");
         let c = cred("", f.path());
-        let mut p = parts("/x", &[("authorization", "Bearer stolen"), ("authorization", "Basic x")]);
+        let mut p = parts(
+            "/x",
+            &[
+                ("authorization", "Bearer stolen"),
+                ("authorization", "Basic x"),
+            ],
+        );
         c.inject(&mut p);
         let v: Vec<_> = p.headers.get_all("authorization").iter().collect();
         assert_eq!(v, ["Bearer s3cr3t-value-123"]);
@@ -318,14 +349,20 @@ mod tests {
         let c = cred("basic_user = \"svc\"", f.path());
         let mut p = parts("/x", &[]);
         c.inject(&mut p);
-        assert_eq!(p.headers["authorization"], format!("Basic {}", STANDARD.encode("svc:s3cr3t-value-123")));
+        assert_eq!(
+            p.headers["authorization"],
+            format!("Basic {}", STANDARD.encode("svc:s3cr3t-value-123"))
+        );
     }
 
     #[test]
     fn query_injection_replaces_the_parameter() {
         let f = secret_file("s3cr3t+value/123");
         let c = cred("query = \"api_key\"", f.path());
-        let mut p = parts("https://a.test/v1/x?a=1&api_key=stolen&api%5Fkey=2&b=2", &[]);
+        let mut p = parts(
+            "https://a.test/v1/x?a=1&api_key=stolen&api%5Fkey=2&b=2",
+            &[],
+        );
         c.inject(&mut p);
         assert_eq!(p.uri.path(), "/v1/x");
         assert_eq!(p.uri.query(), Some("a=1&b=2&api_key=s3cr3t%2Bvalue%2F123"));
@@ -347,7 +384,9 @@ mod tests {
                 // What is left can't be decoded back to the secret.
                 let s = String::from_utf8(buf).unwrap();
                 let rest = s.trim_start_matches("{\"echo\":\"").trim_end_matches("\"}");
-                let back = STANDARD.decode(rest.replace(['-', '_'], "A")).unwrap_or_default();
+                let back = STANDARD
+                    .decode(rest.replace(['-', '_'], "A"))
+                    .unwrap_or_default();
                 assert!(!back.windows(secret.len()).any(|w| w == secret), "{s}");
             }
         }

@@ -31,7 +31,11 @@ impl HostPattern {
             return Err(format!(
                 "{s:?}: a wildcard is only allowed as a whole leading label (\"*.example.com\") or alone (\"*\")"
             ));
-        } else if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        } else if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Host::Exact(ip.to_string())
         } else {
             check_dns(host).map_err(|e| format!("{s:?}: {e}"))?;
@@ -48,10 +52,13 @@ impl HostPattern {
         let host = host.trim_end_matches('.');
         match &self.host {
             Host::Any => true,
-            Host::Exact(h) => h.eq_ignore_ascii_case(host) || canonical_ip(host).as_deref() == Some(h),
+            Host::Exact(h) => {
+                h.eq_ignore_ascii_case(host) || canonical_ip(host).as_deref() == Some(h)
+            }
             Host::Subdomains(sfx) => {
                 host.len() > sfx.len()
-                    && host.as_bytes()[host.len() - sfx.len()..].eq_ignore_ascii_case(sfx.as_bytes())
+                    && host.as_bytes()[host.len() - sfx.len()..]
+                        .eq_ignore_ascii_case(sfx.as_bytes())
             }
         }
     }
@@ -91,7 +98,8 @@ fn check_dns(h: &str) -> Result<(), String> {
         && h.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if ok {
         Ok(())
@@ -127,7 +135,16 @@ mod tests {
 
     #[test]
     fn bad_patterns_say_why() {
-        for bad in ["", "a*.x", "x.*.y", "api:0", "api:99999", "a..b", "[::1", "bad host"] {
+        for bad in [
+            "",
+            "a*.x",
+            "x.*.y",
+            "api:0",
+            "api:99999",
+            "a..b",
+            "[::1",
+            "bad host",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -30,7 +30,9 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +98,12 @@ impl Policy {
             let g = GlobBuilder::new(&s.cgroup)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| cfg.invalid(&format!("identity.static[{i}].cgroup"), format!("is not a valid glob: {e}")))?;
+                .map_err(|e| {
+                    cfg.invalid(
+                        &format!("identity.static[{i}].cgroup"),
+                        format!("is not a valid glob: {e}"),
+                    )
+                })?;
             statics.push((g.compile_matcher(), s.name.clone()));
         }
         let mut connections = Vec::new();
@@ -109,9 +116,15 @@ impl Policy {
                 .map_err(|e| cfg.invalid(&format!("connection[{i}].hosts"), e))?;
             let mut allow = GlobSetBuilder::new();
             for (j, a) in c.allow.iter().enumerate() {
-                let g = GlobBuilder::new(a).literal_separator(false).build().map_err(|e| {
-                    cfg.invalid(&format!("connection[{i}].allow[{j}]"), format!("is not a valid glob: {e}"))
-                })?;
+                let g = GlobBuilder::new(a)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| {
+                        cfg.invalid(
+                            &format!("connection[{i}].allow[{j}]"),
+                            format!("is not a valid glob: {e}"),
+                        )
+                    })?;
                 allow.add(g);
             }
             let allow = allow
@@ -137,7 +150,10 @@ impl Policy {
                 let mut files = cfg.tls.upstream_ca_files.clone();
                 files.extend(c.upstream_ca_files.iter().cloned());
                 Some(Arc::new(UpstreamTls::new(&files).map_err(|e| {
-                    cfg.invalid(&format!("connection[{i}].upstream_ca_files"), format!("{e:#}"))
+                    cfg.invalid(
+                        &format!("connection[{i}].upstream_ca_files"),
+                        format!("{e:#}"),
+                    )
                 })?))
             };
             connections.push(Arc::new(Connection {
@@ -158,7 +174,12 @@ impl Policy {
     /// The connection `identity` may use to reach `host:port`: the first
     /// in config order that covers the host and allows the identity.
     /// Default deny.
-    pub fn route(&self, identity: &Identity, host: &str, port: u16) -> Result<Arc<Connection>, NoRoute> {
+    pub fn route(
+        &self,
+        identity: &Identity,
+        host: &str,
+        port: u16,
+    ) -> Result<Arc<Connection>, NoRoute> {
         let mut covered_by = Vec::new();
         for c in &self.connections {
             if c.covers(host, port) {
@@ -216,16 +237,36 @@ allow = ["*"]
     fn routes_by_host_and_identity_and_denies_by_default() {
         let p = policy(TWO).unwrap();
         let ci = id("ci:repo:acme/scraper:ref:refs/heads/main");
-        assert_eq!(p.route(&ci, "api.partner.example", 443).unwrap().name, "partner");
-        assert_eq!(p.route(&ci, "x.partner.example", 8443).unwrap().name, "partner");
+        assert_eq!(
+            p.route(&ci, "api.partner.example", 443).unwrap().name,
+            "partner"
+        );
+        assert_eq!(
+            p.route(&ci, "x.partner.example", 8443).unwrap().name,
+            "partner"
+        );
         assert!(p.route(&ci, "x.partner.example", 443).is_err());
         let other = id("ci:repo:evil/x");
         let e = p.route(&other, "api.partner.example", 443).unwrap_err();
         assert_eq!(e.covered_by, ["partner"]);
-        assert!(e.to_string().contains("api.partner.example:443") && e.to_string().contains("ci:repo:evil/x"), "{e}");
+        assert!(
+            e.to_string().contains("api.partner.example:443")
+                && e.to_string().contains("ci:repo:evil/x"),
+            "{e}"
+        );
         assert_eq!(p.route(&other, "a.open.example", 443).unwrap().name, "open");
-        assert!(p.route(&ci, "elsewhere.example", 443).unwrap_err().covered_by.is_empty());
-        assert!(policy("").unwrap().route(&ci, "api.partner.example", 443).is_err());
+        assert!(
+            p.route(&ci, "elsewhere.example", 443)
+                .unwrap_err()
+                .covered_by
+                .is_empty()
+        );
+        assert!(
+            policy("")
+                .unwrap()
+                .route(&ci, "api.partner.example", 443)
+                .is_err()
+        );
     }
 
     #[test]
@@ -235,8 +276,18 @@ allow = ["*"]
              [[identity.static]]\ncgroup = \"hoop.slice/**\"\nname = \"local:any\"\n",
         )
         .unwrap();
-        assert_eq!(p.static_identity("hoop.slice/scraper-1.service").unwrap().name, "local:scraper");
-        assert_eq!(p.static_identity("hoop.slice/scraper-1.service/sub").unwrap().name, "local:any");
+        assert_eq!(
+            p.static_identity("hoop.slice/scraper-1.service")
+                .unwrap()
+                .name,
+            "local:scraper"
+        );
+        assert_eq!(
+            p.static_identity("hoop.slice/scraper-1.service/sub")
+                .unwrap()
+                .name,
+            "local:any"
+        );
         assert!(p.static_identity("other.slice/x").is_none());
     }
 
@@ -244,16 +295,32 @@ allow = ["*"]
     fn bad_policy_is_located() {
         let e = policy("[[connection]]\nname = \"a\"\nhosts = [\"ok.example\", \"bad*.example\"]\nallow = [\"*\"]\n")
             .err().unwrap().to_string();
-        assert!(e.contains("p.toml:3:") && e.contains("connection[0].hosts[1]"), "{e}");
+        assert!(
+            e.contains("p.toml:3:") && e.contains("connection[0].hosts[1]"),
+            "{e}"
+        );
         let e = policy("[[connection]]\nname = \"a\"\nhosts = [\"a.example\"]\nallow = [\"x[\"]\n")
-            .err().unwrap().to_string();
-        assert!(e.contains("connection[0].allow[0]") && e.contains("p.toml:4:"), "{e}");
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("connection[0].allow[0]") && e.contains("p.toml:4:"),
+            "{e}"
+        );
         let e = policy("[[connection]]\nname = \"a\"\nhosts = [\"a.example\"]\nallow = [\"*\"]\ncredential = { secret = { file = \"/nonexistent/hoop-secret\" } }\n")
             .err().unwrap().to_string();
-        assert!(e.contains("connection[0].credential.secret") && e.contains("/nonexistent/hoop-secret"), "{e}");
+        assert!(
+            e.contains("connection[0].credential.secret") && e.contains("/nonexistent/hoop-secret"),
+            "{e}"
+        );
         let e = policy("[[identity.oidc]]\nname = \"ci\"\nissuer = \"https://i.example\"\naudience = \"hoop\"\nalgorithms = [\"HS256\"]\n")
             .err().unwrap().to_string();
-        assert!(e.contains("identity.oidc[0].algorithms[0]") && e.contains("p.toml:5:") && e.contains("HMAC"), "{e}");
+        assert!(
+            e.contains("identity.oidc[0].algorithms[0]")
+                && e.contains("p.toml:5:")
+                && e.contains("HMAC"),
+            "{e}"
+        );
         let e = policy("[[identity.oidc]]\nname = \"ci\"\nissuer = \"http://i.example\"\naudience = \"hoop\"\n")
             .err().unwrap().to_string();
         assert!(e.contains("https"), "{e}");

@@ -21,8 +21,10 @@ impl Phases for Enforce {
         if let Some(c) = &conn.credential {
             c.inject(req);
             // The canary reads bodies as sent: ask for them uncompressed.
-            req.headers
-                .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            req.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
     }
 
@@ -50,7 +52,8 @@ impl Phases for Enforce {
             });
         }
         let hits = mask_headers(&cred.canary, resp);
-        let (flow_id, name, identity) = (flow.id, conn.name.clone(), flow.identity_name().to_string());
+        let (flow_id, name, identity) =
+            (flow.id, conn.name.clone(), flow.identity_name().to_string());
         if hits > 0 {
             leak(flow_id, &name, &identity, "response headers", hits);
         }
@@ -69,7 +72,7 @@ impl Phases for Enforce {
 fn leak(flow: u64, connection: &str, identity: &str, place: &str, hits: usize) {
     tracing::warn!(
         target: "hoop::audit",
-        flow, connection, identity, place, hits,
+        flow, connection = %connection, identity = %identity, place = %place, hits,
         "credential leak masked: the upstream echoed the connection's credential"
     );
 }

@@ -152,7 +152,9 @@ fn proxy_token(req: &Request<Incoming>) -> Option<String> {
             .ok()?;
         let s = String::from_utf8(raw).ok()?;
         // Username and password concatenated, as for SOCKS5.
-        return s.split_once(':').map(|(user, pass)| format!("{user}{pass}"));
+        return s
+            .split_once(':')
+            .map(|(user, pass)| format!("{user}{pass}"));
     }
     None
 }

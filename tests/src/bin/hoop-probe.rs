@@ -68,7 +68,9 @@ fn http_get(addr: SocketAddr) -> R {
         TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok();
     let peer = s.peer_addr().map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")
+    // The Host must be the destination: hoop refuses a plaintext request
+    // whose Host does not lead where the connection goes.
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut body = String::new();
     s.read_to_string(&mut body).map_err(|e| e.to_string())?;
@@ -156,7 +158,8 @@ fn tcp_fastopen(addr: SocketAddr) -> R {
     }
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let (ss, len) = sockaddr(addr);
-    let req = b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n";
+    let req = format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let req = req.as_bytes();
     let n = unsafe {
         libc::sendto(
             owned.as_raw_fd(),

@@ -1,0 +1,403 @@
+//! Identity and credentials through the real `hoop run`: OIDC tokens from a
+//! local issuer (HTTPS discovery and JWKS on loopback), the attack set, key
+//! rotation, credential injection with the leak canary, and reload.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use hoop_testkit::{
+    Origin, OriginOpts, TestCa,
+    oidc::{self, Alg, Issuer, SigningKey},
+};
+use hoop_tests::{TestEnv, Value};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
+
+/// A daemon trusting `issuer` (no static identities: jobs need a token),
+/// with `connections` as its policy.
+fn env_with_issuer(name: &str, issuer: &Issuer, connections: &str) -> TestEnv {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca = dir.join("issuer-ca.pem");
+    std::fs::write(&ca, &issuer.ca.cert_pem).unwrap();
+    let policy = format!(
+        "[[identity.oidc]]\nname = \"ci\"\nissuer = \"{}\"\naudience = \"hoop\"\n\
+         algorithms = [\"ES256\", \"RS256\"]\nca_files = [\"{}\"]\njwks_min_refresh_secs = 0\n\n{connections}",
+        issuer.url,
+        ca.display()
+    );
+    TestEnv::custom(name, PROBE, "", "", "\"127.0.0.0/8\"", Some(&policy))
+}
+
+fn job_cgroups(env: &TestEnv) -> usize {
+    std::fs::read_dir(env.root_cgroup())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `hoop run --token-file F -- true`: (succeeded, stderr).
+fn run_with_token(env: &TestEnv, token: &str) -> (bool, String) {
+    let f = env.dir.path().join("token");
+    std::fs::write(&f, token).unwrap();
+    let out = env
+        .hoop()
+        .args(["run", "--token-file"])
+        .arg(&f)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn forged_and_invalid_tokens_are_refused_with_their_reason_and_bind_nothing() {
+    let issuer = Issuer::start_background("127.0.0.5", Alg::Es256);
+    let mut env = env_with_issuer("attacks", &issuer, "");
+    env.start_daemon();
+    let key = issuer.key();
+    let t = oidc::now();
+    let claims = issuer.claims("repo:acme/scraper");
+    let with = |k: &str, v: Value| {
+        let mut c = claims.clone();
+        c[k] = v;
+        c
+    };
+    let valid = issuer.token_with(&claims);
+    let tampered = {
+        let parts: Vec<&str> = valid.split('.').collect();
+        let forged = with("sub", "repo:evil/x".into());
+        let payload = base64_url(&serde_json::to_vec(&forged).unwrap());
+        format!("{}.{payload}.{}", parts[0], parts[2])
+    };
+    let rogue = SigningKey::generate("rogue-key", Alg::Es256);
+    let other = Issuer::start_background("127.0.0.6", Alg::Es256);
+    let mut big = claims.clone();
+    big["padding"] = "x".repeat(20_000).into();
+
+    let attacks: Vec<(&str, String, &str)> = vec![
+        (
+            "alg none",
+            oidc::unsigned(&key.kid, &claims),
+            "token-algorithm-refused",
+        ),
+        (
+            "HS256 keyed with the issuer's public key",
+            oidc::hs256(&key.kid, &claims, &key.public_bytes()),
+            "token-algorithm-refused",
+        ),
+        (
+            "expired",
+            issuer.token_with(&with("exp", (t - 3600).into())),
+            "token-expired",
+        ),
+        (
+            "not yet valid",
+            issuer.token_with(&with("nbf", (t + 3600).into())),
+            "token-not-yet-valid",
+        ),
+        (
+            "wrong issuer",
+            issuer.token_with(&with("iss", format!("{}/", issuer.url).into())),
+            "token-issuer-unknown",
+        ),
+        (
+            "wrong audience",
+            issuer.token_with(&with("aud", "someone-else".into())),
+            "token-audience-wrong",
+        ),
+        (
+            "unknown kid",
+            oidc::sign(&rogue, &claims),
+            "token-key-unknown",
+        ),
+        ("tampered payload", tampered, "token-signature-invalid"),
+        (
+            "an issuer that is not configured",
+            other.token("repo:acme/scraper"),
+            "token-issuer-unknown",
+        ),
+        ("oversized", issuer.token_with(&big), "token-too-large"),
+        ("not a JWT", "not-a-token".into(), "token-malformed"),
+    ];
+    for (what, token, reason) in &attacks {
+        let fetches = issuer.jwks_fetches();
+        let (ok, err) = run_with_token(&env, token);
+        assert!(!ok, "{what}: the job ran");
+        assert!(
+            err.contains(reason),
+            "{what}: expected {reason}, got: {err}"
+        );
+        assert_eq!(job_cgroups(&env), 0, "{what}: a job cgroup was created");
+        if *what == "unknown kid" {
+            assert!(err.contains("even after refreshing"), "{err}");
+            assert!(
+                issuer.jwks_fetches() > fetches,
+                "an unknown kid did not refetch the JWKS"
+            );
+        }
+    }
+    assert_eq!(env.status()["jobs"].as_array().unwrap().len(), 0);
+
+    // The genuine token works, and binds its identity to the job.
+    let out = env
+        .hoop()
+        .args(["run", "--token-env", "HOOP_TEST_TOKEN", "--", "sh", "-c"])
+        .arg("cat /proc/self/cgroup; echo token-var=${HOOP_TEST_TOKEN:-unset}")
+        .env("HOOP_TEST_TOKEN", &valid)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("/job-"), "{stdout}");
+    assert!(
+        stdout.contains("token-var=unset"),
+        "the job inherited the token variable: {stdout}"
+    );
+    let started = env
+        .wait_log(
+            &["job started", "identity=ci:repo:acme/scraper"],
+            Duration::from_secs(2),
+        )
+        .expect("job started with the token's identity");
+    assert!(!started.contains(&valid), "the token was logged");
+
+    // Key rotation at the issuer: a new kid, no daemon restart.
+    issuer.rotate("key-2");
+    let (ok, err) = run_with_token(&env, &issuer.token("repo:acme/scraper"));
+    assert!(ok, "a token of the rotated key was refused: {err}");
+}
+
+fn base64_url(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+        for i in 0..=c.len() {
+            s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    s
+}
+
+const SECRET: &str = "sk-live-5f2d9c0e7b1a4f3c";
+
+struct Partner {
+    env: TestEnv,
+    origin: Origin,
+}
+
+/// A partner API over HTTPS as `partner.test` on 127.0.0.3, a connection
+/// that injects SECRET as a bearer token, and jobs of identity test:local.
+fn partner(name: &str) -> Partner {
+    let ca = TestCa::default();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca_file = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let secret = dir.join("partner.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let policy = format!(
+        "[[identity.static]]\ncgroup = \"{{cgroup}}/**\"\nname = \"test:local\"\n\n\
+         [[connection]]\nname = \"partner\"\nhosts = [\"partner.test\"]\nallow = [\"test:*\"]\n\
+         upstream_ca_files = [\"{}\"]\ncredential = {{ secret = {{ file = \"{}\" }} }}\n",
+        ca_file.display(),
+        secret.display()
+    );
+    let mut env = TestEnv::custom(name, PROBE, "", "", "\"127.0.0.0/8\"", Some(&policy));
+    env.start_daemon();
+    let origin = Origin::start_background(OriginOpts {
+        tls: Some(ca.server_config(&["partner.test", "other.test"], &[b"h2", b"http/1.1"])),
+        bind: Some("127.0.0.3:0".parse().unwrap()),
+        also_v6: false,
+    });
+    Partner { env, origin }
+}
+
+/// curl in a job to `https://<host>:<origin port><path>`; returns
+/// (status, everything the job received: headers and body).
+fn job_curl(p: &Partner, host: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let port = p.origin.addr.port();
+    let resolve = format!("{host}:{port}:127.0.0.3");
+    let url = format!("https://{host}:{port}{path}");
+    let ca = p.env.hoop_ca();
+    let mut args = vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "-D",
+        "-",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-w", "\n%{http_code}", &url]);
+    let out = p.env.run(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = text
+        .rsplit('\n')
+        .next()
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            hits.push(p);
+        }
+    }
+    hits
+}
+
+#[test]
+fn the_credential_is_injected_upstream_and_never_reaches_the_job() {
+    let p = partner("inject");
+    // The job brings its own Authorization header, and asks to have it
+    // echoed back, raw and in the body.
+    let (code, got) = job_curl(
+        &p,
+        "partner.test",
+        "/echo",
+        &[
+            "-H",
+            "Authorization: Bearer job-supplied-token",
+            "-d",
+            "hello",
+        ],
+    );
+    assert_eq!(code, 200, "{got}");
+    let seen = p.origin.seen();
+    let last = seen.last().expect("the upstream saw the request");
+    let auth: Vec<&str> = last
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        auth,
+        [format!("Bearer {SECRET}")],
+        "upstream headers: {:?}",
+        last.headers
+    );
+    // The echo reflects the injected header: the job gets it masked.
+    assert!(!got.contains(SECRET), "the job received the secret:\n{got}");
+    assert!(got.contains("[hoop:credential]"), "no mask in:\n{got}");
+    assert!(
+        !got.contains("job-supplied-token"),
+        "the job's own header was forwarded:\n{got}"
+    );
+    p.env
+        .wait_log(
+            &["credential leak masked", "connection=partner"],
+            Duration::from_secs(2),
+        )
+        .expect("the leak was reported");
+
+    // A host no connection covers: 403 naming host and identity, no dial.
+    let before = p.origin.connections();
+    let (code, got) = job_curl(&p, "other.test", "/echo", &[]);
+    assert_eq!(code, 403, "{got}");
+    assert!(got.contains("x-hoop-reason: no-connection"), "{got}");
+    assert!(
+        got.contains("other.test") && got.contains("test:local"),
+        "{got}"
+    );
+    assert_eq!(
+        p.origin.connections(),
+        before,
+        "hoop dialled a host it refused"
+    );
+
+    // Domain fronting: TLS for partner.test, Host for another name.
+    let (code, got) = job_curl(&p, "partner.test", "/echo", &["-H", "Host: other.test"]);
+    assert_eq!(code, 421, "{got}");
+    assert!(!got.contains(SECRET));
+
+    // Nowhere else either: not the daemon's log, not its state.
+    assert!(
+        !p.env.log().contains(SECRET),
+        "the daemon logged the secret"
+    );
+    let leaked = files_containing(&p.env.dir.path().join("state"), SECRET);
+    assert!(leaked.is_empty(), "state files hold the secret: {leaked:?}");
+    let status = p.env.hoop().args(["status", "--json"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&status.stdout).contains(SECRET));
+}
+
+#[test]
+fn a_broken_reload_keeps_the_old_policy_and_a_good_one_applies() {
+    let p = partner("reload");
+    let ok = || job_curl(&p, "partner.test", "/hello", &[]).0;
+    assert_eq!(ok(), 200);
+    let good = std::fs::read_to_string(&p.env.config).unwrap();
+
+    // A broken file: refused with its location, and requests still work.
+    std::fs::write(
+        &p.env.config,
+        good.replace("hosts = [\"partner.test\"]", "hosts = [\"partner.*.test\"]"),
+    )
+    .unwrap();
+    let out = p.env.hoop().arg("reload").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("connection[0].hosts[0]") && err.contains("line"),
+        "{err}"
+    );
+    assert_eq!(ok(), 200, "a refused reload changed the policy");
+    // SIGHUP with the same broken file: logged, nothing changes.
+    sighup(p.env.daemon_pid());
+    p.env
+        .wait_log(&["reload refused"], Duration::from_secs(3))
+        .expect("SIGHUP reload of a broken file is logged");
+    assert_eq!(ok(), 200);
+
+    // A valid file without the connection: applied at once.
+    std::fs::write(
+        &p.env.config,
+        good.replace("hosts = [\"partner.test\"]", "hosts = [\"elsewhere.test\"]"),
+    )
+    .unwrap();
+    let out = p.env.hoop().arg("reload").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ok(), 403);
+}
+
+fn sighup(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
