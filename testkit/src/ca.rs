@@ -42,6 +42,31 @@ impl TestCa {
     /// A server config for these names (DNS names or IP literals), offering
     /// the given ALPN protocols.
     pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let (cert, key) = self.leaf(names);
+        let chain = vec![cert.der().clone(), self.cert_der.clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut c =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+
+    /// A leaf for these names as PEM (certificate chain, key), for servers
+    /// that are not Rust.
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        let (cert, key) = self.leaf(names);
+        (
+            format!("{}{}", cert.pem(), self.cert_pem),
+            key.serialize_pem(),
+        )
+    }
+
+    fn leaf(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, names[0]);
@@ -56,16 +81,6 @@ impl TestCa {
         p.not_before = now - time::Duration::hours(1);
         p.not_after = now + time::Duration::days(1);
         let cert = p.signed_by(&key, &self.issuer).unwrap();
-        let chain = vec![cert.der().clone(), self.cert_der.clone()];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut c =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(c)
+        (cert, key)
     }
 }

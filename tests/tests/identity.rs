@@ -401,3 +401,97 @@ fn sighup(pid: u32) {
         .unwrap();
     assert!(st.success());
 }
+
+/// The same verifier against a real, widely used OpenID provider (panva's
+/// oidc-provider, from npm): discovery, JWKS and an RFC 9068 access token
+/// from the client-credentials grant, as a CI runner would get one.
+#[test]
+fn a_token_from_a_real_oidc_provider_binds_a_job() {
+    let ca = TestCa::new("hoop test oidc-provider CA");
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (cert, key) = ca.leaf_pem(&["127.0.0.7"]);
+    let (cert_file, key_file, ca_file) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let server_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc-provider");
+    assert!(
+        server_dir.join("node_modules/oidc-provider").exists(),
+        "oidc-provider is not installed in {}: `cargo xtask test` runs npm ci there",
+        server_dir.display()
+    );
+    let mut node = std::process::Command::new("node")
+        .arg(server_dir.join("server.mjs"))
+        .args(["127.0.0.7"])
+        .arg(&cert_file)
+        .arg(&key_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is installed");
+    let issuer = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(node.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("oidc-provider: {line:?}"))
+            .to_string()
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _node = Kill(node);
+
+    // The runner's token, from the provider's token endpoint.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&ca_file)
+        .args(["-u", "ci-runner:test-only-client-secret"])
+        .args([
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            "resource=https://hoop.local/",
+            "-d",
+            "scope=hoop",
+        ])
+        .arg(format!("{issuer}/token"))
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("token endpoint: {}", String::from_utf8_lossy(&out.stdout)));
+    let token = answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string();
+
+    let policy = format!(
+        "[[identity.oidc]]\nname = \"real\"\nissuer = \"{issuer}\"\naudience = \"hoop\"\n\
+         algorithms = [\"ES256\"]\nclaims = [\"client_id\"]\nca_files = [\"{}\"]\n",
+        ca_file.display()
+    );
+    let mut env = TestEnv::custom("realoidc", PROBE, "", "", "\"127.0.0.0/8\"", Some(&policy));
+    env.start_daemon();
+    let (ok, err) = run_with_token(&env, &token);
+    assert!(ok, "a real provider's token was refused: {err}");
+    env.wait_log(
+        &["job started", "identity=real:ci-runner"],
+        Duration::from_secs(2),
+    )
+    .expect("the job carries the provider's identity");
+    // The same token, tampered, is not.
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    parts[1] = base64_url(br#"{"iss":"x","client_id":"admin"}"#);
+    let (ok, err) = run_with_token(&env, &parts.join("."));
+    assert!(!ok && err.contains("token-"), "{err}");
+}

@@ -70,7 +70,22 @@ fn test(args: &[String]) -> Result<()> {
         "iproute2",
         "chromium",
         "libnss3-tools",
+        "nodejs",
     ])?;
+    // Debian's nodejs ships npm separately; other builds bundle it.
+    if std::process::Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        sh::apt_install(&["npm"])?;
+    }
+    sh::step("a real OpenID provider for the identity suite (npm ci, pinned by its lockfile)");
+    sh::run(
+        std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(sh::root_dir().join("tests/oidc-provider")),
+    )?;
     ebpf::build()?;
     sh::step("lint: rustfmt and clippy -D warnings, both workspaces");
     sh::cargo(&["fmt", "--all", "--check"])?;
@@ -86,6 +101,8 @@ fn test(args: &[String]) -> Result<()> {
     sh::step("unit and in-process tests");
     let mut tally = sh::Tally::default();
     tally.cargo_test(&["test", "--workspace", "--exclude", "hoop-tests"], &[])?;
+    sh::step("fuzz smoke: each libFuzzer target for 10 s");
+    fuzz::run(10, None)?;
     sh::step("privileged suites (real kernel programs, as root)");
     sh::cargo(&["build", "-p", "hoop-daemon", "-p", "hoop-tests", "--bins"])?;
     let mut a = vec!["test", "-p", "hoop-tests", "--", "--test-threads=1"];

@@ -94,7 +94,14 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     if let Cmd::CheckConfig { path } = &cli.command {
         let cfg = Config::load(path.as_deref().or(cli.config.as_deref()))?;
-        println!("{}: ok", cfg.source.display());
+        // What the daemon would do at start or reload: globs, secrets, CAs.
+        let policy = crate::policy::Policy::compile(&cfg, None)?;
+        println!(
+            "{}: ok ({} connection(s), {} OIDC issuer(s))",
+            cfg.source.display(),
+            policy.connections.len(),
+            cfg.identity.oidc.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = match &cli.command {

@@ -13,7 +13,8 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use openidconnect::{
-    ClaimsVerificationError, ClientId, IssuerUrl, Nonce, SignatureVerificationError,
+    ClaimsVerificationError, ClientId, IssuerUrl, JsonWebTokenType, Nonce,
+    SignatureVerificationError,
     core::{CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm},
 };
 use rustls::ClientConfig;
@@ -243,6 +244,13 @@ impl Issuer {
             (*keys).clone(),
         )
         .set_allowed_algs(algs)
+        // ID tokens ("JWT") and RFC 9068 access tokens ("at+jwt"), which
+        // client-credentials machine identities get.
+        .set_allowed_jose_types(
+            ["application/jwt", "application/jose", "application/at+jwt"]
+                .into_iter()
+                .filter_map(|t| JsonWebTokenType::new(t.into()).normalize().ok()),
+        )
         // exp is checked against now minus the leeway.
         .set_time_fn(move || chrono::Utc::now() - leeway);
         token

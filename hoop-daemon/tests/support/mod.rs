@@ -34,8 +34,13 @@ pub async fn env(response_timeout_ms: u64) -> Env {
 
 /// `policy` (TOML) replaces the default: every host for every identity.
 pub async fn env_with(response_timeout_ms: u64, policy: &str) -> Env {
+    env_full(response_timeout_ms, policy, Alg::Es256).await
+}
+
+/// Like `env_with`, with an issuer signing with `alg`.
+pub async fn env_full(response_timeout_ms: u64, policy: &str, alg: Alg) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::start("127.0.0.1", Alg::Es256).await;
+    let issuer = Issuer::start("127.0.0.1", alg).await;
     let issuer_ca = dir.path().join("issuer-ca.pem");
     std::fs::write(&issuer_ca, &issuer.ca.cert_pem).unwrap();
     let policy = if policy.is_empty() {
