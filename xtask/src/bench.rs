@@ -26,6 +26,7 @@ use crate::{
 };
 
 const MITMPROXY: &str = "mitmproxy==11.0.2";
+const NOTES_MARKER: &str = "<!-- Notes below are written by hand; cargo xtask bench keeps them. -->\n";
 const OHA: &str = "1.16.0";
 
 #[derive(clap::Args)]
@@ -247,8 +248,13 @@ pub fn run(o: &Opts) -> Result<()> {
 
     hoop.stop()?;
     drop(origin);
-    let md = r.markdown();
     let out = root_dir().join(&o.out);
+    // Hand-written notes after the marker survive a new run.
+    let notes = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|t| t.split_once(NOTES_MARKER).map(|(_, n)| n.to_string()))
+        .unwrap_or_else(|| "\n".into());
+    let md = format!("{}{NOTES_MARKER}{notes}", r.markdown());
     std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
     println!("\n{}", r.table());
     eprintln!("wrote {}", out.display());
