@@ -6,7 +6,7 @@ pub mod oidc;
 mod origin;
 
 pub use ca::TestCa;
-pub use origin::{Origin, OriginOpts};
+pub use origin::{Origin, OriginOpts, Seen};
 
 /// Peak resident memory (VmHWM, KiB) of a process: a pid, or "self".
 pub fn peak_rss_kib(pid: &str) -> u64 {

@@ -177,6 +177,11 @@ impl TestEnv {
 
     /// Starts the daemon and waits until `hoop status` answers.
     pub fn start_daemon(&mut self) -> Duration {
+        self.start_daemon_env(&[])
+    }
+
+    /// Like `start_daemon`, with extra environment for the daemon.
+    pub fn start_daemon_env(&mut self, env: &[(&str, &str)]) -> Duration {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -185,6 +190,7 @@ impl TestEnv {
         let child = self
             .hoop()
             .arg("daemon")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

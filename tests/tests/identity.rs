@@ -495,3 +495,153 @@ fn a_token_from_a_real_oidc_provider_binds_a_job() {
     let (ok, err) = run_with_token(&env, &parts.join("."));
     assert!(!ok && err.contains("token-"), "{err}");
 }
+
+/// Units placed in the hoop slice by something other than `hoop run`
+/// (systemd-run --slice, say) are who `[[identity.static]]` says, by path;
+/// a cgroup no glob matches gets nothing through.
+#[test]
+fn cgroups_outside_hoop_run_get_their_static_identity_or_nothing() {
+    let policy = "[[identity.static]]\ncgroup = \"{cgroup}/unit-*.service\"\nname = \"local:unit\"\n\n\
+                  [[connection]]\nname = \"loopback\"\nhosts = [\"127.0.0.2\"]\nallow = [\"local:*\"]\n";
+    let mut env = TestEnv::custom("static", PROBE, "", "", "\"127.0.0.0/8\"", Some(policy));
+    env.start_daemon();
+    let up = hoop_tests::Upstream::start("127.0.0.2:0");
+    for (unit, allowed) in [("unit-a.service", true), ("other.scope", false)] {
+        let cg = env.root_cgroup().join(unit);
+        std::fs::create_dir_all(&cg).unwrap();
+        let before = up.hits();
+        // The shell moves itself into the cgroup, then becomes curl.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec curl -sS --max-time 5 -w '\\n%{{http_code}}' http://{}/",
+                cg.display(),
+                up.addr
+            ))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if allowed {
+            assert!(text.ends_with("200"), "{unit}: {text}");
+            assert_eq!(up.hits(), before + 1);
+            env.wait_log(&["connection", "local:unit"], Duration::from_secs(2))
+                .expect("the flow carries the static identity");
+        } else {
+            assert!(text.ends_with("403"), "{unit}: {text}");
+            assert!(text.contains("no identity"), "{text}");
+            assert_eq!(up.hits(), before, "a cgroup without identity got through");
+        }
+        let _ = std::fs::remove_dir(&cg);
+    }
+}
+
+/// Secrets from a file, an environment variable and a systemd credential
+/// are injected; a reload re-reads them.
+#[test]
+fn secrets_come_from_files_env_and_systemd_credentials_and_reload_rereads_them() {
+    let ca = TestCa::default();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca_file = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let file = dir.join("a.secret");
+    std::fs::write(&file, "file-secret-0001\n").unwrap();
+    let creds = dir.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("partner"), "systemd-secret-0003").unwrap();
+    let conn = |name: &str, cred: &str| {
+        format!(
+            "[[connection]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\nallow = [\"test:*\"]\n\
+             upstream_ca_files = [\"{}\"]\ncredential = {cred}\n\n",
+            ca_file.display()
+        )
+    };
+    let policy = format!(
+        "[[identity.static]]\ncgroup = \"{{cgroup}}/**\"\nname = \"test:local\"\n\n{}{}{}",
+        conn(
+            "a",
+            &format!("{{ secret = {{ file = \"{}\" }} }}", file.display())
+        ),
+        conn(
+            "b",
+            "{ header = \"x-api-key\", format = \"{secret}\", secret = { env = \"HOOP_TEST_PARTNER_KEY\" } }"
+        ),
+        conn(
+            "c",
+            "{ query = \"api_key\", secret = { credential = \"partner\" } }"
+        ),
+    );
+    let mut env = TestEnv::custom("sources", PROBE, "", "", "\"127.0.0.0/8\"", Some(&policy));
+    env.start_daemon_env(&[
+        ("HOOP_TEST_PARTNER_KEY", "env-secret-0002"),
+        ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+    ]);
+    let origin = Origin::start_background(OriginOpts {
+        tls: Some(ca.server_config(&["a.test", "b.test", "c.test"], &[b"http/1.1"])),
+        bind: Some("127.0.0.3:0".parse().unwrap()),
+        also_v6: false,
+    });
+    let fetch = |host: &str| -> hoop_testkit::Seen {
+        let port = origin.addr.port();
+        let resolve = format!("{host}:{port}:127.0.0.3");
+        let url = format!("https://{host}:{port}/hello?x=1");
+        let ca = env.hoop_ca();
+        let out = env.run(&[
+            "curl",
+            "-fsS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &url,
+        ]);
+        assert!(
+            out.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        origin.seen().last().cloned().unwrap()
+    };
+    let header = |s: &hoop_testkit::Seen, k: &str| {
+        s.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header(&fetch("a.test"), "authorization").as_deref(),
+        Some("Bearer file-secret-0001")
+    );
+    assert_eq!(
+        header(&fetch("b.test"), "x-api-key").as_deref(),
+        Some("env-secret-0002")
+    );
+    assert!(
+        fetch("c.test")
+            .path
+            .ends_with("?x=1&api_key=systemd-secret-0003"),
+        "{:?}",
+        origin.seen().last()
+    );
+
+    std::fs::write(&file, "file-secret-rotated\n").unwrap();
+    let out = env.hoop().arg("reload").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        header(&fetch("a.test"), "authorization").as_deref(),
+        Some("Bearer file-secret-rotated")
+    );
+    for s in [
+        "file-secret-0001",
+        "env-secret-0002",
+        "systemd-secret-0003",
+        "file-secret-rotated",
+    ] {
+        assert!(!env.log().contains(s), "the daemon logged {s}");
+    }
+}

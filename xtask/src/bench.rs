@@ -26,7 +26,8 @@ use crate::{
 };
 
 const MITMPROXY: &str = "mitmproxy==11.0.2";
-const NOTES_MARKER: &str = "<!-- Notes below are written by hand; cargo xtask bench keeps them. -->\n";
+const NOTES_MARKER: &str =
+    "<!-- Notes below are written by hand; cargo xtask bench keeps them. -->\n";
 const OHA: &str = "1.16.0";
 
 #[derive(clap::Args)]
