@@ -12,7 +12,7 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 3] = ["classify", "socks5", "config"];
+pub const TARGETS: [&str; 4] = ["classify", "socks5", "config", "matchers"];
 
 pub fn run(seconds: u32, only: Option<&str>) -> Result<()> {
     let targets: Vec<&str> = match only {

@@ -89,6 +89,9 @@ pub struct ConnectionConfig {
     /// The service credential the daemon injects; the job never sees it.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// Guardrails: requests matching any of these are refused (403).
+    #[serde(default)]
+    pub deny: Vec<crate::policy::rules::RuleConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -133,13 +133,32 @@ impl PipelineError {
 /// The response the job gets for `e`. The only place errors turn into
 /// responses.
 pub fn respond(e: &PipelineError) -> Response<Body> {
-    let mut r = Response::new(full(Bytes::from(format!("hoop: {e}\n"))));
+    respond_to(e, false)
+}
+
+/// Same, as JSON when the job accepts it (`{"error", "rule", "message"}`).
+pub fn respond_to(e: &PipelineError, json: bool) -> Response<Body> {
+    let body = if json {
+        let rule = match e {
+            PipelineError::Denied { rule, .. } => Some(rule.as_str()),
+            _ => None,
+        };
+        serde_json::json!({"error": e.reason(), "rule": rule, "message": e.to_string()}).to_string()
+            + "\n"
+    } else {
+        format!("hoop: {e}\n")
+    };
+    let mut r = Response::new(full(Bytes::from(body)));
     *r.status_mut() = e.status();
     let h = r.headers_mut();
     h.insert(REASON_HEADER, HeaderValue::from_static(e.reason()));
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(if json {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        }),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let PipelineError::ProxyAuth { .. } = e {
@@ -205,6 +224,9 @@ mod tests {
             let r = respond(&e);
             assert_eq!(r.status().as_u16(), status, "{e}");
             assert_eq!(r.headers()[REASON_HEADER], reason);
+            let j = respond_to(&e, true);
+            assert_eq!(j.headers()[header::CONTENT_TYPE], "application/json");
+            assert_eq!(j.status().as_u16(), status);
         }
     }
 }

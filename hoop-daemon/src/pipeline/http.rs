@@ -3,6 +3,7 @@
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -10,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{
     Gateway, PipelineError,
     body::{Body, Observed, boxed},
-    error::respond,
+    error::respond_to,
     headers::{is_upgrade, strip_hop_by_hop},
     phases::{Decision, ExchangeRecord, RequestView},
     upstream::UpstreamConn,
@@ -115,11 +116,15 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         .map(|p| p.to_string())
         .unwrap_or_else(|| "/".into());
     let authority = authority_of(&conn, &req);
+    let json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
     let route = match route_for(&conn, &authority).await {
         Ok(r) => Some(r),
         Err(e) => {
-            let _ = conn.broken.as_ref();
-            return fail(&conn, e, None, started, method, authority, path);
+            return fail(&conn, e, json, started, method, authority, path);
         }
     };
     let record = |status: Option<StatusCode>,
@@ -173,7 +178,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             conn.gw
                 .phases
                 .on_exchange_done(record(Some(e.status()), Some(e.reason()), 0, &route));
-            respond(&e)
+            respond_to(&e, json)
         }
     }
 }
@@ -182,7 +187,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
 fn fail(
     conn: &Conn,
     e: PipelineError,
-    route: Option<String>,
+    json: bool,
     started: Instant,
     method: String,
     authority: String,
@@ -196,7 +201,7 @@ fn fail(
         flow_id: conn.flow.id,
         job: conn.flow.job_id().map(str::to_owned),
         identity: conn.flow.identity_name().to_string(),
-        connection: route,
+        connection: None,
         orig_dst: conn.flow.orig_dst,
         method,
         scheme: conn.scheme().to_string(),
@@ -207,7 +212,7 @@ fn fail(
         response_bytes: 0,
         duration: started.elapsed(),
     });
-    respond(&e)
+    respond_to(&e, json)
 }
 
 /// The connection this request goes through. Over TLS it was chosen at the
@@ -346,29 +351,56 @@ async fn forward(
     if let Some(e) = &conn.broken {
         return Err(e.clone());
     }
-    let path = req.uri().path().to_string();
     let view = RequestView {
         flow: &conn.flow,
         connection: route,
         method: req.method(),
         scheme: conn.scheme(),
         authority,
-        path: &path,
+        path: req.uri().path(),
+        query: req.uri().query(),
         headers: req.headers(),
     };
-    if let Decision::Deny(e) = conn.gw.phases.on_request(&view) {
-        return Err(e);
-    }
+    let inspect = match conn.gw.phases.on_request(&view) {
+        Decision::Allow => None,
+        Decision::Deny(e) => return Err(e),
+        Decision::InspectBody { limit } => Some(limit),
+    };
     let upgrade = req.version() <= http::Version::HTTP_11 && is_upgrade(req.headers());
     let job_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let body = match inspect {
+        None => boxed(body),
+        Some(limit) => {
+            // A rule needs the body: buffer it (bounded), decide, forward it.
+            let bytes = http_body_util::Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| PipelineError::Denied {
+                    rule: "request-body-inspection".into(),
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "a guardrail must read this request's body, which is unreadable or over {limit} bytes ({e})"
+                    ),
+                })?
+                .to_bytes();
+            if let Decision::Deny(e) = conn
+                .gw
+                .phases
+                .on_request_body(&conn.flow, route, &parts, &bytes)
+            {
+                return Err(e);
+            }
+            super::body::full(bytes)
+        }
+    };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     conn.gw
         .phases
         .before_upstream(&conn.flow, route, &mut parts);
     let mut resp = conn
         .up
-        .send(Request::from_parts(parts, boxed(body)), authority)
+        .send(Request::from_parts(parts, body), authority)
         .await?;
 
     if let Some(job_upgrade) = job_upgrade

@@ -19,6 +19,7 @@ pub struct RequestView<'a> {
     pub scheme: &'a str,
     pub authority: &'a str,
     pub path: &'a str,
+    pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
 
@@ -26,6 +27,11 @@ pub enum Decision {
     Allow,
     /// Refuse with this error (usually [`PipelineError::Denied`]).
     Deny(PipelineError),
+    /// Decide on the body: the pipeline buffers it (up to `limit` bytes)
+    /// and asks `on_request_body`.
+    InspectBody {
+        limit: usize,
+    },
 }
 
 /// A streaming transform of a response body (masking plugs in here).
@@ -58,6 +64,16 @@ pub struct ExchangeRecord {
 pub trait Phases: Send + Sync + 'static {
     /// Request received: allow, or deny (holding comes with approvals).
     fn on_request(&self, _req: &RequestView<'_>) -> Decision {
+        Decision::Allow
+    }
+    /// The buffered request body, when `on_request` asked for it.
+    fn on_request_body(
+        &self,
+        _flow: &Flow,
+        _conn: &Connection,
+        _req: &request::Parts,
+        _body: &[u8],
+    ) -> Decision {
         Decision::Allow
     }
     /// About to go upstream: may rewrite the head (credential injection).

@@ -5,6 +5,7 @@ pub mod canary;
 pub mod credential;
 mod host;
 pub mod phases;
+pub mod rules;
 
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct Connection {
     pub credential: Option<Credential>,
     /// Trust for this connection's upstreams, when it names extra CAs.
     pub upstream_tls: Option<Arc<UpstreamTls>>,
+    /// Guardrails, in config order.
+    pub deny: Vec<rules::Rule>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -156,12 +159,22 @@ impl Policy {
                     )
                 })?))
             };
+            let deny = c
+                .deny
+                .iter()
+                .enumerate()
+                .map(|(j, r)| {
+                    rules::Rule::compile(r)
+                        .map_err(|(k, e)| cfg.invalid(&format!("connection[{i}].deny[{j}].{k}"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             connections.push(Arc::new(Connection {
                 name: c.name.clone(),
                 hosts,
                 allow,
                 credential,
                 upstream_tls,
+                deny,
             }));
         }
         Ok(Self {

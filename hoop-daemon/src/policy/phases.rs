@@ -1,7 +1,8 @@
 //! The policy as pipeline phases: credential injection on the way up, the
 //! leak canary on the way down, and the exchange log.
-use http::{HeaderValue, header, request, response};
+use http::{HeaderValue, StatusCode, header, request, response};
 
+use super::rules::{Head, MAX_INSPECTED_BODY, Rule};
 use super::{
     Connection,
     canary::{CanaryBody, mask_headers},
@@ -10,13 +11,72 @@ use crate::{
     flow::Flow,
     pipeline::{
         PipelineError,
-        phases::{BodyTransform, ExchangeRecord, Phases, log_exchange},
+        phases::{BodyTransform, Decision, ExchangeRecord, Phases, RequestView, log_exchange},
     },
 };
 
 pub struct Enforce;
 
+fn denied(flow: &Flow, conn: &Connection, rule: &Rule) -> Decision {
+    tracing::warn!(
+        target: "hoop::audit",
+        flow = flow.id, identity = %flow.identity_name(), connection = %conn.name,
+        rule = %rule.name, "request denied by a guardrail"
+    );
+    Decision::Deny(PipelineError::Denied {
+        rule: rule.name.clone(),
+        status: StatusCode::FORBIDDEN,
+        message: rule.message.clone(),
+    })
+}
+
 impl Phases for Enforce {
+    fn on_request(&self, req: &RequestView<'_>) -> Decision {
+        let head = Head {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+        };
+        let mut body_rules = false;
+        for rule in &req.connection.deny {
+            if rule.matches_head(&head) {
+                if !rule.needs_body() {
+                    return denied(req.flow, req.connection, rule);
+                }
+                body_rules = true;
+            }
+        }
+        if body_rules {
+            Decision::InspectBody {
+                limit: MAX_INSPECTED_BODY,
+            }
+        } else {
+            Decision::Allow
+        }
+    }
+
+    fn on_request_body(
+        &self,
+        flow: &Flow,
+        conn: &Connection,
+        req: &request::Parts,
+        body: &[u8],
+    ) -> Decision {
+        let head = Head {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+        };
+        for rule in &conn.deny {
+            if rule.needs_body() && rule.matches_head(&head) && rule.matches_body(body) {
+                return denied(flow, conn, rule);
+            }
+        }
+        Decision::Allow
+    }
+
     fn before_upstream(&self, _flow: &Flow, conn: &Connection, req: &mut request::Parts) {
         if let Some(c) = &conn.credential {
             c.inject(req);
