@@ -4,6 +4,7 @@
 pub mod canary;
 pub mod credential;
 mod host;
+pub mod mask;
 pub mod phases;
 pub mod rules;
 

@@ -1,0 +1,446 @@
+//! Response masking, per connection: JSON field paths (a JSONPath subset
+//! through serde_json_path: `$.a.b`, `$.a[*].b`, `$..name`, …), built-in
+//! detectors and custom regexes over text, on headers and bodies. Bodies
+//! arrive decoded (gzip, deflate, br, zstd) and leave as identity. Masked
+//! values keep the JSON valid and their type: strings stay strings of the
+//! same length, numbers stay numbers. Counts by rule (never values) go to
+//! the exchange record.
+pub mod decode;
+pub mod detect;
+
+use std::collections::BTreeMap;
+
+use http::{HeaderValue, response};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json_path::JsonPath;
+
+pub use detect::Detector;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// JSONPath expressions whose values are masked.
+    #[serde(default)]
+    pub json: Vec<String>,
+    /// Built-in detectors run over every string and text body.
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    #[serde(default)]
+    pub custom: Vec<CustomDetector>,
+    /// Card numbers keep this many trailing digits.
+    #[serde(default)]
+    pub keep_last: usize,
+    /// Bodies are masked whole, up to this many bytes (decoded).
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
+    /// Above `max_body`: `block` (502, the default) or `pass` (unmasked).
+    #[serde(default)]
+    pub over_limit: OverLimit,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomDetector {
+    pub name: String,
+    pub regex: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverLimit {
+    #[default]
+    Block,
+    Pass,
+}
+
+fn default_max_body() -> usize {
+    8 << 20
+}
+
+/// What was masked, by rule. Never the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts(pub BTreeMap<String, u64>);
+
+impl Counts {
+    pub fn add(&mut self, rule: &str, n: u64) {
+        if n > 0 {
+            *self.0.entry(rule.to_string()).or_default() += n;
+        }
+    }
+
+    pub fn get(&self, rule: &str) -> u64 {
+        self.0.get(rule).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    pub fn merge(&mut self, o: Counts) {
+        for (k, v) in o.0 {
+            self.add(&k, v);
+        }
+    }
+}
+
+pub struct Masker {
+    paths: Vec<(String, JsonPath)>,
+    detectors: Vec<Detector>,
+    keep_last: usize,
+    pub max_body: usize,
+    pub over_limit: OverLimit,
+}
+
+impl Masker {
+    /// Compiles `c`; errors name the field (relative key) and the problem.
+    pub fn compile(c: &MaskConfig) -> Result<Self, (String, String)> {
+        let paths = c
+            .json
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                JsonPath::parse(p)
+                    .map(|jp| (format!("json:{p}"), jp))
+                    .map_err(|e| (format!("json[{i}]"), format!("is not a JSONPath: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut detectors = Vec::new();
+        for (i, d) in c.detectors.iter().enumerate() {
+            detectors.push(Detector::built_in(d, c.keep_last).ok_or_else(|| {
+                (
+                    format!("detectors[{i}]"),
+                    format!(
+                        "{d:?} is not a detector; there are: {}",
+                        detect::BUILT_IN.join(", ")
+                    ),
+                )
+            })?);
+        }
+        for (i, d) in c.custom.iter().enumerate() {
+            detectors.push(
+                Detector::custom(&d.name, &d.regex)
+                    .map_err(|e| (format!("custom[{i}].regex"), e))?,
+            );
+        }
+        if paths.is_empty() && detectors.is_empty() {
+            return Err((
+                "json".into(),
+                "a mask needs json paths, detectors or custom regexes".into(),
+            ));
+        }
+        if c.max_body == 0 {
+            return Err(("max_body".into(), "must be at least 1".into()));
+        }
+        Ok(Self {
+            paths,
+            detectors,
+            keep_last: c.keep_last,
+            max_body: c.max_body,
+            over_limit: c.over_limit,
+        })
+    }
+
+    /// Runs the detectors over text.
+    pub fn mask_text(&self, s: &str, counts: &mut Counts) -> Option<String> {
+        let mut cur: Option<String> = None;
+        for d in &self.detectors {
+            let src = cur.as_deref().unwrap_or(s);
+            if let std::borrow::Cow::Owned(o) = d.apply(src, counts) {
+                cur = Some(o);
+            }
+        }
+        cur
+    }
+
+    /// Masks a JSON document in place: field paths first, then detectors
+    /// over every string (and number, for cards).
+    pub fn mask_json(&self, v: &mut Value, counts: &mut Counts) {
+        for (name, path) in &self.paths {
+            let pointers: Vec<String> = path
+                .query_located(v)
+                .locations()
+                .map(|l| l.to_json_pointer())
+                .collect();
+            for p in pointers {
+                if let Some(node) = v.pointer_mut(&p) {
+                    mask_value(node, self.keep_last);
+                    counts.add(name, 1);
+                }
+            }
+        }
+        if !self.detectors.is_empty() {
+            self.walk(v, counts);
+        }
+    }
+
+    fn walk(&self, v: &mut Value, counts: &mut Counts) {
+        match v {
+            Value::String(s) => {
+                if let Some(o) = self.mask_text(s, counts) {
+                    *s = o;
+                }
+            }
+            Value::Number(n) => {
+                // A card number sent as a JSON number stays a number.
+                let text = n.to_string();
+                if let Some(o) = self.mask_text(&text, counts) {
+                    let kept: String = o.chars().filter(char::is_ascii_digit).collect();
+                    *n = kept.parse::<u64>().unwrap_or(0).into();
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| self.walk(x, counts)),
+            Value::Object(m) => m.values_mut().for_each(|x| self.walk(x, counts)),
+            Value::Bool(_) | Value::Null => {}
+        }
+    }
+
+    /// Masks a whole (decoded) body: JSON when it parses as JSON and the
+    /// content type says so, else text when it is UTF-8. Other bytes pass.
+    pub fn mask_body(
+        &self,
+        content_type: Option<&str>,
+        body: &[u8],
+        counts: &mut Counts,
+    ) -> Option<Vec<u8>> {
+        let json = content_type.is_some_and(|c| c.contains("json"));
+        if json && let Ok(mut v) = serde_json::from_slice::<Value>(body) {
+            let before = counts.total();
+            self.mask_json(&mut v, counts);
+            return (counts.total() > before)
+                .then(|| serde_json::to_vec(&v).expect("JSON serialises"));
+        }
+        let text = std::str::from_utf8(body).ok()?;
+        self.mask_text(text, counts).map(String::into_bytes)
+    }
+
+    /// Runs the detectors over header values.
+    pub fn mask_headers(&self, parts: &mut response::Parts, counts: &mut Counts) {
+        for v in parts.headers.values_mut() {
+            let Ok(s) = v.to_str() else { continue };
+            if let Some(o) = self.mask_text(s, counts)
+                && let Ok(nv) = HeaderValue::from_str(&o)
+            {
+                *v = nv;
+            }
+        }
+    }
+}
+
+/// A masked JSON value of the same type: strings keep their length (with
+/// the last `keep_last` characters when set), numbers become 0 (or their
+/// last digits), anything else becomes a masked string.
+fn mask_value(v: &mut Value, keep_last: usize) {
+    match v {
+        Value::String(s) => {
+            let n = s.chars().count();
+            let keep = keep_last.min(n);
+            let tail: String = s.chars().skip(n - keep).collect();
+            *s = format!("{}{tail}", "*".repeat(n - keep));
+        }
+        Value::Number(num) => {
+            let digits = num.to_string();
+            let keep = keep_last.min(digits.len());
+            *num = digits[digits.len() - keep..]
+                .parse::<u64>()
+                .unwrap_or(0)
+                .into();
+        }
+        Value::Bool(_) | Value::Null => {}
+        other => *other = Value::String("****".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn masker(text: &str) -> Masker {
+        let c: MaskConfig = toml::from_str(text).unwrap();
+        Masker::compile(&c).unwrap()
+    }
+
+    #[test]
+    fn json_paths_mask_by_type_and_count_by_rule() {
+        let m = masker(
+            "json = [\"$.user.ssn\", \"$.cards[*].number\", \"$..api_secret\"]\nkeep_last = 4\n",
+        );
+        let mut v = json!({
+            "user": {"ssn": "123-45-6789", "name": "Ann"},
+            "cards": [{"number": "4111111111111111"}, {"number": 5500000000000004u64}],
+            "deep": {"x": [{"api_secret": "s3cr3t"}, {"api_secret": {"nested": 1}}]}
+        });
+        let mut c = Counts::default();
+        m.mask_json(&mut v, &mut c);
+        assert_eq!(v["user"]["ssn"], "*******6789");
+        assert_eq!(v["user"]["name"], "Ann");
+        assert_eq!(v["cards"][0]["number"], "************1111");
+        assert_eq!(v["cards"][1]["number"], 4);
+        assert_eq!(v["deep"]["x"][0]["api_secret"], "**cr3t");
+        assert_eq!(v["deep"]["x"][1]["api_secret"], "****");
+        assert_eq!(c.get("json:$.cards[*].number"), 2);
+        assert_eq!(c.get("json:$..api_secret"), 2);
+    }
+
+    #[test]
+    fn detectors_reach_every_string_and_card_numbers() {
+        let m = masker("detectors = [\"credit_card\", \"email\"]\n");
+        let mut v = json!({"a": ["pay 4111 1111 1111 1111 now", {"b": "x@y.example"}], "n": 4111111111111111u64, "ok": 42});
+        let mut c = Counts::default();
+        m.mask_json(&mut v, &mut c);
+        let s = v.to_string();
+        assert!(!s.contains("4111"), "{s}");
+        assert!(!s.contains("x@y.example"), "{s}");
+        assert_eq!(v["ok"], 42);
+        assert!(v["n"].is_number());
+        assert_eq!(c.get("credit_card"), 2);
+        assert_eq!(c.get("email"), 1);
+    }
+
+    #[test]
+    fn bodies_and_headers() {
+        let m = masker(
+            "detectors = [\"aws_key\"]\n[[custom]]\nname = \"ssn\"\nregex = '\\b\\d{3}-\\d{2}-\\d{4}\\b'\n",
+        );
+        let mut c = Counts::default();
+        let out = m
+            .mask_body(
+                Some("application/json"),
+                br#"{"k":"AKIAIOSFODNN7EXAMPLE","s":"123-45-6789"}"#,
+                &mut c,
+            )
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["k"], "*".repeat(20));
+        assert_eq!(v["s"], "***********");
+        let out = m
+            .mask_body(Some("text/plain"), b"ssn 123-45-6789.", &mut c)
+            .unwrap();
+        assert_eq!(out, b"ssn ***********.");
+        assert!(
+            m.mask_body(Some("text/plain"), b"nothing here", &mut c)
+                .is_none()
+        );
+        let mut p = http::Response::builder()
+            .header("x-key", "AKIAIOSFODNN7EXAMPLE")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        m.mask_headers(&mut p, &mut c);
+        assert_eq!(p.headers["x-key"], "*".repeat(20));
+        assert_eq!(c.get("aws_key"), 2);
+        assert_eq!(c.get("ssn"), 2);
+    }
+
+    #[test]
+    fn bad_mask_config_names_the_field() {
+        for (text, key) in [
+            ("json = [\"$.a[\"]\n", "json[0]"),
+            ("detectors = [\"nope\"]\n", "detectors[0]"),
+            (
+                "[[custom]]\nname = \"x\"\nregex = \"(\"\n",
+                "custom[0].regex",
+            ),
+            ("", "json"),
+        ] {
+            let c: MaskConfig = toml::from_str(text).unwrap();
+            let e = Masker::compile(&c)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {text}"));
+            assert_eq!(e.0, key, "{text}");
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::super::{Counts, detect::luhn};
+        use super::masker;
+
+        /// A Luhn-valid number of 13 to 19 digits.
+        fn card() -> impl Strategy<Value = String> {
+            (12usize..=18, any::<u64>(), any::<u64>()).prop_map(|(len, a, b)| {
+                let mut d: Vec<u8> = format!("{a:020}{b:020}").bytes().take(len).collect();
+                d[0] = b'4';
+                let check = (0..10u8).find(|c| {
+                    let mut t = d.clone();
+                    t.push(b'0' + c);
+                    luhn(&t)
+                });
+                d.push(b'0' + check.unwrap());
+                String::from_utf8(d).unwrap()
+            })
+        }
+
+        /// How a card is written: plain, or in groups of four.
+        fn written(c: &str, style: u8) -> String {
+            match style % 3 {
+                0 => c.to_string(),
+                s => {
+                    let sep = if s == 1 { " " } else { "-" };
+                    c.as_bytes()
+                        .chunks(4)
+                        .map(|g| std::str::from_utf8(g).unwrap())
+                        .collect::<Vec<_>>()
+                        .join(sep)
+                }
+            }
+        }
+
+        fn doc() -> impl Strategy<Value = (Value, Vec<String>)> {
+            let leaf = (card(), any::<u8>(), "[a-z ]{0,8}", any::<u8>()).prop_map(
+                |(c, style, word, kind)| {
+                    let v = match kind % 4 {
+                        0 => Value::String(written(&c, style)),
+                        1 => Value::String(format!("{word} {} {word}", written(&c, style))),
+                        2 => c
+                            .parse::<u64>()
+                            .map(Value::from)
+                            .unwrap_or_else(|_| Value::String(c.clone())),
+                        _ => Value::String(word.clone()),
+                    };
+                    let cards = if kind % 4 == 3 { vec![] } else { vec![c] };
+                    (v, cards)
+                },
+            );
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(|items| {
+                        let cards = items.iter().flat_map(|(_, c)| c.clone()).collect();
+                        (
+                            Value::Array(items.into_iter().map(|(v, _)| v).collect()),
+                            cards,
+                        )
+                    }),
+                    prop::collection::vec(("[a-z]{1,6}", inner), 0..6).prop_map(|items| {
+                        let cards = items.iter().flat_map(|(_, (_, c))| c.clone()).collect();
+                        let m: serde_json::Map<String, Value> =
+                            items.into_iter().map(|(k, (v, _))| (k, v)).collect();
+                        (Value::Object(m), cards)
+                    }),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn no_card_survives_masking((mut v, cards) in doc()) {
+                let m = masker("detectors = [\"credit_card\"]\n");
+                let mut c = Counts::default();
+                m.mask_json(&mut v, &mut c);
+                let out = json!(v).to_string();
+                for card in &cards {
+                    prop_assert!(!out.contains(card.as_str()), "{card} survived in {out}");
+                    for style in 1..3u8 {
+                        let w = written(card, style);
+                        prop_assert!(!out.contains(w.as_str()), "{w} survived in {out}");
+                    }
+                }
+            }
+        }
+    }
+}
