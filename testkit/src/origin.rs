@@ -10,6 +10,8 @@
 //! | `/ws` | WebSocket echo |
 //! | `/page` | an HTML page that fetch()es `/data.json` into the DOM |
 //! | `/data.json` | a small JSON document |
+//! | `/cards.json?enc=…` | JSON with cards, e-mail, a secret; optionally compressed |
+//! | `/big.json/N` | about N MiB of JSON records with card numbers |
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -248,12 +250,102 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
             );
             r
         }
+        "/cards.json" => cards(req.uri().query().unwrap_or("")),
+        p if p.starts_with("/big.json/") => match p[10..].parse::<usize>() {
+            Ok(mib) => big_json(mib),
+            Err(_) => text(StatusCode::BAD_REQUEST, "bad size"),
+        },
         p if p.starts_with("/bytes/") => match p[7..].parse::<u64>() {
             Ok(n) => stream_bytes(n),
             Err(_) => text(StatusCode::BAD_REQUEST, "bad size"),
         },
         _ => text(StatusCode::NOT_FOUND, "no such route\n"),
     }
+}
+
+/// A partner API answer full of sensitive fields; `?enc=gzip|deflate|br|zstd`
+/// compresses it, and a header carries an AWS key.
+pub const CARDS_JSON: &str = r#"{"customer":{"name":"Ann Lee","email":"ann@example.com","api_secret":"s3cr3t-value"},"cards":[{"number":"4111111111111111","exp":"12/29"},{"number":"5500 0000 0000 0004","exp":"01/30"}],"order":"4111111111111112","note":"call 555 0100"}"#;
+
+fn cards(query: &str) -> Response<Body> {
+    use std::io::Write;
+    let enc = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("enc="))
+        .unwrap_or("identity");
+    let data = CARDS_JSON.as_bytes();
+    let body: Vec<u8> = match enc {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            brotli::CompressorWriter::new(&mut out, 4096, 5, 22)
+                .write_all(data)
+                .unwrap();
+            out
+        }
+        "zstd" => zstd::stream::encode_all(data, 3).unwrap(),
+        _ => data.to_vec(),
+    };
+    let mut r = text(StatusCode::OK, body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if enc != "identity" {
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_str(enc).unwrap(),
+        );
+    }
+    h.insert(
+        "x-debug-key",
+        HeaderValue::from_static("AKIAIOSFODNN7EXAMPLE"),
+    );
+    r
+}
+
+/// About `mib` MiB of JSON records with card numbers, streamed.
+fn big_json(mib: usize) -> Response<Body> {
+    // Each record is padded to 128 bytes (with its comma): 8192 make a MiB.
+    let chunk = |first: bool| {
+        let mut s = String::with_capacity(1 << 20);
+        for i in 0..8192 {
+            let start = s.len();
+            if !(first && i == 0) {
+                s.push(',');
+            }
+            s.push_str(&format!(
+                r#"{{"id":{i},"holder":"Customer {i:05}","card":"4111111111111111","email":"c{i}@example.com","amount":{}.{:02},"pad":""#,
+                i * 7 % 1000,
+                i % 100
+            ));
+            while s.len() - start < 126 {
+                s.push('x');
+            }
+            s.push_str("\"}");
+        }
+        Bytes::from(s)
+    };
+    let frames = std::iter::once(Bytes::from_static(b"["))
+        .chain((0..mib).map(move |n| chunk(n == 0)))
+        .chain(std::iter::once(Bytes::from_static(b"]")))
+        .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+    let mut r = Response::new(StreamBody::new(stream::iter(frames)).boxed_unsync());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 const PAGE: &str = r#"<!doctype html>

@@ -92,6 +92,9 @@ pub struct ConnectionConfig {
     /// Guardrails: requests matching any of these are refused (403).
     #[serde(default)]
     pub deny: Vec<crate::policy::rules::RuleConfig>,
+    /// Response masking: JSON paths, detectors, custom regexes.
+    #[serde(default)]
+    pub mask: Option<crate::policy::mask::MaskConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

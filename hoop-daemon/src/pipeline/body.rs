@@ -32,6 +32,15 @@ where
     b.map_err(Into::into).boxed_unsync()
 }
 
+/// A body that yields `prefix` first, then the rest of `inner` (a
+/// response read partly before the pipeline decided to stream it).
+pub fn prefixed(prefix: Bytes, inner: Body) -> Body {
+    use futures_util::stream::{self, StreamExt};
+    let head = stream::once(async move { Ok::<_, BoxError>(Frame::data(prefix)) });
+    let rest = http_body_util::BodyStream::new(inner);
+    http_body_util::StreamBody::new(head.chain(rest)).boxed_unsync()
+}
+
 /// Wraps a body: counts its bytes, applies an optional transform, and calls
 /// `done(bytes, completed)` exactly once, at the end or when dropped early.
 pub struct Observed<F: FnOnce(u64, bool) + Send + Unpin> {

@@ -13,7 +13,7 @@ use super::{
     body::{Body, Observed, boxed},
     error::respond_to,
     headers::{is_upgrade, strip_hop_by_hop},
-    phases::{Decision, ExchangeRecord, RequestView},
+    phases::{Decision, ExchangeRecord, RequestView, ResponsePlan},
     upstream::UpstreamConn,
 };
 use crate::{flow::Flow, policy::Connection};
@@ -142,27 +142,23 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         path: path.clone(),
         status,
         reason,
+        masked: Default::default(),
         response_bytes: bytes,
         duration: started.elapsed(),
     };
     let route_ref = route.as_deref().expect("routed");
     let result = match forward(&conn, route_ref, req, &authority).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            conn.gw
-                .phases
-                .on_response_head(&conn.flow, route_ref, &mut parts)
-                .map(|t| (parts, body, t))
-        }
+        Ok(resp) => response_phases(&conn, route_ref, resp).await,
         Err(e) => Err(e),
     };
     match result {
-        Ok((parts, body, transform)) => {
-            let (phases, rec) = (
+        Ok((parts, body, transform, masked)) => {
+            let (phases, mut rec) = (
                 conn.gw.phases.clone(),
                 record(Some(parts.status), None, 0, &route),
             );
-            let observed = Observed::new(boxed(body), transform, move |bytes, ok| {
+            rec.masked = masked;
+            let observed = Observed::new(body, transform, move |bytes, ok| {
                 let reason = (!ok).then_some("response-body-incomplete");
                 phases.on_exchange_done(ExchangeRecord {
                     response_bytes: bytes,
@@ -181,6 +177,49 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             respond_to(&e, json)
         }
     }
+}
+
+type Phased = (
+    http::response::Parts,
+    Body,
+    Option<Box<dyn super::phases::BodyTransform>>,
+    crate::policy::mask::Counts,
+);
+
+/// The response phases: the head, then the body streamed or, when policy
+/// must see it whole (masking), buffered up to a limit first.
+async fn response_phases(
+    conn: &Conn,
+    route: &Connection,
+    resp: Response<Body>,
+) -> Result<Phased, PipelineError> {
+    let phases = &conn.gw.phases;
+    let (mut parts, mut body) = resp.into_parts();
+    let limit = match phases.on_response_head(&conn.flow, route, &mut parts)? {
+        ResponsePlan::Stream(t) => return Ok((parts, body, t, Default::default())),
+        ResponsePlan::Buffer { limit } => limit,
+    };
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| PipelineError::UpstreamProtocol {
+            detail: format!("response body: {e}"),
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: nothing to mask, and a whole body has none
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > limit {
+            let t = phases.on_response_overflow(&conn.flow, route, &mut parts)?;
+            let body = super::body::prefixed(buf.freeze(), body);
+            return Ok((parts, body, t, Default::default()));
+        }
+    }
+    let (out, masked) = phases.on_response_body(&conn.flow, route, &mut parts, buf.freeze())?;
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, out.len().into());
+    Ok((parts, super::body::full(out), None, masked))
 }
 
 /// A request refused before it had a connection to go through.
@@ -209,6 +248,7 @@ fn fail(
         path,
         status: Some(e.status()),
         reason: Some(e.reason()),
+        masked: Default::default(),
         response_bytes: 0,
         duration: started.elapsed(),
     });

@@ -43,6 +43,16 @@ pub trait BodyTransform: Send {
     }
 }
 
+/// How the response body goes back to the job.
+pub enum ResponsePlan {
+    /// Frame by frame, through an optional transform.
+    Stream(Option<Box<dyn BodyTransform>>),
+    /// Whole: the pipeline buffers up to `limit` bytes, then calls
+    /// `on_response_body` (or `on_response_overflow` past the limit). The
+    /// head waits, so a refusal can still be a clean error response.
+    Buffer { limit: usize },
+}
+
 /// What happened, for the audit log.
 #[derive(Debug, Clone)]
 pub struct ExchangeRecord {
@@ -57,6 +67,8 @@ pub struct ExchangeRecord {
     pub identity: String,
     pub connection: Option<String>,
     pub reason: Option<&'static str>,
+    /// What masking replaced, by rule (never the values).
+    pub masked: crate::policy::mask::Counts,
     pub response_bytes: u64,
     pub duration: Duration,
 }
@@ -78,9 +90,30 @@ pub trait Phases: Send + Sync + 'static {
     }
     /// About to go upstream: may rewrite the head (credential injection).
     fn before_upstream(&self, _flow: &Flow, _conn: &Connection, _req: &mut request::Parts) {}
-    /// Response head arrived: may rewrite it, may ask to transform the body,
-    /// or may refuse the response (fail closed).
+    /// Response head arrived: may rewrite it, choose how the body goes
+    /// back, or refuse the response (fail closed).
     fn on_response_head(
+        &self,
+        _flow: &Flow,
+        _conn: &Connection,
+        _resp: &mut response::Parts,
+    ) -> Result<ResponsePlan, PipelineError> {
+        Ok(ResponsePlan::Stream(None))
+    }
+    /// The whole body, when the head asked for `Buffer`: returns the body
+    /// to send (the pipeline sets Content-Length) and what was masked.
+    fn on_response_body(
+        &self,
+        _flow: &Flow,
+        _conn: &Connection,
+        _resp: &mut response::Parts,
+        body: Bytes,
+    ) -> Result<(Bytes, crate::policy::mask::Counts), PipelineError> {
+        Ok((body, Default::default()))
+    }
+    /// The body outgrew the `Buffer` limit: refuse, or stream it on
+    /// (through an optional transform).
+    fn on_response_overflow(
         &self,
         _flow: &Flow,
         _conn: &Connection,

@@ -30,6 +30,7 @@ pub struct Connection {
     pub upstream_tls: Option<Arc<UpstreamTls>>,
     /// Guardrails, in config order.
     pub deny: Vec<rules::Rule>,
+    pub mask: Option<mask::Masker>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -169,6 +170,14 @@ impl Policy {
                         .map_err(|(k, e)| cfg.invalid(&format!("connection[{i}].deny[{j}].{k}"), e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let mask = c
+                .mask
+                .as_ref()
+                .map(|m| {
+                    mask::Masker::compile(m)
+                        .map_err(|(k, e)| cfg.invalid(&format!("connection[{i}].mask.{k}"), e))
+                })
+                .transpose()?;
             connections.push(Arc::new(Connection {
                 name: c.name.clone(),
                 hosts,
@@ -176,6 +185,7 @@ impl Policy {
                 credential,
                 upstream_tls,
                 deny,
+                mask,
             }));
         }
         Ok(Self {

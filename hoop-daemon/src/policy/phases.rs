@@ -2,11 +2,18 @@
 //! leak canary on the way down, and the exchange log.
 use http::{HeaderValue, StatusCode, header, request, response};
 
-use super::rules::{Head, MAX_INSPECTED_BODY, Rule};
 use super::{
     Connection,
     canary::{CanaryBody, mask_headers},
 };
+use super::{
+    mask::{
+        Counts, Masker, OverLimit,
+        decode::{Decoded, decode},
+    },
+    rules::{Head, MAX_INSPECTED_BODY, Rule},
+};
+use crate::pipeline::phases::ResponsePlan;
 use crate::{
     flow::Flow,
     pipeline::{
@@ -14,6 +21,7 @@ use crate::{
         phases::{BodyTransform, Decision, ExchangeRecord, Phases, RequestView, log_exchange},
     },
 };
+use bytes::Bytes;
 
 pub struct Enforce;
 
@@ -93,38 +101,171 @@ impl Phases for Enforce {
         flow: &Flow,
         conn: &Connection,
         resp: &mut response::Parts,
-    ) -> Result<Option<Box<dyn BodyTransform>>, PipelineError> {
-        let Some(cred) = &conn.credential else {
-            return Ok(None);
-        };
-        let encoding = resp
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("identity");
-        if !encoding.eq_ignore_ascii_case("identity") {
-            // Fail closed: an encoded body can't be checked for the secret.
-            return Err(PipelineError::Uninspectable {
-                detail: format!(
-                    "the upstream answered with Content-Encoding {encoding:?} although hoop asked for identity; \
-                     it can't be checked for the connection's credential"
-                ),
-            });
+    ) -> Result<ResponsePlan, PipelineError> {
+        let bodyless = resp.status.is_informational()
+            || resp.status == StatusCode::NO_CONTENT
+            || resp.status == StatusCode::NOT_MODIFIED;
+        if let Some(m) = &conn.mask {
+            let mut counts = Counts::default();
+            m.mask_headers(resp, &mut counts);
+            note_masked(flow, conn, "response headers", &counts);
+            if !bodyless {
+                // Masking sees the whole body (decoded); the canary too.
+                return Ok(ResponsePlan::Buffer { limit: m.max_body });
+            }
         }
+        let Some(cred) = &conn.credential else {
+            return Ok(ResponsePlan::Stream(None));
+        };
+        require_identity_encoding(resp)?;
         let hits = mask_headers(&cred.canary, resp);
         let (flow_id, name, identity) =
             (flow.id, conn.name.clone(), flow.identity_name().to_string());
         if hits > 0 {
             leak(flow_id, &name, &identity, "response headers", hits);
         }
-        Ok(Some(Box::new(CanaryBody::new(
+        Ok(ResponsePlan::Stream(Some(Box::new(CanaryBody::new(
             cred.canary.clone(),
             Box::new(move |n| leak(flow_id, &name, &identity, "response body", n)),
-        ))))
+        )))))
+    }
+
+    fn on_response_body(
+        &self,
+        flow: &Flow,
+        conn: &Connection,
+        resp: &mut response::Parts,
+        body: Bytes,
+    ) -> Result<(Bytes, Counts), PipelineError> {
+        let Some(m) = &conn.mask else {
+            return Ok((body, Counts::default()));
+        };
+        let encoding = resp
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("identity")
+            .to_string();
+        let decoded = match decode(&encoding, &body, m.max_body) {
+            Ok(Decoded::Body(b)) => b,
+            Ok(Decoded::TooLarge) => return over_limit(flow, conn, m, resp, body),
+            Err(e) => {
+                return Err(PipelineError::Uninspectable {
+                    detail: format!(
+                        "connection {} masks responses, and this one can't be decoded: {e}",
+                        conn.name
+                    ),
+                });
+            }
+        };
+        resp.headers.remove(header::CONTENT_ENCODING);
+        let ctype = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut counts = Counts::default();
+        let mut out = m
+            .mask_body(ctype.as_deref(), &decoded, &mut counts)
+            .unwrap_or(decoded);
+        note_masked(flow, conn, "response body", &counts);
+        if let Some(cred) = &conn.credential {
+            let hits = cred.canary.mask(&mut out);
+            if hits > 0 {
+                leak(
+                    flow.id,
+                    &conn.name,
+                    flow.identity_name(),
+                    "response body",
+                    hits,
+                );
+            }
+        }
+        Ok((Bytes::from(out), counts))
+    }
+
+    fn on_response_overflow(
+        &self,
+        flow: &Flow,
+        conn: &Connection,
+        resp: &mut response::Parts,
+    ) -> Result<Option<Box<dyn BodyTransform>>, PipelineError> {
+        let Some(m) = &conn.mask else {
+            return Ok(None);
+        };
+        over_limit(flow, conn, m, resp, Bytes::new())?;
+        // Passed on unmasked: the canary still guards the credential.
+        match &conn.credential {
+            Some(cred) => {
+                require_identity_encoding(resp)?;
+                let (flow_id, name, identity) =
+                    (flow.id, conn.name.clone(), flow.identity_name().to_string());
+                Ok(Some(Box::new(CanaryBody::new(
+                    cred.canary.clone(),
+                    Box::new(move |n| leak(flow_id, &name, &identity, "response body", n)),
+                ))))
+            }
+            None => Ok(None),
+        }
     }
 
     fn on_exchange_done(&self, r: ExchangeRecord) {
         log_exchange(&r);
+    }
+}
+
+/// Above `mask.max_body`: block (the default) fails closed; pass lets the
+/// body through unmasked, and says so.
+fn over_limit(
+    flow: &Flow,
+    conn: &Connection,
+    m: &Masker,
+    resp: &response::Parts,
+    body: Bytes,
+) -> Result<(Bytes, Counts), PipelineError> {
+    match m.over_limit {
+        OverLimit::Block => Err(PipelineError::Uninspectable {
+            detail: format!(
+                "the response is larger than connection {}'s mask.max_body ({} bytes) and over_limit is \"block\"",
+                conn.name, m.max_body
+            ),
+        }),
+        OverLimit::Pass => {
+            tracing::warn!(
+                target: "hoop::audit",
+                flow = flow.id, connection = %conn.name, status = resp.status.as_u16(),
+                max_body = m.max_body, "response passed unmasked: larger than mask.max_body (over_limit = pass)"
+            );
+            Ok((body, Counts::default()))
+        }
+    }
+}
+
+/// The canary reads bodies as sent: an encoded one can't be checked.
+fn require_identity_encoding(resp: &response::Parts) -> Result<(), PipelineError> {
+    let encoding = resp
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    if encoding.eq_ignore_ascii_case("identity") {
+        return Ok(());
+    }
+    Err(PipelineError::Uninspectable {
+        detail: format!(
+            "the upstream answered with Content-Encoding {encoding:?} although hoop asked for identity; \
+             it can't be checked for the connection's credential"
+        ),
+    })
+}
+
+fn note_masked(flow: &Flow, conn: &Connection, place: &str, counts: &Counts) {
+    if counts.total() > 0 {
+        tracing::info!(
+            target: "hoop::audit",
+            flow = flow.id, connection = %conn.name, place = %place, masked = ?counts.0,
+            "masked"
+        );
     }
 }
 
