@@ -1,5 +1,5 @@
-//! Response masking, per connection: JSON field paths (a JSONPath subset
-//! through serde_json_path: `$.a.b`, `$.a[*].b`, `$..name`, …), built-in
+//! Response masking, per connection: JSON field paths (a JSONPath subset:
+//! `$.a.b`, `$.a[*].b`, `$..name`, `['k']`, `[n]`, `.*`; see scan.rs), built-in
 //! detectors and custom regexes over text, on headers and bodies. Bodies
 //! arrive decoded (gzip, deflate, br, zstd) and leave as identity. Masked
 //! values keep the JSON valid and their type: strings stay strings of the
@@ -7,15 +7,16 @@
 //! the exchange record.
 pub mod decode;
 pub mod detect;
+pub mod scan;
 
 use std::collections::BTreeMap;
 
 use http::{HeaderValue, response};
 use serde::Deserialize;
 use serde_json::Value;
-use serde_json_path::JsonPath;
 
 pub use detect::Detector;
+use scan::FieldPath;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,8 +65,15 @@ pub struct Counts(pub BTreeMap<String, u64>);
 
 impl Counts {
     pub fn add(&mut self, rule: &str, n: u64) {
-        if n > 0 {
-            *self.0.entry(rule.to_string()).or_default() += n;
+        if n == 0 {
+            return;
+        }
+        // No allocation on the hot path: the rule is usually counted already.
+        match self.0.get_mut(rule) {
+            Some(c) => *c += n,
+            None => {
+                self.0.insert(rule.to_string(), n);
+            }
         }
     }
 
@@ -85,7 +93,7 @@ impl Counts {
 }
 
 pub struct Masker {
-    paths: Vec<(String, JsonPath)>,
+    paths: Vec<(String, FieldPath)>,
     detectors: Vec<Detector>,
     keep_last: usize,
     pub max_body: usize,
@@ -100,9 +108,14 @@ impl Masker {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                JsonPath::parse(p)
+                FieldPath::parse(p)
                     .map(|jp| (format!("json:{p}"), jp))
-                    .map_err(|e| (format!("json[{i}]"), format!("is not a JSONPath: {e}")))
+                    .map_err(|e| {
+                        (
+                            format!("json[{i}]"),
+                            format!("is not a supported JSONPath ({e})"),
+                        )
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut detectors = Vec::new();
@@ -153,45 +166,20 @@ impl Masker {
         cur
     }
 
-    /// Masks a JSON document in place: field paths first, then detectors
-    /// over every string (and number, for cards).
+    /// Masks a JSON value (through its serialisation; bodies take the
+    /// in-place path directly).
     pub fn mask_json(&self, v: &mut Value, counts: &mut Counts) {
-        for (name, path) in &self.paths {
-            let pointers: Vec<String> = path
-                .query_located(v)
-                .locations()
-                .map(|l| l.to_json_pointer())
-                .collect();
-            for p in pointers {
-                if let Some(node) = v.pointer_mut(&p) {
-                    mask_value(node, self.keep_last);
-                    counts.add(name, 1);
-                }
-            }
-        }
-        if !self.detectors.is_empty() {
-            self.walk(v, counts);
-        }
-    }
-
-    fn walk(&self, v: &mut Value, counts: &mut Counts) {
-        match v {
-            Value::String(s) => {
-                if let Some(o) = self.mask_text(s, counts) {
-                    *s = o;
-                }
-            }
-            Value::Number(n) => {
-                // A card number sent as a JSON number stays a number.
-                let text = n.to_string();
-                if let Some(o) = self.mask_text(&text, counts) {
-                    let kept: String = o.chars().filter(char::is_ascii_digit).collect();
-                    *n = kept.parse::<u64>().unwrap_or(0).into();
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(|x| self.walk(x, counts)),
-            Value::Object(m) => m.values_mut().for_each(|x| self.walk(x, counts)),
-            Value::Bool(_) | Value::Null => {}
+        let mut buf = serde_json::to_vec(v).expect("JSON serialises");
+        if scan::mask_json_in_place(
+            &mut buf,
+            &self.paths,
+            &self.detectors,
+            self.keep_last,
+            counts,
+        )
+        .is_ok()
+        {
+            *v = serde_json::from_slice(&buf).expect("masking keeps JSON valid");
         }
     }
 
@@ -204,11 +192,23 @@ impl Masker {
         counts: &mut Counts,
     ) -> Option<Vec<u8>> {
         let json = content_type.is_some_and(|c| c.contains("json"));
-        if json && let Ok(mut v) = serde_json::from_slice::<Value>(body) {
-            let before = counts.total();
-            self.mask_json(&mut v, counts);
-            return (counts.total() > before)
-                .then(|| serde_json::to_vec(&v).expect("JSON serialises"));
+        if json {
+            // In place, one pass; see scan.rs. Not JSON after all: text.
+            let mut buf = body.to_vec();
+            let mut found = Counts::default();
+            if scan::mask_json_in_place(
+                &mut buf,
+                &self.paths,
+                &self.detectors,
+                self.keep_last,
+                &mut found,
+            )
+            .is_ok()
+            {
+                let changed = found.total() > 0;
+                counts.merge(found);
+                return changed.then_some(buf);
+            }
         }
         let text = std::str::from_utf8(body).ok()?;
         self.mask_text(text, counts).map(String::into_bytes)
@@ -224,30 +224,6 @@ impl Masker {
                 *v = nv;
             }
         }
-    }
-}
-
-/// A masked JSON value of the same type: strings keep their length (with
-/// the last `keep_last` characters when set), numbers become 0 (or their
-/// last digits), anything else becomes a masked string.
-fn mask_value(v: &mut Value, keep_last: usize) {
-    match v {
-        Value::String(s) => {
-            let n = s.chars().count();
-            let keep = keep_last.min(n);
-            let tail: String = s.chars().skip(n - keep).collect();
-            *s = format!("{}{tail}", "*".repeat(n - keep));
-        }
-        Value::Number(num) => {
-            let digits = num.to_string();
-            let keep = keep_last.min(digits.len());
-            *num = digits[digits.len() - keep..]
-                .parse::<u64>()
-                .unwrap_or(0)
-                .into();
-        }
-        Value::Bool(_) | Value::Null => {}
-        other => *other = Value::String("****".into()),
     }
 }
 
@@ -279,7 +255,11 @@ mod tests {
         assert_eq!(v["cards"][0]["number"], "************1111");
         assert_eq!(v["cards"][1]["number"], 4);
         assert_eq!(v["deep"]["x"][0]["api_secret"], "**cr3t");
-        assert_eq!(v["deep"]["x"][1]["api_secret"], "****");
+        // An object named by a path becomes a string of stars.
+        assert_eq!(
+            v["deep"]["x"][1]["api_secret"],
+            "*".repeat(r#"{"nested":1}"#.len() - 2)
+        );
         assert_eq!(c.get("json:$.cards[*].number"), 2);
         assert_eq!(c.get("json:$..api_secret"), 2);
     }
