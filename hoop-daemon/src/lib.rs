@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod approval;
 pub mod capture;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod egress;
 pub mod flow;
 pub mod identity;
 pub mod jobs;
+pub mod outbound;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

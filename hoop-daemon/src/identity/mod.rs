@@ -1,7 +1,6 @@
 //! Who a job is: an identity verified from an OIDC token (`hoop run
 //! --token-file`, or the explicit proxy's credentials), or a static
 //! identity the config gives to trusted host-local cgroups.
-mod fetch;
 pub mod oidc;
 
 use serde::{Deserialize, Serialize};

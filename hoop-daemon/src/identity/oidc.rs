@@ -20,8 +20,9 @@ use openidconnect::{
 use rustls::ClientConfig;
 use serde_json::{Map, Value};
 
-use super::{Identity, Source, fetch};
+use super::{Identity, Source};
 use crate::config::policy::OidcConfig;
+use crate::outbound as fetch;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

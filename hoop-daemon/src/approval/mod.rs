@@ -1,0 +1,484 @@
+//! Per-request approval: a request that matches an approval rule is held
+//! while a human decides. The pending approval is stored (SQLite), the
+//! approvers are notified (webhook), and the job's request waits for
+//! approve (forwarded), deny (403 with the reason) or expiry (403).
+//! Approvers act over the control socket; who they are comes from
+//! SO_PEERCRED, and the uids of the job itself can never approve.
+mod notify;
+pub mod store;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use notify::Notifier;
+use store::{Row, Store};
+
+/// Who may approve: `uid:N`, `user:NAME` or `group:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approver {
+    Uid(u32),
+    User(String),
+    Group(String),
+}
+
+impl Approver {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: use uid:N, user:NAME or group:NAME");
+        let (kind, v) = s.split_once(':').ok_or_else(bad)?;
+        match kind {
+            "uid" => v.parse().map(Self::Uid).map_err(|_| bad()),
+            "user" if !v.is_empty() => Ok(Self::User(v.into())),
+            "group" if !v.is_empty() => Ok(Self::Group(v.into())),
+            _ => Err(bad()),
+        }
+    }
+
+    fn admits(&self, c: &Caller) -> bool {
+        match self {
+            Self::Uid(u) => c.uid == *u,
+            Self::User(name) => lookup("/etc/passwd", name, 2) == Some(c.uid),
+            Self::Group(name) => lookup("/etc/group", name, 2).is_some_and(|g| c.gids.contains(&g)),
+        }
+    }
+}
+
+/// `name:x:ID:…` files: the numeric field at `idx` for `name`.
+fn lookup(file: &str, name: &str, idx: usize) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name))
+            .then(|| f.get(idx)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// An approval rule, compiled (its matcher lives with the connection).
+#[derive(Debug)]
+pub struct ApprovalRule {
+    pub name: String,
+    pub approvers: Vec<Approver>,
+    pub timeout: Duration,
+}
+
+/// Who asked, from SO_PEERCRED (uid) and /proc (groups).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub uid: u32,
+    pub gids: Vec<u32>,
+}
+
+impl Caller {
+    pub fn label(&self) -> String {
+        match lookup_name(self.uid) {
+            Some(n) => format!("uid:{} ({n})", self.uid),
+            None => format!("uid:{}", self.uid),
+        }
+    }
+}
+
+fn lookup_name(uid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string())
+        })
+}
+
+/// A request about to be held.
+pub struct Hold {
+    pub rule: Arc<ApprovalRule>,
+    pub connection: String,
+    pub job: Option<String>,
+    pub identity: String,
+    /// The job's uids: whoever started it, and the process that asked.
+    pub uids: Vec<u32>,
+    pub method: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Approved {
+        by: String,
+    },
+    Denied {
+        by: String,
+        reason: String,
+    },
+    Expired,
+    /// The daemon is stopping.
+    Abandoned,
+}
+
+pub enum Decision {
+    Approve { for_secs: Option<u64> },
+    Deny { reason: String },
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Outcome>,
+    rule: Arc<ApprovalRule>,
+    uids: Vec<u32>,
+    grant_key: (String, String, String),
+}
+
+/// What `hoop approvals list` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct View {
+    #[serde(flatten)]
+    pub row: Row,
+}
+
+pub struct Approvals {
+    store: Store,
+    waiters: Mutex<HashMap<String, Waiter>>,
+    /// (job or identity, connection, rule) → until.
+    grants: Mutex<HashMap<(String, String, String), Instant>>,
+    notifier: Option<Notifier>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Approvals {
+    /// Opens the store; approvals a previous daemon left pending are
+    /// marked abandoned (their requests died with it).
+    pub fn open(path: &std::path::Path, notifier: Option<Notifier>) -> Result<Self, String> {
+        let store = Store::open(path)?;
+        let n = store.abandon_pending()?;
+        if n > 0 {
+            tracing::warn!(target: "hoop::audit", abandoned = n, "approvals left pending by the previous daemon marked abandoned");
+        }
+        Ok(Self {
+            store,
+            waiters: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
+            notifier,
+        })
+    }
+
+    /// Holds a request until a human decides, or the rule's timeout.
+    pub async fn hold(&self, h: Hold) -> Outcome {
+        let grant_key = (
+            h.job.clone().unwrap_or_else(|| h.identity.clone()),
+            h.connection.clone(),
+            h.rule.name.clone(),
+        );
+        if let Some(until) = self.grants.lock().unwrap().get(&grant_key)
+            && Instant::now() < *until
+        {
+            tracing::info!(
+                target: "hoop::audit", identity = %h.identity, connection = %h.connection,
+                rule = %h.rule.name, method = %h.method, url = %h.url, "approved by a standing grant"
+            );
+            return Outcome::Approved { by: "grant".into() };
+        }
+        let id = new_id();
+        let created = now_ms();
+        let row = Row {
+            id: id.clone(),
+            created_ms: created,
+            expires_ms: created + h.rule.timeout.as_millis() as u64,
+            status: "pending".into(),
+            job: h.job.clone(),
+            identity: h.identity.clone(),
+            connection: h.connection.clone(),
+            rule: h.rule.name.clone(),
+            method: h.method.clone(),
+            url: h.url.clone(),
+            decided_by: None,
+            reason: None,
+        };
+        if let Err(e) = self.store.insert(&row, &h.uids) {
+            // Without a record nobody could approve it: refuse now.
+            tracing::error!(error = %e, "cannot store a pending approval");
+            return Outcome::Denied {
+                by: "hoop".into(),
+                reason: format!("the approval could not be recorded ({e})"),
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap().insert(
+            id.clone(),
+            Waiter {
+                tx,
+                rule: h.rule.clone(),
+                uids: h.uids.clone(),
+                grant_key,
+            },
+        );
+        tracing::warn!(
+            target: "hoop::audit", approval = %id, identity = %h.identity, job = h.job.as_deref().unwrap_or("-"),
+            connection = %h.connection, rule = %h.rule.name, method = %h.method, url = %h.url,
+            "request held for approval"
+        );
+        if let Some(n) = &self.notifier {
+            n.send(&row);
+        }
+        let outcome = match tokio::time::timeout(h.rule.timeout, rx).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(_)) => Outcome::Abandoned,
+            Err(_) => {
+                self.waiters.lock().unwrap().remove(&id);
+                let _ = self.store.decide(&id, "expired", None, None, None);
+                tracing::warn!(target: "hoop::audit", approval = %id, "approval expired");
+                Outcome::Expired
+            }
+        };
+        outcome
+    }
+
+    /// An approver's decision on a pending approval.
+    pub fn decide(&self, id: &str, caller: &Caller, d: Decision) -> Result<String, String> {
+        let mut waiters = self.waiters.lock().unwrap();
+        let Some(w) = waiters.get(id) else {
+            return Err(match self.store.get(id)? {
+                Some(r) => format!("approval {id} is not pending: it was {}", r.status),
+                None => format!("no approval {id}"),
+            });
+        };
+        if w.uids.contains(&caller.uid) {
+            tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "self-approval refused");
+            return Err(format!(
+                "refused: uid {} belongs to the job that made this request; a job can't approve itself",
+                caller.uid
+            ));
+        }
+        if !w.rule.approvers.iter().any(|a| a.admits(caller)) {
+            tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "approval by a non-approver refused");
+            return Err(format!(
+                "refused: {} is not an approver for rule {}",
+                caller.label(),
+                w.rule.name
+            ));
+        }
+        let by = caller.label();
+        let (status, outcome, reason, grant) = match d {
+            Decision::Approve { for_secs } => (
+                "approved",
+                Outcome::Approved { by: by.clone() },
+                None,
+                for_secs.map(|s| now_ms() + s * 1000),
+            ),
+            Decision::Deny { reason } => (
+                "denied",
+                Outcome::Denied {
+                    by: by.clone(),
+                    reason: reason.clone(),
+                },
+                Some(reason),
+                None,
+            ),
+        };
+        if !self
+            .store
+            .decide(id, status, Some(&by), reason.as_deref(), grant)?
+        {
+            return Err(format!("approval {id} is no longer pending"));
+        }
+        let w = waiters.remove(id).expect("checked above");
+        if let Some(until_ms) = grant {
+            let secs = (until_ms - now_ms()) / 1000;
+            self.grants.lock().unwrap().insert(
+                w.grant_key.clone(),
+                Instant::now() + Duration::from_secs(secs),
+            );
+        }
+        tracing::warn!(
+            target: "hoop::audit", approval = %id, status, approver = %by,
+            reason = reason.as_deref().unwrap_or("-"), grant_secs = grant.map(|g| (g - now_ms()) / 1000).unwrap_or(0),
+            "approval decided"
+        );
+        let _ = w.tx.send(outcome);
+        Ok(format!("approval {id} {status} by {by}"))
+    }
+
+    pub fn list(&self) -> Result<Vec<Row>, String> {
+        self.store.list(100)
+    }
+
+    /// The daemon is stopping: every held request fails cleanly.
+    pub fn shutdown(&self) {
+        let waiters: Vec<(String, Waiter)> = self.waiters.lock().unwrap().drain().collect();
+        for (id, w) in waiters {
+            let _ = self
+                .store
+                .decide(&id, "abandoned", None, Some("the daemon stopped"), None);
+            let _ = w.tx.send(Outcome::Abandoned);
+        }
+    }
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn getrandom(b: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(b)
+        .expect("the system's random source works");
+}
+
+/// "10m", "90s", "2h", "1d", or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 2h or 1d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?} is not a duration like 90s, 10m, 2h or 1d")),
+    };
+    Ok(Duration::from_secs(n * mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approvers_and_durations_parse() {
+        assert_eq!(Approver::parse("uid:0").unwrap(), Approver::Uid(0));
+        assert_eq!(
+            Approver::parse("group:hoop").unwrap(),
+            Approver::Group("hoop".into())
+        );
+        assert!(Approver::parse("root").is_err());
+        assert!(Approver::parse("uid:x").is_err());
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("10 minutes").is_err());
+    }
+
+    fn approvals() -> (tempfile::TempDir, Approvals) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Approvals::open(&dir.path().join("a.db"), None).unwrap();
+        (dir, a)
+    }
+
+    fn hold(uids: Vec<u32>, timeout: Duration) -> Hold {
+        Hold {
+            rule: Arc::new(ApprovalRule {
+                name: "prod".into(),
+                approvers: vec![Approver::Uid(0), Approver::Uid(1000)],
+                timeout,
+            }),
+            connection: "c".into(),
+            job: Some("job1".into()),
+            identity: "ci:x".into(),
+            uids,
+            method: "POST".into(),
+            url: "https://a/v1/prod/x".into(),
+        }
+    }
+
+    async fn pending_id(a: &Approvals) -> String {
+        for _ in 0..100 {
+            if let Some(r) = a
+                .list()
+                .unwrap()
+                .into_iter()
+                .find(|r| r.status == "pending")
+            {
+                return r.id;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("nothing pending");
+    }
+
+    #[tokio::test]
+    async fn approve_deny_expire_self_and_grants() {
+        let (_d, a) = approvals();
+        let a = Arc::new(a);
+        let root = Caller {
+            uid: 0,
+            gids: vec![0],
+        };
+        let job_user = Caller {
+            uid: 1000,
+            gids: vec![1000],
+        };
+        let stranger = Caller {
+            uid: 4242,
+            gids: vec![4242],
+        };
+
+        // Approve (with a grant), after a self-approval and a stranger fail.
+        let a2 = a.clone();
+        let t =
+            tokio::spawn(async move { a2.hold(hold(vec![1000], Duration::from_secs(10))).await });
+        let id = pending_id(&a).await;
+        assert!(
+            a.decide(&id, &job_user, Decision::Approve { for_secs: None })
+                .unwrap_err()
+                .contains("can't approve itself")
+        );
+        assert!(
+            a.decide(&id, &stranger, Decision::Approve { for_secs: None })
+                .unwrap_err()
+                .contains("not an approver")
+        );
+        a.decide(&id, &root, Decision::Approve { for_secs: Some(60) })
+            .unwrap();
+        assert_eq!(
+            t.await.unwrap(),
+            Outcome::Approved {
+                by: "uid:0 (root)".into()
+            }
+        );
+        // The grant lets the next one through without a new approval.
+        assert_eq!(
+            a.hold(hold(vec![1000], Duration::from_secs(10))).await,
+            Outcome::Approved { by: "grant".into() }
+        );
+
+        // Deny.
+        let mut h = hold(vec![1000], Duration::from_secs(10));
+        h.job = Some("job2".into());
+        let a2 = a.clone();
+        let t = tokio::spawn(async move { a2.hold(h).await });
+        let id = pending_id(&a).await;
+        a.decide(
+            &id,
+            &root,
+            Decision::Deny {
+                reason: "not today".into(),
+            },
+        )
+        .unwrap();
+        assert!(
+            matches!(t.await.unwrap(), Outcome::Denied { reason, .. } if reason == "not today")
+        );
+        assert!(
+            a.decide(&id, &root, Decision::Approve { for_secs: None })
+                .unwrap_err()
+                .contains("not pending")
+        );
+
+        // Expiry.
+        let mut h = hold(vec![1000], Duration::from_millis(100));
+        h.job = Some("job3".into());
+        assert_eq!(a.hold(h).await, Outcome::Expired);
+        assert!(a.list().unwrap().iter().any(|r| r.status == "expired"));
+    }
+}

@@ -1,0 +1,215 @@
+//! Approvals on disk (SQLite, WAL): every held request, its outcome and
+//! who decided it, so that a restart knows what was pending (and marks it
+//! abandoned) and `hoop approvals list` reads the truth.
+use std::{path::Path, sync::Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// Schema migrations, applied in order; `user_version` is the count done.
+const MIGRATIONS: [&str; 1] = ["CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        job TEXT,
+        identity TEXT NOT NULL,
+        uids TEXT NOT NULL,
+        connection TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        method TEXT NOT NULL,
+        url TEXT NOT NULL,
+        decided_by TEXT,
+        reason TEXT,
+        grant_until_ms INTEGER
+    );
+    CREATE INDEX approvals_status ON approvals(status);"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub id: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// pending, approved, denied, expired, abandoned
+    pub status: String,
+    pub job: Option<String>,
+    pub identity: String,
+    pub connection: String,
+    pub rule: String,
+    pub method: String,
+    pub url: String,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub struct Store {
+    db: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let db = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
+        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let done: i64 = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        for (n, m) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+            db.execute_batch(m).map_err(err)?;
+            db.pragma_update(None, "user_version", n as i64 + 1)
+                .map_err(err)?;
+        }
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(&self, r: &Row, uids: &[u32]) -> Result<(), String> {
+        let uids = uids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.db
+            .lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO approvals (id, created_ms, expires_ms, status, job, identity, uids, connection, rule, method, url)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![r.id, r.created_ms as i64, r.expires_ms as i64, r.status, r.job, r.identity, uids,
+                        r.connection, r.rule, r.method, r.url],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Moves a pending row to its outcome; false if it was not pending.
+    pub fn decide(
+        &self,
+        id: &str,
+        status: &str,
+        by: Option<&str>,
+        reason: Option<&str>,
+        grant_until_ms: Option<u64>,
+    ) -> Result<bool, String> {
+        self.db
+            .lock()
+            .unwrap()
+            .execute(
+                "UPDATE approvals SET status = ?2, decided_by = ?3, reason = ?4, grant_until_ms = ?5
+                 WHERE id = ?1 AND status = 'pending'",
+                params![id, status, by, reason, grant_until_ms.map(|g| g as i64)],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Pending rows left by a previous daemon: nobody waits for them now.
+    pub fn abandon_pending(&self) -> Result<usize, String> {
+        self.db
+            .lock()
+            .unwrap()
+            .execute(
+                "UPDATE approvals SET status = 'abandoned', reason = 'the daemon restarted' WHERE status = 'pending'",
+                [],
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Row>, String> {
+        self.db
+            .lock()
+            .unwrap()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+                [id],
+                row,
+            )
+            .optional()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Pending first, then the most recent others.
+    pub fn list(&self, limit: usize) -> Result<Vec<Row>, String> {
+        let db = self.db.lock().unwrap();
+        let mut st = db
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM approvals ORDER BY status = 'pending' DESC, created_ms DESC LIMIT ?1"
+            ))
+            .map_err(|e| e.to_string())?;
+        st.query_map([limit as i64], row)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| e.to_string())
+    }
+}
+
+const COLUMNS: &str = "id, created_ms, expires_ms, status, job, identity, connection, rule, method, url, decided_by, reason";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: r.get(0)?,
+        created_ms: r.get::<_, i64>(1)? as u64,
+        expires_ms: r.get::<_, i64>(2)? as u64,
+        status: r.get(3)?,
+        job: r.get(4)?,
+        identity: r.get(5)?,
+        connection: r.get(6)?,
+        rule: r.get(7)?,
+        method: r.get(8)?,
+        url: r.get(9)?,
+        decided_by: r.get(10)?,
+        reason: r.get(11)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str) -> Row {
+        Row {
+            id: id.into(),
+            created_ms: 1,
+            expires_ms: 2,
+            status: "pending".into(),
+            job: Some("j".into()),
+            identity: "ci:x".into(),
+            connection: "c".into(),
+            rule: "r".into(),
+            method: "POST".into(),
+            url: "https://a/b".into(),
+            decided_by: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn rows_move_once_and_restarts_abandon_the_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("approvals.db");
+        let s = Store::open(&path).unwrap();
+        s.insert(&row("a"), &[1000]).unwrap();
+        s.insert(&row("b"), &[1000]).unwrap();
+        assert!(
+            s.decide("a", "approved", Some("uid:0"), None, None)
+                .unwrap()
+        );
+        assert!(
+            !s.decide("a", "denied", Some("uid:0"), None, None).unwrap(),
+            "decided twice"
+        );
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.abandon_pending().unwrap(), 1);
+        assert_eq!(s.get("b").unwrap().unwrap().status, "abandoned");
+        assert_eq!(
+            s.get("a").unwrap().unwrap().decided_by.as_deref(),
+            Some("uid:0")
+        );
+        assert_eq!(s.list(10).unwrap().len(), 2);
+    }
+}
