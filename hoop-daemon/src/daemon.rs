@@ -101,6 +101,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(
         "stopping; programs stay attached, so jobs are refused until the daemon is back"
     );
+    // Held requests fail cleanly (503) instead of hanging up on the job.
+    gw.approvals.shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -227,7 +227,7 @@ impl Approvals {
         if let Some(n) = &self.notifier {
             n.send(&row);
         }
-        let outcome = match tokio::time::timeout(h.rule.timeout, rx).await {
+        match tokio::time::timeout(h.rule.timeout, rx).await {
             Ok(Ok(o)) => o,
             Ok(Err(_)) => Outcome::Abandoned,
             Err(_) => {
@@ -236,8 +236,7 @@ impl Approvals {
                 tracing::warn!(target: "hoop::audit", approval = %id, "approval expired");
                 Outcome::Expired
             }
-        };
-        outcome
+        }
     }
 
     /// An approver's decision on a pending approval.

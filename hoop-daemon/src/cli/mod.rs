@@ -48,6 +48,9 @@ pub enum Cmd {
     /// Re-read the config file and apply its policy (same as SIGHUP). A
     /// broken file is refused and the running policy stays.
     Reload,
+    /// Held requests waiting for a human, and recent decisions.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
     /// Show the daemon, attached programs, jobs and live connections.
     Status {
         /// Print JSON instead of text.
@@ -61,6 +64,28 @@ pub enum Cmd {
     /// The local CA that jobs must trust.
     #[command(subcommand)]
     Ca(CaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCmd {
+    /// Pending approvals first, then recent ones.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held request (the job's own uid never can).
+    Approve {
+        id: String,
+        /// Also let the same rule through for the same job this long (10m, 1h).
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+    },
+    /// Deny a held request; the job sees the reason.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,7 +133,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         // Clients only need the control socket: a config file broken by an
         // edit must not stop jobs from starting, or `hoop reload` from
         // reporting what is wrong with it.
-        Cmd::Run { .. } | Cmd::Status { .. } | Cmd::Reload => {
+        Cmd::Run { .. } | Cmd::Status { .. } | Cmd::Reload | Cmd::Approvals(_) => {
             Config::load(cli.config.as_deref())
                 .or_else(|e| client_fallback(cli.config.as_deref(), e))?
         }
@@ -129,6 +154,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let token = read_token(token_file.as_deref(), token_env.as_deref())?;
             run(&cfg, token, token_env.as_deref(), command)
         }
+        Cmd::Approvals(a) => approvals(&cfg, a),
         Cmd::Reload => match request(&cfg, &Request::Reload)? {
             Response::Reloaded { message } => {
                 println!("{message}");
@@ -234,6 +260,54 @@ fn run(
             126
         },
     ))
+}
+
+fn approvals(cfg: &Config, a: ApprovalsCmd) -> Result<ExitCode> {
+    let req = match a {
+        ApprovalsCmd::List { json } => {
+            let Response::Approvals { rows } = request(cfg, &Request::ApprovalsList)? else {
+                bail!("unexpected answer");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no approvals");
+            } else {
+                for r in rows {
+                    println!(
+                        "{}  {:<9} {} {}  identity {}  job {}  rule {}/{}{}",
+                        r.id,
+                        r.status,
+                        r.method,
+                        r.url,
+                        r.identity,
+                        r.job.as_deref().unwrap_or("-"),
+                        r.connection,
+                        r.rule,
+                        r.decided_by
+                            .map(|b| format!("  by {b}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ApprovalsCmd::Approve { id, for_ } => Request::ApprovalsApprove {
+            id,
+            for_secs: for_
+                .map(|d| crate::approval::parse_duration(&d).map(|d| d.as_secs()))
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+        },
+        ApprovalsCmd::Deny { id, reason } => Request::ApprovalsDeny { id, reason },
+    };
+    match request(cfg, &req)? {
+        Response::Decided { message } => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
 }
 
 /// The job's token, from a file or a variable.

@@ -49,6 +49,8 @@ pub struct Config {
     pub identity: policy::IdentityConfig,
     #[serde(default, rename = "connection")]
     pub connections: Vec<policy::ConnectionConfig>,
+    #[serde(default)]
+    pub approvals: policy::ApprovalsConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,

@@ -95,6 +95,58 @@ pub struct ConnectionConfig {
     /// Response masking: JSON paths, detectors, custom regexes.
     #[serde(default)]
     pub mask: Option<crate::policy::mask::MaskConfig>,
+    /// Requests matching these wait for a human's approval.
+    #[serde(default)]
+    pub approve: Vec<ApproveConfig>,
+}
+
+/// An approval rule: a request matcher plus who may approve and how long
+/// the request may wait.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveConfig {
+    pub name: String,
+    #[serde(default)]
+    pub method: crate::policy::rules::OneOrMany,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<crate::policy::rules::BodyConfig>,
+    /// `uid:N`, `user:NAME`, `group:NAME`.
+    pub approvers: Vec<String>,
+    /// How long a held request waits (`90s`, `10m`, `1h`); default 10m.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+impl ApproveConfig {
+    pub fn matcher(&self) -> crate::policy::rules::RuleConfig {
+        crate::policy::rules::RuleConfig {
+            name: self.name.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            query: self.query.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            message: None,
+        }
+    }
+}
+
+/// `[approvals]`: where approvers are told that a request waits.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// A URL receiving a JSON POST per pending approval.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Send a Slack-compatible `{"text": …}` payload instead.
+    #[serde(default)]
+    pub slack: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -23,6 +23,17 @@ pub enum Request {
     Status,
     /// Re-read the config file and apply its policy atomically.
     Reload,
+    ApprovalsList,
+    /// Approve a held request; `for_secs` grants the same rule to the same
+    /// job for that long.
+    ApprovalsApprove {
+        id: String,
+        for_secs: Option<u64>,
+    },
+    ApprovalsDeny {
+        id: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -35,6 +46,12 @@ pub enum Response {
         identity: String,
     },
     Reloaded {
+        message: String,
+    },
+    Approvals {
+        rows: Vec<crate::approval::store::Row>,
+    },
+    Decided {
         message: String,
     },
     Status(Box<Status>),

@@ -114,6 +114,21 @@ impl Server {
             Request::Reload => crate::daemon::reload(&self.cfg, &self.gw)
                 .map(|message| Response::Reloaded { message })
                 .map_err(anyhow::Error::from),
+            Request::ApprovalsList => self
+                .gw
+                .approvals
+                .list()
+                .map(|rows| Response::Approvals { rows })
+                .map_err(anyhow::Error::msg),
+            Request::ApprovalsApprove { id, for_secs } => self.decide(
+                &id,
+                uid,
+                pid,
+                crate::approval::Decision::Approve { for_secs },
+            ),
+            Request::ApprovalsDeny { id, reason } => {
+                self.decide(&id, uid, pid, crate::approval::Decision::Deny { reason })
+            }
         };
         result.unwrap_or_else(|e| Response::Error {
             message: format!("{e:#}"),
@@ -184,6 +199,27 @@ impl Server {
         })
     }
 
+    /// An approver's decision: who they are comes from SO_PEERCRED (uid)
+    /// and their process's groups.
+    fn decide(
+        &self,
+        id: &str,
+        uid: u32,
+        pid: Option<i32>,
+        d: crate::approval::Decision,
+    ) -> Result<Response> {
+        let mut gids = pid.map(supplementary_groups).unwrap_or_default();
+        if let Some(g) = pid.and_then(primary_gid) {
+            gids.push(g);
+        }
+        let caller = crate::approval::Caller { uid, gids };
+        self.gw
+            .approvals
+            .decide(id, &caller, d)
+            .map(|message| Response::Decided { message })
+            .map_err(anyhow::Error::msg)
+    }
+
     fn status(&self) -> Status {
         let c = &self.cfg.capture;
         let cap = self.capture.as_deref();
@@ -242,6 +278,17 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
             })
         })
         .unwrap_or_default()
+}
+
+fn primary_gid(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Looks a group up in /etc/group.

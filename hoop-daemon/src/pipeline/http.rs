@@ -222,6 +222,73 @@ async fn response_phases(
     Ok((parts, super::body::full(out), None, masked))
 }
 
+/// Waits for a human's decision on this request.
+async fn hold(
+    conn: &Conn,
+    route: &Connection,
+    rule: Arc<crate::approval::ApprovalRule>,
+    method: &str,
+    url: &str,
+) -> Result<(), PipelineError> {
+    use crate::approval::{Hold, Outcome};
+    let flow = &conn.flow;
+    // The job's uids can't approve: who started it, and who asked.
+    let mut uids: Vec<u32> = flow.job.iter().map(|j| j.uid).collect();
+    if let Some(u) = process_uid(flow.pid) {
+        uids.push(u);
+    }
+    let denied = |status: StatusCode, message: String| PipelineError::Denied {
+        rule: rule.name.clone(),
+        status,
+        message,
+    };
+    let outcome = conn
+        .gw
+        .approvals
+        .hold(Hold {
+            rule: rule.clone(),
+            connection: route.name.clone(),
+            job: flow.job_id().map(str::to_owned),
+            identity: flow.identity_name().to_string(),
+            uids,
+            method: method.to_string(),
+            url: url.to_string(),
+        })
+        .await;
+    match outcome {
+        Outcome::Approved { .. } => Ok(()),
+        Outcome::Denied { by, reason } => Err(denied(
+            StatusCode::FORBIDDEN,
+            format!("approval denied by {by}: {reason}"),
+        )),
+        Outcome::Expired => Err(denied(
+            StatusCode::FORBIDDEN,
+            format!(
+                "approval expired: nobody approved within {} s",
+                rule.timeout.as_secs()
+            ),
+        )),
+        Outcome::Abandoned => Err(denied(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "approval abandoned: the daemon is stopping".into(),
+        )),
+    }
+}
+
+fn process_uid(pid: u32) -> Option<u32> {
+    if pid == 0 {
+        return None;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A request refused before it had a connection to go through.
 fn fail(
     conn: &Conn,
@@ -401,10 +468,15 @@ async fn forward(
         query: req.uri().query(),
         headers: req.headers(),
     };
+    let url = format!("{}://{authority}{}", conn.scheme(), req.uri().path());
     let inspect = match conn.gw.phases.on_request(&view) {
         Decision::Allow => None,
         Decision::Deny(e) => return Err(e),
         Decision::InspectBody { limit } => Some(limit),
+        Decision::Hold(rule) => {
+            hold(conn, route, rule, req.method().as_str(), &url).await?;
+            None
+        }
     };
     let upgrade = req.version() <= http::Version::HTTP_11 && is_upgrade(req.headers());
     let job_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -424,12 +496,16 @@ async fn forward(
                     ),
                 })?
                 .to_bytes();
-            if let Decision::Deny(e) = conn
+            match conn
                 .gw
                 .phases
                 .on_request_body(&conn.flow, route, &parts, &bytes)
             {
-                return Err(e);
+                Decision::Deny(e) => return Err(e),
+                Decision::Hold(rule) => {
+                    hold(conn, route, rule, parts.method.as_str(), &url).await?
+                }
+                _ => {}
             }
             super::body::full(bytes)
         }

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub leaves: Arc<Leaves>,
     pub upstream_tls: UpstreamTls,
     pub phases: SharedPhases,
+    /// Requests waiting for a human.
+    pub approvals: Arc<crate::approval::Approvals>,
     /// Identities, connections and credentials; swapped whole on reload.
     policy: arc_swap::ArcSwap<Policy>,
     limits: Limits,
@@ -71,6 +73,18 @@ impl ResolvesServerCert for SniResolver {
 
 impl Gateway {
     pub fn new(cfg: Arc<Config>, phases: SharedPhases, policy: Policy) -> Result<Self> {
+        let notifier = match &cfg.approvals.webhook {
+            Some(url) => Some(crate::approval::Notifier::new(
+                url.clone(),
+                cfg.approvals.slack,
+                UpstreamTls::new(&cfg.tls.upstream_ca_files)?.config_for(&[tls::HTTP11.to_vec()]),
+            )),
+            None => None,
+        };
+        let approvals = Arc::new(
+            crate::approval::Approvals::open(&cfg.daemon.state_dir.join("approvals.db"), notifier)
+                .map_err(|e| anyhow::anyhow!("approvals store: {e}"))?,
+        );
         let ca = Arc::new(Ca::load_or_create(&cfg.daemon.state_dir)?);
         let leaves = Arc::new(Leaves::new(ca.clone())?);
         let upstream_tls = UpstreamTls::new(&cfg.tls.upstream_ca_files)?;
@@ -97,6 +111,7 @@ impl Gateway {
             leaves,
             upstream_tls,
             phases,
+            approvals,
             policy: arc_swap::ArcSwap::from_pointee(policy),
         })
     }

@@ -32,6 +32,8 @@ pub enum Decision {
     InspectBody {
         limit: usize,
     },
+    /// Hold the request until a human approves it under this rule.
+    Hold(Arc<crate::approval::ApprovalRule>),
 }
 
 /// A streaming transform of a response body (masking plugs in here).

@@ -31,6 +31,8 @@ pub struct Connection {
     /// Guardrails, in config order.
     pub deny: Vec<rules::Rule>,
     pub mask: Option<mask::Masker>,
+    /// Approval rules: the matcher and the rule.
+    pub approve: Vec<(rules::Rule, Arc<crate::approval::ApprovalRule>)>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -178,6 +180,40 @@ impl Policy {
                         .map_err(|(k, e)| cfg.invalid(&format!("connection[{i}].mask.{k}"), e))
                 })
                 .transpose()?;
+            let mut approve = Vec::new();
+            for (j, a) in c.approve.iter().enumerate() {
+                let key = |k: &str| format!("connection[{i}].approve[{j}].{k}");
+                let matcher = rules::Rule::compile(&a.matcher())
+                    .map_err(|(k, e)| cfg.invalid(&key(&k), e))?;
+                if a.approvers.is_empty() {
+                    return Err(cfg.invalid(
+                        &key("approvers"),
+                        "must name who may approve: uid:N, user:NAME or group:NAME",
+                    ));
+                }
+                let approvers = a
+                    .approvers
+                    .iter()
+                    .enumerate()
+                    .map(|(n, x)| {
+                        crate::approval::Approver::parse(x)
+                            .map_err(|e| cfg.invalid(&key(&format!("approvers[{n}]")), e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let timeout = match &a.timeout {
+                    Some(t) => crate::approval::parse_duration(t)
+                        .map_err(|e| cfg.invalid(&key("timeout"), e))?,
+                    None => std::time::Duration::from_secs(600),
+                };
+                approve.push((
+                    matcher,
+                    Arc::new(crate::approval::ApprovalRule {
+                        name: a.name.clone(),
+                        approvers,
+                        timeout,
+                    }),
+                ));
+            }
             connections.push(Arc::new(Connection {
                 name: c.name.clone(),
                 hosts,
@@ -186,6 +222,7 @@ impl Policy {
                 upstream_tls,
                 deny,
                 mask,
+                approve,
             }));
         }
         Ok(Self {

@@ -55,6 +55,16 @@ impl Phases for Enforce {
                 body_rules = true;
             }
         }
+        if !body_rules {
+            for (m, rule) in &req.connection.approve {
+                if m.matches_head(&head) {
+                    if !m.needs_body() {
+                        return Decision::Hold(rule.clone());
+                    }
+                    body_rules = true;
+                }
+            }
+        }
         if body_rules {
             Decision::InspectBody {
                 limit: MAX_INSPECTED_BODY,
@@ -80,6 +90,11 @@ impl Phases for Enforce {
         for rule in &conn.deny {
             if rule.needs_body() && rule.matches_head(&head) && rule.matches_body(body) {
                 return denied(flow, conn, rule);
+            }
+        }
+        for (m, rule) in &conn.approve {
+            if m.matches_head(&head) && m.matches_body(body) {
+                return Decision::Hold(rule.clone());
             }
         }
         Decision::Allow
