@@ -42,7 +42,7 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u32,
-        /// Only this target (classify, socks5, config, matchers).
+        /// Only this target (classify, socks5, config, matchers, mask).
         target: Option<String>,
     },
 }

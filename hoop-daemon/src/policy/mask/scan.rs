@@ -236,13 +236,21 @@ pub fn mask_json_in_place(
                 let (end, _) = string_end(buf, i)?;
                 let body = &mut buf[i + 1..end];
                 if let Some(name) = named {
-                    let keep = keep_last.min(body.len());
+                    // Keep only plain ASCII at the end: never half an
+                    // escape or half a UTF-8 character.
+                    let keep = body
+                        .iter()
+                        .rev()
+                        .take(keep_last)
+                        .take_while(|b| b.is_ascii_alphanumeric())
+                        .count();
                     let cut = body.len() - keep;
                     body[..cut].fill(b'*');
                     counts.add(name, 1);
                 } else {
                     detect_in_place(body, detectors, counts);
                 }
+                repair_string(body);
                 i = end + 1;
             }
             _ => {
@@ -279,6 +287,44 @@ pub fn mask_json_in_place(
         return Err("truncated document".into());
     }
     Ok(())
+}
+
+/// After masking, the content of a string must still be valid JSON: an
+/// escape whose escaped character was masked (`\*`), or a quote whose
+/// backslash was (`*"`), becomes a star too.
+fn repair_string(b: &mut [u8]) {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                let ok = match b.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
+                    Some(b'u')
+                        if b.len() >= i + 6
+                            && b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) =>
+                    {
+                        6
+                    }
+                    _ => 0,
+                };
+                if ok == 0 {
+                    b[i] = b'*';
+                    i += 1;
+                } else {
+                    i += ok;
+                }
+            }
+            b'"' => {
+                b[i] = b'*';
+                i += 1;
+            }
+            c if c < 0x20 => {
+                b[i] = b'*';
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
 }
 
 /// How many trailing digits a detector left unmasked.
@@ -442,6 +488,21 @@ mod tests {
         assert!(!out.contains("hidden"), "{out}");
         assert!(!out.contains("4111"), "{out}");
         assert!(out.contains(r#"say \"hi\""#), "{out}");
+    }
+
+    #[test]
+    fn masking_never_breaks_escapes_or_characters() {
+        // keep_last must not keep half an escape or half a character.
+        let doc = r#"{"secret":"x\"a","s2":"abcé","s3":"q\u00e9"}"#;
+        let (out, _) = run(doc, &["$.secret", "$.s2", "$.s3"], &[], 2);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["secret"].as_str().unwrap().starts_with('*'), "{out}");
+        // A custom pattern cutting through an escape leaves valid JSON.
+        let det = Detector::custom("q", r#""sec"#).unwrap();
+        let mut buf = br#"{"a":"x\"sec\"y"}"#.to_vec();
+        mask_json_in_place(&mut buf, &[], &[det], 0, &mut Counts::default()).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&buf)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&buf)));
     }
 
     #[test]
