@@ -62,3 +62,42 @@ impl Notifier {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_the_request_and_how_to_approve() {
+        let tls = crate::tls::UpstreamTls::new(&[]).unwrap().config_for(&[]);
+        let row = Row {
+            id: "ab12".into(),
+            created_ms: 1,
+            expires_ms: 2,
+            status: "pending".into(),
+            job: Some("j1".into()),
+            identity: "ci:x".into(),
+            connection: "partner".into(),
+            rule: "prod-writes".into(),
+            method: "POST".into(),
+            url: "https://api/v1/prod".into(),
+            decided_by: None,
+            reason: None,
+        };
+        let plain = Notifier::new("http://h/".into(), false, tls.clone()).payload(&row);
+        assert_eq!(plain["event"], "approval.pending");
+        assert_eq!(plain["approve"], "hoop approvals approve ab12");
+        let slack = Notifier::new("http://h/".into(), true, tls).payload(&row);
+        let text = slack["text"].as_str().unwrap();
+        assert_eq!(
+            slack.as_object().unwrap().len(),
+            1,
+            "Slack wants only text: {slack}"
+        );
+        assert!(
+            text.contains("POST https://api/v1/prod")
+                && text.contains("hoop approvals approve ab12"),
+            "{text}"
+        );
+    }
+}
