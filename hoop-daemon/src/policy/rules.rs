@@ -233,7 +233,8 @@ impl Rule {
 /// match this, so `/v1/./prod//x` or `/v1/%70rod/x` can't slip past
 /// `/v1/prod/**`.
 pub fn normalize_path(path: &str) -> String {
-    let mut decoded = String::with_capacity(path.len());
+    // Bytes, not chars: non-ASCII UTF-8 passes through untouched.
+    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
     let b = path.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -244,14 +245,16 @@ pub fn normalize_path(path: &str) -> String {
             let c = h * 16 + l;
             // An encoded '/' stays encoded: it is not a separator upstream.
             if c != b'/' && c.is_ascii() && !c.is_ascii_control() {
-                decoded.push(c as char);
+                decoded.push(c);
                 i += 3;
                 continue;
             }
         }
-        decoded.push(b[i] as char);
+        decoded.push(b[i]);
         i += 1;
     }
+    // Only ASCII was decoded, so this is the input's own valid UTF-8.
+    let decoded = String::from_utf8(decoded).expect("UTF-8 in, UTF-8 out");
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {
@@ -379,5 +382,7 @@ mod tests {
         assert_eq!(normalize_path("/a%2Fb"), "/a%2Fb");
         assert_eq!(normalize_path("/../../etc"), "/etc");
         assert_eq!(normalize_path(""), "/");
+        // Found by the fuzzer: non-ASCII must survive as itself.
+        assert_eq!(normalize_path("/v1/шtaging/%70x"), "/v1/шtaging/px");
     }
 }
