@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod approval;
+pub mod audit;
 pub mod capture;
 pub mod cli;
 pub mod config;
