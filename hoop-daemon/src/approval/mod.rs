@@ -10,7 +10,7 @@ pub mod store;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -42,20 +42,25 @@ impl Approver {
     fn admits(&self, c: &Caller) -> bool {
         match self {
             Self::Uid(u) => c.uid == *u,
-            Self::User(name) => lookup("/etc/passwd", name, 2) == Some(c.uid),
-            Self::Group(name) => lookup("/etc/group", name, 2).is_some_and(|g| c.gids.contains(&g)),
+            Self::User(name) => user_id(name) == Some(c.uid),
+            Self::Group(name) => {
+                crate::control::server::group_id(name).is_some_and(|g| c.gids.contains(&g))
+            }
         }
     }
 }
 
-/// `name:x:ID:…` files: the numeric field at `idx` for `name`.
-fn lookup(file: &str, name: &str, idx: usize) -> Option<u32> {
-    std::fs::read_to_string(file).ok()?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name))
-            .then(|| f.get(idx)?.parse().ok())
-            .flatten()
-    })
+/// A user's uid from /etc/passwd (groups: `control::server::group_id`).
+fn user_id(name: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name))
+                .then(|| f.get(2)?.parse().ok())
+                .flatten()
+        })
 }
 
 /// An approval rule, compiled (its matcher lives with the connection).
@@ -145,11 +150,10 @@ pub struct Approvals {
     notifier: Option<Notifier>,
 }
 
+use crate::jobs::Jobs;
+
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    Jobs::now_ms()
 }
 
 impl Approvals {
