@@ -228,9 +228,12 @@ async fn hold(
     route: &Connection,
     rule: Arc<crate::approval::ApprovalRule>,
     method: &str,
-    url: &str,
+    authority: &str,
+    path: &str,
 ) -> Result<(), PipelineError> {
     use crate::approval::{Hold, Outcome};
+    // Built only for a held request: not on every request's path.
+    let url = format!("{}://{authority}{path}", conn.scheme());
     let flow = &conn.flow;
     // The job's uids can't approve: who started it, and who asked.
     let mut uids: Vec<u32> = flow.job.iter().map(|j| j.uid).collect();
@@ -252,7 +255,7 @@ async fn hold(
             identity: flow.identity_name().to_string(),
             uids,
             method: method.to_string(),
-            url: url.to_string(),
+            url,
         })
         .await;
     match outcome {
@@ -468,13 +471,20 @@ async fn forward(
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let url = format!("{}://{authority}{}", conn.scheme(), req.uri().path());
     let inspect = match conn.gw.phases.on_request(&view) {
         Decision::Allow => None,
         Decision::Deny(e) => return Err(e),
         Decision::InspectBody { limit } => Some(limit),
         Decision::Hold(rule) => {
-            hold(conn, route, rule, req.method().as_str(), &url).await?;
+            hold(
+                conn,
+                route,
+                rule,
+                req.method().as_str(),
+                authority,
+                req.uri().path(),
+            )
+            .await?;
             None
         }
     };
@@ -503,7 +513,15 @@ async fn forward(
             {
                 Decision::Deny(e) => return Err(e),
                 Decision::Hold(rule) => {
-                    hold(conn, route, rule, parts.method.as_str(), &url).await?
+                    hold(
+                        conn,
+                        route,
+                        rule,
+                        parts.method.as_str(),
+                        authority,
+                        parts.uri.path(),
+                    )
+                    .await?
                 }
                 _ => {}
             }
