@@ -134,15 +134,16 @@ impl Phases for Enforce {
         };
         require_identity_encoding(resp)?;
         let hits = mask_headers(&cred.canary, resp);
-        let (flow_id, name, identity) =
-            (flow.id, conn.name.clone(), flow.identity_name().to_string());
         if hits > 0 {
-            leak(flow_id, &name, &identity, "response headers", hits);
+            leak(
+                flow.id,
+                &conn.name,
+                flow.identity_name(),
+                "response headers",
+                hits,
+            );
         }
-        Ok(ResponsePlan::Stream(Some(Box::new(CanaryBody::new(
-            cred.canary.clone(),
-            Box::new(move |n| leak(flow_id, &name, &identity, "response body", n)),
-        )))))
+        Ok(ResponsePlan::Stream(Some(canary_body(flow, conn, cred))))
     }
 
     fn on_response_body(
@@ -213,12 +214,7 @@ impl Phases for Enforce {
         match &conn.credential {
             Some(cred) => {
                 require_identity_encoding(resp)?;
-                let (flow_id, name, identity) =
-                    (flow.id, conn.name.clone(), flow.identity_name().to_string());
-                Ok(Some(Box::new(CanaryBody::new(
-                    cred.canary.clone(),
-                    Box::new(move |n| leak(flow_id, &name, &identity, "response body", n)),
-                ))))
+                Ok(Some(canary_body(flow, conn, cred)))
             }
             None => Ok(None),
         }
@@ -282,6 +278,19 @@ fn note_masked(flow: &Flow, conn: &Connection, place: &str, counts: &Counts) {
             "masked"
         );
     }
+}
+
+/// The streaming leak canary for a response body, reporting hits.
+fn canary_body(
+    flow: &Flow,
+    conn: &Connection,
+    cred: &super::credential::Credential,
+) -> Box<dyn BodyTransform> {
+    let (flow_id, name, identity) = (flow.id, conn.name.clone(), flow.identity_name().to_string());
+    Box::new(CanaryBody::new(
+        cred.canary.clone(),
+        Box::new(move |n| leak(flow_id, &name, &identity, "response body", n)),
+    ))
 }
 
 /// An audit event: the upstream handed the secret back toward the job.
