@@ -17,3 +17,30 @@ pub fn peak_rss_kib(pid: &str) -> u64 {
         .expect("VmHWM in /proc status");
     v.trim().trim_end_matches("kB").trim().parse().unwrap()
 }
+
+/// `data` compressed with a Content-Encoding: gzip, deflate (zlib), br or
+/// zstd; anything else leaves it as is.
+pub fn encode(encoding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match encoding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            brotli::CompressorWriter::new(&mut out, 4096, 5, 22)
+                .write_all(data)
+                .unwrap();
+            out
+        }
+        "zstd" => zstd::stream::encode_all(data, 3).unwrap(),
+        _ => data.to_vec(),
+    }
+}

@@ -268,33 +268,11 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
 pub const CARDS_JSON: &str = r#"{"customer":{"name":"Ann Lee","email":"ann@example.com","api_secret":"s3cr3t-value"},"cards":[{"number":"4111111111111111","exp":"12/29"},{"number":"5500 0000 0000 0004","exp":"01/30"}],"order":"4111111111111112","note":"call 555 0100"}"#;
 
 fn cards(query: &str) -> Response<Body> {
-    use std::io::Write;
     let enc = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("enc="))
         .unwrap_or("identity");
-    let data = CARDS_JSON.as_bytes();
-    let body: Vec<u8> = match enc {
-        "gzip" => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        }
-        "deflate" => {
-            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        }
-        "br" => {
-            let mut out = Vec::new();
-            brotli::CompressorWriter::new(&mut out, 4096, 5, 22)
-                .write_all(data)
-                .unwrap();
-            out
-        }
-        "zstd" => zstd::stream::encode_all(data, 3).unwrap(),
-        _ => data.to_vec(),
-    };
+    let body = crate::encode(enc, CARDS_JSON.as_bytes());
     let mut r = text(StatusCode::OK, body);
     let h = r.headers_mut();
     h.insert(

@@ -54,35 +54,9 @@ pub fn decode(encoding: &str, body: &[u8], limit: usize) -> Result<Decoded, Stri
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use hoop_testkit::encode as enc;
 
     use super::*;
-
-    fn enc(kind: &str, data: &[u8]) -> Vec<u8> {
-        match kind {
-            "gzip" => {
-                let mut e =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                e.write_all(data).unwrap();
-                e.finish().unwrap()
-            }
-            "deflate" => {
-                let mut e =
-                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-                e.write_all(data).unwrap();
-                e.finish().unwrap()
-            }
-            "br" => {
-                let mut out = Vec::new();
-                brotli::CompressorWriter::new(&mut out, 4096, 5, 22)
-                    .write_all(data)
-                    .unwrap();
-                out
-            }
-            "zstd" => zstd::stream::encode_all(data, 3).unwrap(),
-            _ => unreachable!(),
-        }
-    }
 
     #[test]
     fn each_encoding_round_trips_and_bombs_stop_at_the_limit() {
