@@ -483,5 +483,16 @@ mod tests {
         h.job = Some("job3".into());
         assert_eq!(a.hold(h).await, Outcome::Expired);
         assert!(a.list().unwrap().iter().any(|r| r.status == "expired"));
+
+        // Shutdown: a held request fails cleanly, its row is abandoned.
+        let mut h = hold(vec![1000], Duration::from_secs(10));
+        h.job = Some("job4".into());
+        let a2 = a.clone();
+        let t = tokio::spawn(async move { a2.hold(h).await });
+        let id = pending_id(&a).await;
+        a.shutdown();
+        assert_eq!(t.await.unwrap(), Outcome::Abandoned);
+        let row = a.list().unwrap().into_iter().find(|r| r.id == id).unwrap();
+        assert_eq!(row.status, "abandoned");
     }
 }

@@ -1,0 +1,59 @@
+//! The verifier against the testkit issuer, in-process: an unknown `kid`
+//! refetches the JWKS, but not more often than `jwks_min_refresh_secs`.
+use std::path::Path;
+
+use hoop::{config::Config, policy::Policy};
+use hoop_testkit::oidc::{self, Alg, Issuer, SigningKey};
+
+async fn policy(issuer: &Issuer, dir: &Path, min_refresh: u64) -> Policy {
+    let ca = dir.join("issuer-ca.pem");
+    std::fs::write(&ca, &issuer.ca.cert_pem).unwrap();
+    let text = format!(
+        "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\n[capture]\nenabled = false\n\
+         [[identity.oidc]]\nname = \"ci\"\nissuer = \"{}\"\naudience = \"hoop\"\nalgorithms = [\"ES256\"]\n\
+         ca_files = [\"{}\"]\njwks_min_refresh_secs = {min_refresh}\n",
+        issuer.url,
+        ca.display(),
+        d = dir.display()
+    );
+    Policy::compile(&Config::parse(&text, &dir.join("hoop.toml")).unwrap(), None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start("127.0.0.1", Alg::Es256).await;
+    let p = policy(&issuer, dir.path(), 3600).await;
+    let id = p.issuers.verify(&issuer.token("a")).await.unwrap();
+    assert_eq!(id.name, "ci:a");
+    let after_first = issuer.jwks_fetches();
+    assert_eq!(after_first, 1);
+
+    // A rogue kid right after: the JWKS was fetched just now, so no refetch.
+    let rogue = SigningKey::generate("rogue", Alg::Es256);
+    for _ in 0..5 {
+        let e = p
+            .issuers
+            .verify(&oidc::sign(&rogue, &issuer.claims("a")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "token-key-unknown", "{e}");
+        assert!(e.to_string().contains("too recently"), "{e}");
+    }
+    assert_eq!(
+        issuer.jwks_fetches(),
+        after_first,
+        "unknown kids hammered the issuer"
+    );
+
+    // With no minimum interval, a rotated key is picked up by one refetch.
+    let p = policy(&issuer, dir.path(), 0).await;
+    p.issuers.verify(&issuer.token("a")).await.unwrap();
+    issuer.rotate("key-2");
+    let before = issuer.jwks_fetches();
+    assert_eq!(
+        p.issuers.verify(&issuer.token("b")).await.unwrap().name,
+        "ci:b"
+    );
+    assert_eq!(issuer.jwks_fetches(), before + 1);
+}
