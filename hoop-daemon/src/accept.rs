@@ -206,5 +206,18 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
     let _guard = ctx.jobs.open_connection(LiveConnection::of(&flow));
     if let Err(e) = pipeline::serve(ctx.gw.clone(), stream, flow.clone()).await {
         tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
+        // Refused before any request (raw TCP, a broken handshake): on record.
+        ctx.gw.audit.record(crate::audit::Entry::new(
+            crate::audit::entry::kind::CONNECT_DENIED,
+            &crate::audit::entry::ConnectDeniedData {
+                session: crate::audit::entry::session_of(&flow),
+                job: flow.job_id().map(str::to_owned),
+                cgroup_id: flow.cgroup_id,
+                pid: flow.pid,
+                dst: Some(flow.orig_dst.to_string()),
+                reason: format!("{}: {e}", e.reason()),
+                by: "gateway".into(),
+            },
+        ));
     }
 }

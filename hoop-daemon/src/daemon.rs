@@ -11,6 +11,7 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
     accept,
+    audit::{Audit, Entry, entry::kind},
     capture::{self, Capture, Cgroup},
     config::{Config, ConfigError},
     control::{self, Server},
@@ -37,7 +38,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let mut cgroup_mount = PathBuf::new();
     let capture = if cfg.capture.enabled {
-        let (capture, listeners, mount) = start_capture(&cfg, &jobs).await?;
+        let (capture, listeners, mount) = start_capture(&cfg, &jobs, &gw.audit).await?;
         cgroup_mount = mount.clone();
         for job in jobs.restore() {
             tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job restored");
@@ -58,7 +59,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         );
         None
     };
-    spawn_job_reaper(jobs.clone(), watch_rx)?;
+    spawn_job_reaper(jobs.clone(), watch_rx, gw.audit.clone())?;
     proxy::spawn(proxies, gw.clone(), jobs.clone());
 
     let control_gid = control::server::group_id(&cfg.daemon.control_group);
@@ -104,6 +105,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Held requests fail cleanly (503) instead of hanging up on the job.
     gw.approvals.shutdown();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // What is queued is written, and the head signed.
+    let audit = gw.audit.clone();
+    let _ = tokio::task::spawn_blocking(move || audit.shutdown()).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -112,6 +116,7 @@ pub async fn run(cfg: Config) -> Result<()> {
 async fn start_capture(
     cfg: &Arc<Config>,
     jobs: &Arc<Jobs>,
+    audit: &Audit,
 ) -> Result<(Arc<Capture>, accept::Listeners, PathBuf)> {
     let mount = capture::cgroup::discover_mount()?;
     let root = capture::cgroup::ensure_root(&mount, &cfg.capture.cgroup)?;
@@ -122,7 +127,7 @@ async fn start_capture(
     for l in &capture.links {
         tracing::info!(program = %l.program, link_id = l.link_id, prog_id = l.prog_id, reused = l.reused, "attached");
     }
-    capture::spawn_event_reader(capture.take_events()?, jobs.clone())
+    capture::spawn_event_reader(capture.take_events()?, jobs.clone(), audit.clone())
         .context("watching the kernel's event ring buffer")?;
     Ok((Arc::new(capture), listeners, mount))
 }
@@ -178,6 +183,7 @@ pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
 fn spawn_job_reaper(
     jobs: Arc<Jobs>,
     mut new_jobs: mpsc::UnboundedReceiver<Arc<Job>>,
+    audit: Audit,
 ) -> Result<()> {
     let inotify = Inotify::init().context("inotify_init")?;
     let mut watches = inotify.watches();
@@ -193,12 +199,12 @@ fn spawn_job_reaper(
                         Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot watch job cgroup"),
                     }
                     // It may have emptied before the watch existed.
-                    reap_if_empty(&jobs, &job);
+                    reap_if_empty(&jobs, &job, &audit);
                 }
                 Some(ev) = stream.next() => {
                     let Ok(ev) = ev else { continue };
                     if let Some(job) = by_wd.get(&ev.wd).cloned()
-                        && reap_if_empty(&jobs, &job)
+                        && reap_if_empty(&jobs, &job, &audit)
                     {
                         by_wd.remove(&ev.wd);
                         let _ = watches.remove(ev.wd);
@@ -211,7 +217,7 @@ fn spawn_job_reaper(
     Ok(())
 }
 
-fn reap_if_empty(jobs: &Jobs, job: &Job) -> bool {
+fn reap_if_empty(jobs: &Jobs, job: &Job, audit: &Audit) -> bool {
     let cg = Cgroup {
         path: job.cgroup_path.clone(),
         id: job.cgroup_id,
@@ -231,6 +237,10 @@ fn reap_if_empty(jobs: &Jobs, job: &Job) -> bool {
     }
     if jobs.remove(job.cgroup_id).is_some() {
         tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job ended");
+        audit.record(Entry::new(
+            kind::SESSION_END,
+            &serde_json::json!({"session": job.id, "job": job.id}),
+        ));
     }
     true
 }

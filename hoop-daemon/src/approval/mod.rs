@@ -173,8 +173,9 @@ impl Approvals {
         })
     }
 
-    /// Holds a request until a human decides, or the rule's timeout.
-    pub async fn hold(&self, h: Hold) -> Outcome {
+    /// Holds a request until a human decides, or the rule's timeout: the
+    /// approval's id (none for a standing grant) and the outcome.
+    pub async fn hold(&self, h: Hold) -> (Option<String>, Outcome) {
         let grant_key = (
             h.job.clone().unwrap_or_else(|| h.identity.clone()),
             h.connection.clone(),
@@ -187,7 +188,7 @@ impl Approvals {
                 target: "hoop::audit", identity = %h.identity, connection = %h.connection,
                 rule = %h.rule.name, method = %h.method, url = %h.url, "approved by a standing grant"
             );
-            return Outcome::Approved { by: "grant".into() };
+            return (None, Outcome::Approved { by: "grant".into() });
         }
         let id = new_id();
         let created = now_ms();
@@ -208,10 +209,13 @@ impl Approvals {
         if let Err(e) = self.store.insert(&row, &h.uids) {
             // Without a record nobody could approve it: refuse now.
             tracing::error!(error = %e, "cannot store a pending approval");
-            return Outcome::Denied {
-                by: "hoop".into(),
-                reason: format!("the approval could not be recorded ({e})"),
-            };
+            return (
+                None,
+                Outcome::Denied {
+                    by: "hoop".into(),
+                    reason: format!("the approval could not be recorded ({e})"),
+                },
+            );
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap().insert(
@@ -231,7 +235,7 @@ impl Approvals {
         if let Some(n) = &self.notifier {
             n.send(&row);
         }
-        match tokio::time::timeout(h.rule.timeout, rx).await {
+        let outcome = match tokio::time::timeout(h.rule.timeout, rx).await {
             Ok(Ok(o)) => o,
             Ok(Err(_)) => Outcome::Abandoned,
             Err(_) => {
@@ -240,7 +244,8 @@ impl Approvals {
                 tracing::warn!(target: "hoop::audit", approval = %id, "approval expired");
                 Outcome::Expired
             }
-        }
+        };
+        (Some(id), outcome)
     }
 
     /// An approver's decision on a pending approval.
@@ -327,7 +332,7 @@ impl Approvals {
 fn new_id() -> String {
     let mut b = [0u8; 6];
     getrandom(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 fn getrandom(b: &mut [u8]) {
@@ -429,7 +434,7 @@ mod tests {
         // Approve (with a grant), after a self-approval and a stranger fail.
         let a2 = a.clone();
         let t =
-            tokio::spawn(async move { a2.hold(hold(vec![1000], Duration::from_secs(10))).await });
+            tokio::spawn(async move { a2.hold(hold(vec![1000], Duration::from_secs(10))).await.1 });
         let id = pending_id(&a).await;
         assert!(
             a.decide(&id, &job_user, Decision::Approve { for_secs: None })
@@ -451,7 +456,7 @@ mod tests {
         );
         // The grant lets the next one through without a new approval.
         assert_eq!(
-            a.hold(hold(vec![1000], Duration::from_secs(10))).await,
+            a.hold(hold(vec![1000], Duration::from_secs(10))).await.1,
             Outcome::Approved { by: "grant".into() }
         );
 
@@ -459,7 +464,7 @@ mod tests {
         let mut h = hold(vec![1000], Duration::from_secs(10));
         h.job = Some("job2".into());
         let a2 = a.clone();
-        let t = tokio::spawn(async move { a2.hold(h).await });
+        let t = tokio::spawn(async move { a2.hold(h).await.1 });
         let id = pending_id(&a).await;
         a.decide(
             &id,
@@ -481,14 +486,14 @@ mod tests {
         // Expiry.
         let mut h = hold(vec![1000], Duration::from_millis(100));
         h.job = Some("job3".into());
-        assert_eq!(a.hold(h).await, Outcome::Expired);
+        assert_eq!(a.hold(h).await.1, Outcome::Expired);
         assert!(a.list().unwrap().iter().any(|r| r.status == "expired"));
 
         // Shutdown: a held request fails cleanly, its row is abandoned.
         let mut h = hold(vec![1000], Duration::from_secs(10));
         h.job = Some("job4".into());
         let a2 = a.clone();
-        let t = tokio::spawn(async move { a2.hold(h).await });
+        let t = tokio::spawn(async move { a2.hold(h).await.1 });
         let id = pending_id(&a).await;
         a.shutdown();
         assert_eq!(t.await.unwrap(), Outcome::Abandoned);

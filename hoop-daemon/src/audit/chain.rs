@@ -1,5 +1,4 @@
-//! The audit log's hash chain (groundwork for issue 6, not yet wired to a
-//! store): every record stores `sha256(previous hash ‖ canonical bytes)`,
+//! The audit log's hash chain: every record stores `sha256(previous hash ‖ canonical bytes)`,
 //! and signed checkpoints (Ed25519) pin the chain's head, so that an edit,
 //! a deletion or a reordering anywhere is found by walking it, offline.
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -9,30 +8,44 @@ use sha2::{Digest, Sha256};
 /// The hash before the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-/// One audit record as chained. `data` is what was recorded (masked,
-/// credentials redacted) in any JSON shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One audit record as stored and chained: `data` is the JSON text exactly
+/// as stored (masked, credentials redacted), the bodies are the stored
+/// (compressed) blobs.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub seq: u64,
     pub ts_ms: u64,
     pub kind: String,
-    pub data: serde_json::Value,
+    pub data: String,
+    pub req_body: Option<Vec<u8>>,
+    pub resp_body: Option<Vec<u8>>,
 }
 
 impl Record {
-    /// The bytes the hash covers: JSON with sorted keys and no spaces
-    /// (serde_json's maps are ordered), so the encoding is canonical.
-    pub fn canonical(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
-            "seq": self.seq, "ts_ms": self.ts_ms, "kind": self.kind, "data": self.data,
-        }))
-        .expect("a record serialises")
-    }
-
+    /// `sha256(prev ‖ canonical bytes)`. The canonical encoding frames every
+    /// column with its length (a missing body differs from an empty one),
+    /// so hashing the stored bytes needs no JSON re-serialisation.
     pub fn hash(&self, prev: &[u8; 32]) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(prev);
-        h.update(self.canonical());
+        h.update(b"hoop-audit-record-v1");
+        h.update(self.seq.to_be_bytes());
+        h.update(self.ts_ms.to_be_bytes());
+        for field in [
+            Some(self.kind.as_bytes()),
+            Some(self.data.as_bytes()),
+            self.req_body.as_deref(),
+            self.resp_body.as_deref(),
+        ] {
+            match field {
+                Some(b) => {
+                    h.update([1]);
+                    h.update((b.len() as u64).to_be_bytes());
+                    h.update(b);
+                }
+                None => h.update([0]),
+            }
+        }
         h.finalize().into()
     }
 }
@@ -48,6 +61,36 @@ pub enum Broken {
     Signature { seq: u64 },
     #[error("checkpoint at record {seq}: the chain's hash there differs (rewritten)")]
     Checkpoint { seq: u64 },
+    #[error(
+        "checkpoint at record {seq}, but the log ends at record {last:?}: records after it were removed (truncated)"
+    )]
+    Truncated { seq: u64, last: Option<u64> },
+    #[error(
+        "the log starts at record {first} and no signed checkpoint anchors record {}: earlier records were removed",
+        first.wrapping_sub(1)
+    )]
+    Unanchored { first: u64 },
+}
+
+/// One step of a walk: `r` must be record `expected` and hash to `stored`
+/// from `prev`. Returns its hash.
+pub fn step(
+    prev: &[u8; 32],
+    expected: u64,
+    r: &Record,
+    stored: &[u8; 32],
+) -> Result<[u8; 32], Broken> {
+    if r.seq != expected {
+        return Err(Broken::Sequence {
+            after: expected.wrapping_sub(1),
+            found: r.seq,
+        });
+    }
+    let h = r.hash(prev);
+    if &h != stored {
+        return Err(Broken::Hash { seq: r.seq });
+    }
+    Ok(h)
 }
 
 /// Walks `(record, stored hash)` pairs from `start` (the hash before the
@@ -58,17 +101,7 @@ pub fn verify<'a>(
 ) -> Result<([u8; 32], u64), Broken> {
     let (mut prev, mut next) = start;
     for (r, stored) in rows {
-        if r.seq != next {
-            return Err(Broken::Sequence {
-                after: next.wrapping_sub(1),
-                found: r.seq,
-            });
-        }
-        let h = r.hash(&prev);
-        if h != stored {
-            return Err(Broken::Hash { seq: r.seq });
-        }
-        prev = h;
+        prev = step(&prev, next, r, &stored)?;
         next += 1;
     }
     Ok((prev, next))
@@ -127,8 +160,10 @@ mod tests {
                 let r = Record {
                     seq,
                     ts_ms: 1000 + seq,
-                    kind: "exchange".into(),
-                    data: json!({"status": 200, "body": format!("body {seq}"), "url": "https://a/x"}),
+                    kind: "response".into(),
+                    data: json!({"status": 200, "url": "https://a/x"}).to_string(),
+                    req_body: None,
+                    resp_body: Some(format!("body {seq}").into_bytes()),
                 };
                 prev = r.hash(&prev);
                 (r, prev)
@@ -151,11 +186,11 @@ mod tests {
         let rows = chain(6);
         // Edit a body.
         let mut t = rows.clone();
-        t[3].0.data["body"] = "forged".into();
+        t[3].0.resp_body = Some(b"forged".to_vec());
         assert_eq!(walk(&t), Err(Broken::Hash { seq: 3 }));
         // Edit a status.
         let mut t = rows.clone();
-        t[2].0.data["status"] = 500.into();
+        t[2].0.data = t[2].0.data.replace("200", "500");
         assert_eq!(walk(&t), Err(Broken::Hash { seq: 2 }));
         // Delete a record.
         let mut t = rows.clone();
@@ -167,7 +202,7 @@ mod tests {
         assert_eq!(walk(&t), Err(Broken::Sequence { after: 0, found: 2 }));
         // Recompute every hash after an edit: only a checkpoint tells.
         let mut t = rows.clone();
-        t[1].0.data["body"] = "forged".into();
+        t[1].0.resp_body = None;
         let mut prev = GENESIS;
         for (r, h) in t.iter_mut() {
             *h = r.hash(&prev);

@@ -1,4 +1,232 @@
-//! The tamper-evident audit log (issue 6). So far: the hash chain and
-//! signed checkpoints, as pure functions with their tamper tests. The
-//! SQLite store, the writer thread and `hoop audit verify` come next.
+//! The tamper-evident audit log: every request, response, decision,
+//! approval and refused connect becomes a hash-chained record in SQLite
+//! (`<state_dir>/audit.db`), with signed checkpoints. A request goes
+//! upstream only once its record is durable ([`Audit::commit`]); a failed
+//! write fails the request.
 pub mod chain;
+pub mod entry;
+pub mod har;
+pub mod query;
+pub mod store;
+pub mod verify;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use ring::signature::Ed25519KeyPair;
+use serde::Deserialize;
+
+pub use entry::Entry;
+pub use store::Sync;
+
+/// `[audit]` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Off: nothing is recorded (benchmarks, hosts that must not keep
+    /// records). On is the default.
+    pub enabled: bool,
+    /// `full` (fsync per group commit) or `normal`.
+    pub sync: Sync,
+    /// How often the chain's head is signed (also at start and stop).
+    pub checkpoint_every: String,
+    /// Records older than this are pruned ("30d"); empty keeps everything.
+    pub retain: String,
+    /// Cap on the database's size in bytes (0: none). When it is full,
+    /// requests fail closed (503) until retention or an operator frees room.
+    pub max_db_bytes: u64,
+}
+
+impl AuditConfig {
+    pub fn checkpoint_interval(&self) -> Duration {
+        crate::approval::parse_duration(&self.checkpoint_every).unwrap_or(Duration::from_secs(60))
+    }
+    pub fn retention(&self) -> Option<Duration> {
+        (!self.retain.trim().is_empty())
+            .then(|| crate::approval::parse_duration(&self.retain).ok())
+            .flatten()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit log could not record this request: {0}")]
+    Write(String),
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
+
+enum Cmd {
+    Append(Entry, Option<Reply>),
+    /// Sign the head now (tests, `hoop audit checkpoint` later).
+    Checkpoint(std::sync::mpsc::Sender<()>),
+    Shutdown(std::sync::mpsc::Sender<()>),
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub queued: AtomicU64,
+    pub records: AtomicU64,
+    pub commits: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_commit_us: AtomicU64,
+}
+
+/// The daemon's handle on the writer thread (cheap to clone).
+#[derive(Clone)]
+pub struct Audit {
+    tx: Option<mpsc::Sender<Cmd>>,
+    pub stats: Arc<Stats>,
+    pub path: Option<PathBuf>,
+}
+
+/// The database and key file names under the state dir.
+pub const DB_FILE: &str = "audit.db";
+pub const KEY_FILE: &str = "audit-key.pk8";
+
+impl Audit {
+    /// Recording off: commits succeed at once and nothing is kept.
+    pub fn disabled() -> Self {
+        Self {
+            tx: None,
+            stats: Arc::default(),
+            path: None,
+        }
+    }
+
+    /// Opens the database, loads (or creates) the signing key and starts
+    /// the writer thread. Any problem here stops the daemon from starting:
+    /// it must not serve without its record.
+    pub fn start(cfg: &AuditConfig, state_dir: &Path) -> anyhow::Result<Self> {
+        if !cfg.enabled {
+            tracing::warn!("audit disabled ([audit] enabled = false): nothing is recorded");
+            return Ok(Self::disabled());
+        }
+        let path = state_dir.join(DB_FILE);
+        let max = (cfg.max_db_bytes > 0).then_some(cfg.max_db_bytes);
+        let db = store::open_writer(&path, cfg.sync, max)?;
+        let key = load_or_create_key(&state_dir.join(KEY_FILE))?;
+        let pubkey = encode_key(&chain::public_key(&key));
+        match store::meta(&db, "public_key")? {
+            Some(k) if k != pubkey => anyhow::bail!(
+                "audit database {} was signed with another key than {}; restore that key, or move the database aside to start a new log",
+                path.display(),
+                state_dir.join(KEY_FILE).display()
+            ),
+            Some(_) => {}
+            None => store::set_meta(&db, "public_key", &pubkey)?,
+        }
+        let stats = Arc::new(Stats::default());
+        let w = writer::Writer::resume(
+            db,
+            path.clone(),
+            key,
+            stats.clone(),
+            cfg.checkpoint_interval(),
+            cfg.retention(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("hoop-audit".into())
+            .spawn(move || w.run(rx))?;
+        tracing::info!(db = %path.display(), public_key = %pubkey, sync = ?cfg.sync, "audit log");
+        Ok(Self {
+            tx: Some(tx),
+            stats,
+            path: Some(path),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Appends `e` and waits until it is durable: its sequence number.
+    pub async fn commit(&self, e: Entry) -> Result<u64, AuditError> {
+        let Some(tx) = &self.tx else { return Ok(0) };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if tx.send(Cmd::Append(e, Some(reply))).is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(AuditError::Stopped);
+        }
+        rx.await.unwrap_or(Err(AuditError::Stopped))
+    }
+
+    /// Appends `e` without waiting (what follows a forwarded request: the
+    /// response, decisions, refusals). A failure is logged by the writer.
+    pub fn record(&self, e: Entry) {
+        let Some(tx) = &self.tx else { return };
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if tx.send(Cmd::Append(e, None)).is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("audit writer stopped: a record was lost");
+        }
+    }
+
+    /// Signs the head now and waits for it.
+    pub fn checkpoint(&self) {
+        self.call(Cmd::Checkpoint);
+    }
+
+    /// Writes what is queued, signs a last checkpoint and stops the writer.
+    pub fn shutdown(&self) {
+        self.call(Cmd::Shutdown);
+    }
+
+    fn call(&self, cmd: fn(std::sync::mpsc::Sender<()>) -> Cmd) {
+        let Some(tx) = &self.tx else { return };
+        let (done, wait) = std::sync::mpsc::channel();
+        if tx.send(cmd(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
+    use anyhow::Context;
+    let pkcs8 = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let rng = ring::rand::SystemRandom::new();
+            let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            crate::tls::ca::write_new(path, doc.as_ref(), 0o600)?;
+            tracing::info!(key = %path.display(), "audit signing key created");
+            doc.as_ref().to_vec()
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 PKCS#8 key ({e})", path.display()))
+}
+
+/// The public key as printed and accepted by `--pubkey`: base64.
+pub fn encode_key(k: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+/// The public key of the signing key in `state_dir`.
+pub fn public_key_of(state_dir: &Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let b = std::fs::read(state_dir.join(KEY_FILE))
+        .with_context(|| format!("reading {}", state_dir.join(KEY_FILE).display()))?;
+    let k = Ed25519KeyPair::from_pkcs8(&b).map_err(|e| anyhow::anyhow!("bad audit key: {e}"))?;
+    Ok(encode_key(&chain::public_key(&k)))
+}

@@ -41,8 +41,13 @@ impl From<&DenyEvent> for DenyReport {
     }
 }
 
-/// Logs every refusal with the pid, cgroup and job. Runs until the daemon exits.
-pub fn spawn_event_reader(ring: RingBuf<MapData>, jobs: Arc<Jobs>) -> std::io::Result<()> {
+/// Logs and records every refusal with the pid, cgroup and job. Runs until
+/// the daemon exits.
+pub fn spawn_event_reader(
+    ring: RingBuf<MapData>,
+    jobs: Arc<Jobs>,
+    audit: crate::audit::Audit,
+) -> std::io::Result<()> {
     let mut fd = crate::sys::async_ring(ring)?;
     tokio::spawn(async move {
         loop {
@@ -72,6 +77,20 @@ pub fn spawn_event_reader(ring: RingBuf<MapData>, jobs: Arc<Jobs>) -> std::io::R
                     protocol = r.protocol,
                     "kernel refused a job socket operation"
                 );
+                audit.record(crate::audit::Entry::new(
+                    crate::audit::entry::kind::CONNECT_DENIED,
+                    &crate::audit::entry::ConnectDeniedData {
+                        session: job
+                            .clone()
+                            .unwrap_or_else(|| format!("cgroup-{}", r.cgroup_id)),
+                        job,
+                        cgroup_id: r.cgroup_id,
+                        pid: r.pid,
+                        dst: r.dst.map(|d| d.to_string()),
+                        reason: r.reason.to_string(),
+                        by: "kernel".into(),
+                    },
+                ));
                 jobs.count_denied(r);
             }
             guard.clear_ready();

@@ -1,4 +1,5 @@
 //! The `hoop` command line: one binary for the daemon and its clients.
+mod audit;
 mod ca;
 
 use std::{
@@ -64,6 +65,18 @@ pub enum Cmd {
     /// The local CA that jobs must trust.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// The tamper-evident audit log: verify it, print its public key.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Recorded sessions (one per job): list them, show one as a timeline.
+    #[command(subcommand)]
+    Sessions(audit::SessionsCmd),
+    /// Export the record: a session as HAR, or records as JSON lines.
+    #[command(subcommand)]
+    Export(audit::ExportCmd),
+    /// Try a candidate policy (--config NEW.toml) on recorded requests.
+    #[command(subcommand)]
+    Policy(audit::PolicyCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +199,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Audit(c) => audit::audit(&cfg, c),
+        Cmd::Sessions(c) => audit::sessions(&cfg, c),
+        Cmd::Export(c) => audit::export(&cfg, c),
+        Cmd::Policy(c) => audit::policy(&cfg, c),
         Cmd::CheckConfig { .. } => unreachable!(),
     }
 }

@@ -51,6 +51,7 @@ pub struct Config {
     pub connections: Vec<policy::ConnectionConfig>,
     #[serde(default)]
     pub approvals: policy::ApprovalsConfig,
+    pub audit: crate::audit::AuditConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -210,6 +211,19 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(bad(key, "must be at least 1"));
+            }
+        }
+        for (key, v) in [
+            ("audit.checkpoint_every", &self.audit.checkpoint_every),
+            ("audit.retain", &self.audit.retain),
+        ] {
+            if key == "audit.retain" && v.trim().is_empty() {
+                continue;
+            }
+            match crate::approval::parse_duration(v) {
+                Ok(d) if d.is_zero() => return Err(bad(key, "must be longer than 0")),
+                Ok(_) => {}
+                Err(e) => return Err(bad(key, &e)),
             }
         }
         if self

@@ -98,6 +98,34 @@ pub struct ConnectionConfig {
     /// Requests matching these wait for a human's approval.
     #[serde(default)]
     pub approve: Vec<ApproveConfig>,
+    /// What the audit log keeps of this connection's bodies.
+    #[serde(default)]
+    pub record: RecordConfig,
+}
+
+/// `record = { bodies = true, max_body = 65536 }`: bodies are kept (as the
+/// job saw them, masked) up to `max_body` bytes each, compressed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    pub bodies: bool,
+    pub max_body: usize,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            bodies: true,
+            max_body: 64 << 10,
+        }
+    }
+}
+
+impl RecordConfig {
+    /// Bytes of each body to keep.
+    pub fn cap(&self) -> usize {
+        if self.bodies { self.max_body } else { 0 }
+    }
 }
 
 /// An approval rule: a request matcher plus who may approve and how long

@@ -186,6 +186,16 @@ impl Server {
             started_unix_ms: Jobs::now_ms(),
         };
         let job = self.jobs.insert(job).context("recording the job")?;
+        // The session is on record before the job runs a single command.
+        let start = crate::audit::Entry::new(
+            crate::audit::entry::kind::SESSION_START,
+            &crate::audit::entry::SessionData::of(&job),
+        );
+        if let Err(e) = self.gw.audit.commit(start).await {
+            self.jobs.remove(job.cgroup_id);
+            let _ = self.watch_job.send(job);
+            bail!("{e}; the job was not started");
+        }
         tracing::info!(
             job = %job.id, pid, uid, identity = %name, cgroup = %path.display(),
             cgroup_id = cg.id, command = ?job.command, "job started"

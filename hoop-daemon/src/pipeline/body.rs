@@ -41,35 +41,67 @@ pub fn prefixed(prefix: Bytes, inner: Body) -> Body {
     http_body_util::StreamBody::new(head.chain(rest)).boxed_unsync()
 }
 
-/// Wraps a body: counts its bytes, applies an optional transform, and calls
-/// `done(bytes, completed)` exactly once, at the end or when dropped early.
-pub struct Observed<F: FnOnce(u64, bool) + Send + Unpin> {
+/// How a body went: its size, whether it completed, and the first bytes
+/// (up to the capture limit) for the audit log.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub bytes: u64,
+    pub ok: bool,
+    pub captured: Bytes,
+}
+
+/// Wraps a body: counts its bytes, applies an optional transform, keeps
+/// the first `capture` bytes of what it passes on, and calls `done` exactly
+/// once, at the end or when dropped early.
+pub struct Observed<F: FnOnce(Tally) + Send + Unpin> {
     inner: Body,
     transform: Option<Box<dyn BodyTransform>>,
     bytes: u64,
+    capture: usize,
+    captured: bytes::BytesMut,
     done: Option<F>,
     finished: bool,
 }
 
-impl<F: FnOnce(u64, bool) + Send + Unpin> Observed<F> {
-    pub fn new(inner: Body, transform: Option<Box<dyn BodyTransform>>, done: F) -> Self {
+impl<F: FnOnce(Tally) + Send + Unpin> Observed<F> {
+    pub fn new(
+        inner: Body,
+        transform: Option<Box<dyn BodyTransform>>,
+        capture: usize,
+        done: F,
+    ) -> Self {
         Self {
             inner,
             transform,
             bytes: 0,
+            capture,
+            captured: bytes::BytesMut::new(),
             done: Some(done),
             finished: false,
         }
     }
 
+    fn pass(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
+        let room = self.capture.saturating_sub(self.captured.len());
+        if room > 0 {
+            self.captured
+                .extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
+
     fn complete(&mut self, ok: bool) {
         if let Some(f) = self.done.take() {
-            f(self.bytes, ok);
+            f(Tally {
+                bytes: self.bytes,
+                ok,
+                captured: std::mem::take(&mut self.captured).freeze(),
+            });
         }
     }
 }
 
-impl<F: FnOnce(u64, bool) + Send + Unpin> HttpBody for Observed<F> {
+impl<F: FnOnce(Tally) + Send + Unpin> HttpBody for Observed<F> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -89,7 +121,7 @@ impl<F: FnOnce(u64, bool) + Send + Unpin> HttpBody for Observed<F> {
                     (Err(frame), _) => frame,
                 };
                 if let Some(d) = frame.data_ref() {
-                    this.bytes += d.len() as u64;
+                    this.pass(d);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -106,7 +138,7 @@ impl<F: FnOnce(u64, bool) + Send + Unpin> HttpBody for Observed<F> {
                     .map(|t| t.finish())
                     .filter(|b| !b.is_empty());
                 if let Some(tail) = tail {
-                    this.bytes += tail.len() as u64;
+                    this.pass(&tail);
                     this.complete(true);
                     return Poll::Ready(Some(Ok(Frame::data(tail))));
                 }
@@ -131,7 +163,7 @@ impl<F: FnOnce(u64, bool) + Send + Unpin> HttpBody for Observed<F> {
     }
 }
 
-impl<F: FnOnce(u64, bool) + Send + Unpin> Drop for Observed<F> {
+impl<F: FnOnce(Tally) + Send + Unpin> Drop for Observed<F> {
     fn drop(&mut self) {
         self.complete(false);
     }
@@ -157,20 +189,24 @@ mod tests {
     async fn counts_transforms_and_reports_once() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let b = Observed::new(full("hello"), Some(Box::new(Upper)), move |n, ok| {
-            s.lock().unwrap().push((n, ok))
+        let b = Observed::new(full("hello"), Some(Box::new(Upper)), 4, move |t| {
+            s.lock().unwrap().push((t.bytes, t.ok, t.captured))
         });
         let out = b.collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"HELLO!");
-        assert_eq!(*seen.lock().unwrap(), vec![(6, true)]);
+        // What the job got, capped at the capture limit.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(6, true, Bytes::from_static(b"HELL"))]
+        );
     }
 
     #[tokio::test]
     async fn an_abandoned_body_reports_incomplete() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        drop(Observed::new(full("x"), None, move |n, ok| {
-            s.lock().unwrap().push((n, ok))
+        drop(Observed::new(full("x"), None, 0, move |t| {
+            s.lock().unwrap().push((t.bytes, t.ok))
         }));
         assert_eq!(*seen.lock().unwrap(), vec![(0, false)]);
     }

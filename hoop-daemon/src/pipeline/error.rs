@@ -62,6 +62,8 @@ pub enum PipelineError {
         message: String,
     },
     // Ours.
+    #[error("{0}; the request was not forwarded")]
+    AuditUnavailable(crate::audit::AuditError),
     #[error("internal error: {detail}")]
     Internal { detail: String },
 }
@@ -87,6 +89,7 @@ impl PipelineError {
             Self::Uninspectable { .. } => StatusCode::BAD_GATEWAY,
             Self::EgressDenied { .. } => StatusCode::FORBIDDEN,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -110,6 +113,7 @@ impl PipelineError {
             Self::Uninspectable { .. } => "response-not-inspectable",
             Self::EgressDenied { .. } => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
+            Self::AuditUnavailable(_) => "audit-unavailable",
         }
     }
 

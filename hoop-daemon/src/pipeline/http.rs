@@ -1,6 +1,6 @@
 //! HTTP toward the job (hyper server, h1 or h2) and the forward of each
 //! request through the phases to the upstream.
-use std::{convert::Infallible, sync::Arc, time::Instant};
+use std::{convert::Infallible, sync::Arc};
 
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -13,10 +13,18 @@ use super::{
     body::{Body, Observed, boxed},
     error::respond_to,
     headers::{is_upgrade, strip_hop_by_hop},
-    phases::{Decision, ExchangeRecord, RequestView, ResponsePlan},
+    phases::{Decision, RequestView, ResponsePlan},
+    record::{Exchange, response_headers, wants_json},
     upstream::UpstreamConn,
 };
-use crate::{flow::Flow, policy::Connection};
+use crate::{
+    audit::{
+        Entry,
+        entry::{ApprovalData, kind},
+    },
+    flow::Flow,
+    policy::Connection,
+};
 
 /// What the job's connection to us is.
 pub enum Tls {
@@ -108,72 +116,55 @@ where
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "/".into());
     let authority = authority_of(&conn, &req);
-    let json = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
+    let json = wants_json(&req);
+    let sni = match &conn.tls {
+        Tls::Verified { name, .. } => Some(name.as_str()),
+        Tls::Plain => None,
+    };
+    let audit = &conn.gw.audit;
     let route = match route_for(&conn, &authority).await {
-        Ok(r) => Some(r),
+        Ok(r) => r,
         Err(e) => {
-            return fail(&conn, e, json, started, method, authority, path);
+            // Refused before it had a connection to go through.
+            Exchange::new(
+                audit,
+                &conn.flow,
+                &req,
+                conn.scheme(),
+                &authority,
+                sni,
+                None,
+            )
+            .failed(&e);
+            return respond_to(&e, json);
         }
     };
-    let record = |status: Option<StatusCode>,
-                  reason: Option<&'static str>,
-                  bytes: u64,
-                  route: &Option<Arc<Connection>>| ExchangeRecord {
-        flow_id: conn.flow.id,
-        job: conn.flow.job_id().map(str::to_owned),
-        identity: conn.flow.identity_name().to_string(),
-        connection: route.as_ref().map(|c| c.name.clone()),
-        orig_dst: conn.flow.orig_dst,
-        method: method.clone(),
-        scheme: conn.scheme().to_string(),
-        authority: authority.clone(),
-        path: path.clone(),
-        status,
-        reason,
-        masked: Default::default(),
-        response_bytes: bytes,
-        duration: started.elapsed(),
-    };
-    let route_ref = route.as_deref().expect("routed");
-    let result = match forward(&conn, route_ref, req, &authority).await {
-        Ok(resp) => response_phases(&conn, route_ref, resp).await,
+    let mut x = Exchange::new(
+        audit,
+        &conn.flow,
+        &req,
+        conn.scheme(),
+        &authority,
+        sni,
+        Some(&route),
+    );
+    let result = match forward(&conn, &route, req, &authority, &mut x).await {
+        Ok(resp) => response_phases(&conn, &route, resp).await,
         Err(e) => Err(e),
     };
     match result {
         Ok((parts, body, transform, masked)) => {
-            let (phases, mut rec) = (
-                conn.gw.phases.clone(),
-                record(Some(parts.status), None, 0, &route),
-            );
-            rec.masked = masked;
-            let observed = Observed::new(body, transform, move |bytes, ok| {
-                let reason = (!ok).then_some("response-body-incomplete");
-                phases.on_exchange_done(ExchangeRecord {
-                    response_bytes: bytes,
-                    reason,
-                    duration: started.elapsed(),
-                    ..rec
-                });
+            let headers = response_headers(audit, &parts.headers);
+            let status = parts.status;
+            let observed = Observed::new(body, transform, x.cap, move |t| {
+                let reason = (!t.ok).then_some("response-body-incomplete");
+                x.responded(Some(status), reason, headers, &masked, t);
             });
             Response::from_parts(parts, boxed(observed))
         }
         Err(e) => {
-            tracing::warn!(flow = conn.flow.id, error = %e, reason = e.reason(), "request failed");
-            conn.gw
-                .phases
-                .on_exchange_done(record(Some(e.status()), Some(e.reason()), 0, &route));
+            x.failed(&e);
             respond_to(&e, json)
         }
     }
@@ -222,18 +213,14 @@ async fn response_phases(
     Ok((parts, super::body::full(out), None, masked))
 }
 
-/// Waits for a human's decision on this request.
+/// Waits for a human's decision on this request, and records it.
 async fn hold(
     conn: &Conn,
     route: &Connection,
     rule: Arc<crate::approval::ApprovalRule>,
-    method: &str,
-    authority: &str,
-    path: &str,
+    x: &mut Exchange,
 ) -> Result<(), PipelineError> {
     use crate::approval::{Hold, Outcome};
-    // Built only for a held request: not on every request's path.
-    let url = format!("{}://{authority}{path}", conn.scheme());
     let flow = &conn.flow;
     // The job's uids can't approve: who started it, and who asked.
     let mut uids: Vec<u32> = flow.job.iter().map(|j| j.uid).collect();
@@ -245,7 +232,8 @@ async fn hold(
         status,
         message,
     };
-    let outcome = conn
+    let waited = std::time::Instant::now();
+    let (id, outcome) = conn
         .gw
         .approvals
         .hold(Hold {
@@ -254,12 +242,37 @@ async fn hold(
             job: flow.job_id().map(str::to_owned),
             identity: flow.identity_name().to_string(),
             uids,
-            method: method.to_string(),
-            url,
+            method: x.data.method.clone(),
+            url: x.data.url.clone(),
         })
         .await;
+    let (name, by, reason) = match &outcome {
+        Outcome::Approved { by } => ("approved", Some(by.clone()), None),
+        Outcome::Denied { by, reason } => ("denied", Some(by.clone()), Some(reason.clone())),
+        Outcome::Expired => ("expired", None, None),
+        Outcome::Abandoned => ("abandoned", None, None),
+    };
+    conn.gw.audit.record(Entry::new(
+        kind::APPROVAL,
+        &ApprovalData {
+            session: x.data.origin.session.clone(),
+            id: id.clone(),
+            rule: rule.name.clone(),
+            connection: route.name.clone(),
+            method: x.data.method.clone(),
+            url: x.data.url.clone(),
+            outcome: name.into(),
+            by,
+            reason,
+            waited_ms: waited.elapsed().as_millis() as u64,
+        },
+    ));
     match outcome {
-        Outcome::Approved { .. } => Ok(()),
+        Outcome::Approved { by } => {
+            x.data.decision = "approved".into();
+            x.data.approval = Some(id.unwrap_or(by));
+            Ok(())
+        }
         Outcome::Denied { by, reason } => Err(denied(
             StatusCode::FORBIDDEN,
             format!("approval denied by {by}: {reason}"),
@@ -290,39 +303,6 @@ fn process_uid(pid: u32) -> Option<u32> {
         .next()?
         .parse()
         .ok()
-}
-
-/// A request refused before it had a connection to go through.
-fn fail(
-    conn: &Conn,
-    e: PipelineError,
-    json: bool,
-    started: Instant,
-    method: String,
-    authority: String,
-    path: String,
-) -> Response<Body> {
-    tracing::warn!(
-        flow = conn.flow.id, identity = conn.flow.identity_name(), error = %e,
-        reason = e.reason(), "request refused"
-    );
-    conn.gw.phases.on_exchange_done(ExchangeRecord {
-        flow_id: conn.flow.id,
-        job: conn.flow.job_id().map(str::to_owned),
-        identity: conn.flow.identity_name().to_string(),
-        connection: None,
-        orig_dst: conn.flow.orig_dst,
-        method,
-        scheme: conn.scheme().to_string(),
-        authority,
-        path,
-        status: Some(e.status()),
-        reason: Some(e.reason()),
-        masked: Default::default(),
-        response_bytes: 0,
-        duration: started.elapsed(),
-    });
-    respond_to(&e, json)
 }
 
 /// The connection this request goes through. Over TLS it was chosen at the
@@ -409,7 +389,7 @@ async fn verify_plain_host(host: &str, dst: std::net::SocketAddr) -> Result<Stri
 }
 
 /// The host part of an authority (`h`, `h:port`, `[v6]:port`).
-fn host_of(authority: &str) -> String {
+pub(super) fn host_of(authority: &str) -> String {
     let a = authority.rsplit('@').next().unwrap_or(authority);
     if let Some(rest) = a.strip_prefix('[') {
         return rest.split(']').next().unwrap_or("").to_string();
@@ -457,6 +437,7 @@ async fn forward(
     route: &Connection,
     mut req: Request<Incoming>,
     authority: &str,
+    x: &mut Exchange,
 ) -> Result<Response<Body>, PipelineError> {
     if let Some(e) = &conn.broken {
         return Err(e.clone());
@@ -476,15 +457,7 @@ async fn forward(
         Decision::Deny(e) => return Err(e),
         Decision::InspectBody { limit } => Some(limit),
         Decision::Hold(rule) => {
-            hold(
-                conn,
-                route,
-                rule,
-                req.method().as_str(),
-                authority,
-                req.uri().path(),
-            )
-            .await?;
+            hold(conn, route, rule, x).await?;
             None
         }
     };
@@ -506,28 +479,25 @@ async fn forward(
                     ),
                 })?
                 .to_bytes();
+            x.inspected = Some(bytes.clone());
             match conn
                 .gw
                 .phases
                 .on_request_body(&conn.flow, route, &parts, &bytes)
             {
                 Decision::Deny(e) => return Err(e),
-                Decision::Hold(rule) => {
-                    hold(
-                        conn,
-                        route,
-                        rule,
-                        parts.method.as_str(),
-                        authority,
-                        parts.uri.path(),
-                    )
-                    .await?
-                }
+                Decision::Hold(rule) => hold(conn, route, rule, x).await?,
                 _ => {}
             }
             super::body::full(bytes)
         }
     };
+    // Durable before forward: nothing goes up unrecorded.
+    x.commit().await?;
+    let slot = x.req_body.clone();
+    let body = boxed(Observed::new(body, None, x.cap, move |t| {
+        *slot.lock().unwrap() = Some(t);
+    }));
     strip_hop_by_hop(&mut parts.headers, upgrade);
     conn.gw
         .phases

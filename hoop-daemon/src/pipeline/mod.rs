@@ -8,6 +8,7 @@ pub mod error;
 pub mod headers;
 mod http;
 pub mod phases;
+mod record;
 mod rewind;
 pub mod upstream;
 
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub phases: SharedPhases,
     /// Requests waiting for a human.
     pub approvals: Arc<crate::approval::Approvals>,
+    /// The audit log's writer.
+    pub audit: crate::audit::Audit,
     /// Identities, connections and credentials; swapped whole on reload.
     policy: arc_swap::ArcSwap<Policy>,
     limits: Limits,
@@ -85,6 +88,7 @@ impl Gateway {
             crate::approval::Approvals::open(&cfg.daemon.state_dir.join("approvals.db"), notifier)
                 .map_err(|e| anyhow::anyhow!("approvals store: {e}"))?,
         );
+        let audit = crate::audit::Audit::start(&cfg.audit, &cfg.daemon.state_dir)?;
         let ca = Arc::new(Ca::load_or_create(&cfg.daemon.state_dir)?);
         let leaves = Arc::new(Leaves::new(ca.clone())?);
         let upstream_tls = UpstreamTls::new(&cfg.tls.upstream_ca_files)?;
@@ -112,6 +116,7 @@ impl Gateway {
             upstream_tls,
             phases,
             approvals,
+            audit,
             policy: arc_swap::ArcSwap::from_pointee(policy),
         })
     }

@@ -2,10 +2,10 @@
 //! approval and audit implement them without touching transport code. Each
 //! phase is a plain function of what it is shown, so it can be tested
 //! without sockets.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, request, response};
+use http::{HeaderMap, Method, request, response};
 
 use super::PipelineError;
 use crate::{flow::Flow, policy::Connection};
@@ -53,26 +53,6 @@ pub enum ResponsePlan {
     /// `on_response_body` (or `on_response_overflow` past the limit). The
     /// head waits, so a refusal can still be a clean error response.
     Buffer { limit: usize },
-}
-
-/// What happened, for the audit log.
-#[derive(Debug, Clone)]
-pub struct ExchangeRecord {
-    pub flow_id: u64,
-    pub job: Option<String>,
-    pub orig_dst: SocketAddr,
-    pub method: String,
-    pub scheme: String,
-    pub authority: String,
-    pub path: String,
-    pub status: Option<StatusCode>,
-    pub identity: String,
-    pub connection: Option<String>,
-    pub reason: Option<&'static str>,
-    /// What masking replaced, by rule (never the values).
-    pub masked: crate::policy::mask::Counts,
-    pub response_bytes: u64,
-    pub duration: Duration,
 }
 
 pub trait Phases: Send + Sync + 'static {
@@ -123,25 +103,6 @@ pub trait Phases: Send + Sync + 'static {
     ) -> Result<Option<Box<dyn BodyTransform>>, PipelineError> {
         Ok(None)
     }
-    /// The exchange is complete (body fully sent, or failed).
-    fn on_exchange_done(&self, _record: ExchangeRecord) {}
-}
-
-/// Logs each exchange (until the audit log records them).
-pub fn log_exchange(r: &ExchangeRecord) {
-    tracing::info!(
-            flow = r.flow_id,
-            job = r.job.as_deref().unwrap_or("-"),
-            identity = %r.identity,
-            connection = r.connection.as_deref().unwrap_or("-"),
-            method = %r.method,
-            url = %format!("{}://{}{}", r.scheme, r.authority, r.path),
-            status = r.status.map(|s| s.as_u16()).unwrap_or(0),
-            reason = r.reason.unwrap_or("-"),
-            bytes = r.response_bytes,
-            ms = r.duration.as_millis() as u64,
-            "exchange"
-    );
 }
 
 pub type SharedPhases = Arc<dyn Phases>;

@@ -92,6 +92,16 @@ pub struct Credential {
     pub canary: Arc<Canary>,
 }
 
+impl Credential {
+    /// The header the credential goes in, if it goes in one.
+    pub fn header(&self) -> Option<&str> {
+        match &self.mode {
+            Mode::Header { name, .. } => Some(name.as_str()),
+            Mode::Query { .. } => None,
+        }
+    }
+}
+
 /// Names where the credential goes, never what it is.
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -3,6 +3,7 @@
 //! a reload either yields a whole new policy or an error and no change.
 pub mod canary;
 pub mod credential;
+pub mod dryrun;
 mod host;
 pub mod mask;
 pub mod phases;
@@ -33,6 +34,8 @@ pub struct Connection {
     pub mask: Option<mask::Masker>,
     /// Approval rules: the matcher and the rule.
     pub approve: Vec<(rules::Rule, Arc<crate::approval::ApprovalRule>)>,
+    /// Bytes of each body the audit log keeps (0: none).
+    pub record_body: usize,
 }
 
 impl std::fmt::Debug for Connection {
@@ -223,6 +226,7 @@ impl Policy {
                 deny,
                 mask,
                 approve,
+                record_body: c.record.cap(),
             }));
         }
         Ok(Self {

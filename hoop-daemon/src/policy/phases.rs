@@ -1,5 +1,5 @@
 //! The policy as pipeline phases: credential injection on the way up, the
-//! leak canary on the way down, and the exchange log.
+//! leak canary on the way down, guardrails, approvals and masking.
 use http::{HeaderValue, StatusCode, header, request, response};
 
 use super::{
@@ -18,7 +18,7 @@ use crate::{
     flow::Flow,
     pipeline::{
         PipelineError,
-        phases::{BodyTransform, Decision, ExchangeRecord, Phases, RequestView, log_exchange},
+        phases::{BodyTransform, Decision, Phases, RequestView},
     },
 };
 use bytes::Bytes;
@@ -218,10 +218,6 @@ impl Phases for Enforce {
             }
             None => Ok(None),
         }
-    }
-
-    fn on_exchange_done(&self, r: ExchangeRecord) {
-        log_exchange(&r);
     }
 }
 

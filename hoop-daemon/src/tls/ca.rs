@@ -119,7 +119,7 @@ impl Ca {
     }
 }
 
-fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -1,0 +1,248 @@
+//! What a record holds, as typed structs: the pipeline writes them and the
+//! readers (sessions, HAR, JSONL, policy dry-run) read the same types back.
+//! Headers and bodies are what the job sent and saw, after masking, with
+//! credentials redacted.
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use crate::{flow::Flow, identity::Identity, jobs::Job};
+
+/// One thing to record. Bodies go in uncompressed; the writer compresses.
+#[derive(Debug)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub data: serde_json::Value,
+    pub req_body: Option<Bytes>,
+    pub resp_body: Option<Bytes>,
+}
+
+pub mod kind {
+    pub const SESSION_START: &str = "session-start";
+    pub const SESSION_END: &str = "session-end";
+    /// A request about to go upstream (committed before it does).
+    pub const REQUEST: &str = "request";
+    /// The answer to a recorded request (`request_seq`).
+    pub const RESPONSE: &str = "response";
+    /// A request answered by hoop itself: denied, held and refused, no
+    /// route, misdirected… It never went upstream.
+    pub const REFUSED: &str = "refused";
+    /// A human's decision on a held request.
+    pub const APPROVAL: &str = "approval";
+    /// A connect or socket refused by the kernel programs or the listener.
+    pub const CONNECT_DENIED: &str = "connect-denied";
+}
+
+impl Entry {
+    pub fn new<T: Serialize>(kind: &'static str, data: &T) -> Self {
+        Self {
+            kind,
+            data: serde_json::to_value(data).expect("audit data serialises"),
+            req_body: None,
+            resp_body: None,
+        }
+    }
+}
+
+/// The session a flow belongs to: its job, else its cgroup (static
+/// identities), else the proxy client's identity.
+pub fn session_of(flow: &Flow) -> String {
+    match (&flow.job, flow.via) {
+        (Some(j), _) => j.id.clone(),
+        (None, crate::flow::Via::Transparent) => format!("cgroup-{}", flow.cgroup_id),
+        (None, _) => format!("proxy:{}", flow.identity_name()),
+    }
+}
+
+/// Who and where, on every request record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    pub session: String,
+    pub job: Option<String>,
+    pub identity: Option<Identity>,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub exe: Option<String>,
+    pub via: String,
+    pub flow: u64,
+    /// The address the job dialled (never re-resolved).
+    pub dst: String,
+}
+
+impl Origin {
+    pub fn of(flow: &Flow) -> Self {
+        Self {
+            session: session_of(flow),
+            job: flow.job_id().map(str::to_owned),
+            identity: flow.identity.as_deref().cloned(),
+            cgroup_id: flow.cgroup_id,
+            pid: flow.pid,
+            exe: flow.exe.as_ref().map(|p| p.display().to_string()),
+            via: flow.via.as_str().to_string(),
+            flow: flow.id,
+            dst: flow.orig_dst.to_string(),
+        }
+    }
+
+    pub fn identity_name(&self) -> &str {
+        self.identity.as_ref().map_or("-", |i| i.name.as_str())
+    }
+}
+
+/// A request as the job sent it (credentials redacted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestData {
+    #[serde(flatten)]
+    pub origin: Origin,
+    pub method: String,
+    pub url: String,
+    pub host: String,
+    /// The TLS name the upstream proved, if TLS.
+    pub sni: Option<String>,
+    pub version: String,
+    pub headers: Vec<[String; 2]>,
+    pub connection: Option<String>,
+    /// allow, or approved (after a hold).
+    pub decision: String,
+    pub approval: Option<String>,
+    pub started_ms: u64,
+}
+
+/// The answer to a recorded request, as the job saw it (after masking).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseData {
+    pub session: String,
+    pub request_seq: u64,
+    pub status: Option<u16>,
+    /// Why hoop answered or cut it short, if it did (x-hoop-reason).
+    pub reason: Option<String>,
+    pub headers: Vec<[String; 2]>,
+    /// What masking replaced, by rule (never the values).
+    pub masked: BTreeMap<String, u64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub req_body: Option<BodyInfo>,
+    pub resp_body: Option<BodyInfo>,
+    pub duration_ms: u64,
+    /// The body reached the job whole.
+    pub complete: bool,
+}
+
+/// A request hoop answered itself; nothing went upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedData {
+    #[serde(flatten)]
+    pub request: RequestData,
+    pub status: u16,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub message: String,
+    pub req_body: Option<BodyInfo>,
+}
+
+/// How much of a body was kept: `recorded` of `bytes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BodyInfo {
+    pub bytes: u64,
+    pub recorded: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalData {
+    pub session: String,
+    pub id: Option<String>,
+    pub rule: String,
+    pub connection: String,
+    pub method: String,
+    pub url: String,
+    /// approved, denied, expired, abandoned
+    pub outcome: String,
+    pub by: Option<String>,
+    pub reason: Option<String>,
+    pub waited_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionData {
+    pub session: String,
+    pub job: String,
+    pub identity: Identity,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub uid: u32,
+    pub command: Vec<String>,
+}
+
+impl SessionData {
+    pub fn of(j: &Job) -> Self {
+        Self {
+            session: j.id.clone(),
+            job: j.id.clone(),
+            identity: j.identity.clone(),
+            cgroup: j.cgroup_path.display().to_string(),
+            cgroup_id: j.cgroup_id,
+            pid: j.pid,
+            uid: j.uid,
+            command: j.command.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectDeniedData {
+    pub session: String,
+    pub job: Option<String>,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub dst: Option<String>,
+    pub reason: String,
+    /// kernel, or listener
+    pub by: String,
+}
+
+/// Header values that are credentials: never recorded.
+const REDACTED_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+];
+pub const REDACTED: &str = "[redacted]";
+
+/// Headers for the record: credential values redacted (those above, and
+/// the connection's credential header).
+pub fn headers(h: &HeaderMap, credential_header: Option<&str>) -> Vec<[String; 2]> {
+    h.iter()
+        .map(|(k, v)| {
+            let name = k.as_str();
+            let secret = v.is_sensitive()
+                || REDACTED_HEADERS.contains(&name)
+                || credential_header.is_some_and(|c| c.eq_ignore_ascii_case(name));
+            let value = if secret {
+                REDACTED.to_string()
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            [name.to_string(), value]
+        })
+        .collect()
+}
+
+/// A recorded body, decompressed. Bounded: a forged blob can't exhaust
+/// memory.
+pub fn body(blob: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    const MAX: u64 = 256 << 20;
+    let mut out = Vec::new();
+    zstd::stream::Decoder::new(blob)
+        .map_err(|e| e.to_string())?
+        .take(MAX)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("recorded body: {e}"))?;
+    Ok(out)
+}

@@ -1,0 +1,274 @@
+//! Reading the record back: sessions, a session's timeline, JSONL export.
+//! Readers open their own read-only connection; the writer never waits.
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{
+    entry::{self, ApprovalData, ConnectDeniedData, RefusedData, RequestData, ResponseData, kind},
+    store::{self, ROW_COLUMNS},
+};
+
+/// A record as read back, its data parsed and bodies decompressed.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub kind: String,
+    pub data: Value,
+    pub hash: [u8; 32],
+    pub req_body: Option<Vec<u8>>,
+    pub resp_body: Option<Vec<u8>>,
+}
+
+impl Stored {
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_value(self.data.clone()).ok()
+    }
+}
+
+/// Which records: one session's, and/or those since a time.
+#[derive(Debug, Default, Clone)]
+pub struct Select {
+    pub session: Option<String>,
+    pub since_ms: Option<u64>,
+}
+
+pub fn records(db: &Connection, sel: &Select) -> rusqlite::Result<Vec<Stored>> {
+    let mut sql = format!("SELECT {ROW_COLUMNS} FROM records WHERE ts_ms >= ?1");
+    if sel.session.is_some() {
+        sql.push_str(" AND json_extract(data, '$.session') = ?2");
+    }
+    sql.push_str(" ORDER BY seq");
+    let mut st = db.prepare(&sql)?;
+    let since = sel.since_ms.unwrap_or(0) as i64;
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Stored> {
+        let (rec, hash) = store::row(r)?;
+        Ok(Stored {
+            seq: rec.seq,
+            ts_ms: rec.ts_ms,
+            kind: rec.kind,
+            data: serde_json::from_str(&rec.data).unwrap_or(Value::String(rec.data)),
+            hash,
+            req_body: rec.req_body.and_then(|b| entry::body(&b).ok()),
+            resp_body: rec.resp_body.and_then(|b| entry::body(&b).ok()),
+        })
+    };
+    match &sel.session {
+        Some(s) => st.query_map(rusqlite::params![since, s], map)?.collect(),
+        None => st.query_map([since], map)?.collect(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    pub session: String,
+    pub identity: Option<String>,
+    pub job: Option<String>,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub requests: u64,
+    pub refused: u64,
+    pub connects_denied: u64,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub identity: Option<globset::GlobMatcher>,
+    pub job: Option<String>,
+    pub host: Option<globset::GlobMatcher>,
+    pub since_ms: Option<u64>,
+}
+
+pub fn sessions(db: &Connection, f: &Filter) -> rusqlite::Result<Vec<SessionSummary>> {
+    let mut st = db.prepare(
+        "SELECT json_extract(data, '$.session') AS s, MIN(ts_ms), MAX(ts_ms),
+                SUM(kind = 'request'), SUM(kind = 'refused'), SUM(kind = 'connect-denied'),
+                MAX(json_extract(data, '$.identity.name')), MAX(json_extract(data, '$.job')),
+                group_concat(DISTINCT json_extract(data, '$.host'))
+         FROM records WHERE ts_ms >= ?1 AND s IS NOT NULL
+         GROUP BY s ORDER BY MIN(seq)",
+    )?;
+    let rows = st.query_map([f.since_ms.unwrap_or(0) as i64], |r| {
+        let hosts: Option<String> = r.get(8)?;
+        Ok(SessionSummary {
+            session: r.get(0)?,
+            first_ms: r.get::<_, i64>(1)? as u64,
+            last_ms: r.get::<_, i64>(2)? as u64,
+            requests: r.get::<_, i64>(3)? as u64,
+            refused: r.get::<_, i64>(4)? as u64,
+            connects_denied: r.get::<_, i64>(5)? as u64,
+            identity: r.get(6)?,
+            job: r.get(7)?,
+            hosts: hosts
+                .map(|h| h.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        })
+    })?;
+    let mut out = Vec::new();
+    for s in rows {
+        let s = s?;
+        let keep = f
+            .identity
+            .as_ref()
+            .is_none_or(|g| s.identity.as_deref().is_some_and(|i| g.is_match(i)))
+            && f.job
+                .as_ref()
+                .is_none_or(|j| s.job.as_deref() == Some(j.as_str()))
+            && f.host
+                .as_ref()
+                .is_none_or(|g| s.hosts.iter().any(|h| g.is_match(h)));
+        if keep {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// RFC 3339 in UTC, milliseconds.
+pub fn iso(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn masked(m: &std::collections::BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+    format!("  masked {}", parts.join(", "))
+}
+
+/// A session as a readable timeline, one line per event.
+pub fn timeline(records: &[Stored]) -> String {
+    let responses: HashMap<u64, ResponseData> = records
+        .iter()
+        .filter(|r| r.kind == kind::RESPONSE)
+        .filter_map(|r| r.parse::<ResponseData>())
+        .map(|r| (r.request_seq, r))
+        .collect();
+    let mut out = String::new();
+    for r in records {
+        let line = match r.kind.as_str() {
+            kind::SESSION_START => match r.parse::<entry::SessionData>() {
+                Some(s) => format!(
+                    "session {} started: identity {}, pid {}, uid {}, cgroup {}, command {:?}",
+                    s.session, s.identity.name, s.pid, s.uid, s.cgroup, s.command
+                ),
+                None => "session started".into(),
+            },
+            kind::SESSION_END => "session ended (its cgroup emptied)".into(),
+            kind::REQUEST => {
+                let Some(q) = r.parse::<RequestData>() else {
+                    continue;
+                };
+                let outcome = match responses.get(&r.seq) {
+                    Some(p) => format!(
+                        "→ {}{}  {}{}  ({} ms){}",
+                        p.status.map_or("-".into(), |s| s.to_string()),
+                        p.reason
+                            .as_deref()
+                            .map(|x| format!(" {x}"))
+                            .unwrap_or_default(),
+                        size(p.response_bytes),
+                        masked(&p.masked),
+                        p.duration_ms,
+                        if p.complete { "" } else { "  (incomplete)" }
+                    ),
+                    None => "→ no response recorded".into(),
+                };
+                let approved = q
+                    .approval
+                    .as_deref()
+                    .map(|a| format!(" [approved {a}]"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {} pid {}{approved} {outcome}",
+                    q.method, q.url, q.origin.pid
+                )
+            }
+            kind::RESPONSE => continue,
+            kind::REFUSED => match r.parse::<RefusedData>() {
+                Some(x) => format!(
+                    "{} {} ✗ {} {}{}: {}",
+                    x.request.method,
+                    x.request.url,
+                    x.status,
+                    x.reason,
+                    x.rule.map(|r| format!(" (rule {r})")).unwrap_or_default(),
+                    x.message
+                ),
+                None => continue,
+            },
+            kind::APPROVAL => match r.parse::<ApprovalData>() {
+                Some(a) => format!(
+                    "approval {} for {} {} (rule {}): {}{}{} after {:.1} s",
+                    a.id.as_deref().unwrap_or("-"),
+                    a.method,
+                    a.url,
+                    a.rule,
+                    a.outcome,
+                    a.by.map(|b| format!(" by {b}")).unwrap_or_default(),
+                    a.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+                    a.waited_ms as f64 / 1000.0
+                ),
+                None => continue,
+            },
+            kind::CONNECT_DENIED => match r.parse::<ConnectDeniedData>() {
+                Some(d) => format!(
+                    "connect refused by the {}: {} to {} (pid {})",
+                    d.by,
+                    d.reason,
+                    d.dst.as_deref().unwrap_or("-"),
+                    d.pid
+                ),
+                None => continue,
+            },
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{}  #{:<6} {line}\n", iso(r.ts_ms), r.seq));
+    }
+    out
+}
+
+/// One JSON object per record, for a SIEM: the record, its chain hash,
+/// and bodies as text (or base64 when they are not UTF-8).
+pub fn jsonl_line(r: &Stored) -> String {
+    let body = |b: &Option<Vec<u8>>| match b {
+        None => Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(t) => serde_json::json!({"text": t}),
+            Err(_) => {
+                use base64::Engine;
+                serde_json::json!({"base64": base64::engine::general_purpose::STANDARD.encode(b)})
+            }
+        },
+    };
+    serde_json::json!({
+        "seq": r.seq,
+        "time": iso(r.ts_ms),
+        "ts_ms": r.ts_ms,
+        "kind": r.kind,
+        "hash": hex::encode(r.hash),
+        "data": r.data,
+        "request_body": body(&r.req_body),
+        "response_body": body(&r.resp_body),
+    })
+    .to_string()
+}

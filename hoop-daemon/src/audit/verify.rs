@@ -1,0 +1,162 @@
+//! `hoop audit verify`: walks the whole chain of a database (the live one
+//! or an offline copy) and its signed checkpoints, and names the first
+//! record where it breaks.
+use std::{collections::BTreeMap, path::Path};
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::{
+    chain::{self, Broken, Checkpoint, GENESIS},
+    store::{self, ROW_COLUMNS, StoreError},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub records: u64,
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+    pub checkpoints: usize,
+    /// The newest record a valid checkpoint vouches for.
+    pub signed_through: Option<u64>,
+    /// Where the public key came from: `--pubkey`, or the database itself
+    /// (which only proves consistency, not origin).
+    pub key_source: String,
+    /// The first break, if any.
+    pub broken: Option<String>,
+    #[serde(skip)]
+    pub error: Option<Broken>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Records after the last checkpoint: written since, or the daemon
+    /// stopped without a final checkpoint (killed).
+    pub fn unsigned(&self) -> u64 {
+        match (self.last, self.signed_through) {
+            (Some(l), Some(s)) if l > s => l - s,
+            (Some(_), Some(_)) | (None, _) => 0,
+            (Some(_), None) => self.records,
+        }
+    }
+}
+
+/// Verifies the database at `path`. `pubkey`: the key the operator trusts;
+/// without it the key stored in the database is used.
+pub fn verify_file(path: &Path, pubkey: Option<&[u8]>) -> Result<Report, StoreError> {
+    let db = store::open_reader(path)?;
+    let fail = |e: rusqlite::Error| StoreError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let (key, key_source) = match pubkey {
+        Some(k) => (k.to_vec(), "--pubkey".to_string()),
+        None => {
+            let stored = store::meta(&db, "public_key")
+                .map_err(fail)?
+                .unwrap_or_default();
+            use base64::Engine;
+            let k = base64::engine::general_purpose::STANDARD
+                .decode(stored.trim())
+                .unwrap_or_default();
+            (
+                k,
+                "the database's own public_key (pass --pubkey to check who signed)".into(),
+            )
+        }
+    };
+    let mut r = walk(&db, &key, None).map_err(fail)?;
+    r.key_source = key_source;
+    Ok(r)
+}
+
+/// The writer's check at start: the records after the last checkpoint
+/// (which it is about to sign) chain from it intact.
+pub fn verify_from_last_checkpoint(
+    db: &Connection,
+    pubkey: &[u8],
+) -> rusqlite::Result<Result<(), Broken>> {
+    let from = store::last_checkpoint_seq(db)?;
+    Ok(match walk(db, pubkey, from)?.error {
+        Some(b) => Err(b),
+        None => Ok(()),
+    })
+}
+
+/// Walks the records (all of them, or those after checkpoint `from`).
+fn walk(db: &Connection, pubkey: &[u8], from: Option<u64>) -> rusqlite::Result<Report> {
+    let cps: BTreeMap<u64, Checkpoint> = store::checkpoints(db)?
+        .into_iter()
+        .map(|c| (c.seq, c))
+        .collect();
+    let mut report = Report {
+        records: 0,
+        first: None,
+        last: None,
+        checkpoints: cps.len(),
+        signed_through: None,
+        key_source: String::new(),
+        broken: None,
+        error: None,
+    };
+    let result = (|| -> rusqlite::Result<Result<(), Broken>> {
+        // Every signature first: a forged checkpoint is named as such.
+        for c in cps.values() {
+            if let Err(b) = chain::check(pubkey, c, None) {
+                return Ok(Err(b));
+            }
+        }
+        let first: Option<i64> = match from {
+            Some(s) => Some(s as i64 + 1),
+            None => db.query_row("SELECT MIN(seq) FROM records", [], |r| r.get(0))?,
+        };
+        let (mut prev, mut next) = match first {
+            None => (GENESIS, 0),
+            Some(0) => (GENESIS, 0),
+            Some(f) => match cps.get(&(f as u64 - 1)) {
+                Some(c) => (c.hash, f as u64),
+                None => return Ok(Err(Broken::Unanchored { first: f as u64 })),
+            },
+        };
+        let mut st = db.prepare(&format!(
+            "SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1 ORDER BY seq"
+        ))?;
+        let mut rows = st.query([next as i64])?;
+        while let Some(row) = rows.next()? {
+            let (rec, stored) = store::row(row)?;
+            prev = match chain::step(&prev, next, &rec, &stored) {
+                Ok(h) => h,
+                Err(b) => return Ok(Err(b)),
+            };
+            report.first.get_or_insert(rec.seq);
+            report.last = Some(rec.seq);
+            report.records += 1;
+            if let Some(c) = cps.get(&rec.seq) {
+                if let Err(b) = chain::check(pubkey, c, Some(prev)) {
+                    return Ok(Err(b));
+                }
+                report.signed_through = Some(rec.seq);
+            }
+            next += 1;
+        }
+        // A checkpoint beyond the last record: the tail was cut off.
+        if let Some((&seq, _)) = cps.range(next..).next() {
+            return Ok(Err(Broken::Truncated {
+                seq,
+                last: report.last,
+            }));
+        }
+        if report.signed_through.is_none() && from.is_some() {
+            report.signed_through = from;
+        }
+        Ok(Ok(()))
+    })()?;
+    if let Err(b) = result {
+        report.broken = Some(b.to_string());
+        report.error = Some(b);
+    }
+    Ok(report)
+}

@@ -1,0 +1,329 @@
+//! The audit log from the command line: verify, sessions, exports and the
+//! policy dry-run. All of it reads the database directly (read-only), so it
+//! works on a live log, a stopped daemon's, or an offline copy.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use crate::{
+    audit::{self, query, store, verify},
+    config::Config,
+};
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Walk the hash chain and its signed checkpoints; name the first
+    /// broken record and exit 1 if there is one.
+    Verify {
+        /// The database (default: <state_dir>/audit.db). A copy works.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// The public key that must have signed the checkpoints (base64, or
+        /// a file holding it), as printed by `hoop audit pubkey`.
+        #[arg(long)]
+        pubkey: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the public key of the audit signing key (base64).
+    Pubkey,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCmd {
+    /// Recorded sessions, oldest first.
+    List {
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Identity glob (`ci:repo:acme/*`).
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// Host glob (`*.partner.example`).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only sessions active in this window (24h, 30m).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session as a timeline.
+    Show {
+        id: String,
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCmd {
+    /// A session as HAR 1.2 (import into a browser's developer tools).
+    Har {
+        id: String,
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Records as JSON lines, for a SIEM.
+    Jsonl {
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Replay recorded requests through the policy of the config given with
+    /// --config, and report what it would decide or mask differently.
+    /// Nothing is sent.
+    Test {
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long, conflicts_with = "since")]
+        session: Option<String>,
+        /// Requests recorded in this window (default: all).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn db_path(cfg: &Config, db: Option<PathBuf>) -> PathBuf {
+    db.unwrap_or_else(|| cfg.daemon.state_dir.join(audit::DB_FILE))
+}
+
+fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
+    since
+        .map(|s| {
+            let d = crate::approval::parse_duration(s).map_err(anyhow::Error::msg)?;
+            Ok(crate::jobs::Jobs::now_ms().saturating_sub(d.as_millis() as u64))
+        })
+        .transpose()
+}
+
+fn glob(g: Option<&str>) -> Result<Option<globset::GlobMatcher>> {
+    g.map(|g| {
+        globset::Glob::new(g)
+            .map(|g| g.compile_matcher())
+            .with_context(|| format!("bad glob {g:?}"))
+    })
+    .transpose()
+}
+
+fn open(path: &Path) -> Result<rusqlite::Connection> {
+    Ok(store::open_reader(path)?)
+}
+
+fn read_pubkey(k: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let text = if Path::new(k).is_file() {
+        std::fs::read_to_string(k).with_context(|| format!("reading {k}"))?
+    } else {
+        k.to_string()
+    };
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .context("--pubkey: not base64 (or a file holding it)")?;
+    if b.len() != 32 {
+        bail!(
+            "--pubkey: an Ed25519 public key is 32 bytes, this is {}",
+            b.len()
+        );
+    }
+    Ok(b)
+}
+
+pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
+    match cmd {
+        AuditCmd::Pubkey => {
+            println!("{}", audit::public_key_of(&cfg.daemon.state_dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Verify { db, pubkey, json } => {
+            let path = db_path(cfg, db);
+            let key = pubkey.as_deref().map(read_pubkey).transpose()?;
+            let r = verify::verify_file(&path, key.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_report(&path, &r);
+            }
+            Ok(if r.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn print_report(path: &Path, r: &verify::Report) {
+    let range = match (r.first, r.last) {
+        (Some(f), Some(l)) => format!("records {f}..={l}"),
+        _ => "no records".into(),
+    };
+    println!("{}: {} record(s), {range}", path.display(), r.records);
+    println!(
+        "checkpoints: {} (signed through record {}), key: {}",
+        r.checkpoints,
+        r.signed_through.map_or("-".to_string(), |s| s.to_string()),
+        r.key_source
+    );
+    match &r.broken {
+        Some(b) => println!("BROKEN: {b}"),
+        None => {
+            if r.unsigned() > 0 {
+                println!(
+                    "note: the last {} record(s) are not covered by a checkpoint yet \
+                     (written since the last one, or the daemon stopped without its final checkpoint)",
+                    r.unsigned()
+                );
+            }
+            println!("ok: the chain is intact");
+        }
+    }
+}
+
+pub fn sessions(cfg: &Config, cmd: SessionsCmd) -> Result<ExitCode> {
+    match cmd {
+        SessionsCmd::List {
+            db,
+            identity,
+            job,
+            host,
+            since,
+            json,
+        } => {
+            let conn = open(&db_path(cfg, db))?;
+            let filter = query::Filter {
+                identity: glob(identity.as_deref())?,
+                job,
+                host: glob(host.as_deref())?,
+                since_ms: since_ms(since.as_deref())?,
+            };
+            let list = query::sessions(&conn, &filter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<22} {:<24} {:<34} {:>5} {:>5} {:>5}  hosts",
+                "SESSION", "FIRST", "IDENTITY", "REQ", "REFUS", "CONN✗"
+            );
+            for s in &list {
+                println!(
+                    "{:<22} {:<24} {:<34} {:>5} {:>5} {:>5}  {}",
+                    s.session,
+                    query::iso(s.first_ms),
+                    s.identity.as_deref().unwrap_or("-"),
+                    s.requests,
+                    s.refused,
+                    s.connects_denied,
+                    s.hosts.join(",")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsCmd::Show { id, db } => {
+            let recs = session_records(cfg, db, &id)?;
+            print!("{}", query::timeline(&recs));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn session_records(cfg: &Config, db: Option<PathBuf>, id: &str) -> Result<Vec<query::Stored>> {
+    let conn = open(&db_path(cfg, db))?;
+    let recs = query::records(
+        &conn,
+        &query::Select {
+            session: Some(id.to_string()),
+            since_ms: None,
+        },
+    )?;
+    if recs.is_empty() {
+        bail!("no session {id:?} in the audit log (see `hoop sessions list`)");
+    }
+    Ok(recs)
+}
+
+pub fn export(cfg: &Config, cmd: ExportCmd) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        ExportCmd::Har { id, db } => {
+            let recs = session_records(cfg, db, &id)?;
+            serde_json::to_writer_pretty(&mut out, &audit::har::har(&recs))?;
+            writeln!(out)?;
+        }
+        ExportCmd::Jsonl { db, session, since } => {
+            let conn = open(&db_path(cfg, db))?;
+            let sel = query::Select {
+                session,
+                since_ms: since_ms(since.as_deref())?,
+            };
+            for r in query::records(&conn, &sel)? {
+                writeln!(out, "{}", query::jsonl_line(&r))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cfg` is the candidate (`hoop policy test --config NEW.toml`).
+pub fn policy(cfg: &Config, cmd: PolicyCmd) -> Result<ExitCode> {
+    let PolicyCmd::Test {
+        db,
+        session,
+        since,
+        json,
+    } = cmd;
+    let candidate = crate::policy::Policy::compile(cfg, None)?;
+    let path = db_path(cfg, db);
+    let conn = open(&path)?;
+    let recs = query::records(
+        &conn,
+        &query::Select {
+            session,
+            since_ms: since_ms(since.as_deref())?,
+        },
+    )?;
+    let r = crate::policy::dryrun::replay(&candidate, &recs);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for c in &r.changes {
+        println!(
+            "#{} {} {} ({}): was {}, now {}",
+            c.seq, c.method, c.url, c.identity, c.was, c.now
+        );
+    }
+    for m in &r.masking {
+        let what: Vec<String> = m.masked.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+        println!(
+            "#{} {}: would now mask {} in the response",
+            m.seq,
+            m.url,
+            what.join(", ")
+        );
+    }
+    println!(
+        "{} recorded request(s) replayed through {}: {} decided differently, {} masked differently",
+        r.replayed,
+        cfg.source.display(),
+        r.changes.len(),
+        r.masking.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
