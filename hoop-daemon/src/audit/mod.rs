@@ -230,3 +230,6 @@ pub fn public_key_of(state_dir: &Path) -> anyhow::Result<String> {
     let k = Ed25519KeyPair::from_pkcs8(&b).map_err(|e| anyhow::anyhow!("bad audit key: {e}"))?;
     Ok(encode_key(&chain::public_key(&k)))
 }
+
+#[cfg(test)]
+mod tests;

@@ -146,6 +146,9 @@ impl Writer {
                     self.commit(rest);
                 }
                 self.checkpoint();
+                // Closing merges the WAL into the database file: a stopped
+                // daemon leaves one self-contained file to copy.
+                drop(self);
                 let _ = done.send(());
                 return;
             }

@@ -123,6 +123,12 @@ impl<F: FnOnce(Tally) + Send + Unpin> HttpBody for Observed<F> {
                 if let Some(d) = frame.data_ref() {
                     this.pass(d);
                 }
+                // hyper stops polling once the body says it has ended: this
+                // was the last frame, so the body completed.
+                if this.transform.is_none() && this.inner.is_end_stream() {
+                    this.finished = true;
+                    this.complete(true);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -199,6 +205,21 @@ mod tests {
             *seen.lock().unwrap(),
             vec![(6, true, Bytes::from_static(b"HELL"))]
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_with_its_last_frame_completes() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let mut b = Observed::new(full("whole"), None, 0, move |t| {
+            s.lock().unwrap().push((t.bytes, t.ok))
+        });
+        // Read the one frame, then drop it as hyper does at end of stream.
+        let f = b.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "whole");
+        assert!(b.is_end_stream());
+        drop(b);
+        assert_eq!(*seen.lock().unwrap(), vec![(5, true)]);
     }
 
     #[tokio::test]

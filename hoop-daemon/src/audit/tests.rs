@@ -1,0 +1,179 @@
+//! The writer, the store and verify together, on real SQLite files.
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{entry::kind, *};
+
+fn config(retain: &str) -> AuditConfig {
+    AuditConfig {
+        enabled: true,
+        sync: Sync::Normal,
+        checkpoint_every: "60s".into(),
+        retain: retain.into(),
+        max_db_bytes: 0,
+    }
+}
+
+fn entry(n: u64) -> Entry {
+    let mut e = Entry::new(
+        kind::REQUEST,
+        &json!({"session": "s1", "n": n, "url": format!("https://a.example/{n}")}),
+    );
+    e.req_body = Some(bytes::Bytes::from(format!("request body {n}")));
+    e
+}
+
+async fn write(dir: &Path, retain: &str, range: std::ops::Range<u64>) -> Vec<u64> {
+    let a = Audit::start(&config(retain), dir).unwrap();
+    let mut seqs = Vec::new();
+    for n in range {
+        seqs.push(a.commit(entry(n)).await.unwrap());
+    }
+    a.shutdown();
+    seqs
+}
+
+fn exec(db: &Path, sql: &str) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn commits_chain_and_verify_across_restarts() {
+    let d = tempfile::tempdir().unwrap();
+    assert_eq!(write(d.path(), "", 0..5).await, vec![0, 1, 2, 3, 4]);
+    // A restart continues the chain where it ended.
+    assert_eq!(write(d.path(), "", 5..8).await, vec![5, 6, 7]);
+    let db = d.path().join(DB_FILE);
+    let r = verify::verify_file(&db, None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    assert_eq!((r.records, r.first, r.last), (8, Some(0), Some(7)));
+    // Stop signs the head: nothing is left unsigned.
+    assert_eq!(r.signed_through, Some(7));
+    assert_eq!(r.unsigned(), 0);
+    // The bodies come back as written.
+    let conn = store::open_reader(&db).unwrap();
+    let recs = query::records(&conn, &query::Select::default()).unwrap();
+    assert_eq!(recs[3].req_body.as_deref(), Some(&b"request body 3"[..]));
+    assert_eq!(recs[3].data["n"], 3);
+}
+
+#[tokio::test]
+async fn tampering_is_named_and_a_foreign_key_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "", 0..6).await;
+    let db = d.path().join(DB_FILE);
+    let pubkey = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(public_key_of(d.path()).unwrap())
+            .unwrap()
+    };
+    let cases: [(&str, &str); 4] = [
+        (
+            "UPDATE records SET req_body = x'00' WHERE seq = 2",
+            "record 2: its hash does not match",
+        ),
+        (
+            "UPDATE records SET data = replace(data, '\"n\":4', '\"n\":40') WHERE seq = 4",
+            "record 4: its hash does not match",
+        ),
+        (
+            "DELETE FROM records WHERE seq = 3",
+            "record 4 follows record 2",
+        ),
+        (
+            "UPDATE checkpoints SET sig = zeroblob(64)",
+            "checkpoint at record 5: bad signature",
+        ),
+    ];
+    for (sql, expect) in cases {
+        let copy = d.path().join("copy.db");
+        std::fs::copy(&db, &copy).unwrap();
+        exec(&copy, sql);
+        let r = verify::verify_file(&copy, Some(&pubkey)).unwrap();
+        let broken = r.broken.clone().unwrap_or_default();
+        assert!(broken.contains(expect), "{sql}: {broken}");
+        std::fs::remove_file(&copy).unwrap();
+    }
+    // The original is untouched and verifies with the key it names.
+    assert!(verify::verify_file(&db, Some(&pubkey)).unwrap().ok());
+    // Another key did not sign it.
+    let other = ring::signature::Ed25519KeyPair::from_pkcs8(
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let r = verify::verify_file(&db, Some(&chain::public_key(&other))).unwrap();
+    assert!(r.broken.unwrap().contains("bad signature"));
+}
+
+#[tokio::test]
+async fn a_writer_refuses_to_extend_a_broken_chain() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "", 0..3).await;
+    // Records after the last checkpoint, then an edit the writer would sign.
+    exec(
+        &d.path().join(DB_FILE),
+        "DELETE FROM checkpoints; UPDATE records SET kind = 'x' WHERE seq = 1",
+    );
+    let e = Audit::start(&config(""), d.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("refusing to extend it"), "{e}");
+    assert!(e.contains("record 1"), "{e}");
+}
+
+#[tokio::test]
+async fn retention_prunes_at_a_checkpoint_and_the_rest_verifies() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "", 0..4).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A start with retain = 1 s prunes through the old checkpoint (record 3).
+    write(d.path(), "1s", 4..6).await;
+    let r = verify::verify_file(&d.path().join(DB_FILE), None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    assert_eq!((r.first, r.last, r.records), (Some(4), Some(5), 2));
+    // Without its anchor, the pruned log is refused.
+    let db = d.path().join(DB_FILE);
+    exec(&db, "DELETE FROM checkpoints WHERE seq = 3");
+    let r = verify::verify_file(&db, None).unwrap();
+    assert!(
+        r.broken.unwrap().contains("starts at record 4"),
+        "pruned without an anchor"
+    );
+}
+
+#[tokio::test]
+async fn a_full_database_fails_the_commit_and_recovers() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = config("");
+    cfg.max_db_bytes = 96 << 10;
+    let a = Audit::start(&cfg, d.path()).unwrap();
+    let mut failed = None;
+    for n in 0..2000u64 {
+        let mut e = entry(n);
+        // Incompressible, so the database really grows.
+        let noise: Vec<u8> = (0..4096u64)
+            .map(|i| (i * 7919 + n * 104729) as u8 ^ (i >> 3) as u8)
+            .collect();
+        e.resp_body = Some(noise.into());
+        if let Err(err) = a.commit(e).await {
+            failed = Some((n, err));
+            break;
+        }
+    }
+    let (n, err) = failed.expect("a 96 KiB database fills up");
+    assert!(err.to_string().contains("full"), "{err}");
+    assert!(a.stats.failures.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    a.shutdown();
+    // What was committed before is intact, and nothing half-written.
+    let r = verify::verify_file(&d.path().join(DB_FILE), None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    assert_eq!(r.records, n);
+}

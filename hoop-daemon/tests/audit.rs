@@ -1,0 +1,220 @@
+//! The audit log behind the real pipeline (explicit proxy, in-process, real
+//! TLS and SQLite): what a request leaves on record, a full log failing
+//! closed, and the policy dry-run over what was recorded.
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use hoop::{
+    audit::{
+        DB_FILE,
+        entry::{RefusedData, RequestData, ResponseData, kind},
+        query::{self, Select, Stored},
+        store, verify,
+    },
+    config::Config,
+    policy::{
+        Policy,
+        dryrun::{self, Verdict},
+    },
+};
+use support::{Env, env_with, parse_curl};
+
+const POLICY: &str = "[[connection]]\nname = \"partner\"\nhosts = [\"localhost\"]\nallow = [\"*\"]\n\
+    [connection.mask]\njson = [\"$..api_secret\"]\ndetectors = [\"credit_card\", \"email\"]\nkeep_last = 4\n\
+    [[connection.deny]]\nname = \"no-admin\"\npath = \"/admin/**\"\nmessage = \"admin is off limits\"\n";
+
+fn records(env: &Env) -> Vec<Stored> {
+    env.gw.audit.shutdown();
+    let db = store::open_reader(&env.dir.path().join("state").join(DB_FILE)).unwrap();
+    query::records(&db, &Select::default()).unwrap()
+}
+
+fn of<T: serde::de::DeserializeOwned>(recs: &[Stored], k: &str) -> Vec<(u64, T)> {
+    recs.iter()
+        .filter(|r| r.kind == k)
+        .map(|r| (r.seq, r.parse::<T>().expect("record parses")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_leaves_a_masked_verifiable_record() {
+    let env = env_with(5000, POLICY).await;
+    let origin = env.origin().await;
+    let base = format!("https://localhost:{}", origin.addr.port());
+    let proxy = env.proxy_url();
+    for args in [
+        vec!["-x", &proxy, "-H", "Authorization: Bearer job-own-token"],
+        vec!["-x", &proxy, "--data-binary", "{\"order\":17}"],
+    ] {
+        let url = if args.len() == 4 {
+            format!("{base}/cards.json")
+        } else {
+            format!("{base}/echo")
+        };
+        let mut a = args.clone();
+        a.push(&url);
+        let out = env.curl(&a).await;
+        assert_eq!(
+            parse_curl(&out).1,
+            200,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = env
+        .curl(&["-x", &proxy, &format!("{base}/admin/users")])
+        .await;
+    assert_eq!(parse_curl(&out).1, 403);
+    assert_eq!(origin.hits(), 2, "the denied request never went up");
+
+    let recs = records(&env);
+    let reqs: Vec<(u64, RequestData)> = of(&recs, kind::REQUEST);
+    let resps: Vec<(u64, ResponseData)> = of(&recs, kind::RESPONSE);
+    let refused: Vec<(u64, RefusedData)> = of(&recs, kind::REFUSED);
+    // Every request the upstream saw is on record, before its response.
+    assert_eq!(reqs.len(), origin.seen().len());
+    for (seen, (seq, q)) in origin.seen().iter().zip(&reqs) {
+        assert!(q.url.ends_with(&seen.path), "{} vs {}", q.url, seen.path);
+        assert_eq!(
+            q.origin.identity.as_ref().unwrap().name,
+            "test:proxy-client"
+        );
+        let (rseq, r) = resps.iter().find(|(_, r)| r.request_seq == *seq).unwrap();
+        assert!(rseq > seq);
+        assert_eq!(r.status, Some(200));
+        assert!(r.complete);
+    }
+    // The job's own credential header is redacted.
+    let auth = reqs[0].1.headers.iter().find(|[n, _]| n == "authorization");
+    assert_eq!(auth.map(|[_, v]| v.as_str()), Some("[redacted]"));
+    // The response body is kept as the job saw it: masked.
+    let cards = recs.iter().find(|r| r.seq == resps[0].0).unwrap();
+    let body = String::from_utf8(cards.resp_body.clone().unwrap()).unwrap();
+    assert!(
+        !body.contains("4111111111111111") && !body.contains("s3cr3t-value"),
+        "{body}"
+    );
+    assert!(
+        body.contains("1111"),
+        "keep_last leaves the last digits: {body}"
+    );
+    assert!(resps[0].1.masked.values().sum::<u64>() >= 3);
+    // The request body is kept too.
+    let echo = recs.iter().find(|r| r.seq == resps[1].0).unwrap();
+    assert_eq!(echo.req_body.as_deref(), Some(&b"{\"order\":17}"[..]));
+    // The refusal names its rule.
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].1.rule.as_deref(), Some("no-admin"));
+    assert_eq!(refused[0].1.status, 403);
+    // The HAR keeps the masks.
+    let har = hoop::audit::har::har(&recs).to_string();
+    assert!(!har.contains("4111111111111111") && !har.contains("job-own-token"));
+    assert_eq!(
+        hoop::audit::har::har(&recs)["log"]["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let r = verify::verify_file(&env.dir.path().join("state").join(DB_FILE), None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_log_refuses_requests_and_nothing_goes_up() {
+    let policy = format!("[audit]\nmax_db_bytes = {}\n{POLICY}", 160 << 10);
+    let env = env_with(5000, &policy).await;
+    let origin = env.origin().await;
+    let url = format!("https://localhost:{}/echo", origin.addr.port());
+    // Incompressible bodies, so each exchange takes room.
+    let noise: Vec<u8> = (0..24_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = env.dir.path().join("noise.bin");
+    std::fs::write(&file, &noise).unwrap();
+    let data = format!("@{}", file.display());
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let out = env
+            .curl(&[
+                "-x",
+                &env.proxy_url(),
+                "-D",
+                "-",
+                "--data-binary",
+                &data,
+                &url,
+            ])
+            .await;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        match parse_curl(&out).1 {
+            200 => ok += 1,
+            503 => {
+                assert!(text.contains("x-hoop-reason: audit-unavailable"), "{text}");
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert!(ok > 0 && refused == 3, "ok {ok}, refused {refused}");
+    assert_eq!(
+        origin.hits(),
+        ok,
+        "a request the log refused reached the upstream"
+    );
+    assert!(env.gw.audit.stats.failures.load(Ordering::Relaxed) >= 3);
+    // What was recorded before the log filled up is intact.
+    let recs = records(&env);
+    assert!(of::<RequestData>(&recs, kind::REQUEST).len() >= ok);
+    let r = verify::verify_file(&env.dir.path().join("state").join(DB_FILE), None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_reports_exactly_what_a_new_rule_blocks() {
+    let env = env_with(5000, POLICY).await;
+    let origin = env.origin().await;
+    let base = format!("https://localhost:{}", origin.addr.port());
+    let proxy = env.proxy_url();
+    for (method, path) in [
+        ("GET", "/hello"),
+        ("DELETE", "/echo/items/1"),
+        ("POST", "/echo"),
+        ("DELETE", "/echo/items/2"),
+        ("GET", "/admin/x"),
+    ] {
+        let out = env
+            .curl(&["-x", &proxy, "-X", method, &format!("{base}{path}")])
+            .await;
+        assert_ne!(parse_curl(&out).1, 0);
+    }
+    let recs = records(&env);
+    let deletes: Vec<u64> = of::<RequestData>(&recs, kind::REQUEST)
+        .into_iter()
+        .filter(|(_, q)| q.method == "DELETE")
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(deletes.len(), 2);
+    let candidate = env.gw.cfg.text.clone()
+        + "[[connection.deny]]\nname = \"no-deletes\"\nmethod = \"DELETE\"\npath = \"/echo/items/**\"\n";
+    let cfg = Config::parse(&candidate, &env.dir.path().join("new.toml")).unwrap();
+    let report = dryrun::replay(&Policy::compile(&cfg, None).unwrap(), &recs);
+    assert_eq!(report.replayed, 5);
+    let changed: Vec<(u64, Verdict, Verdict)> = report
+        .changes
+        .iter()
+        .map(|c| (c.seq, c.was.clone(), c.now.clone()))
+        .collect();
+    let want: Vec<(u64, Verdict, Verdict)> = deletes
+        .iter()
+        .map(|s| (*s, Verdict::Allowed, Verdict::Denied("no-deletes".into())))
+        .collect();
+    assert_eq!(changed, want);
+    // The same policy replays without a change: the refusal stays a refusal.
+    let same = dryrun::replay(&env.gw.policy(), &recs);
+    assert!(same.changes.is_empty(), "{:?}", same.changes);
+}
