@@ -218,6 +218,56 @@ impl TestEnv {
         self.dir.path().join("state/ca.pem")
     }
 
+    /// Stops the daemon as systemd would (SIGTERM) and waits for it.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // SAFETY: kill(2) on the pid of our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let s = c.wait().unwrap();
+            assert!(s.success(), "daemon stopped with {s}:\n{}", self.log());
+        }
+    }
+
+    /// curl in a job to `p`: the status and what curl printed (headers,
+    /// then the body).
+    pub fn curl_partner(
+        &self,
+        p: &Partner,
+        method: &str,
+        path: &str,
+        extra: &[&str],
+    ) -> (u16, String) {
+        let url = p.url(path);
+        let resolve = p.resolve();
+        let ca = self.hoop_ca();
+        let mut args = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = self.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = text
+            .rsplit('\n')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, text)
+    }
+
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             c.kill().unwrap();
@@ -353,6 +403,41 @@ impl Drop for TestEnv {
         if std::thread::panicking() {
             eprintln!("---- daemon log ({}) ----\n{}", self.name, self.log());
         }
+    }
+}
+
+/// A "partner API": the testkit origin over HTTPS on 127.0.0.3, under a
+/// real-looking name, with a CA file for the connection that trusts it.
+pub struct Partner {
+    pub origin: hoop_testkit::Origin,
+    pub host: String,
+    pub ca_file: PathBuf,
+}
+
+impl Partner {
+    pub fn start(dir: &Path, host: &str) -> Self {
+        let ca = hoop_testkit::TestCa::default();
+        let ca_file = dir.join(format!("{host}-ca.pem"));
+        std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+        let origin = hoop_testkit::Origin::start_background(hoop_testkit::OriginOpts {
+            tls: Some(ca.server_config(&[host], &[b"h2", b"http/1.1"])),
+            bind: Some("127.0.0.3:0".parse().unwrap()),
+            also_v6: false,
+        });
+        Self {
+            origin,
+            host: host.into(),
+            ca_file,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}:{}{path}", self.host, self.origin.addr.port())
+    }
+
+    /// curl's `--resolve` for the name.
+    pub fn resolve(&self) -> String {
+        format!("{}:{}:127.0.0.3", self.host, self.origin.addr.port())
     }
 }
 

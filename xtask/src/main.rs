@@ -71,6 +71,8 @@ fn test(args: &[String]) -> Result<()> {
         "chromium",
         "libnss3-tools",
         "nodejs",
+        // The audit suite tampers with copies of the log with the CLI.
+        "sqlite3",
     ])?;
     // Debian's nodejs ships npm separately; other builds bundle it.
     if std::process::Command::new("npm")
@@ -80,12 +82,16 @@ fn test(args: &[String]) -> Result<()> {
     {
         sh::apt_install(&["npm"])?;
     }
-    sh::step("a real OpenID provider for the identity suite (npm ci, pinned by its lockfile)");
-    sh::run(
-        std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(sh::root_dir().join("tests/oidc-provider")),
-    )?;
+    // Pinned by their lockfiles: a real OpenID provider (identity suite)
+    // and a HAR 1.2 schema validator (audit suite).
+    for dir in ["tests/oidc-provider", "tests/har-validator"] {
+        sh::step(&format!("npm ci in {dir}"));
+        sh::run(
+            std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(sh::root_dir().join(dir)),
+        )?;
+    }
     ebpf::build()?;
     sh::step("lint: rustfmt and clippy -D warnings, both workspaces");
     sh::cargo(&["fmt", "--all", "--check"])?;

@@ -1,0 +1,358 @@
+//! The audit log end to end through `hoop run`: a daemon killed under load
+//! loses no forwarded request; tampering with a copy (sqlite3 CLI) is
+//! named by `hoop audit verify`; sessions, timeline, HAR (checked by a HAR
+//! 1.2 schema validator) and the policy dry-run from the command line.
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use hoop_tests::{Partner, TestEnv, Value, eventually};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
+
+fn policy(p: &Partner) -> String {
+    format!(
+        r#"[[identity.static]]
+cgroup = "{{cgroup}}/**"
+name = "test:local"
+
+[[connection]]
+name = "partner"
+hosts = ["api.partner.test"]
+allow = ["test:*"]
+upstream_ca_files = ["{}"]
+
+[connection.mask]
+detectors = ["credit_card"]
+keep_last = 4
+
+[[connection.deny]]
+name = "no-prod-delete"
+method = "DELETE"
+path = "/v1/prod/**"
+message = "DELETE on production is not allowed"
+"#,
+        p.ca_file.display()
+    )
+}
+
+fn env(name: &str) -> (TestEnv, Partner) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let partner = Partner::start(&dir, "api.partner.test");
+    let env = TestEnv::custom(
+        name,
+        PROBE,
+        "",
+        "[audit]\ncheckpoint_every = \"2s\"\n",
+        "\"127.0.0.0/8\"",
+        Some(&policy(&partner)),
+    );
+    (env, partner)
+}
+
+fn db(env: &TestEnv) -> PathBuf {
+    env.dir.path().join("state/audit.db")
+}
+
+fn hoop_out(env: &TestEnv, args: &[&str]) -> (bool, String) {
+    let out = env.hoop().args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn jsonl(env: &TestEnv, db: &Path) -> Vec<Value> {
+    let (ok, out) = hoop_out(env, &["export", "jsonl", "--db", db.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_killed_daemon_loses_no_forwarded_request() {
+    let (mut env, partner) = env("audit-crash");
+    env.start_daemon();
+    let resolve = partner.resolve();
+    let ca = env.hoop_ca();
+    // Many requests in parallel, each with its own number.
+    let url = partner.url("/hello?n=[1-20000]");
+    let mut job = env
+        .hoop()
+        .args([
+            "run",
+            "--",
+            "curl",
+            "-s",
+            "--parallel",
+            "--parallel-max",
+            "8",
+        ])
+        .args([
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || partner.origin.hits() >= 400),
+        "load did not get going: {} hits\n{}",
+        partner.origin.hits(),
+        env.log()
+    );
+    env.kill_daemon(); // SIGKILL, mid-run
+    let _ = job.kill();
+    let _ = job.wait();
+    let seen: HashSet<String> = partner
+        .origin
+        .seen()
+        .iter()
+        .filter_map(|s| s.path.split_once("n=").map(|(_, n)| n.to_string()))
+        .collect();
+    assert!(seen.len() >= 400);
+    let recorded: HashSet<String> = jsonl(&env, &db(&env))
+        .iter()
+        .filter(|r| r["kind"] == "request")
+        .filter_map(|r| {
+            let url = r["data"]["url"].as_str()?;
+            Some(url.split_once("n=")?.1.to_string())
+        })
+        .collect();
+    let missing: Vec<&String> = seen.difference(&recorded).collect();
+    eprintln!(
+        "upstream saw {} requests; {} request records; missing {}",
+        seen.len(),
+        recorded.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "forwarded but not recorded: {missing:?}"
+    );
+    let (ok, out) = hoop_out(&env, &["audit", "verify"]);
+    assert!(ok, "verify after SIGKILL: {out}");
+    assert!(out.contains("ok: the chain is intact"), "{out}");
+    // The next daemon picks the chain up where the killed one left it.
+    env.start_daemon();
+    let (code, _) = env.curl_partner(&partner, "GET", "/hello?after=1", &[]);
+    assert_eq!(code, 200);
+    env.stop_daemon();
+    let (ok, out) = hoop_out(&env, &["audit", "verify"]);
+    assert!(ok && !out.contains("not covered"), "{out}");
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 CLI is installed");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A recorded session: masked cards, a denied DELETE, a POST with a body.
+fn record_session(env: &mut TestEnv, partner: &Partner) -> String {
+    env.start_daemon();
+    let (code, text) = env.curl_partner(partner, "GET", "/cards.json", &[]);
+    assert_eq!(code, 200, "{text}");
+    assert!(!text.contains("4111111111111111"), "{text}");
+    let (code, _) = env.curl_partner(partner, "DELETE", "/v1/prod/users/7", &[]);
+    assert_eq!(code, 403);
+    let (code, _) = env.curl_partner(partner, "POST", "/echo", &["-d", "{\"order\":17}"]);
+    assert_eq!(code, 200);
+    // Let the reaper close the jobs' sessions, then stop cleanly (the
+    // final checkpoint signs the head).
+    std::thread::sleep(Duration::from_millis(300));
+    env.stop_daemon();
+    let (ok, out) = hoop_out(env, &["sessions", "list", "--json"]);
+    assert!(ok, "{out}");
+    let list: Vec<Value> = serde_json::from_str(&out).unwrap();
+    // Each `hoop run` is its own session; the first holds the cards.
+    assert_eq!(list.len(), 3, "{out}");
+    assert!(list.iter().all(|s| s["identity"] == "test:local"), "{out}");
+    list[0]["session"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn tampering_with_a_copy_is_named_by_verify() {
+    let (mut env, partner) = env("audit-tamper");
+    record_session(&mut env, &partner);
+    let db = db(&env);
+    let (ok, pubkey) = hoop_out(&env, &["audit", "pubkey"]);
+    assert!(ok, "{pubkey}");
+    let pubkey = pubkey.trim().to_string();
+    let verify = |copy: &Path| {
+        hoop_out(
+            &env,
+            &[
+                "audit",
+                "verify",
+                "--db",
+                copy.to_str().unwrap(),
+                "--pubkey",
+                &pubkey,
+            ],
+        )
+    };
+    let (ok, out) = verify(&db);
+    assert!(ok, "the untouched log: {out}");
+
+    let response = sqlite(
+        &db,
+        "SELECT seq FROM records WHERE kind = 'response' AND resp_body IS NOT NULL LIMIT 1",
+    );
+    let refused = sqlite(
+        &db,
+        "SELECT seq FROM records WHERE kind = 'refused' LIMIT 1",
+    );
+    let last = sqlite(&db, "SELECT MAX(seq) FROM records");
+    let last_cp = sqlite(&db, "SELECT MAX(seq) FROM checkpoints");
+    assert_eq!(last, last_cp, "a clean stop signs the head");
+    let n: u64 = last.parse().unwrap();
+    let cases = [
+        (
+            "edit a body",
+            format!("UPDATE records SET resp_body = zeroblob(16) WHERE seq = {response}"),
+            format!("record {response}: its hash does not match"),
+        ),
+        (
+            "edit a status",
+            format!(
+                "UPDATE records SET data = json_set(data, '$.status', 200) WHERE seq = {refused}"
+            ),
+            format!("record {refused}: its hash does not match"),
+        ),
+        (
+            "delete a row",
+            "DELETE FROM records WHERE seq = 2".to_string(),
+            "record 3 follows record 1".to_string(),
+        ),
+        (
+            "reorder two rows",
+            "UPDATE records SET seq = -1 WHERE seq = 1; UPDATE records SET seq = 1 WHERE seq = 2; \
+             UPDATE records SET seq = 2 WHERE seq = -1"
+                .to_string(),
+            "record 1: its hash does not match".to_string(),
+        ),
+        (
+            "truncate the tail",
+            format!("DELETE FROM records WHERE seq > {}", n - 2),
+            format!(
+                "checkpoint at record {n}, but the log ends at record Some({})",
+                n - 2
+            ),
+        ),
+        (
+            "replace the checkpoint signature",
+            format!("UPDATE checkpoints SET sig = randomblob(64) WHERE seq = {n}"),
+            format!("checkpoint at record {n}: bad signature"),
+        ),
+    ];
+    for (what, sql, expect) in cases {
+        let copy = env.dir.path().join("copy.db");
+        std::fs::copy(&db, &copy).unwrap();
+        sqlite(&copy, &sql);
+        let (ok, out) = verify(&copy);
+        assert!(!ok, "{what}: verify passed:\n{out}");
+        assert!(out.contains(&expect), "{what}: want {expect:?}:\n{out}");
+        std::fs::remove_file(&copy).unwrap();
+    }
+    // A forger who re-signs with their own key is caught by --pubkey.
+    let copy = env.dir.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    sqlite(
+        &copy,
+        "UPDATE meta SET value = 'AAAA' WHERE key = 'public_key'",
+    );
+    let (ok, out) = verify(&copy);
+    assert!(ok, "--pubkey does not read the stored key: {out}");
+    let (ok, out) = hoop_out(&env, &["audit", "verify", "--db", copy.to_str().unwrap()]);
+    assert!(!ok && out.contains("bad signature"), "{out}");
+}
+
+#[test]
+fn sessions_timeline_har_and_dry_run_from_the_record() {
+    let (mut env, partner) = env("audit-replay");
+    let session = record_session(&mut env, &partner);
+    let (ok, timeline) = hoop_out(&env, &["sessions", "show", &session]);
+    assert!(ok, "{timeline}");
+    assert!(timeline.contains("identity test:local"), "{timeline}");
+    assert!(
+        timeline.contains("GET https://api.partner.test"),
+        "{timeline}"
+    );
+    assert!(timeline.contains("→ 200"), "{timeline}");
+    assert!(timeline.contains("masked credit_card×"), "{timeline}");
+
+    // HAR 1.2, checked by a schema validator; masks and redactions hold.
+    let (ok, har) = hoop_out(&env, &["export", "har", &session]);
+    assert!(ok, "{har}");
+    assert!(
+        !har.contains("4111111111111111"),
+        "an unmasked card in the HAR"
+    );
+    let file = env.dir.path().join("session.har");
+    std::fs::write(&file, &har).unwrap();
+    let v: Value = serde_json::from_str(&har).unwrap();
+    assert_eq!(v["log"]["entries"].as_array().unwrap().len(), 1);
+    let validator = Path::new(env!("CARGO_MANIFEST_DIR")).join("har-validator/validate.js");
+    let out = Command::new("node")
+        .arg(&validator)
+        .arg(&file)
+        .output()
+        .expect("node is installed");
+    assert!(
+        out.status.success(),
+        "HAR 1.2 schema: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every session exports; the refused DELETE is an entry with its reason.
+    let all = hoop_out(&env, &["sessions", "list", "--json"]).1;
+    let list: Vec<Value> = serde_json::from_str(&all).unwrap();
+    let deleted = list[1]["session"].as_str().unwrap();
+    let (ok, har) = hoop_out(&env, &["export", "har", deleted]);
+    assert!(ok && har.contains("policy-denied"), "{har}");
+
+    // Dry-run: a candidate that also denies POST /echo names exactly it.
+    let candidate = env.dir.path().join("candidate.toml");
+    let text = std::fs::read_to_string(&env.config).unwrap()
+        + "\n[[connection.deny]]\nname = \"no-echo\"\nmethod = \"POST\"\npath = \"/echo\"\n";
+    std::fs::write(&candidate, text).unwrap();
+    let out = Command::new(hoop_tests::hoop_bin())
+        .args(["--config", candidate.to_str().unwrap(), "policy", "test"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let changed: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(changed.len(), 1, "{text}");
+    assert!(
+        changed[0].contains("POST https://api.partner.test")
+            && changed[0].contains("was allowed, now denied (rule no-echo)"),
+        "{text}"
+    );
+    assert!(text.contains("3 recorded request(s) replayed"), "{text}");
+}
