@@ -347,6 +347,15 @@ fn the_credential_is_injected_upstream_and_never_reaches_the_job() {
     );
     let leaked = files_containing(&p.env.dir.path().join("state"), SECRET);
     assert!(leaked.is_empty(), "state files hold the secret: {leaked:?}");
+    // The audit log compresses bodies: read it back whole, decompressed.
+    let record = p.env.hoop().args(["export", "jsonl"]).output().unwrap();
+    let record = String::from_utf8_lossy(&record.stdout);
+    assert!(record.contains("/echo"), "the exchange is on record");
+    assert!(!record.contains(SECRET), "the audit log holds the secret");
+    assert!(
+        !record.contains("job-supplied-token"),
+        "the job's own credential is on record unredacted"
+    );
     let status = p.env.hoop().args(["status", "--json"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&status.stdout).contains(SECRET));
 }

@@ -186,9 +186,29 @@ impl SessionData {
             cgroup_id: j.cgroup_id,
             pid: j.pid,
             uid: j.uid,
-            command: j.command.clone(),
+            command: redact_args(&j.command),
         }
     }
+}
+
+/// A job's command line, with what looks like a credential (a bearer
+/// token, a JWT, a cloud or API key, a private key) masked: jobs pass their
+/// own tokens in arguments, and the record must not keep them.
+pub fn redact_args(args: &[String]) -> Vec<String> {
+    use crate::policy::mask::{MaskConfig, Masker};
+    static MASKER: std::sync::OnceLock<Masker> = std::sync::OnceLock::new();
+    let m = MASKER.get_or_init(|| {
+        let cfg: MaskConfig =
+            toml::from_str("detectors = [\"bearer\", \"jwt\", \"aws_key\", \"private_key\"]")
+                .expect("built-in detectors parse");
+        Masker::compile(&cfg).expect("built-in detectors compile")
+    });
+    args.iter()
+        .map(|a| {
+            m.mask_text(a, &mut Default::default())
+                .unwrap_or_else(|| a.clone())
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,4 +265,35 @@ pub fn body(blob: &[u8]) -> Result<Vec<u8>, String> {
         .read_to_end(&mut out)
         .map_err(|e| format!("recorded body: {e}"))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_arguments_and_headers_are_redacted() {
+        let args: Vec<String> = [
+            "curl",
+            "-H",
+            "Authorization: Bearer job-supplied-token-123",
+            "https://api.example/x",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = redact_args(&args);
+        assert_eq!(out[0], "curl");
+        assert_eq!(out[3], "https://api.example/x");
+        assert!(!out[2].contains("job-supplied-token-123"), "{}", out[2]);
+
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "sid=abc".parse().unwrap());
+        h.insert("x-partner-key", "k-123".parse().unwrap());
+        h.insert("accept", "application/json".parse().unwrap());
+        let got = headers(&h, Some("X-Partner-Key"));
+        let value = |n: &str| got.iter().find(|[k, _]| k == n).unwrap()[1].clone();
+        assert_eq!(value("cookie"), REDACTED);
+        assert_eq!(value("x-partner-key"), REDACTED);
+        assert_eq!(value("accept"), "application/json");
+    }
 }
