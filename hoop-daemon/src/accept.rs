@@ -207,8 +207,7 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
     if let Err(e) = pipeline::serve(ctx.gw.clone(), stream, flow.clone()).await {
         tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
         // Refused before any request (raw TCP, a broken handshake): on record.
-        ctx.gw.audit.record(crate::audit::Entry::new(
-            crate::audit::entry::kind::CONNECT_DENIED,
+        ctx.gw.audit.record(crate::audit::Entry::of(
             &crate::audit::entry::ConnectDeniedData {
                 session: crate::audit::entry::session_of(&flow),
                 job: flow.job_id().map(str::to_owned),

@@ -11,7 +11,7 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
     accept,
-    audit::{Audit, Entry, entry::kind},
+    audit::{Audit, Entry, entry::SessionEndData},
     capture::{self, Capture, Cgroup},
     config::{Config, ConfigError},
     control::{self, Server},
@@ -237,10 +237,10 @@ fn reap_if_empty(jobs: &Jobs, job: &Job, audit: &Audit) -> bool {
     }
     if jobs.remove(job.cgroup_id).is_some() {
         tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job ended");
-        audit.record(Entry::new(
-            kind::SESSION_END,
-            &serde_json::json!({"session": job.id, "job": job.id}),
-        ));
+        audit.record(Entry::of(&SessionEndData {
+            session: job.id.clone(),
+            job: job.id.clone(),
+        }));
     }
     true
 }

@@ -41,6 +41,9 @@ pub struct Opts {
     /// Concurrent connections for the throughput workloads.
     #[arg(long, default_value_t = 32)]
     pub connections: u32,
+    /// Only the workloads whose name contains this (e.g. "audit", "HTTP/2").
+    #[arg(long)]
+    pub only: Option<String>,
     /// Where to write the report (relative to the repository root).
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
@@ -172,82 +175,89 @@ pub fn run(o: &Opts) -> Result<()> {
     };
 
     let w = "HTTP/1.1 keep-alive, req/s (wrk)";
-    r.add(w, "direct", Wrk.run(&pin, None, &wrk_args(&[])));
-    r.add(
-        w,
-        "hoop transparent",
-        Wrk.run(&pin, Some(&hoop), &wrk_args(&[])),
-    );
-    r.add(
-        w,
-        "mitmproxy",
-        Wrk.run(&pin, None, &via_mitm(wrk_args(&[]))),
-    );
+    r.run(w, "direct", || Wrk.run(&pin, None, &wrk_args(&[])));
+    r.run(w, "hoop transparent", || {
+        Wrk.run(&pin, Some(&hoop), &wrk_args(&[]))
+    });
+    r.run(w, "mitmproxy", || {
+        Wrk.run(&pin, None, &via_mitm(wrk_args(&[])))
+    });
 
     let w = "HTTP/2, req/s (h2load, 8 conns × 16 streams)";
-    r.add(w, "direct", H2load.run(&pin, None, &h2_args()));
-    r.add(
-        w,
-        "hoop transparent",
-        H2load.run(&pin, Some(&hoop), &h2_args()),
-    );
-    r.add(w, "mitmproxy", H2load.run(&pin, None, &via_mitm(h2_args())));
+    r.run(w, "direct", || H2load.run(&pin, None, &h2_args()));
+    r.run(w, "hoop transparent", || {
+        H2load.run(&pin, Some(&hoop), &h2_args())
+    });
+    r.run(w, "mitmproxy", || {
+        H2load.run(&pin, None, &via_mitm(h2_args()))
+    });
 
     let w = "new TLS connections/s (wrk, Connection: close)";
     let close = ["-H", "Connection: close"];
-    r.add(w, "direct", Wrk.run(&pin, None, &wrk_args(&close)));
-    r.add(
-        w,
-        "hoop transparent",
-        Wrk.run(&pin, Some(&hoop), &wrk_args(&close)),
-    );
-    r.add(
-        w,
-        "mitmproxy",
-        Wrk.run(&pin, None, &via_mitm(wrk_args(&close))),
-    );
+    r.run(w, "direct", || Wrk.run(&pin, None, &wrk_args(&close)));
+    r.run(w, "hoop transparent", || {
+        Wrk.run(&pin, Some(&hoop), &wrk_args(&close))
+    });
+    r.run(w, "mitmproxy", || {
+        Wrk.run(&pin, None, &via_mitm(wrk_args(&close)))
+    });
     drop(mitm_rev);
 
     let mitm_fwd = Mitm::start(&tools, &pin, "regular")?;
     let mitm_proxy = format!("http://{}", mitm_fwd.addr);
     let w = "explicit proxy (CONNECT), HTTP/1.1 keep-alive, req/s (oha -x)";
-    r.add(w, "direct", Oha::Rps.run(&pin, None, &oha_args(None, None)));
-    r.add(
-        w,
-        "hoop explicit proxy",
-        Oha::Rps.run(&pin, None, &oha_args(Some(&explicit), None)),
-    );
-    r.add(
-        w,
-        "mitmproxy",
-        Oha::Rps.run(&pin, None, &oha_args(Some(&mitm_proxy), None)),
-    );
+    r.run(w, "direct", || {
+        Oha::Rps.run(&pin, None, &oha_args(None, None))
+    });
+    r.run(w, "hoop explicit proxy", || {
+        Oha::Rps.run(&pin, None, &oha_args(Some(&explicit), None))
+    });
+    r.run(w, "mitmproxy", || {
+        Oha::Rps.run(&pin, None, &oha_args(Some(&mitm_proxy), None))
+    });
 
     let w = &format!("latency at {} req/s, p50 / p99 ms (oha -q)", o.rate);
     let q = Some(o.rate);
-    r.add(
-        w,
-        "direct",
-        Oha::Latency.run(&pin, None, &oha_args(None, q)),
-    );
-    r.add(
-        w,
-        "hoop transparent",
-        Oha::Latency.run(&pin, Some(&hoop), &oha_args(None, q)),
-    );
-    r.add(
-        w,
-        "hoop explicit proxy",
-        Oha::Latency.run(&pin, None, &oha_args(Some(&explicit), q)),
-    );
-    r.add(
-        w,
-        "mitmproxy",
-        Oha::Latency.run(&pin, None, &oha_args(Some(&mitm_proxy), q)),
-    );
+    r.run(w, "direct", || {
+        Oha::Latency.run(&pin, None, &oha_args(None, q))
+    });
+    r.run(w, "hoop transparent", || {
+        Oha::Latency.run(&pin, Some(&hoop), &oha_args(None, q))
+    });
+    r.run(w, "hoop explicit proxy", || {
+        Oha::Latency.run(&pin, None, &oha_args(Some(&explicit), q))
+    });
+    r.run(w, "mitmproxy", || {
+        Oha::Latency.run(&pin, None, &oha_args(Some(&mitm_proxy), q))
+    });
     drop(mitm_fwd);
 
     hoop.stop()?;
+
+    // The audit log's cost: the same transparent path with recording off,
+    // with sync = normal, and as shipped (sync = full), one daemon each.
+    let variants = [
+        ("audit off", "enabled = false"),
+        ("audit on, sync = normal", "sync = \"normal\""),
+        ("audit on, sync = full (default)", ""),
+    ];
+    let w1 = "audit cost: HTTP/1.1 keep-alive, req/s (wrk), hoop transparent";
+    let w2 = "audit cost: HTTP/2, req/s (h2load), hoop transparent";
+    for (label, audit) in variants {
+        if !r.wanted(w1) && !r.wanted(w2) {
+            break;
+        }
+        step(&format!("hoop with {label}"));
+        let d = dir.join(label.split(',').next().unwrap_or(label).replace(' ', "-"));
+        std::fs::create_dir_all(&d)?;
+        let p = format!("{policy}\n[audit]\n{audit}\n");
+        let h = Hoop::start(&rel.join("hoop"), &d, &origin_ca, &pin, &p)?;
+        r.run(w1, label, || Wrk.run(&pin, Some(&h), &wrk_args(&[])));
+        r.run(w2, label, || H2load.run(&pin, Some(&h), &h2_args()));
+        h.stop()?;
+    }
+    r.baseline(w1, "audit off");
+    r.baseline(w2, "audit off");
     drop(origin);
     let out = root_dir().join(&o.out);
     // Hand-written notes after the marker survive a new run.
@@ -621,6 +631,10 @@ impl Oha {
 
 struct Report {
     rows: Vec<(String, String, std::result::Result<Figure, String>)>,
+    /// Workloads compared against another path than "direct".
+    baselines: Vec<(String, String)>,
+    /// `--only`: the workloads whose name contains this.
+    only: Option<String>,
     failed: usize,
     command: String,
     setup: String,
@@ -639,10 +653,18 @@ impl Report {
         let kernel = sh::output(Command::new("uname").arg("-r")).unwrap_or_default();
         Self {
             rows: Vec::new(),
+            baselines: Vec::new(),
+            only: o.only.clone(),
             failed: 0,
             command: format!(
-                "cargo xtask bench --seconds {} --rate {} --connections {}",
-                o.seconds, o.rate, o.connections
+                "cargo xtask bench --seconds {} --rate {} --connections {}{}",
+                o.seconds,
+                o.rate,
+                o.connections,
+                o.only
+                    .as_ref()
+                    .map(|w| format!(" --only {w:?}"))
+                    .unwrap_or_default()
             ),
             setup: format!(
                 "{} × {cpu}, Linux {}; {}; {} s per measurement, {} connections for throughput",
@@ -655,8 +677,12 @@ impl Report {
         }
     }
 
-    fn add(&mut self, workload: &str, path: &str, r: Outcome) {
-        let r = r.map_err(|e| {
+    /// Measures `path` under `workload`, unless `--only` leaves it out.
+    fn run(&mut self, workload: &str, path: &str, measure: impl FnOnce() -> Outcome) {
+        if !self.wanted(workload) {
+            return;
+        }
+        let r = measure().map_err(|e| {
             self.failed += 1;
             eprintln!("  ! {workload} / {path}: {e:#}");
             format!("{e:#}")
@@ -665,6 +691,14 @@ impl Report {
             eprintln!("  = {path}: {}", fmt(f));
         }
         self.rows.push((workload.into(), path.into(), r));
+    }
+
+    fn wanted(&self, workload: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| workload.contains(o))
+    }
+
+    fn baseline(&mut self, workload: &str, path: &str) {
+        self.baselines.push((workload.into(), path.into()));
     }
 
     fn get(&self, workload: &str, path: &str) -> Option<Figure> {
@@ -685,9 +719,14 @@ impl Report {
             }
             seen.push(w);
             let _ = writeln!(s, "### {w}\n");
-            let _ = writeln!(s, "| path | figure | vs direct | vs mitmproxy |");
+            let base = self
+                .baselines
+                .iter()
+                .find(|(x, _)| x == w)
+                .map_or("direct", |(_, p)| p.as_str());
+            let _ = writeln!(s, "| path | figure | vs {base} | vs mitmproxy |");
             let _ = writeln!(s, "|---|---:|---:|---:|");
-            let direct = self.get(w, "direct");
+            let direct = self.get(w, base);
             let mitm = self.get(w, "mitmproxy");
             for (_, p, r) in self.rows.iter().filter(|(x, _, _)| x == w) {
                 match r {

@@ -16,6 +16,9 @@ pub struct Record {
     pub seq: u64,
     pub ts_ms: u64,
     pub kind: String,
+    /// The session (job) it belongs to: a column, so listing sessions
+    /// needs no JSON parsing.
+    pub session: String,
     pub data: String,
     pub req_body: Option<Vec<u8>>,
     pub resp_body: Option<Vec<u8>>,
@@ -33,6 +36,7 @@ impl Record {
         h.update(self.ts_ms.to_be_bytes());
         for field in [
             Some(self.kind.as_bytes()),
+            Some(self.session.as_bytes()),
             Some(self.data.as_bytes()),
             self.req_body.as_deref(),
             self.resp_body.as_deref(),
@@ -161,6 +165,7 @@ mod tests {
                     seq,
                     ts_ms: 1000 + seq,
                     kind: "response".into(),
+                    session: "s".into(),
                     data: json!({"status": 200, "url": "https://a/x"}).to_string(),
                     req_body: None,
                     resp_body: Some(format!("body {seq}").into_bytes()),

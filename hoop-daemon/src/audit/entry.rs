@@ -14,7 +14,9 @@ use crate::{flow::Flow, identity::Identity, jobs::Job};
 #[derive(Debug)]
 pub struct Entry {
     pub kind: &'static str,
-    pub data: serde_json::Value,
+    pub session: String,
+    /// The record's JSON, serialised once, on the request's task.
+    pub data: String,
     pub req_body: Option<Bytes>,
     pub resp_body: Option<Bytes>,
 }
@@ -35,11 +37,44 @@ pub mod kind {
     pub const CONNECT_DENIED: &str = "connect-denied";
 }
 
+/// What can be recorded: its kind, and the session it belongs to.
+pub trait Recordable: Serialize {
+    const KIND: &'static str;
+    fn session(&self) -> &str;
+}
+
+macro_rules! recordable {
+    ($($t:ty => $kind:expr, |$s:ident| $session:expr;)*) => {$(
+        impl Recordable for $t {
+            const KIND: &'static str = $kind;
+            fn session(&self) -> &str {
+                let $s = self;
+                $session
+            }
+        }
+    )*};
+}
+
+recordable! {
+    SessionData => kind::SESSION_START, |s| &s.session;
+    SessionEndData => kind::SESSION_END, |s| &s.session;
+    RequestData => kind::REQUEST, |s| &s.origin.session;
+    ResponseData => kind::RESPONSE, |s| &s.session;
+    RefusedData => kind::REFUSED, |s| &s.request.origin.session;
+    ApprovalData => kind::APPROVAL, |s| &s.session;
+    ConnectDeniedData => kind::CONNECT_DENIED, |s| &s.session;
+}
+
 impl Entry {
-    pub fn new<T: Serialize>(kind: &'static str, data: &T) -> Self {
+    pub fn of<T: Recordable>(data: &T) -> Self {
+        Self::new(T::KIND, data.session(), data)
+    }
+
+    pub fn new<T: Serialize>(kind: &'static str, session: &str, data: &T) -> Self {
         Self {
             kind,
-            data: serde_json::to_value(data).expect("audit data serialises"),
+            session: session.to_string(),
+            data: serde_json::to_string(data).expect("audit data serialises"),
             req_body: None,
             resp_body: None,
         }
@@ -209,6 +244,12 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
                 .unwrap_or_else(|| a.clone())
         })
         .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEndData {
+    pub session: String,
+    pub job: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -81,6 +81,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     pub failures: AtomicU64,
     pub last_commit_us: AtomicU64,
+    /// Time spent committing, in total.
+    pub commit_us: AtomicU64,
 }
 
 /// The daemon's handle on the writer thread (cheap to clone).

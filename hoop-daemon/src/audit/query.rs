@@ -17,6 +17,7 @@ pub struct Stored {
     pub seq: u64,
     pub ts_ms: u64,
     pub kind: String,
+    pub session: String,
     pub data: Value,
     pub hash: [u8; 32],
     pub req_body: Option<Vec<u8>>,
@@ -37,19 +38,26 @@ pub struct Select {
 }
 
 pub fn records(db: &Connection, sel: &Select) -> rusqlite::Result<Vec<Stored>> {
-    let mut sql = format!("SELECT {ROW_COLUMNS} FROM records WHERE ts_ms >= ?1");
+    let mut sql = format!("SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1");
     if sel.session.is_some() {
-        sql.push_str(" AND json_extract(data, '$.session') = ?2");
+        sql.push_str(" AND session = ?2");
     }
     sql.push_str(" ORDER BY seq");
     let mut st = db.prepare(&sql)?;
-    let since = sel.since_ms.unwrap_or(0) as i64;
+    let since = match sel.since_ms {
+        None => 0,
+        Some(t) => match store::first_seq_since(db, t)? {
+            Some(s) => s as i64,
+            None => return Ok(Vec::new()),
+        },
+    };
     let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Stored> {
         let (rec, hash) = store::row(r)?;
         Ok(Stored {
             seq: rec.seq,
             ts_ms: rec.ts_ms,
             kind: rec.kind,
+            session: rec.session,
             data: serde_json::from_str(&rec.data).unwrap_or(Value::String(rec.data)),
             hash,
             req_body: rec.req_body.and_then(|b| entry::body(&b).ok()),
@@ -85,14 +93,21 @@ pub struct Filter {
 
 pub fn sessions(db: &Connection, f: &Filter) -> rusqlite::Result<Vec<SessionSummary>> {
     let mut st = db.prepare(
-        "SELECT json_extract(data, '$.session') AS s, MIN(ts_ms), MAX(ts_ms),
+        "SELECT session, MIN(ts_ms), MAX(ts_ms),
                 SUM(kind = 'request'), SUM(kind = 'refused'), SUM(kind = 'connect-denied'),
                 MAX(json_extract(data, '$.identity.name')), MAX(json_extract(data, '$.job')),
                 group_concat(DISTINCT json_extract(data, '$.host'))
-         FROM records WHERE ts_ms >= ?1 AND s IS NOT NULL
-         GROUP BY s ORDER BY MIN(seq)",
+         FROM records WHERE seq >= ?1
+         GROUP BY session ORDER BY MIN(seq)",
     )?;
-    let rows = st.query_map([f.since_ms.unwrap_or(0) as i64], |r| {
+    let since = match f.since_ms {
+        None => 0,
+        Some(t) => match store::first_seq_since(db, t)? {
+            Some(s) => s as i64,
+            None => return Ok(Vec::new()),
+        },
+    };
+    let rows = st.query_map([since], |r| {
         let hosts: Option<String> = r.get(8)?;
         Ok(SessionSummary {
             session: r.get(0)?,
@@ -265,6 +280,7 @@ pub fn jsonl_line(r: &Stored) -> String {
         "time": iso(r.ts_ms),
         "ts_ms": r.ts_ms,
         "kind": r.kind,
+        "session": r.session,
         "hash": hex::encode(r.hash),
         "data": r.data,
         "request_body": body(&r.req_body),

@@ -9,19 +9,19 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::chain::{Checkpoint, Record};
 
 /// Schema migrations, applied in order; `user_version` is the count done.
-/// The session and time indexes read the JSON itself, so nothing outside
-/// the hashed bytes decides what `hoop sessions` shows.
+/// Every column of `records` but `hash` is covered by the hash, so
+/// nothing outside the hashed bytes decides what `hoop sessions` shows.
 const MIGRATIONS: [&str; 1] = ["CREATE TABLE records (
         seq INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
         kind TEXT NOT NULL,
+        session TEXT NOT NULL,
         data TEXT NOT NULL,
         req_body BLOB,
         resp_body BLOB,
         hash BLOB NOT NULL
     );
-    CREATE INDEX records_session ON records(json_extract(data, '$.session'), seq);
-    CREATE INDEX records_ts ON records(ts_ms);
+    CREATE INDEX records_session ON records(session, seq);
     CREATE TABLE checkpoints (
         seq INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
@@ -136,15 +136,60 @@ pub fn head(db: &Connection) -> rusqlite::Result<Option<(u64, [u8; 32])>> {
     .optional()
 }
 
+pub fn last_ts(db: &Connection) -> rusqlite::Result<u64> {
+    db.query_row(
+        "SELECT ts_ms FROM records ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|t| t.unwrap_or(0) as u64)
+}
+
+/// The first record at or after `ts_ms`. Times never decrease along the
+/// chain (the writer sees to it), so this bisects on the primary key: no
+/// time index for every commit to update.
+pub fn first_seq_since(db: &Connection, ts_ms: u64) -> rusqlite::Result<Option<u64>> {
+    let at = |seq: i64| -> rusqlite::Result<Option<(i64, u64)>> {
+        db.query_row(
+            "SELECT seq, ts_ms FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+            [seq],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()
+    };
+    let Some((first, t)) = at(i64::MIN)? else {
+        return Ok(None);
+    };
+    if t >= ts_ms {
+        return Ok(Some(first as u64));
+    }
+    let Some((last, _)) = head(db)?.map(|(s, h)| (s as i64, h)) else {
+        return Ok(None);
+    };
+    // Invariant: the record at or after `lo` is older than ts_ms; `hi` is
+    // past every candidate.
+    let (mut lo, mut hi) = (first, last + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match at(mid)? {
+            Some((_, t)) if t < ts_ms => lo = mid,
+            _ => hi = mid,
+        }
+    }
+    Ok(at(hi)?.map(|(s, _)| s as u64))
+}
+
 pub fn insert(db: &Connection, r: &Record, hash: &[u8; 32]) -> rusqlite::Result<()> {
     db.prepare_cached(
-        "INSERT INTO records (seq, ts_ms, kind, data, req_body, resp_body, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO records (seq, ts_ms, kind, session, data, req_body, resp_body, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         r.seq as i64,
         r.ts_ms as i64,
         r.kind,
+        r.session,
         r.data,
         r.req_body,
         r.resp_body,
@@ -200,16 +245,17 @@ pub fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Record, [u8; 32])> {
             seq: r.get::<_, i64>(0)? as u64,
             ts_ms: r.get::<_, i64>(1)? as u64,
             kind: r.get(2)?,
-            data: r.get(3)?,
-            req_body: r.get(4)?,
-            resp_body: r.get(5)?,
+            session: r.get(3)?,
+            data: r.get(4)?,
+            req_body: r.get(5)?,
+            resp_body: r.get(6)?,
         },
-        hash32(r.get(6)?),
+        hash32(r.get(7)?),
     ))
 }
 
 /// The columns [`row`] reads, in order.
-pub const ROW_COLUMNS: &str = "seq, ts_ms, kind, data, req_body, resp_body, hash";
+pub const ROW_COLUMNS: &str = "seq, ts_ms, kind, session, data, req_body, resp_body, hash";
 
 /// A stored hash of the wrong length can't match anything: all ones.
 fn hash32(v: Vec<u8>) -> [u8; 32] {

@@ -18,6 +18,7 @@ fn config(retain: &str) -> AuditConfig {
 fn entry(n: u64) -> Entry {
     let mut e = Entry::new(
         kind::REQUEST,
+        "s1",
         &json!({"session": "s1", "n": n, "url": format!("https://a.example/{n}")}),
     );
     e.req_body = Some(bytes::Bytes::from(format!("request body {n}")));
@@ -176,4 +177,44 @@ async fn a_full_database_fails_the_commit_and_recovers() {
     let r = verify::verify_file(&d.path().join(DB_FILE), None).unwrap();
     assert!(r.ok(), "{:?}", r.broken);
     assert_eq!(r.records, n);
+}
+
+#[test]
+fn since_bisects_on_the_chain_order() {
+    let d = tempfile::tempdir().unwrap();
+    let db = store::open_writer(&d.path().join("a.db"), Sync::Normal, None).unwrap();
+    assert_eq!(store::first_seq_since(&db, 0).unwrap(), None);
+    // Times never decrease along the chain; some records share one; a gap.
+    let times = [100u64, 100, 105, 110, 110, 110, 200, 300];
+    for (seq, ts) in times.iter().enumerate() {
+        if seq == 4 {
+            continue;
+        }
+        let r = chain::Record {
+            seq: seq as u64,
+            ts_ms: *ts,
+            kind: "k".into(),
+            session: "s".into(),
+            data: "{}".into(),
+            req_body: None,
+            resp_body: None,
+        };
+        store::insert(&db, &r, &[0; 32]).unwrap();
+    }
+    for (since, want) in [
+        (0, Some(0)),
+        (100, Some(0)),
+        (101, Some(2)),
+        (106, Some(3)),
+        (110, Some(3)),
+        (111, Some(6)),
+        (300, Some(7)),
+        (301, None),
+    ] {
+        assert_eq!(
+            store::first_seq_since(&db, since).unwrap(),
+            want,
+            "since {since}"
+        );
+    }
 }

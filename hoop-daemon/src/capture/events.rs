@@ -77,8 +77,7 @@ pub fn spawn_event_reader(
                     protocol = r.protocol,
                     "kernel refused a job socket operation"
                 );
-                audit.record(crate::audit::Entry::new(
-                    crate::audit::entry::kind::CONNECT_DENIED,
+                audit.record(crate::audit::Entry::of(
                     &crate::audit::entry::ConnectDeniedData {
                         session: job
                             .clone()

@@ -187,10 +187,7 @@ impl Server {
         };
         let job = self.jobs.insert(job).context("recording the job")?;
         // The session is on record before the job runs a single command.
-        let start = crate::audit::Entry::new(
-            crate::audit::entry::kind::SESSION_START,
-            &crate::audit::entry::SessionData::of(&job),
-        );
+        let start = crate::audit::Entry::of(&crate::audit::entry::SessionData::of(&job));
         if let Err(e) = self.gw.audit.commit(start).await {
             self.jobs.remove(job.cgroup_id);
             let _ = self.watch_job.send(job);

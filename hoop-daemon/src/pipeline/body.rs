@@ -41,6 +41,60 @@ pub fn prefixed(prefix: Bytes, inner: Body) -> Body {
     http_body_util::StreamBody::new(head.chain(rest)).boxed_unsync()
 }
 
+/// What a [`Tee`] has seen so far.
+#[derive(Debug, Default)]
+pub struct Teed {
+    pub bytes: u64,
+    pub captured: bytes::BytesMut,
+    pub cap: usize,
+}
+
+/// Passes a body through, counting it and copying its first `cap` bytes
+/// into a shared buffer as they pass: the request body, which the record
+/// of the response reads whenever that comes (hyper may drop the request
+/// body later than the response ends).
+pub struct Tee {
+    inner: Body,
+    seen: std::sync::Arc<std::sync::Mutex<Teed>>,
+}
+
+impl Tee {
+    pub fn new(inner: Body, seen: std::sync::Arc<std::sync::Mutex<Teed>>) -> Self {
+        Self { inner, seen }
+    }
+}
+
+impl HttpBody for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            let mut t = self.seen.lock().unwrap();
+            t.bytes += d.len() as u64;
+            let room = t.cap.saturating_sub(t.captured.len());
+            if room > 0 {
+                t.captured.extend_from_slice(&d[..room.min(d.len())]);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How a body went: its size, whether it completed, and the first bytes
 /// (up to the capture limit) for the audit log.
 #[derive(Debug, Default)]

@@ -18,10 +18,7 @@ use super::{
     upstream::UpstreamConn,
 };
 use crate::{
-    audit::{
-        Entry,
-        entry::{ApprovalData, kind},
-    },
+    audit::{Entry, entry::ApprovalData},
     flow::Flow,
     policy::Connection,
 };
@@ -252,21 +249,18 @@ async fn hold(
         Outcome::Expired => ("expired", None, None),
         Outcome::Abandoned => ("abandoned", None, None),
     };
-    conn.gw.audit.record(Entry::new(
-        kind::APPROVAL,
-        &ApprovalData {
-            session: x.data.origin.session.clone(),
-            id: id.clone(),
-            rule: rule.name.clone(),
-            connection: route.name.clone(),
-            method: x.data.method.clone(),
-            url: x.data.url.clone(),
-            outcome: name.into(),
-            by,
-            reason,
-            waited_ms: waited.elapsed().as_millis() as u64,
-        },
-    ));
+    conn.gw.audit.record(Entry::of(&ApprovalData {
+        session: x.data.origin.session.clone(),
+        id: id.clone(),
+        rule: rule.name.clone(),
+        connection: route.name.clone(),
+        method: x.data.method.clone(),
+        url: x.data.url.clone(),
+        outcome: name.into(),
+        by,
+        reason,
+        waited_ms: waited.elapsed().as_millis() as u64,
+    }));
     match outcome {
         Outcome::Approved { by } => {
             x.data.decision = "approved".into();
@@ -494,10 +488,8 @@ async fn forward(
     };
     // Durable before forward: nothing goes up unrecorded.
     x.commit().await?;
-    let slot = x.req_body.clone();
-    let body = boxed(Observed::new(body, None, x.cap, move |t| {
-        *slot.lock().unwrap() = Some(t);
-    }));
+    x.req_body.lock().unwrap().cap = x.cap;
+    let body = boxed(super::body::Tee::new(body, x.req_body.clone()));
     strip_hop_by_hop(&mut parts.headers, upgrade);
     conn.gw
         .phases

@@ -10,11 +10,14 @@ use std::{
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 
-use super::{PipelineError, body::Tally};
+use super::{
+    PipelineError,
+    body::{Tally, Teed},
+};
 use crate::{
     audit::{
         Audit, Entry,
-        entry::{self, BodyInfo, Origin, RefusedData, RequestData, ResponseData, kind},
+        entry::{self, BodyInfo, Origin, RefusedData, RequestData, ResponseData},
     },
     flow::Flow,
     jobs::Jobs,
@@ -30,8 +33,8 @@ pub struct Exchange {
     pub seq: Option<u64>,
     /// Bytes of each body to keep.
     pub cap: usize,
-    /// The request body as it went upstream (set when it ends).
-    pub req_body: Arc<Mutex<Option<Tally>>>,
+    /// The request body as it goes upstream.
+    pub req_body: Arc<Mutex<Teed>>,
     /// A body a guardrail read whole (recorded with a refusal).
     pub inspected: Option<Bytes>,
 }
@@ -89,7 +92,7 @@ impl Exchange {
     pub async fn commit(&mut self) -> Result<(), PipelineError> {
         let seq = self
             .audit
-            .commit(Entry::new(kind::REQUEST, &self.data))
+            .commit(Entry::of(&self.data))
             .await
             .map_err(PipelineError::AuditUnavailable)?;
         self.seq = Some(seq);
@@ -106,7 +109,14 @@ impl Exchange {
         body: Tally,
     ) {
         let Some(request_seq) = self.seq else { return };
-        let req = self.req_body.lock().unwrap().take().unwrap_or_default();
+        let req = {
+            let mut t = self.req_body.lock().unwrap();
+            Tally {
+                bytes: t.bytes,
+                ok: true,
+                captured: std::mem::take(&mut t.captured).freeze(),
+            }
+        };
         let duration_ms = self.started.elapsed().as_millis() as u64;
         tracing::info!(
             flow = self.data.origin.flow,
@@ -144,7 +154,7 @@ impl Exchange {
             duration_ms,
             complete: body.ok,
         };
-        let mut e = Entry::new(kind::RESPONSE, &data);
+        let mut e = Entry::of(&data);
         e.req_body = (!req.captured.is_empty()).then_some(req.captured);
         e.resp_body = (!body.captured.is_empty()).then_some(body.captured);
         self.audit.record(e);
@@ -190,7 +200,7 @@ impl Exchange {
             }),
             request: self.data,
         };
-        let mut entry = Entry::new(kind::REFUSED, &data);
+        let mut entry = Entry::of(&data);
         entry.req_body = body.map(|(_, b)| b).filter(|b| !b.is_empty());
         self.audit.record(entry);
     }
