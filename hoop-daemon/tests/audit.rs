@@ -119,6 +119,53 @@ async fn each_request_leaves_a_masked_verifiable_record() {
     );
     let r = verify::verify_file(&env.dir.path().join("state").join(DB_FILE), None).unwrap();
     assert!(r.ok(), "{:?}", r.broken);
+    // Sessions filter by identity, host and job.
+    let db = store::open_reader(&env.dir.path().join("state").join(DB_FILE)).unwrap();
+    let glob = |g: &str| Some(globset::Glob::new(g).unwrap().compile_matcher());
+    let count = |f: query::Filter| query::sessions(&db, &f).unwrap().len();
+    assert_eq!(count(query::Filter::default()), 1);
+    assert_eq!(
+        count(query::Filter {
+            identity: glob("test:*"),
+            ..Default::default()
+        }),
+        1
+    );
+    assert_eq!(
+        count(query::Filter {
+            identity: glob("ci:*"),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        count(query::Filter {
+            host: glob("localhost"),
+            ..Default::default()
+        }),
+        1
+    );
+    assert_eq!(
+        count(query::Filter {
+            host: glob("*.example"),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        count(query::Filter {
+            job: Some("nope".into()),
+            ..Default::default()
+        }),
+        0
+    );
+    assert_eq!(
+        count(query::Filter {
+            since_ms: Some(u64::MAX / 2),
+            ..Default::default()
+        }),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

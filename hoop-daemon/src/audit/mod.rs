@@ -68,8 +68,6 @@ type Reply = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
 
 enum Cmd {
     Append(Entry, Option<Reply>),
-    /// Sign the head now (tests, `hoop audit checkpoint` later).
-    Checkpoint(std::sync::mpsc::Sender<()>),
     Shutdown(std::sync::mpsc::Sender<()>),
 }
 
@@ -178,20 +176,11 @@ impl Audit {
         }
     }
 
-    /// Signs the head now and waits for it.
-    pub fn checkpoint(&self) {
-        self.call(Cmd::Checkpoint);
-    }
-
     /// Writes what is queued, signs a last checkpoint and stops the writer.
     pub fn shutdown(&self) {
-        self.call(Cmd::Shutdown);
-    }
-
-    fn call(&self, cmd: fn(std::sync::mpsc::Sender<()>) -> Cmd) {
         let Some(tx) = &self.tx else { return };
         let (done, wait) = std::sync::mpsc::channel();
-        if tx.send(cmd(done)).is_ok() {
+        if tx.send(Cmd::Shutdown(done)).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(10));
         }
     }

@@ -66,6 +66,20 @@ pub fn open_writer(path: &Path, sync: Sync, max_bytes: Option<u64>) -> Result<Co
             message: x.to_string(),
         })?;
     }
+    // Owner only: the record holds what jobs sent and saw. SQLite gives
+    // the WAL and its index the database file's mode.
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|x| StoreError {
+                path: path.display().to_string(),
+                message: x.to_string(),
+            })?;
+    }
     let db = Connection::open(path).map_err(&e)?;
     db.pragma_update(None, "journal_mode", "WAL").map_err(&e)?;
     db.pragma_update(
@@ -272,10 +286,11 @@ pub fn prune_through(db: &mut Connection, seq: u64) -> rusqlite::Result<usize> {
     Ok(n)
 }
 
-/// The newest checkpoint whose record is older than `cutoff_ms`.
-pub fn checkpoint_before(db: &Connection, cutoff_ms: u64) -> rusqlite::Result<Option<u64>> {
+/// The oldest checkpoint whose record is still there and older than
+/// `cutoff_ms`: retention prunes through it.
+pub fn oldest_checkpoint_before(db: &Connection, cutoff_ms: u64) -> rusqlite::Result<Option<u64>> {
     db.query_row(
-        "SELECT MAX(c.seq) FROM checkpoints c JOIN records r ON r.seq = c.seq
+        "SELECT MIN(c.seq) FROM checkpoints c JOIN records r ON r.seq = c.seq
          WHERE r.ts_ms < ?1",
         [cutoff_ms as i64],
         |r| r.get::<_, Option<i64>>(0),

@@ -49,6 +49,9 @@ async fn commits_chain_and_verify_across_restarts() {
     // A restart continues the chain where it ended.
     assert_eq!(write(d.path(), "", 5..8).await, vec![5, 6, 7]);
     let db = d.path().join(DB_FILE);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the record is for root's eyes");
     let r = verify::verify_file(&db, None).unwrap();
     assert!(r.ok(), "{:?}", r.broken);
     assert_eq!((r.records, r.first, r.last), (8, Some(0), Some(7)));
@@ -133,19 +136,21 @@ async fn a_writer_refuses_to_extend_a_broken_chain() {
 #[tokio::test]
 async fn retention_prunes_at_a_checkpoint_and_the_rest_verifies() {
     let d = tempfile::tempdir().unwrap();
+    // Two runs, two checkpoints (records 3 and 5), both old by then.
     write(d.path(), "", 0..4).await;
+    write(d.path(), "", 4..6).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    // A start with retain = 1 s prunes through the old checkpoint (record 3).
-    write(d.path(), "1s", 4..6).await;
-    let r = verify::verify_file(&d.path().join(DB_FILE), None).unwrap();
-    assert!(r.ok(), "{:?}", r.broken);
-    assert_eq!((r.first, r.last, r.records), (Some(4), Some(5), 2));
-    // Without its anchor, the pruned log is refused.
+    // A start with retain = 1 s prunes step by step, through record 5.
+    write(d.path(), "1s", 6..8).await;
     let db = d.path().join(DB_FILE);
-    exec(&db, "DELETE FROM checkpoints WHERE seq = 3");
+    let r = verify::verify_file(&db, None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    assert_eq!((r.first, r.last, r.records), (Some(6), Some(7), 2));
+    // Without its anchor, the pruned log is refused.
+    exec(&db, "DELETE FROM checkpoints WHERE seq = 5");
     let r = verify::verify_file(&db, None).unwrap();
     assert!(
-        r.broken.unwrap().contains("starts at record 4"),
+        r.broken.unwrap().contains("starts at record 6"),
         "pruned without an anchor"
     );
 }
@@ -217,4 +222,35 @@ fn since_bisects_on_the_chain_order() {
             "since {since}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_reader_in_a_long_transaction_does_not_block_the_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Audit::start(&config(""), d.path()).unwrap();
+    a.commit(entry(0)).await.unwrap();
+    // A CLI holding a read snapshot open (WAL: readers never block).
+    let reader = rusqlite::Connection::open(d.path().join(DB_FILE)).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let n: i64 = reader
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    for i in 1..200 {
+        tokio::time::timeout(Duration::from_secs(2), a.commit(entry(i)))
+            .await
+            .expect("a commit waited on the reader")
+            .unwrap();
+    }
+    // The reader still sees its snapshot; a new one sees everything.
+    let n: i64 = reader
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    reader.execute_batch("COMMIT").unwrap();
+    let n: i64 = reader
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 200);
+    a.shutdown();
 }

@@ -434,6 +434,13 @@ fn print_status(s: &Status) {
             j.job.command.join(" ")
         );
     }
+    match &s.audit {
+        Some(a) => println!(
+            "audit      {}: {} records in {} commits this run, {} failed, {} queued, last commit {} µs",
+            a.db, a.records, a.commits, a.failures, a.queued, a.last_commit_us
+        ),
+        None => println!("audit      off ([audit] enabled = false)"),
+    }
     println!("connections ({})", s.connections.len());
     for c in &s.connections {
         println!(

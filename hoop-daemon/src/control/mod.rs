@@ -76,6 +76,19 @@ pub struct Status {
     pub kernel_links_on_root: usize,
     pub jobs: Vec<JobStatus>,
     pub connections: Vec<LiveConnection>,
+    /// The audit log (none when recording is off).
+    #[serde(default)]
+    pub audit: Option<AuditStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditStatus {
+    pub db: String,
+    pub records: u64,
+    pub commits: u64,
+    pub failures: u64,
+    pub queued: u64,
+    pub last_commit_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

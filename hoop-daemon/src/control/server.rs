@@ -270,6 +270,18 @@ impl Server {
                 })
                 .collect(),
             connections: self.jobs.connections(),
+            audit: self.gw.audit.path.as_ref().map(|p| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let st = &self.gw.audit.stats;
+                super::AuditStatus {
+                    db: p.display().to_string(),
+                    records: st.records.load(Relaxed),
+                    commits: st.commits.load(Relaxed),
+                    failures: st.failures.load(Relaxed),
+                    queued: st.queued.load(Relaxed),
+                    last_commit_us: st.last_commit_us.load(Relaxed),
+                }
+            }),
         }
     }
 }
