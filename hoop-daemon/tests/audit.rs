@@ -265,3 +265,40 @@ async fn the_dry_run_reports_exactly_what_a_new_rule_blocks() {
     let same = dryrun::replay(&env.gw.policy(), &recs);
     assert!(same.changes.is_empty(), "{:?}", same.changes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_masks_an_echoed_credential_in_headers_and_the_record_counts_it() {
+    const SECRET: &str = "partner-secret-0123456789";
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("partner");
+    std::fs::write(&file, SECRET).unwrap();
+    // Masking on as well: the header canary must not depend on it.
+    let policy = format!(
+        "[[connection]]\nname = \"partner\"\nhosts = [\"localhost\"]\nallow = [\"*\"]\n\
+         credential = {{ secret = {{ file = \"{}\" }} }}\n\
+         [connection.mask]\ndetectors = [\"email\"]\n",
+        file.display()
+    );
+    let env = env_with(5000, &policy).await;
+    let origin = env.origin().await;
+    let url = format!("https://localhost:{}/reflect", origin.addr.port());
+    let out = env.curl(&["-x", &env.proxy_url(), "-D", "-", &url]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(parse_curl(&out).1, 200, "{text}");
+    assert!(text.contains("x-reflected-authorization"), "{text}");
+    assert!(
+        !text.contains(SECRET),
+        "the job read the secret in a header:\n{text}"
+    );
+    let recs = records(&env);
+    let resps: Vec<(u64, ResponseData)> = of(&recs, kind::RESPONSE);
+    assert_eq!(resps.len(), 1);
+    assert_eq!(
+        resps[0].1.masked.get("credential"),
+        Some(&1),
+        "{:?}",
+        resps[0].1.masked
+    );
+    let all = recs.iter().map(query::jsonl_line).collect::<String>();
+    assert!(!all.contains(SECRET), "the record holds the secret");
+}

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `/hello` | `hello from origin <addr>` |
 //! | `/echo` | JSON of the request: method, path, headers, body |
+//! | `/reflect` | the request's Authorization in a response header |
 //! | `/bytes/N` | N bytes streamed in 64 KiB chunks (chunked in h1) |
 //! | `/chunked` | three chunks with pauses between them |
 //! | `/hang` | never answers |
@@ -220,6 +221,19 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            r
+        }
+        // Hands the request's Authorization back in a response header.
+        "/reflect" => {
+            let auth = headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let mut r = text(StatusCode::OK, "reflected\n");
+            if let Ok(v) = HeaderValue::from_str(&auth) {
+                r.headers_mut().insert("x-reflected-authorization", v);
+            }
             r
         }
         "/chunked" => {

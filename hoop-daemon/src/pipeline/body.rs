@@ -102,6 +102,8 @@ pub struct Tally {
     pub bytes: u64,
     pub ok: bool,
     pub captured: Bytes,
+    /// What the transform masked on the way.
+    pub masked: crate::policy::mask::Counts,
 }
 
 /// Wraps a body: counts its bytes, applies an optional transform, keeps
@@ -150,6 +152,11 @@ impl<F: FnOnce(Tally) + Send + Unpin> Observed<F> {
                 bytes: self.bytes,
                 ok,
                 captured: std::mem::take(&mut self.captured).freeze(),
+                masked: self
+                    .transform
+                    .as_ref()
+                    .map(|t| t.masked())
+                    .unwrap_or_default(),
             });
         }
     }

@@ -183,8 +183,14 @@ async fn response_phases(
 ) -> Result<Phased, PipelineError> {
     let phases = &conn.gw.phases;
     let (mut parts, mut body) = resp.into_parts();
-    let limit = match phases.on_response_head(&conn.flow, route, &mut parts)? {
-        ResponsePlan::Stream(t) => return Ok((parts, body, t, Default::default())),
+    let plan = phases.on_response_head(&conn.flow, route, &mut parts)?;
+    // What the head phase masked, for the record.
+    let mut masked = parts
+        .extensions
+        .remove::<crate::policy::mask::Counts>()
+        .unwrap_or_default();
+    let limit = match plan {
+        ResponsePlan::Stream(t) => return Ok((parts, body, t, masked)),
         ResponsePlan::Buffer { limit } => limit,
     };
     let mut buf = bytes::BytesMut::new();
@@ -199,10 +205,12 @@ async fn response_phases(
         if buf.len() > limit {
             let t = phases.on_response_overflow(&conn.flow, route, &mut parts)?;
             let body = super::body::prefixed(buf.freeze(), body);
-            return Ok((parts, body, t, Default::default()));
+            return Ok((parts, body, t, masked));
         }
     }
-    let (out, masked) = phases.on_response_body(&conn.flow, route, &mut parts, buf.freeze())?;
+    let (out, body_masked) =
+        phases.on_response_body(&conn.flow, route, &mut parts, buf.freeze())?;
+    masked.merge(body_masked);
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
         .headers

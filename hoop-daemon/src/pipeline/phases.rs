@@ -43,6 +43,10 @@ pub trait BodyTransform: Send {
     fn finish(&mut self) -> Bytes {
         Bytes::new()
     }
+    /// What it masked, for the record.
+    fn masked(&self) -> crate::policy::mask::Counts {
+        Default::default()
+    }
 }
 
 /// How the response body goes back to the job.

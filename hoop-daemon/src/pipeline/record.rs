@@ -115,6 +115,7 @@ impl Exchange {
                 bytes: t.bytes,
                 ok: true,
                 captured: std::mem::take(&mut t.captured).freeze(),
+                masked: Default::default(),
             }
         };
         let duration_ms = self.started.elapsed().as_millis() as u64;
@@ -146,7 +147,11 @@ impl Exchange {
             status: status.map(|s| s.as_u16()),
             reason: reason.map(str::to_owned),
             headers,
-            masked: masked.0.clone(),
+            masked: {
+                let mut m = masked.clone();
+                m.merge(body.masked.clone());
+                m.0
+            },
             request_bytes: req.bytes,
             response_bytes: body.bytes,
             req_body: info(&req),

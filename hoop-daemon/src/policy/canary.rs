@@ -30,6 +30,7 @@ pub struct CanaryBody {
     canary: Arc<Canary>,
     held: BytesMut,
     on_hit: Box<dyn FnMut(usize) + Send>,
+    hits: u64,
 }
 
 impl CanaryBody {
@@ -38,12 +39,14 @@ impl CanaryBody {
             canary,
             held: BytesMut::new(),
             on_hit,
+            hits: 0,
         }
     }
 
     fn scan(&mut self) {
         let n = self.canary.mask(&mut self.held);
         if n > 0 {
+            self.hits += n as u64;
             (self.on_hit)(n);
         }
     }
@@ -62,6 +65,12 @@ impl BodyTransform for CanaryBody {
 
     fn finish(&mut self) -> Bytes {
         std::mem::take(&mut self.held).freeze()
+    }
+
+    fn masked(&self) -> crate::policy::mask::Counts {
+        let mut c = crate::policy::mask::Counts::default();
+        c.add(crate::policy::phases::CANARY, self.hits);
+        c
     }
 }
 

@@ -120,29 +120,41 @@ impl Phases for Enforce {
         let bodyless = resp.status.is_informational()
             || resp.status == StatusCode::NO_CONTENT
             || resp.status == StatusCode::NOT_MODIFIED;
-        if let Some(m) = &conn.mask {
-            let mut counts = Counts::default();
-            m.mask_headers(resp, &mut counts);
-            note_masked(flow, conn, "response headers", &counts);
-            if !bodyless {
-                // Masking sees the whole body (decoded); the canary too.
-                return Ok(ResponsePlan::Buffer { limit: m.max_body });
+        // What the head's masking did, for the record (the pipeline adds
+        // the body's).
+        let mut counts = Counts::default();
+        if let Some(cred) = &conn.credential {
+            let hits = mask_headers(&cred.canary, resp);
+            if hits > 0 {
+                leak(
+                    flow.id,
+                    &conn.name,
+                    flow.identity_name(),
+                    "response headers",
+                    hits,
+                );
+                counts.add(CANARY, hits as u64);
             }
+        }
+        let plan = match &conn.mask {
+            Some(m) => {
+                m.mask_headers(resp, &mut counts);
+                note_masked(flow, conn, "response headers", &counts);
+                // Masking sees the whole body (decoded); the canary too.
+                (!bodyless).then_some(ResponsePlan::Buffer { limit: m.max_body })
+            }
+            None => None,
+        };
+        if counts.total() > 0 {
+            resp.extensions.insert(counts);
+        }
+        if let Some(p) = plan {
+            return Ok(p);
         }
         let Some(cred) = &conn.credential else {
             return Ok(ResponsePlan::Stream(None));
         };
         require_identity_encoding(resp)?;
-        let hits = mask_headers(&cred.canary, resp);
-        if hits > 0 {
-            leak(
-                flow.id,
-                &conn.name,
-                flow.identity_name(),
-                "response headers",
-                hits,
-            );
-        }
         Ok(ResponsePlan::Stream(Some(canary_body(flow, conn, cred))))
     }
 
@@ -187,6 +199,7 @@ impl Phases for Enforce {
         note_masked(flow, conn, "response body", &counts);
         if let Some(cred) = &conn.credential {
             let hits = cred.canary.mask(&mut out);
+            counts.add(CANARY, hits as u64);
             if hits > 0 {
                 leak(
                     flow.id,
@@ -288,6 +301,9 @@ fn canary_body(
         Box::new(move |n| leak(flow_id, &name, &identity, "response body", n)),
     ))
 }
+
+/// What the record calls values the leak canary masked.
+pub const CANARY: &str = "credential";
 
 /// An audit event: the upstream handed the secret back toward the job.
 fn leak(flow: u64, connection: &str, identity: &str, place: &str, hits: usize) {
