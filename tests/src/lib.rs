@@ -228,8 +228,39 @@ impl TestEnv {
         }
     }
 
-    /// curl in a job to `p`: the status and what curl printed (headers,
-    /// then the body).
+    /// curl in a job to `url` (with `--resolve`), trusting the hoop CA: the
+    /// status and what curl printed (headers, the body, and last a line
+    /// "STATUS HTTP-VERSION").
+    pub fn curl_job(&self, resolve: &str, url: &str, extra: &[&str]) -> (u16, String) {
+        let ca = self.hoop_ca();
+        let mut args = vec![
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "-D",
+            "-",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            resolve,
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let out = self.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = text
+            .lines()
+            .last()
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, text)
+    }
+
+    /// [`Self::curl_job`] to the partner API with `method`.
     pub fn curl_partner(
         &self,
         p: &Partner,
@@ -237,35 +268,9 @@ impl TestEnv {
         path: &str,
         extra: &[&str],
     ) -> (u16, String) {
-        let url = p.url(path);
-        let resolve = p.resolve();
-        let ca = self.hoop_ca();
-        let mut args = vec![
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "-D",
-            "-",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ];
+        let mut args = vec!["-X", method];
         args.extend_from_slice(extra);
-        args.push(&url);
-        let out = self.run(&args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let code = text
-            .rsplit('\n')
-            .next()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, text)
+        self.curl_job(&p.resolve(), &p.url(path), &args)
     }
 
     pub fn kill_daemon(&mut self) {
@@ -438,6 +443,18 @@ impl Partner {
     /// curl's `--resolve` for the name.
     pub fn resolve(&self) -> String {
         format!("{}:{}:127.0.0.3", self.host, self.origin.addr.port())
+    }
+    /// The policy most suites start from: every job of the test is
+    /// `test:local`, and connection "partner" reaches this host, trusting
+    /// its CA; `rules` (deny, mask, approve tables) are appended to it.
+    pub fn policy(&self, rules: &str) -> String {
+        format!(
+            "[[identity.static]]\ncgroup = \"{{cgroup}}/**\"\nname = \"test:local\"\n\n\
+             [[connection]]\nname = \"partner\"\nhosts = [\"{}\"]\nallow = [\"test:*\"]\n\
+             upstream_ca_files = [\"{}\"]\n\n{rules}",
+            self.host,
+            self.ca_file.display()
+        )
     }
 }
 

@@ -14,18 +14,8 @@ use hoop_tests::{Partner, TestEnv, Value, eventually};
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
 
 fn policy(p: &Partner) -> String {
-    format!(
-        r#"[[identity.static]]
-cgroup = "{{cgroup}}/**"
-name = "test:local"
-
-[[connection]]
-name = "partner"
-hosts = ["api.partner.test"]
-allow = ["test:*"]
-upstream_ca_files = ["{}"]
-
-[connection.mask]
+    p.policy(
+        r#"[connection.mask]
 detectors = ["credit_card"]
 keep_last = 4
 
@@ -35,7 +25,6 @@ method = "DELETE"
 path = "/v1/prod/**"
 message = "DELETE on production is not allowed"
 "#,
-        p.ca_file.display()
     )
 }
 

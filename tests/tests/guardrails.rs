@@ -1,29 +1,16 @@
 //! Guardrails end to end through `hoop run`: a denied request never reaches
 //! the upstream (its own counter says so), and the job reads the rule and
 //! its message; allowed requests pass.
-use hoop_testkit::{Origin, OriginOpts, TestCa};
-use hoop_tests::TestEnv;
+use hoop_tests::{Partner, TestEnv};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
 
 #[test]
 fn denied_requests_never_reach_the_upstream_and_the_job_reads_why() {
-    let ca = TestCa::default();
     let dir = tempfile::tempdir().unwrap().keep();
-    let ca_file = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
-    let policy = format!(
-        r#"[[identity.static]]
-cgroup = "{{cgroup}}/**"
-name = "test:local"
-
-[[connection]]
-name = "partner"
-hosts = ["api.partner.test"]
-allow = ["test:*"]
-upstream_ca_files = ["{}"]
-
-[[connection.deny]]
+    let partner = Partner::start(&dir, "api.partner.test");
+    let policy = partner.policy(
+        r#"[[connection.deny]]
 name = "no-prod-delete"
 method = "DELETE"
 path = "/v1/prod/**"
@@ -33,50 +20,15 @@ message = "DELETE on production is not allowed"
 name = "no-big-transfers"
 method = "POST"
 path = "/v1/transfers"
-body = {{ regex = '"amount":\s*[0-9]{{6,}}' }}
+body = { regex = '"amount":\s*[0-9]{6,}' }
 message = "transfers of 100000 or more need a human"
 "#,
-        ca_file.display()
     );
     let mut env = TestEnv::custom("guard", PROBE, "", "", "\"127.0.0.0/8\"", Some(&policy));
     env.start_daemon();
-    let origin = Origin::start_background(OriginOpts {
-        tls: Some(ca.server_config(&["api.partner.test"], &[b"h2", b"http/1.1"])),
-        bind: Some("127.0.0.3:0".parse().unwrap()),
-        also_v6: false,
-    });
-    let port = origin.addr.port();
-    let resolve = format!("api.partner.test:{port}:127.0.0.3");
-    let hoop_ca = env.hoop_ca();
-    let curl = |method: &str, path: &str, extra: &[&str]| -> (u16, String) {
-        let url = format!("https://api.partner.test:{port}{path}");
-        let mut args = vec![
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "-D",
-            "-",
-            "--cacert",
-            hoop_ca.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        let out = env.run(&args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let code = text
-            .rsplit('\n')
-            .next()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, text)
-    };
+    let origin = &partner.origin;
+    let curl =
+        |method: &str, path: &str, extra: &[&str]| env.curl_partner(&partner, method, path, extra);
 
     let hits = origin.hits();
     let (code, text) = curl("DELETE", "/v1/prod/users/7", &[]);

@@ -231,30 +231,8 @@ fn partner(name: &str) -> Partner {
 fn job_curl(p: &Partner, host: &str, path: &str, extra: &[&str]) -> (u16, String) {
     let port = p.origin.addr.port();
     let resolve = format!("{host}:{port}:127.0.0.3");
-    let url = format!("https://{host}:{port}{path}");
-    let ca = p.env.hoop_ca();
-    let mut args = vec![
-        "curl",
-        "-sS",
-        "--max-time",
-        "20",
-        "-D",
-        "-",
-        "--cacert",
-        ca.to_str().unwrap(),
-        "--resolve",
-        &resolve,
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["-w", "\n%{http_code}", &url]);
-    let out = p.env.run(&args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let code = text
-        .rsplit('\n')
-        .next()
-        .and_then(|c| c.trim().parse().ok())
-        .unwrap_or(0);
-    (code, text)
+    p.env
+        .curl_job(&resolve, &format!("https://{host}:{port}{path}"), extra)
 }
 
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {

@@ -42,31 +42,11 @@ fn curl(t: &Tls, o: &Origin, path: &str, extra: &[&str]) -> (u16, String, String
     let port = o.addr.port();
     let resolve = format!("partner.test:{port}:{}", o.addr.ip());
     let url = format!("https://partner.test:{port}{path}");
-    let ca = t.env.hoop_ca();
-    let mut args = vec![
-        "curl",
-        "-sS",
-        "--max-time",
-        "20",
-        "-D",
-        "-",
-        "--cacert",
-        ca.to_str().unwrap(),
-        "--resolve",
-        &resolve,
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["-w", "\n%{http_code} %{http_version}", &url]);
-    let out = t.env.run(&args);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (code, text) = t.env.curl_job(&resolve, &url, extra);
+    assert!(code != 0, "curl failed:\n{text}");
     let tail = text.lines().last().unwrap_or("").to_string();
     let mut w = tail.split_whitespace();
-    let code = w.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    assert!(
-        code != 0,
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    w.next();
     (code, w.next().unwrap_or("").to_string(), text)
 }
 

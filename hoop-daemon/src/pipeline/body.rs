@@ -41,6 +41,14 @@ pub fn prefixed(prefix: Bytes, inner: Body) -> Body {
     http_body_util::StreamBody::new(head.chain(rest)).boxed_unsync()
 }
 
+/// Appends to `buf` what of `data` fits under `cap` bytes.
+fn keep_first(buf: &mut bytes::BytesMut, cap: usize, data: &[u8]) {
+    let room = cap.saturating_sub(buf.len());
+    if room > 0 {
+        buf.extend_from_slice(&data[..room.min(data.len())]);
+    }
+}
+
 /// What a [`Tee`] has seen so far.
 #[derive(Debug, Default)]
 pub struct Teed {
@@ -78,10 +86,8 @@ impl HttpBody for Tee {
         {
             let mut t = self.seen.lock().unwrap();
             t.bytes += d.len() as u64;
-            let room = t.cap.saturating_sub(t.captured.len());
-            if room > 0 {
-                t.captured.extend_from_slice(&d[..room.min(d.len())]);
-            }
+            let cap = t.cap;
+            keep_first(&mut t.captured, cap, d);
         }
         r
     }
@@ -139,11 +145,7 @@ impl<F: FnOnce(Tally) + Send + Unpin> Observed<F> {
 
     fn pass(&mut self, data: &Bytes) {
         self.bytes += data.len() as u64;
-        let room = self.capture.saturating_sub(self.captured.len());
-        if room > 0 {
-            self.captured
-                .extend_from_slice(&data[..room.min(data.len())]);
-        }
+        keep_first(&mut self.captured, self.capture, data);
     }
 
     fn complete(&mut self, ok: bool) {

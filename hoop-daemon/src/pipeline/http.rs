@@ -120,23 +120,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         Tls::Plain => None,
     };
     let audit = &conn.gw.audit;
-    let route = match route_for(&conn, &authority).await {
-        Ok(r) => r,
-        Err(e) => {
-            // Refused before it had a connection to go through.
-            Exchange::new(
-                audit,
-                &conn.flow,
-                &req,
-                conn.scheme(),
-                &authority,
-                sni,
-                None,
-            )
-            .failed(&e);
-            return respond_to(&e, json);
-        }
-    };
+    let route = route_for(&conn, &authority).await;
     let mut x = Exchange::new(
         audit,
         &conn.flow,
@@ -144,8 +128,16 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         conn.scheme(),
         &authority,
         sni,
-        Some(&route),
+        route.as_deref().ok(),
     );
+    let route = match route {
+        Ok(r) => r,
+        Err(e) => {
+            // Refused before it had a connection to go through.
+            x.failed(&e);
+            return respond_to(&e, json);
+        }
+    };
     let result = match forward(&conn, &route, req, &authority, &mut x).await {
         Ok(resp) => response_phases(&conn, &route, resp).await,
         Err(e) => Err(e),
