@@ -85,6 +85,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         proxy = ?cfg.proxy.listen,
         "hoop daemon ready"
     );
+    // Type=notify: systemd starts dependants only now. Outside systemd
+    // (no NOTIFY_SOCKET) this does nothing.
+    notify(&[sd_notify::NotifyState::Ready]);
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -94,11 +97,14 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
                 // Errors are logged by reload; the old policy keeps serving.
                 let _ = reload(&cfg, &gw);
+                notify(&[sd_notify::NotifyState::Ready]);
             }
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(
         "stopping; programs stay attached, so jobs are refused until the daemon is back"
     );
@@ -243,4 +249,10 @@ fn reap_if_empty(jobs: &Jobs, job: &Job, audit: &Audit) -> bool {
         }));
     }
     true
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }

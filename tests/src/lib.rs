@@ -182,13 +182,30 @@ impl TestEnv {
 
     /// Like `start_daemon`, with extra environment for the daemon.
     pub fn start_daemon_env(&mut self, env: &[(&str, &str)]) -> Duration {
+        self.start_daemon_via(&[], env)
+    }
+
+    /// Like `start_daemon_env`, run through `wrapper` (e.g. `setpriv …`),
+    /// which execs the rest of its arguments.
+    pub fn start_daemon_via(&mut self, wrapper: &[&str], env: &[(&str, &str)]) -> Duration {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = self
-            .hoop()
+        let mut cmd = match wrapper.split_first() {
+            None => self.hoop(),
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args)
+                    .arg(hoop_bin())
+                    .arg("--config")
+                    .arg(&self.config)
+                    .env_remove("HOOP_CONFIG");
+                c
+            }
+        };
+        let child = cmd
             .arg("daemon")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
