@@ -34,6 +34,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     tracing::info!(ca = %gw.ca.cert_path.display(), spki_sha256 = %gw.ca.spki_sha256_base64(), "local CA");
     let proxies = proxy::bind(&cfg.proxy.listen).await?;
+    if let Some(addr) = cfg.metrics.addr() {
+        crate::metrics::serve(addr, gw.clone()).await?;
+    }
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let mut cgroup_mount = PathBuf::new();
@@ -156,6 +159,8 @@ pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
             ("[proxy]", new.proxy != cfg.proxy),
             ("[egress]", new.egress != cfg.egress),
             ("[tls]", new.tls != cfg.tls),
+            ("[audit]", new.audit != cfg.audit),
+            ("[metrics]", new.metrics != cfg.metrics),
         ] {
             if changed {
                 restart.push(name);

@@ -302,3 +302,41 @@ async fn the_canary_masks_an_echoed_credential_in_headers_and_the_record_counts_
     let all = recs.iter().map(query::jsonl_line).collect::<String>();
     assert!(!all.contains(SECRET), "the record holds the secret");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_outcome_masking_and_the_audit_writer() {
+    let env = env_with(5000, POLICY).await;
+    let origin = env.origin().await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    hoop::metrics::serve(addr, env.gw.clone()).await.unwrap();
+    let base = format!("https://localhost:{}", origin.addr.port());
+    let proxy = env.proxy_url();
+    for path in ["/cards.json", "/hello", "/admin/x"] {
+        let out = env.curl(&["-x", &proxy, &format!("{base}{path}")]).await;
+        assert_ne!(parse_curl(&out).1, 0);
+    }
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", &format!("http://{addr}/metrics")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for line in [
+        "hoop_connections_total 3",
+        r#"hoop_requests_total{outcome="forwarded",connection="partner"} 2"#,
+        r#"hoop_requests_total{outcome="denied",connection="partner"} 1"#,
+        "hoop_approvals_pending 0",
+        "hoop_audit_write_failures 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    let masked = text
+        .lines()
+        .find(|l| l.starts_with(r#"hoop_masked_values_total{rule="credit_card"}"#))
+        .unwrap_or_else(|| panic!("no masking count in:\n{text}"));
+    assert!(masked.ends_with(" 2"), "{masked}");
+    assert!(text.contains("hoop_audit_records "), "{text}");
+}

@@ -30,6 +30,8 @@ fn each_kind_of_error_is_located() {
         ("[capture]\nlisten_prot = 1\n".into(), "line 2", "listen_prot"),
         ("[capture]\nlisten_port = \"x\"\n".into(), "line 2", "listen_port"),
         ("[capture]\nlisten_port = 0\n".into(), "line 2", "capture.listen_port"),
+        ("[metrics]\nlisten = \"0.0.0.0:9108\"\n".into(), "line 2", "metrics.listen"),
+        ("[audit]\nretain = \"30x\"\n".into(), "line 2", "audit.retain"),
         (
             conn.replace("api.partner.example", "api.*.example"),
             "line 3",

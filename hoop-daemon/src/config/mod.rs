@@ -52,6 +52,7 @@ pub struct Config {
     #[serde(default)]
     pub approvals: policy::ApprovalsConfig,
     pub audit: crate::audit::AuditConfig,
+    pub metrics: MetricsConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -69,6 +70,20 @@ pub struct DaemonConfig {
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
+}
+
+/// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback address, e.g. "127.0.0.1:9108"; empty: no endpoint.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -211,6 +226,23 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(bad(key, "must be at least 1"));
+            }
+        }
+        if !self.metrics.listen.trim().is_empty() {
+            match self.metrics.addr() {
+                Some(a) if a.ip().is_loopback() => {}
+                Some(_) => {
+                    return Err(bad(
+                        "metrics.listen",
+                        "must be a loopback address (the metrics name identities and connections)",
+                    ));
+                }
+                None => {
+                    return Err(bad(
+                        "metrics.listen",
+                        "not an address like \"127.0.0.1:9108\"",
+                    ));
+                }
             }
         }
         for (key, v) in [

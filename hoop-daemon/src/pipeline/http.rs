@@ -122,7 +122,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let audit = &conn.gw.audit;
     let route = route_for(&conn, &authority).await;
     let mut x = Exchange::new(
-        audit,
+        &conn.gw,
         &conn.flow,
         &req,
         conn.scheme(),

@@ -49,6 +49,7 @@ pub struct Gateway {
     pub approvals: Arc<crate::approval::Approvals>,
     /// The audit log's writer.
     pub audit: crate::audit::Audit,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Identities, connections and credentials; swapped whole on reload.
     policy: arc_swap::ArcSwap<Policy>,
     limits: Limits,
@@ -117,6 +118,7 @@ impl Gateway {
             phases,
             approvals,
             audit,
+            metrics: Default::default(),
             policy: arc_swap::ArcSwap::from_pointee(policy),
         })
     }
@@ -185,6 +187,7 @@ pub async fn serve<IO>(gw: Arc<Gateway>, io: IO, flow: Arc<Flow>) -> Result<(), 
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    gw.metrics.connections.inc();
     let (kind, io) = sniff(io, gw.cfg.handshake_timeout()).await?;
     match kind {
         Kind::Tls => serve_tls(gw, io, flow).await,

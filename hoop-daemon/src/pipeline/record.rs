@@ -27,6 +27,7 @@ use crate::{
 /// One request's record, from its head to its end.
 pub struct Exchange {
     pub audit: Audit,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub data: RequestData,
     pub started: Instant,
     /// The request's sequence number once it is durable.
@@ -41,7 +42,7 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn new<B>(
-        audit: &Audit,
+        gw: &super::Gateway,
         flow: &Flow,
         req: &Request<B>,
         scheme: &str,
@@ -55,8 +56,10 @@ impl Exchange {
             .map(|p| p.as_str())
             .unwrap_or("/");
         let credential = route.and_then(|r| r.credential.as_ref()?.header());
+        let audit = &gw.audit;
         Self {
             audit: audit.clone(),
+            metrics: gw.metrics.clone(),
             data: RequestData {
                 origin: Origin::of(flow),
                 method: req.method().to_string(),
@@ -109,6 +112,17 @@ impl Exchange {
         body: Tally,
     ) {
         let Some(request_seq) = self.seq else { return };
+        let m = &self.metrics;
+        m.request(
+            match (reason, self.data.approval.is_some()) {
+                (Some(_), _) => "failed",
+                (None, true) => "approved",
+                (None, false) => "forwarded",
+            },
+            self.data.connection.as_deref(),
+        );
+        m.masked(masked);
+        m.masked(&body.masked);
         let req = {
             let mut t = self.req_body.lock().unwrap();
             Tally {
@@ -172,6 +186,9 @@ impl Exchange {
             flow = self.data.origin.flow, identity = %self.data.origin.identity_name(),
             url = %self.data.url, error = %e, reason = e.reason(), "request failed"
         );
+        if e.reason().starts_with("upstream-") {
+            self.metrics.upstream_error(e.reason());
+        }
         if self.seq.is_some() {
             let reason = e.reason();
             let headers = vec![[super::error::REASON_HEADER.to_string(), reason.to_string()]];
@@ -183,6 +200,13 @@ impl Exchange {
                 Tally::default(),
             );
         }
+        self.metrics.request(
+            match e {
+                PipelineError::Denied { .. } => "denied",
+                _ => "refused",
+            },
+            self.data.connection.as_deref(),
+        );
         if !self.audit.enabled() {
             return;
         }
