@@ -82,7 +82,10 @@ fn the_daemon_notifies_ready_only_once_it_serves_and_stopping_at_the_end() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    env.start_daemon_env(&[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    env.start_daemon_env(&[
+        ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+        ("HOOP_LOG_FORMAT", "json"),
+    ]);
     let mut buf = [0u8; 512];
     let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -99,6 +102,18 @@ fn the_daemon_notifies_ready_only_once_it_serves_and_stopping_at_the_end() {
     env.stop_daemon();
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
+    // HOOP_LOG_FORMAT=json: one JSON object per line, fields kept apart.
+    let log = env.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "hoop daemon ready" && l["level"] == "INFO"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -454,14 +454,18 @@ fn print_status(s: &Status) {
     }
 }
 
+/// Human-readable on a terminal; `HOOP_LOG_FORMAT=json` for one JSON
+/// object per line (log shippers, `journalctl -o cat`). `HOOP_LOG` filters.
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("HOOP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("HOOP_LOG_FORMAT").as_deref() {
+        Ok("json") => b.json().with_current_span(false).init(),
+        _ => b
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init(),
+    }
 }
