@@ -111,6 +111,12 @@ impl Writer {
             if pruning && let Some(retain) = self.retain {
                 pruning = self.prune_step(retain, Jobs::now_ms());
             }
+            // Checked every round, not only when idle: under steady load
+            // the channel is never empty long enough to time out.
+            if last_checkpoint.elapsed() >= self.checkpoint_every {
+                self.checkpoint();
+                last_checkpoint = Instant::now();
+            }
             let wait = if pruning {
                 Duration::ZERO
             } else {
@@ -119,13 +125,7 @@ impl Writer {
             };
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => c,
-                Err(RecvTimeoutError::Timeout) => {
-                    if last_checkpoint.elapsed() >= self.checkpoint_every {
-                        self.checkpoint();
-                        last_checkpoint = Instant::now();
-                    }
-                    continue;
-                }
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = Vec::new();
