@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the daemon with its embedded defaults, a local
 //! "partner API" on 127.0.0.2, and jobs going through the gateway: a plain
-//! request, a blocked bypass, and fail-closed while the daemon is down.
+//! request, a blocked bypass, fail-closed while the daemon is down, and
+//! the audit record of it all.
 use std::{
     io::{Read, Write},
     net::TcpListener,
@@ -106,6 +107,19 @@ pub fn run() -> Result<()> {
         .output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     daemon.stop()?;
+
+    step("the audit record: sessions, the last one's timeline, and verify");
+    sh::run(hoop_cmd(&hoop).args(["sessions", "list"]))?;
+    let list = sh::output(hoop_cmd(&hoop).args(["sessions", "list", "--json"]))?;
+    let sessions: serde_json::Value = serde_json::from_str(&list)?;
+    if let Some(last) = sessions
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|s| s["session"].as_str())
+    {
+        sh::run(hoop_cmd(&hoop).args(["sessions", "show", last]))?;
+    }
+    sh::run(hoop_cmd(&hoop).args(["audit", "verify"]))?;
 
     step("hoop detach: remove the programs and pins");
     sh::run(hoop_cmd(&hoop).arg("detach"))?;
