@@ -148,7 +148,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             let status = parts.status;
             let observed = Observed::new(body, transform, x.cap, move |t| {
                 let reason = (!t.ok).then_some("response-body-incomplete");
-                x.responded(Some(status), reason, headers, &masked, t);
+                x.responded(Some(status), reason, headers, masked, t);
             });
             Response::from_parts(parts, boxed(observed))
         }

@@ -108,8 +108,8 @@ impl Exchange {
         status: Option<StatusCode>,
         reason: Option<&'static str>,
         headers: Vec<[String; 2]>,
-        masked: &Counts,
-        body: Tally,
+        mut masked: Counts,
+        mut body: Tally,
     ) {
         let Some(request_seq) = self.seq else { return };
         let m = &self.metrics;
@@ -121,16 +121,12 @@ impl Exchange {
             },
             self.data.connection.as_deref(),
         );
-        m.masked(masked);
-        m.masked(&body.masked);
-        let req = {
+        // The head's masking and what the body's transform masked.
+        masked.merge(std::mem::take(&mut body.masked));
+        m.masked(&masked);
+        let (req_bytes, req_captured) = {
             let mut t = self.req_body.lock().unwrap();
-            Tally {
-                bytes: t.bytes,
-                ok: true,
-                captured: std::mem::take(&mut t.captured).freeze(),
-                masked: Default::default(),
-            }
+            (t.bytes, std::mem::take(&mut t.captured).freeze())
         };
         let duration_ms = self.started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -149,10 +145,10 @@ impl Exchange {
         if !self.audit.enabled() {
             return;
         }
-        let info = |t: &Tally| {
-            (t.bytes > 0).then(|| BodyInfo {
-                bytes: t.bytes,
-                recorded: t.captured.len() as u64,
+        let info = |bytes: u64, captured: &bytes::Bytes| {
+            (bytes > 0).then(|| BodyInfo {
+                bytes,
+                recorded: captured.len() as u64,
             })
         };
         let data = ResponseData {
@@ -161,20 +157,16 @@ impl Exchange {
             status: status.map(|s| s.as_u16()),
             reason: reason.map(str::to_owned),
             headers,
-            masked: {
-                let mut m = masked.clone();
-                m.merge(body.masked.clone());
-                m.0
-            },
-            request_bytes: req.bytes,
+            masked: masked.0,
+            request_bytes: req_bytes,
             response_bytes: body.bytes,
-            req_body: info(&req),
-            resp_body: info(&body),
+            req_body: info(req_bytes, &req_captured),
+            resp_body: info(body.bytes, &body.captured),
             duration_ms,
             complete: body.ok,
         };
         let mut e = Entry::of(&data);
-        e.req_body = (!req.captured.is_empty()).then_some(req.captured);
+        e.req_body = (!req_captured.is_empty()).then_some(req_captured);
         e.resp_body = (!body.captured.is_empty()).then_some(body.captured);
         self.audit.record(e);
     }
@@ -196,7 +188,7 @@ impl Exchange {
                 Some(e.status()),
                 Some(reason),
                 headers,
-                &Counts::default(),
+                Counts::default(),
                 Tally::default(),
             );
         }
