@@ -2,8 +2,10 @@
 //! certificates, and an HTTPS (or plain) origin speaking h1 and h2 with the
 //! routes the suites need, and a local OIDC issuer. Everything listens on loopback only.
 mod ca;
+pub mod cdp;
 pub mod oidc;
 mod origin;
+pub mod seed;
 
 pub use ca::TestCa;
 pub use origin::{Origin, OriginOpts, Seen};

@@ -13,6 +13,7 @@
 //! | `/data.json` | a small JSON document |
 //! | `/cards.json?enc=…` | JSON with cards, e-mail, a secret; optionally compressed |
 //! | `/big.json/N` | about N MiB of JSON records with card numbers |
+//! | `/console`, `/v1/…` | the seed scenario's partner, see [`crate::seed`] |
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -197,6 +198,23 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
         version: format!("{:?}", req.version()),
         headers: headers.clone(),
     });
+    if path == "/console" || path.starts_with("/v1/") {
+        let method = req.method().clone();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return match crate::seed::route(&method, &path, &headers, &body) {
+            Some((status, content_type, b)) => {
+                let mut r = text(status, b);
+                crate::seed::decorate(r.headers_mut(), content_type);
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "no such route\n"),
+        };
+    }
     match path.as_str() {
         "/hello" => text(StatusCode::OK, format!("hello from origin {addr}\n")),
         "/echo" => {

@@ -560,3 +560,20 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Checks a HAR file against the HAR 1.2 schema (npm har-validator, pinned
+/// by tests/har-validator's lockfile); panics with its complaints.
+pub fn validate_har(file: &Path) {
+    let validator = Path::new(env!("CARGO_MANIFEST_DIR")).join("har-validator/validate.js");
+    let out = Command::new("node")
+        .arg(&validator)
+        .arg(file)
+        .output()
+        .expect("node is installed");
+    assert!(
+        out.status.success(),
+        "HAR 1.2 schema: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
