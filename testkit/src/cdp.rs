@@ -294,6 +294,23 @@ impl Browser {
         Ok(out)
     }
 
+    /// The status and headers of the last response to a URL starting with
+    /// `prefix`, without its body.
+    pub fn response_head(&self, prefix: &str) -> Option<(u16, Value)> {
+        self.events
+            .iter()
+            .rev()
+            .filter(|e| e["method"] == "Network.responseReceived")
+            .map(|e| &e["params"]["response"])
+            .find(|r| r["url"].as_str().is_some_and(|u| u.starts_with(prefix)))
+            .map(|r| {
+                (
+                    r["status"].as_u64().unwrap_or_default() as u16,
+                    r["headers"].clone(),
+                )
+            })
+    }
+
     /// Network requests that failed, with Chromium's error text.
     pub fn failures(&self) -> Vec<(String, String)> {
         let url_of = |id: &Value| {
@@ -321,13 +338,13 @@ impl Browser {
             .collect()
     }
 
-    /// Closes the browser (gracefully, then by force).
+    /// Closes the browser (gracefully, then by force, with its children).
     pub fn close(mut self) {
         let _ = self.browser_call("Browser.close", json!({}));
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -336,11 +353,54 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_tree(&mut self.child);
     }
+}
+
+/// Kills a browser and every process it started (renderers, zygotes), and
+/// waits for them: a job's cgroup must be empty before it can go.
+fn kill_tree(child: &mut Child) {
+    let mut all = vec![child.id()];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children_of(all[i]));
+        i += 1;
+    }
+    for pid in &all[1..] {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let t = Instant::now();
+    while all[1..]
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // The command name may hold spaces: fields follow its ')'.
+                    let rest = s.get(s.rfind(')')? + 2..)?;
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// One response as the browser got it.

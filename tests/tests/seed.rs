@@ -193,7 +193,10 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
     );
     // It echoed the header back, masked by the leak canary.
     let echoed = r["text"].as_str().unwrap();
-    assert!(echoed.contains("\"authorization\":\"Bearer [hoop:credential]"), "{r}");
+    assert!(
+        echoed.contains("\"authorization\":\"Bearer [hoop:credential]"),
+        "{r}"
+    );
 
     // DELETE on production: refused by the gateway, never sent.
     let r = b.eval("console_app.remove(41)").unwrap();

@@ -1,10 +1,14 @@
-//! `cargo xtask demo`: the daemon with its embedded defaults, a local
-//! "partner API" on 127.0.0.2, and jobs going through the gateway: a plain
-//! request, a blocked bypass, fail-closed while the daemon is down, and
-//! the audit record of it all.
+//! `cargo xtask demo`: the seed scenario, told step by step. A CI job's
+//! headless Chromium, started with `hoop run` and an OIDC token from a
+//! local issuer, works a partner's console at https://api.partner.example
+//! (a local HTTPS API with its own CA, on 127.0.0.7:443). The gateway
+//! injects the API key the browser never sees, masks card numbers, refuses
+//! a DELETE, holds a payout until a separate approver process approves it,
+//! and keeps everything in the audit log, which the demo then shows,
+//! verifies and exports as HAR. Last, fail-closed: the daemon is killed
+//! under a running job, whose next connect is refused.
 use std::{
-    io::{Read, Write},
-    net::TcpListener,
+    os::unix::fs::PermissionsExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -12,125 +16,337 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use hoop_testkit::{
+    Origin, OriginOpts, TestCa,
+    cdp::Browser,
+    oidc::{Alg, Issuer},
+    seed,
+};
+use serde_json::Value;
 
 use crate::{
     ebpf,
     sh::{self, root_dir, step},
 };
 
-const UPSTREAM: &str = "127.0.0.2:8080";
-
-/// The demo's policy, on top of the embedded defaults: jobs in the hoop
-/// slice are `demo:local`, and may reach the local partner API only.
-const DEMO_POLICY: &str = r#"# Written by `cargo xtask demo`.
-[[identity.static]]
-cgroup = "hoop.slice/**"
-name = "demo:local"
-
-[[connection]]
-name = "partner-api"
-hosts = ["127.0.0.2:8080"]
-allow = ["demo:*"]
-"#;
+const PARTNER_IP: &str = "127.0.0.7";
+const ISSUER_IP: &str = "127.0.0.4";
 
 pub fn run() -> Result<()> {
     sh::require_root("the daemon attaches eBPF programs and creates cgroups")?;
-    sh::apt_install(&["curl"])?;
+    sh::apt_install(&["curl", "chromium", "libnss3-tools"])?;
     ebpf::build()?;
     step("building hoop");
     sh::cargo(&["build", "-p", "hoop-daemon"])?;
-    let hoop = root_dir().join("target/debug/hoop");
+    let demo = Demo::new()?;
+    let r = demo.run();
+    demo.cleanup();
+    r
+}
 
-    step(&format!("starting a local partner API on {UPSTREAM}"));
-    let listener = TcpListener::bind(UPSTREAM).with_context(|| format!("binding {UPSTREAM}"))?;
-    thread::spawn(move || serve_upstream(listener));
+/// The demo's files: a world-readable scratch dir, since the job runs as
+/// nobody (hoop's binary, the config, the token and the browser's home).
+struct Demo {
+    dir: PathBuf,
+    hoop: PathBuf,
+    config: PathBuf,
+    out: PathBuf,
+}
 
-    let config = root_dir().join("target/demo-hoop.toml");
-    std::fs::write(&config, DEMO_POLICY)?;
-    step(&format!(
-        "starting `hoop daemon`: embedded defaults plus the demo policy in {}",
-        config.display()
-    ));
-    let mut daemon = Daemon::start(&hoop)?;
+impl Demo {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("hoop-demo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("bin"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let hoop = dir.join("bin/hoop");
+        std::fs::copy(root_dir().join("target/debug/hoop"), &hoop)?;
+        let out = root_dir().join("target/demo");
+        std::fs::create_dir_all(&out)?;
+        Ok(Self {
+            config: dir.join("hoop.toml"),
+            dir,
+            hoop,
+            out,
+        })
+    }
 
-    step("a job: hoop run -- curl http://127.0.0.2:8080/ (no proxy settings)");
-    let out = hoop_cmd(&hoop)
-        .args(["run", "--", "curl", "-sS", "--max-time", "5"])
-        .arg(format!("http://{UPSTREAM}/"))
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    if !out.status.success() {
-        bail!(
-            "the demo job failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+    fn hoop(&self) -> Command {
+        let mut c = Command::new(&self.hoop);
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    fn file(&self, name: &str, text: &str, mode: u32) -> Result<PathBuf> {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+        Ok(p)
+    }
+
+    fn cleanup(&self) {
+        step("cleaning up: hoop detach removes the programs and pins; the demo's files go");
+        let _ = self.hoop().arg("detach").status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn run(&self) -> Result<()> {
+        step(&format!(
+            "the partner API: https://{} on {PARTNER_IP}:443, certificate from its own CA",
+            seed::PARTNER_HOST
+        ));
+        let partner_ca = TestCa::new("Acme partner CA");
+        let bind = format!("{PARTNER_IP}:443");
+        std::net::TcpListener::bind(&bind)
+            .with_context(|| format!("{bind} is taken; the demo's partner API needs it"))?;
+        let partner = Origin::start_background(OriginOpts {
+            tls: Some(partner_ca.server_config(&[seed::PARTNER_HOST], &[b"h2", b"http/1.1"])),
+            bind: Some(bind.parse()?),
+            also_v6: false,
+        });
+        let issuer = Issuer::start_background(ISSUER_IP, Alg::Es256);
+        step(&format!(
+            "the CI provider: an OIDC issuer at {}; the job's token says sub={}",
+            issuer.url,
+            seed::JOB_SUBJECT
+        ));
+        let secret = format!("sk_live_demo_{:016x}", random());
+        let policy = seed::policy(&seed::PolicyParts {
+            issuer_url: &issuer.url,
+            issuer_ca: &self.file("issuer-ca.pem", &issuer.ca.cert_pem, 0o644)?,
+            partner_ca: &self.file("partner-ca.pem", &partner_ca.cert_pem, 0o644)?,
+            secret_file: &self.file("partner.key", &secret, 0o600)?,
+        });
+        // The job runs as nobody and reaches the control socket through its
+        // group; root is the approver.
+        std::fs::write(
+            &self.config,
+            format!("[daemon]\ncontrol_group = \"nogroup\"\n\n{policy}"),
+        )?;
+        let token = self.file("job-token", &issuer.token(seed::JOB_SUBJECT), 0o644)?;
+
+        step("starting `hoop daemon`: embedded defaults, plus this policy");
+        let started = Instant::now();
+        println!("{policy}");
+        let mut daemon = Daemon::start(self)?;
+
+        let home = self.dir.join("home");
+        sh::run(
+            self.hoop()
+                .args(["ca", "install-nss", "--dir"])
+                .arg(home.join(".pki/nssdb")),
+        )?;
+        std::fs::create_dir_all(home.join("profile"))?;
+        sh::run(Command::new("chown").args(["-R", "65534:65534"]).arg(&home))?;
+
+        step("the job: hoop run --token-file job-token -- chromium --headless … (as nobody)");
+        println!("No proxy settings: its connects are redirected in the kernel.");
+        let mut job = Command::new("setpriv");
+        job.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&self.hoop)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--", "chromium"])
+            .env("HOME", &home);
+        let t = Instant::now();
+        let mut b = Browser::launch(job, &seed::chromium_args(PARTNER_IP), &home.join("profile"))?;
+        println!(
+            "Chromium up in {} ms (pid {})",
+            t.elapsed().as_millis(),
+            b.pid()
         );
+        b.open(&format!("https://{}/console", seed::PARTNER_HOST))?;
+
+        step("1. the console lists customers: the API sent full card numbers");
+        show(&b.eval("console_app.customers()")?);
+        println!("The table as the browser has it:");
+        print_table(&mut b)?;
+
+        step("2. what the API received: hoop injected the key; its echo comes back masked");
+        let r = b.eval("console_app.whoami()")?;
+        let echoed: Value = serde_json::from_str(r["text"].as_str().unwrap_or("{}"))?;
+        println!(
+            "authorization, as the browser reads it: {}",
+            echoed["you_sent"]["authorization"]
+        );
+
+        step("3. DELETE /v1/prod/customers/41: refused by the gateway");
+        show(&b.eval("console_app.remove(41)")?);
+
+        step("4. POST /v1/prod/payouts (250 EUR): held for a human");
+        let call = b.start("console_app.payout(250)")?;
+        let held = self.wait_pending()?;
+        let id = held["id"].as_str().unwrap_or_default().to_string();
+        // A session is a job: the browser's is the one that asked.
+        let session = held["job"].as_str().unwrap_or_default().to_string();
+        sh::run(self.hoop().args(["approvals", "list"]))?;
+        step(&format!(
+            "an approver (root, a separate process): hoop approvals approve {id}"
+        ));
+        sh::run(self.hoop().args(["approvals", "approve", &id]))?;
+        show(&b.value(call)?);
+
+        step("5. a second payout (990000 EUR): the approver denies it");
+        let call = b.start("console_app.payout(990000)")?;
+        let id = self.wait_pending()?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        sh::run(self.hoop().args([
+            "approvals",
+            "deny",
+            &id,
+            "--reason",
+            "payouts over 10000 need two people",
+        ]))?;
+        show(&b.value(call)?);
+
+        step("6. escape attempts from the page: the partner's bare address, and QUIC");
+        let direct = format!("https://{PARTNER_IP}/v1/whoami");
+        b.eval(&format!("console_app.reach('{direct}')"))?;
+        match b.response_head(&direct) {
+            Some((status, h)) => println!(
+                "→ {status}  x-hoop-reason: {}  (an opaque answer to the page; it came from hoop)",
+                h["x-hoop-reason"].as_str().unwrap_or("-")
+            ),
+            None => println!("→ no answer: {:?}", b.failures()),
+        }
+        println!(
+            "Chromium runs with --enable-quic --origin-to-force-quic-on={}:443:",
+            seed::QUIC_HOST
+        );
+        show(&b.eval(&format!(
+            "console_app.reach('https://{}/v1/whoami')",
+            seed::QUIC_HOST
+        ))?);
+        for (url, e) in b.failures() {
+            println!("  {url}: {e} (the kernel refused the UDP send)");
+        }
+
+        let forms = [secret.clone(), format!("Bearer {secret}")];
+        let dom = b.dom()?;
+        let leaked = b
+            .responses()?
+            .iter()
+            .flat_map(|r| [r.headers.to_string(), r.body.clone().unwrap_or_default()])
+            .chain([dom])
+            .any(|t| forms.iter().any(|f| t.contains(f.as_str())));
+        if leaked {
+            bail!("the partner key reached the browser");
+        }
+        step("the page's activity log");
+        println!(
+            "{}",
+            b.eval("document.getElementById('activity').innerText")?
+                .as_str()
+                .unwrap_or_default()
+        );
+        println!("The partner key appears in nothing the browser received.");
+        b.close();
+        println!(
+            "The partner saw {} requests (no DELETE, one payout).",
+            partner.hits()
+        );
+
+        step("fail-closed: kill the daemon (SIGKILL) while a job runs");
+        let mut job = self
+            .hoop()
+            .arg("run")
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--", "bash", "-c"])
+            .arg(format!(
+                "sleep 1; if curl -sS --max-time 3 -o /dev/null https://{h}/console --resolve {h}:443:{PARTNER_IP}; \
+                 then echo 'job: reached the API (unexpected)'; exit 1; \
+                 else echo 'job: connect refused while the daemon is down'; fi",
+                h = seed::PARTNER_HOST
+            ))
+            .spawn()?;
+        thread::sleep(Duration::from_millis(300));
+        daemon.kill()?;
+        if !job.wait()?.success() {
+            bail!("the job reached the network while the daemon was down");
+        }
+        step("restart: the daemon swaps its programs into the pinned links, then stops cleanly");
+        let mut daemon = Daemon::start(self)?;
+        daemon.stop()?;
+
+        step("the audit record: this demo's sessions, then the browser's timeline");
+        let since = format!("{}s", started.elapsed().as_secs() + 1);
+        sh::run(self.hoop().args(["sessions", "list", "--since", &since]))?;
+        sh::run(self.hoop().args(["sessions", "show", &session]))?;
+        step("hoop audit verify");
+        sh::run(self.hoop().args(["audit", "verify"]))?;
+        let har = self.out.join("session.har");
+        step(&format!("hoop export har {session} > {}", har.display()));
+        let text = sh::output(self.hoop().args(["export", "har", &session]))?;
+        std::fs::write(&har, &text)?;
+        let entries: Value = serde_json::from_str(&text)?;
+        println!(
+            "{} entries; open it in Chromium DevTools (Network, Import HAR).",
+            entries["log"]["entries"].as_array().map_or(0, Vec::len)
+        );
+        println!("Daemon log: {}", daemon.log.display());
+        Ok(())
     }
 
-    step("a bypass attempt: UDP to 127.0.0.2:443 (QUIC) from a job is refused in the kernel");
-    let out = hoop_cmd(&hoop)
-        .args([
-            "run",
-            "--",
-            "bash",
-            "-c",
-            "echo hi > /dev/udp/127.0.0.2/443",
-        ])
-        .output()?;
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if out.status.success() {
-        bail!("UDP to a non-resolver was allowed: the demo expected a refusal");
+    /// The first pending approval, once there is one.
+    fn wait_pending(&self) -> Result<Value> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            let list: Value = serde_json::from_str(&sh::output(self.hoop().args([
+                "approvals",
+                "list",
+                "--json",
+            ]))?)?;
+            if let Some(a) = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["status"] == "pending")
+            {
+                return Ok(a.clone());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the request was not held for approval")
     }
+}
 
-    step("hoop status");
-    sh::run(hoop_cmd(&hoop).arg("status"))?;
-
-    step("fail-closed: kill the daemon (SIGKILL) while a job runs, then connect");
-    let mut job = hoop_cmd(&hoop)
-        .args(["run", "--", "bash", "-c"])
-        .arg(format!(
-            "sleep 1; if curl -sS --max-time 3 http://{UPSTREAM}/; then echo 'job: reached the API (unexpected)'; exit 1; \
-             else echo 'job: connect refused while the daemon is down'; fi"
-        ))
-        .spawn()?;
-    thread::sleep(Duration::from_millis(300));
-    daemon.kill()?;
-    let status = job.wait()?;
-    if !status.success() {
-        bail!("the job reached the network while the daemon was down");
+/// One step's outcome, as the page got it.
+fn show(r: &Value) {
+    let mut line = format!("→ {}", r["status"]);
+    for k in ["reason", "rule"] {
+        if let Some(v) = r[k].as_str() {
+            line += &format!("  x-hoop-{k}: {v}");
+        }
     }
-
-    step("restart: the daemon swaps its programs into the pinned links");
-    let mut daemon = Daemon::start(&hoop)?;
-    let out = hoop_cmd(&hoop)
-        .args(["run", "--", "curl", "-sS", "--max-time", "5"])
-        .arg(format!("http://{UPSTREAM}/"))
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    daemon.stop()?;
-
-    step("the audit record: sessions, the last one's timeline, and verify");
-    sh::run(hoop_cmd(&hoop).args(["sessions", "list"]))?;
-    let list = sh::output(hoop_cmd(&hoop).args(["sessions", "list", "--json"]))?;
-    let sessions: serde_json::Value = serde_json::from_str(&list)?;
-    if let Some(last) = sessions
-        .as_array()
-        .and_then(|a| a.last())
-        .and_then(|s| s["session"].as_str())
-    {
-        sh::run(hoop_cmd(&hoop).args(["sessions", "show", last]))?;
+    if let Some(t) = r["text"].as_str().filter(|t| !t.is_empty()) {
+        line += &format!("\n  {}", t.chars().take(160).collect::<String>());
     }
-    sh::run(hoop_cmd(&hoop).args(["audit", "verify"]))?;
+    if let Some(e) = r["error"].as_str() {
+        line += &format!("  {e}");
+    }
+    println!("{line}");
+}
 
-    step("hoop detach: remove the programs and pins");
-    sh::run(hoop_cmd(&hoop).arg("detach"))?;
-    eprintln!("\ndemo done. Daemon log: {}", daemon.log.display());
+fn print_table(b: &mut Browser) -> Result<()> {
+    let rows = b.eval(
+        "[...document.querySelectorAll('#customers tr')].map(tr => [...tr.cells].map(c => c.textContent).join('  '))",
+    )?;
+    for r in rows.as_array().into_iter().flatten() {
+        println!("  {}", r.as_str().unwrap_or_default());
+    }
     Ok(())
 }
 
-fn hoop_cmd(hoop: &PathBuf) -> Command {
-    let mut c = Command::new(hoop);
-    c.env("HOOP_CONFIG", root_dir().join("target/demo-hoop.toml"));
-    c
+fn random() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u64::from_le_bytes(b)
 }
 
 struct Daemon {
@@ -139,13 +355,14 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(hoop: &PathBuf) -> Result<Self> {
-        let log = root_dir().join("target/demo-daemon.log");
+    fn start(demo: &Demo) -> Result<Self> {
+        let log = demo.out.join("daemon.log");
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = hoop_cmd(hoop)
+        let child = demo
+            .hoop()
             .arg("daemon")
             .stderr(f)
             .stdout(Stdio::null())
@@ -153,14 +370,15 @@ impl Daemon {
         let mut d = Self { child, log };
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
-            if hoop_cmd(hoop)
+            if demo
+                .hoop()
                 .arg("status")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()?
                 .success()
             {
-                eprintln!(
+                println!(
                     "daemon up in {} ms (log: {})",
                     t.elapsed().as_millis(),
                     d.log.display()
@@ -196,19 +414,11 @@ impl Daemon {
     }
 }
 
-fn serve_upstream(l: TcpListener) {
-    for (n, s) in l.incoming().enumerate() {
-        let Ok(mut s) = s else { continue };
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        let body = format!(
-            "hello from the partner API at {UPSTREAM} (request #{})\n",
-            n + 1
-        );
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

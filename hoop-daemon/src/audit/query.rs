@@ -148,8 +148,11 @@ pub fn iso(ms: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
+            // Fixed width (milliseconds always), so that columns line up.
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
         })
         .unwrap_or_else(|| ms.to_string())
 }

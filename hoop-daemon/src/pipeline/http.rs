@@ -84,6 +84,7 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let conn_flow = flow.id;
     let conn = Arc::new(Conn {
         gw,
         flow,
@@ -107,9 +108,27 @@ where
             .with_upgrades()
             .await
     };
-    r.map_err(|e| PipelineError::BadRequest {
-        detail: format!("job-side HTTP: {e}"),
-    })
+    let Err(e) = r else { return Ok(()) };
+    let mut detail = format!("job-side HTTP: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        // The job hung up (browsers drop spare connections they opened
+        // ahead of need): nothing was refused.
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            )
+        {
+            tracing::debug!(flow = conn_flow, "the job closed the connection: {io}");
+            return Ok(());
+        }
+        detail += &format!(": {s}");
+        src = s.source();
+    }
+    Err(PipelineError::BadRequest { detail })
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
