@@ -18,6 +18,7 @@ pub mod egress;
 pub mod flow;
 pub mod identity;
 pub mod jobs;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod pipeline;

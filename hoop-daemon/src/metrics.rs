@@ -1,7 +1,13 @@
 //! Prometheus metrics, served as text on a loopback address when
 //! `[metrics] listen` is set: connections, requests by outcome, masking,
 //! upstream errors, approvals pending and the audit writer's state.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
 use http::{Response, StatusCode, header};
 use hyper::{body::Incoming, service::service_fn};
@@ -13,6 +19,18 @@ use prometheus_client::{
 };
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Request outcomes, in the order `hoop status` lists them.
+pub const OUTCOMES: [&str; 5] = ["forwarded", "approved", "denied", "refused", "failed"];
+
+/// Totals since start for `hoop status` (the families above keep them by
+/// label; these are their sums, kept as they happen).
+#[derive(Default)]
+pub struct Totals {
+    requests: [AtomicU64; OUTCOMES.len()],
+    upstream_errors: AtomicU64,
+    masked: AtomicU64,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +45,7 @@ pub struct Metrics {
     audit_last_commit_us: Gauge,
     audit_records: Gauge,
     audit_failures: Gauge,
+    totals: Totals,
 }
 
 impl Default for Metrics {
@@ -42,6 +61,7 @@ impl Default for Metrics {
             audit_last_commit_us: Gauge::default(),
             audit_records: Gauge::default(),
             audit_failures: Gauge::default(),
+            totals: Totals::default(),
         };
         m.registry.register(
             "connections",
@@ -94,6 +114,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn request(&self, outcome: &str, connection: Option<&str>) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.totals.requests[i].fetch_add(1, Relaxed);
+        }
         self.requests
             .get_or_create(&vec![
                 ("outcome", outcome.to_string()),
@@ -103,6 +126,7 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, reason: &str) {
+        self.totals.upstream_errors.fetch_add(1, Relaxed);
         self.upstream_errors
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
@@ -110,21 +134,32 @@ impl Metrics {
 
     pub fn masked(&self, counts: &crate::policy::mask::Counts) {
         for (rule, n) in &counts.0 {
+            self.totals.masked.fetch_add(*n, Relaxed);
             self.masked
                 .get_or_create(&vec![("rule", rule.clone())])
                 .inc_by(*n);
         }
     }
 
+    /// The totals `hoop status` shows.
+    pub fn traffic(&self, gw: &crate::pipeline::Gateway) -> crate::control::Traffic {
+        let t = &self.totals;
+        crate::control::Traffic {
+            connections: self.connections.get(),
+            requests: OUTCOMES
+                .iter()
+                .zip(&t.requests)
+                .map(|(o, n)| (o.to_string(), n.load(Relaxed)))
+                .collect(),
+            upstream_errors: t.upstream_errors.load(Relaxed),
+            masked: t.masked.load(Relaxed),
+            approvals_pending: pending(gw),
+        }
+    }
+
     /// The text exposition, with the gauges read now.
     pub fn render(&self, gw: &crate::pipeline::Gateway) -> String {
-        use std::sync::atomic::Ordering::Relaxed;
-        let pending = gw
-            .approvals
-            .list()
-            .map(|rows| rows.iter().filter(|r| r.status == "pending").count())
-            .unwrap_or(0);
-        self.approvals_pending.set(pending as i64);
+        self.approvals_pending.set(pending(gw) as i64);
         let st = &gw.audit.stats;
         self.audit_queue.set(st.queued.load(Relaxed) as i64);
         self.audit_last_commit_us
@@ -135,6 +170,13 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("metrics encode into a String");
         out
     }
+}
+
+fn pending(gw: &crate::pipeline::Gateway) -> u64 {
+    gw.approvals
+        .list()
+        .map(|rows| rows.iter().filter(|r| r.status == "pending").count() as u64)
+        .unwrap_or(0)
 }
 
 /// Serves `GET /metrics` on `addr` until the daemon exits.

@@ -295,6 +295,21 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
         assert_eq!(r.status, 403, "{r:?}");
         assert!(r.headers.get("x-hoop-reason").is_some(), "{r:?}");
     }
+    // `hoop status` sums up the same.
+    let t = env.status()["traffic"].clone();
+    let outcome = |o: &str| {
+        t["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == o)
+            .map(|p| p[1].as_u64().unwrap())
+    };
+    assert_eq!(outcome("approved"), Some(1), "{t}");
+    assert_eq!(outcome("denied"), Some(2), "{t}");
+    assert!(outcome("forwarded") >= Some(6), "{t}");
+    assert!(outcome("refused") >= Some(1), "{t}");
+    assert!(t["masked"].as_u64() >= Some(9), "{t}");
     let processes = b.processes().unwrap();
     let chromium_pid = b.pid();
     b.close();

@@ -175,3 +175,95 @@ fn the_units_capabilities_are_enough_for_the_whole_job() {
         "CAP_SYS_PTRACE: the job's executable is on record"
     );
 }
+
+/// Under systemd the daemon writes native journal entries: started the way
+/// systemd starts it (stderr is the stream named by JOURNAL_STREAM), it
+/// sends to /run/systemd/journal/socket, here a socket of the test's
+/// mounted there in a private mount namespace.
+#[test]
+fn under_systemd_the_log_goes_to_the_journal_with_priority_and_fields() {
+    use std::os::unix::fs::MetadataExt;
+    let mut env = TestEnv::new("journald", PROBE, "");
+    let journal = env.dir.path().join("journal");
+    std::fs::create_dir(&journal).unwrap();
+    // Read as journald does, all the time: a full datagram queue would
+    // block the daemon's logging.
+    let sock = UnixDatagram::bind(journal.join("socket")).unwrap();
+    let entries = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+    let e = entries.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = sock.recv(&mut buf) {
+            e.lock().unwrap().push(journal_fields(&buf[..n]));
+        }
+    });
+    // The daemon's stderr is the harness's log file; JOURNAL_STREAM names
+    // it, as systemd names the journal stream it connects.
+    std::fs::write(&env.log, "").unwrap();
+    let m = std::fs::metadata(&env.log).unwrap();
+    let stream = format!("{}:{}", m.dev(), m.ino());
+    let script = format!(
+        "mkdir -p /run/systemd && mount -t tmpfs hoop-test /run/systemd && \
+         mkdir /run/systemd/journal && mount --bind {} /run/systemd/journal && exec \"$0\" \"$@\"",
+        journal.display()
+    );
+    env.start_daemon_via(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[("JOURNAL_STREAM", &stream)],
+    );
+    env.stop_daemon();
+    let entries = entries.lock().unwrap().clone();
+    let fields = entries
+        .iter()
+        .find(|e| e.iter().any(|f| f == "MESSAGE=hoop daemon ready"))
+        .unwrap_or_else(|| panic!("no ready entry in {entries:?}"));
+    for want in ["PRIORITY=5", "SYSLOG_IDENTIFIER=hoop"] {
+        assert!(fields.iter().any(|f| f == want), "{want} not in {fields:?}");
+    }
+    // A warning is a warning to the journal too.
+    assert!(
+        entries.iter().flatten().all(|f| f != "PRIORITY=3"),
+        "errors logged: {entries:?}"
+    );
+    // The event's own fields, kept apart and prefixed.
+    assert!(
+        fields.iter().any(|f| f.starts_with("HOOP_CONTROL=")),
+        "{fields:?}"
+    );
+    // Nothing went to stderr as text meanwhile.
+    assert!(
+        !env.log().contains("hoop daemon ready"),
+        "the log went to stderr too:\n{}",
+        env.log()
+    );
+}
+
+/// The fields of one entry of journald's native protocol: `KEY=value\n`,
+/// or `KEY\n` + 64-bit little-endian length + value + `\n`.
+fn journal_fields(mut b: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(end) = b.iter().position(|&c| c == b'=' || c == b'\n') {
+        let key = String::from_utf8_lossy(&b[..end]).into_owned();
+        let value;
+        if b[end] == b'=' {
+            let rest = &b[end + 1..];
+            let nl = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+            value = &rest[..nl];
+            b = rest.get(nl + 1..).unwrap_or_default();
+        } else {
+            let len = u64::from_le_bytes(b[end + 1..end + 9].try_into().unwrap()) as usize;
+            value = &b[end + 9..end + 9 + len];
+            b = &b[end + 10 + len..];
+        }
+        out.push(format!("{key}={}", String::from_utf8_lossy(value)));
+    }
+    out
+}

@@ -154,7 +154,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Cmd::Daemon => {
-            init_logging();
+            crate::logging::init();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(crate::daemon::run(cfg))?;
             Ok(ExitCode::SUCCESS)
@@ -434,6 +434,16 @@ fn print_status(s: &Status) {
             j.job.command.join(" ")
         );
     }
+    let t = &s.traffic;
+    let requests: Vec<String> = t.requests.iter().map(|(o, n)| format!("{n} {o}")).collect();
+    println!(
+        "traffic    {} connections; requests {}; {} upstream errors; {} values masked; {} approvals pending",
+        t.connections,
+        requests.join(", "),
+        t.upstream_errors,
+        t.masked,
+        t.approvals_pending
+    );
     match &s.audit {
         Some(a) => println!(
             "audit      {}: {} records in {} commits this run, {} failed, {} queued, last commit {} µs",
@@ -451,21 +461,5 @@ fn print_status(s: &Status) {
             c.pid,
             c.exe.as_deref().unwrap_or("")
         );
-    }
-}
-
-/// Human-readable on a terminal; `HOOP_LOG_FORMAT=json` for one JSON
-/// object per line (log shippers, `journalctl -o cat`). `HOOP_LOG` filters.
-fn init_logging() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("HOOP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match std::env::var("HOOP_LOG_FORMAT").as_deref() {
-        Ok("json") => b.json().with_current_span(false).init(),
-        _ => b
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_target(false)
-            .init(),
     }
 }

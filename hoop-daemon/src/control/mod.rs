@@ -79,6 +79,20 @@ pub struct Status {
     /// The audit log (none when recording is off).
     #[serde(default)]
     pub audit: Option<AuditStatus>,
+    /// Totals since the daemon started.
+    #[serde(default)]
+    pub traffic: Traffic,
+}
+
+/// What went through since start: the Prometheus counters, summed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub connections: u64,
+    /// (outcome, count): forwarded, approved, denied, refused, failed.
+    pub requests: Vec<(String, u64)>,
+    pub upstream_errors: u64,
+    pub masked: u64,
+    pub approvals_pending: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
