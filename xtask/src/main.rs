@@ -5,13 +5,15 @@
 //!   first use (into rustup and `target/tools`), then reused.
 //! - `test`: unit tests, then the privileged suites (real kernel programs),
 //!   which fail rather than skip when they can't run.
-//! - `demo`: the daemon with embedded defaults and a job going through it.
+//! - `demo`: the seed scenario, step by step, through the real gateway.
+//! - `install`: the release binary, units and a starter config in place.
 //! - `fuzz`: libFuzzer runs of the parsers (cargo-fuzz, nightly).
 //! - `bench`: hoop against the direct path and mitmproxy, into BENCHMARKS.md.
 mod bench;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod install;
 mod sh;
 
 use anyhow::Result;
@@ -35,6 +37,15 @@ enum Cmd {
     },
     /// Build everything and run a demo job through the gateway (as root).
     Demo,
+    /// Install a release build, the systemd units and a starter config (as root).
+    Install {
+        /// Stage into this directory instead of / (packaging).
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
+        /// Install this binary instead of building a release one.
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
+    },
     /// Benchmark hoop against the direct path and mitmproxy; writes BENCHMARKS.md (as root).
     Bench(bench::Opts),
     /// Fuzz hoop's parsers with libFuzzer (installs cargo-fuzz if missing).
@@ -53,6 +64,7 @@ fn main() {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+        Cmd::Install { root, bin } => install::run(&root, bin.as_deref()),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
     };

@@ -334,6 +334,24 @@ mod tests {
         assert_eq!(c.control_socket(), PathBuf::from("/run/hoop/control.sock"));
     }
 
+    /// The config `cargo xtask install` puts in /etc/hoop: valid as it
+    /// is, and its example once uncommented.
+    #[test]
+    fn the_installed_starter_config_and_its_example_are_valid() {
+        let text = include_str!("../../../systemd/hoop.toml");
+        let c = parse(text).unwrap();
+        crate::policy::Policy::compile(&c, None).unwrap();
+        let example: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_eq!(c.connections.len(), 1);
+        assert_eq!(c.identity.statics.len(), 1);
+    }
+
     #[test]
     fn a_file_overrides_only_what_it_names() {
         let c = parse("[capture]\nlisten_port = 16000\n").unwrap();
