@@ -169,6 +169,15 @@ where
         .await;
 }
 
+/// The whole request body (empty if it broke off).
+async fn body_of(req: Request<Incoming>) -> Bytes {
+    req.into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed_unsync()
 }
@@ -200,12 +209,7 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
     });
     if path == "/console" || path.starts_with("/v1/") {
         let method = req.method().clone();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = body_of(req).await;
         return match crate::seed::route(&method, &path, &headers, &body) {
             Some((status, content_type, b)) => {
                 let mut r = text(status, b);
@@ -220,12 +224,7 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
         "/echo" => {
             let method = req.method().to_string();
             let version = format!("{:?}", req.version());
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = body_of(req).await;
             let h: serde_json::Map<String, serde_json::Value> = headers
                 .into_iter()
                 .map(|(k, v)| (k, serde_json::Value::String(v)))

@@ -79,6 +79,7 @@ fn test(args: &[String]) -> Result<()> {
     sh::apt_install(&[
         "curl",
         "util-linux",
+        "procps",
         "iproute2",
         "chromium",
         "libnss3-tools",
