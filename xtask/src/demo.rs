@@ -244,6 +244,8 @@ impl Demo {
                 .unwrap_or_default()
         );
         println!("The partner key appears in nothing the browser received.");
+        step("hoop status, with the browser's job still running");
+        sh::run(self.hoop().arg("status"))?;
         b.close();
         println!(
             "The partner saw {} requests (no DELETE, one payout).",
