@@ -157,6 +157,15 @@ pub fn iso(ms: u64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// A human's wait: milliseconds when it was quick, else seconds.
+fn waited(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
 fn size(n: u64) -> String {
     match n {
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
@@ -236,7 +245,7 @@ pub fn timeline(records: &[Stored]) -> String {
             },
             kind::APPROVAL => match r.parse::<ApprovalData>() {
                 Some(a) => format!(
-                    "approval {} for {} {} (rule {}): {}{}{} after {:.1} s",
+                    "approval {} for {} {} (rule {}): {}{}{} after {}",
                     a.id.as_deref().unwrap_or("-"),
                     a.method,
                     a.url,
@@ -244,7 +253,7 @@ pub fn timeline(records: &[Stored]) -> String {
                     a.outcome,
                     a.by.map(|b| format!(" by {b}")).unwrap_or_default(),
                     a.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
-                    a.waited_ms as f64 / 1000.0
+                    waited(a.waited_ms)
                 ),
                 None => continue,
             },
