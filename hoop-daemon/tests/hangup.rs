@@ -1,0 +1,70 @@
+//! A job that goes away is not a refusal. Browsers open spare connections
+//! and drop them unused; the pipeline must end those quietly rather than
+//! log and record "connection refused", while a job that speaks broken
+//! HTTP is still refused with the parser's reason.
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use hoop::{
+    flow::{Flow, Via},
+    pipeline::{self, PipelineError},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// Serves one connection from a client that sends `bytes`, then either
+/// resets the connection (`reset`) or reads the answer.
+async fn serve_one(bytes: &'static [u8], reset: bool) -> Result<(), PipelineError> {
+    let env = support::env(2000).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let client = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        if reset {
+            // Let the server read what was sent and wait for the rest.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+            drop(s);
+        } else {
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+        }
+    });
+    let (io, peer) = l.accept().await.unwrap();
+    let flow = Arc::new(Flow {
+        id: Flow::next_id(),
+        via: Via::Transparent,
+        orig_dst: "127.0.0.1:9".parse().unwrap(),
+        target_host: None,
+        peer,
+        pid: 0,
+        cgroup_id: 0,
+        exe: None,
+        job: None,
+        identity: None,
+    });
+    let r = pipeline::serve(env.gw.clone(), io, flow).await;
+    client.await.unwrap();
+    r
+}
+
+#[tokio::test]
+async fn a_job_resetting_mid_request_is_a_quiet_close() {
+    let r = serve_one(b"GET / HTTP/1.1\r\nHost: example.test\r\n", true).await;
+    assert!(r.is_ok(), "a reset was reported as {r:?}");
+}
+
+#[tokio::test]
+async fn broken_http_is_still_refused_with_the_parsers_reason() {
+    let r = serve_one(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", false).await;
+    match r {
+        Err(PipelineError::BadRequest { detail }) => {
+            assert!(detail.contains("job-side HTTP"), "{detail}")
+        }
+        other => panic!("broken HTTP was {other:?}"),
+    }
+}
