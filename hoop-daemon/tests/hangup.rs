@@ -27,7 +27,7 @@ async fn serve_one(bytes: &'static [u8], reset: bool) -> Result<(), PipelineErro
         if reset {
             // Let the server read what was sent and wait for the rest.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            s.set_linger(Some(Duration::ZERO)).unwrap();
+            s.set_zero_linger().unwrap();
             drop(s);
         } else {
             let mut answer = Vec::new();
