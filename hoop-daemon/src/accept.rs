@@ -205,7 +205,16 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
     }
     let _guard = ctx.jobs.open_connection(LiveConnection::of(&flow));
     if let Err(e) = pipeline::serve(ctx.gw.clone(), stream, flow.clone()).await {
-        tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
+        let by = match e {
+            pipeline::PipelineError::JobClosed { .. } => {
+                tracing::info!(flow = flow.id, detail = %e, "the job closed the connection");
+                "job"
+            }
+            _ => {
+                tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
+                "gateway"
+            }
+        };
         // Refused before any request (raw TCP, a broken handshake): on record.
         ctx.gw.audit.record(crate::audit::Entry::of(
             &crate::audit::entry::ConnectDeniedData {
@@ -215,7 +224,7 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
                 pid: flow.pid,
                 dst: Some(flow.orig_dst.to_string()),
                 reason: format!("{}: {e}", e.reason()),
-                by: "gateway".into(),
+                by: by.into(),
             },
         ));
     }

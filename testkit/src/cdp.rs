@@ -34,6 +34,10 @@ pub const HEADLESS: &[&str] = &[
     "--remote-debugging-port=0",
 ];
 
+/// The longest any one command or awaited event may take (a held request
+/// waits for a human: the tests approve within seconds).
+const DEADLINE: Duration = Duration::from_secs(120);
+
 pub struct Browser {
     child: Child,
     ws: WebSocket<TcpStream>,
@@ -151,7 +155,11 @@ impl Browser {
 
     /// The answer to command `id`; events that arrive meanwhile are kept.
     pub fn wait(&mut self, id: u64) -> Result<Value> {
+        let t = Instant::now();
         loop {
+            if t.elapsed() > DEADLINE {
+                bail!("no answer to DevTools command {id} within {DEADLINE:?}");
+            }
             let v = self.read()?;
             if v["id"] == id {
                 if let Some(e) = v.get("error") {
@@ -190,7 +198,11 @@ impl Browser {
 
     /// Waits for an event `method` after the first `after` events.
     pub fn wait_event(&mut self, method: &str, after: usize) -> Result<Value> {
+        let t = Instant::now();
         loop {
+            if t.elapsed() > DEADLINE {
+                bail!("no {method} event within {DEADLINE:?}");
+            }
             if let Some(e) = self.events[after..].iter().find(|e| e["method"] == method) {
                 return Ok(e.clone());
             }
@@ -244,11 +256,18 @@ impl Browser {
 
     /// Every response the browser received: URL, status, the headers the
     /// page saw and the raw ones off the wire, and the body (for those that
-    /// finished loading).
+    /// finished loading; None if Chromium no longer has it).
     pub fn responses(&mut self) -> Result<Vec<Response>> {
+        self.responses_since(0)
+    }
+
+    /// Like [`Self::responses`], for those after the first `after` events
+    /// (Chromium may drop a page's bodies once another page loads: read
+    /// them before navigating).
+    pub fn responses_since(&mut self, after: usize) -> Result<Vec<Response>> {
         let events = self.events.clone();
         let mut out = Vec::new();
-        for e in events
+        for e in events[after..]
             .iter()
             .filter(|e| e["method"] == "Network.responseReceived")
         {
@@ -358,19 +377,23 @@ impl Drop for Browser {
 }
 
 /// Kills a browser and every process it started (renderers, zygotes), and
-/// waits for them: a job's cgroup must be empty before it can go.
+/// waits for them: a job's cgroup must be empty before it can go. Each
+/// process is stopped before its children are listed, so none can start
+/// another behind the scan's back; then all are killed.
 fn kill_tree(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        // Reaped: its pid may be someone else's by now.
+        return;
+    }
     let mut all = vec![child.id()];
     let mut i = 0;
     while i < all.len() {
+        signal("STOP", all[i]);
         all.extend(children_of(all[i]));
         i += 1;
     }
     for pid in &all[1..] {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .stderr(Stdio::null())
-            .status();
+        signal("KILL", *pid);
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -382,6 +405,14 @@ fn kill_tree(child: &mut Child) {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// kill(1): the testkit has no unsafe code.
+fn signal(sig: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -427,8 +458,7 @@ impl Launching {
 impl Drop for Launching {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_tree(c);
         }
     }
 }

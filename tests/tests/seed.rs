@@ -204,6 +204,10 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
     assert_eq!(r["reason"], "policy-denied", "{r}");
     assert_eq!(r["rule"], "no-prod-delete", "{r}");
     assert!(r["text"].as_str().unwrap().contains("not allowed"), "{r}");
+    assert!(
+        !origin.seen().iter().any(|s| s.method == "DELETE"),
+        "the DELETE reached the partner"
+    );
 
     // A payout waits for a human; the upstream sees nothing until then.
     let call = b.start("console_app.payout(250)").unwrap();
@@ -262,11 +266,16 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
         "an escape attempt reached the partner: {:?}",
         origin.seen().last()
     );
+    // What the browser got so far, bodies included, before another load
+    // can make Chromium drop them.
+    let mut responses = b.responses().unwrap();
     // Alt-Svc offered h3 on every answer; one more load gives Chromium the
     // chance to use it.
+    let seen = b.events.len();
     b.open(&console).unwrap();
     b.eval("console_app.customers()").unwrap();
     assert_eq!(quic.hits(), 0, "a QUIC datagram reached the partner");
+    responses.extend(b.responses_since(seen).unwrap());
 
     // Whatever the browser received, the credential is in none of it.
     let forms = [
@@ -274,8 +283,13 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
         base64::engine::general_purpose::STANDARD.encode(&secret),
         base64::engine::general_purpose::STANDARD.encode(format!("Bearer {secret}")),
     ];
-    let responses = b.responses().unwrap();
-    assert!(responses.len() >= 6, "{responses:?}");
+    assert!(responses.len() >= 8, "{responses:?}");
+    // Every body was read: a leak can't hide in one that wasn't. (The
+    // page's no-cors request to the bare address got an opaque answer,
+    // whose body neither the page nor DevTools can read.)
+    for r in responses.iter().filter(|r| !r.url.starts_with(&direct)) {
+        assert!(r.body.is_some() || r.status == 204, "no body for {r:?}");
+    }
     let mut read = vec![b.dom().unwrap()];
     for r in &responses {
         read.push(r.headers.to_string());
@@ -290,11 +304,15 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
             );
         }
     }
-    // The direct-IP request got the gateway's answer, or none at all.
-    for r in responses.iter().filter(|r| r.url.starts_with(&direct)) {
-        assert_eq!(r.status, 403, "{r:?}");
-        assert!(r.headers.get("x-hoop-reason").is_some(), "{r:?}");
-    }
+    // The direct-IP request got the gateway's answer: a bypass would have
+    // met the partner's own certificate, which the browser doesn't trust,
+    // and got no answer at all.
+    let ip = responses
+        .iter()
+        .find(|r| r.url.starts_with(&direct))
+        .unwrap_or_else(|| panic!("no answer to {direct}: {:?}", b.failures()));
+    assert_eq!(ip.status, 403, "{ip:?}");
+    assert_eq!(ip.headers["x-hoop-reason"], "no-connection", "{ip:?}");
     // `hoop status` sums up the same.
     let t = env.status()["traffic"].clone();
     let outcome = |o: &str| {

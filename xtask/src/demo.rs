@@ -55,9 +55,14 @@ struct Demo {
 
 impl Demo {
     fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("hoop-demo-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("bin"))?;
+        // A fresh directory of our own (mkdtemp), not a predictable name
+        // someone else could have made first; then readable by the job.
+        let dir = tempfile::Builder::new()
+            .prefix("hoop-demo-")
+            .tempdir()?
+            .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::create_dir(dir.join("bin"))?;
         let hoop = dir.join("bin/hoop");
         std::fs::copy(root_dir().join("target/debug/hoop"), &hoop)?;
         let out = root_dir().join("target/demo");
@@ -253,6 +258,9 @@ impl Demo {
         );
 
         step("fail-closed: kill the daemon (SIGKILL) while a job runs");
+        // The job waits for the signal to connect, trusting the partner's
+        // CA: if its connect got around the dead daemon, it would succeed.
+        let go = self.dir.join("go");
         let mut job = self
             .hoop()
             .arg("run")
@@ -260,15 +268,20 @@ impl Demo {
             .arg(&token)
             .args(["--", "bash", "-c"])
             .arg(format!(
-                "sleep 1; if curl -sS --max-time 3 -o /dev/null https://{h}/console --resolve {h}:443:{PARTNER_IP}; \
-                 then echo 'job: reached the API (unexpected)'; exit 1; \
-                 else echo 'job: connect refused while the daemon is down'; fi",
+                "while [ ! -e {go} ]; do sleep 0.05; done; \
+                 curl -sS --max-time 3 -o /dev/null --cacert {ca} --resolve {h}:443:{PARTNER_IP} https://{h}/console; \
+                 rc=$?; if [ $rc -eq 7 ]; then echo 'job: connect refused while the daemon is down'; \
+                 else echo \"job: curl exit $rc (expected 7, connection refused)\"; exit 1; fi",
+                go = go.display(),
+                ca = self.dir.join("partner-ca.pem").display(),
                 h = seed::PARTNER_HOST
             ))
             .spawn()?;
-        thread::sleep(Duration::from_millis(300));
+        self.wait_for_jobs(1)?;
+        let connections = partner.connections();
         daemon.kill()?;
-        if !job.wait()?.success() {
+        std::fs::write(&go, "")?;
+        if !job.wait()?.success() || partner.connections() != connections {
             bail!("the job reached the network while the daemon was down");
         }
         step("restart: the daemon swaps its programs into the pinned links, then stops cleanly");
@@ -292,6 +305,20 @@ impl Demo {
         );
         println!("Daemon log: {}", daemon.log.display());
         Ok(())
+    }
+
+    /// Waits until the daemon runs `n` jobs.
+    fn wait_for_jobs(&self, n: usize) -> Result<()> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            let s: Value =
+                serde_json::from_str(&sh::output(self.hoop().args(["status", "--json"]))?)?;
+            if s["jobs"].as_array().map_or(0, Vec::len) >= n {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the job did not start within 10 s")
     }
 
     /// The first pending approval, once there is one.

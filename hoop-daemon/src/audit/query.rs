@@ -94,7 +94,7 @@ pub struct Filter {
 pub fn sessions(db: &Connection, f: &Filter) -> rusqlite::Result<Vec<SessionSummary>> {
     let mut st = db.prepare(
         "SELECT session, MIN(ts_ms), MAX(ts_ms),
-                SUM(kind = 'request'), SUM(kind = 'refused'), SUM(kind = 'connect-denied'),
+                SUM(kind = 'request'), SUM(kind = 'refused'), SUM(kind = 'connect-denied' AND json_extract(data, '$.by') != 'job'),
                 MAX(json_extract(data, '$.identity.name')), MAX(json_extract(data, '$.job')),
                 group_concat(DISTINCT json_extract(data, '$.host'))
          FROM records WHERE seq >= ?1
@@ -258,6 +258,12 @@ pub fn timeline(records: &[Stored]) -> String {
                 None => continue,
             },
             kind::CONNECT_DENIED => match r.parse::<ConnectDeniedData>() {
+                Some(d) if d.by == "job" => format!(
+                    "connection closed by the job to {} (pid {}): {}",
+                    d.dst.as_deref().unwrap_or("-"),
+                    d.pid,
+                    d.reason
+                ),
                 Some(d) => format!(
                     "connect refused by the {}: {} to {} (pid {})",
                     d.by,

@@ -36,6 +36,10 @@ pub enum PipelineError {
     // Job side.
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
+    /// The job went away (reset, or closed while hoop wrote): not a
+    /// refusal, but still on record.
+    #[error("the job closed the connection: {detail}")]
+    JobClosed { detail: String },
     #[error("cannot resolve {host}: {detail}")]
     Resolve { host: String, detail: String },
     // Policy.
@@ -79,7 +83,7 @@ impl PipelineError {
             | Self::UpstreamTls { .. }
             | Self::UpstreamProtocol { .. }
             | Self::Resolve { .. } => StatusCode::BAD_GATEWAY,
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::JobClosed { .. } => StatusCode::BAD_REQUEST,
             Self::Denied { status, .. } => *status,
             Self::NoIdentity { .. } | Self::NoRoute(_) | Self::CredentialNeedsTls { .. } => {
                 StatusCode::FORBIDDEN
@@ -103,6 +107,7 @@ impl PipelineError {
             Self::UpstreamResponseTimeout { .. } => "upstream-response-timeout",
             Self::UpstreamProtocol { .. } => "upstream-protocol-error",
             Self::BadRequest { .. } => "bad-request",
+            Self::JobClosed { .. } => "job-closed",
             Self::Resolve { .. } => "resolve-failed",
             Self::Denied { .. } => "policy-denied",
             Self::NoIdentity { .. } => "no-identity",

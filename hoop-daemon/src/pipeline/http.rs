@@ -84,7 +84,6 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn_flow = flow.id;
     let conn = Arc::new(Conn {
         gw,
         flow,
@@ -104,31 +103,39 @@ where
     } else {
         hyper::server::conn::http1::Builder::new()
             .preserve_header_case(false)
-            .serve_connection(io, svc)
+            .serve_connection(
+                TokioIo::new(super::linger::Linger::new(io.into_inner())),
+                svc,
+            )
             .with_upgrades()
             .await
     };
     let Err(e) = r else { return Ok(()) };
     let mut detail = format!("job-side HTTP: {e}");
+    // The job hung up (browsers drop spare connections they opened ahead
+    // of need). Not when hyper failed on our side of the exchange (a body
+    // we were sending broke): that is no sign of the job leaving.
+    let mut closed = false;
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
-        // The job hung up (browsers drop spare connections they opened
-        // ahead of need): nothing was refused.
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(
+        if !e.is_user()
+            && let Some(io) = s.downcast_ref::<std::io::Error>()
+        {
+            closed |= matches!(
                 io.kind(),
                 std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
-            )
-        {
-            tracing::debug!(flow = conn_flow, "the job closed the connection: {io}");
-            return Ok(());
+            );
         }
         detail += &format!(": {s}");
         src = s.source();
     }
-    Err(PipelineError::BadRequest { detail })
+    Err(if closed {
+        PipelineError::JobClosed { detail }
+    } else {
+        PipelineError::BadRequest { detail }
+    })
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod error;
 pub mod headers;
 mod http;
+mod linger;
 pub mod phases;
 mod record;
 mod rewind;

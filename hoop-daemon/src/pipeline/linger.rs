@@ -1,0 +1,134 @@
+//! A lingering close for HTTP/1 job connections. When hoop answers a
+//! request before reading all of its body (a refusal, a 503) and then
+//! closes, the kernel answers the job's still-arriving bytes with a reset,
+//! and the job may lose the answer it was about to read: it sees "connection
+//! reset" instead of 403 and the reason. So, as web servers do, hoop shuts
+//! its side first and reads and discards what still comes, for a moment,
+//! before the socket goes.
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How long, and how much, a closing connection keeps reading.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+pub struct Linger<IO> {
+    io: IO,
+    draining: Option<Draining>,
+}
+
+struct Draining {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    left: usize,
+}
+
+impl<IO> Linger<IO> {
+    pub fn new(io: IO) -> Self {
+        Self { io, draining: None }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Linger<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Linger<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    /// Shuts the write side (the job gets the end of the answer), then
+    /// drains the read side until the job closes, LINGER passes or
+    /// LINGER_BYTES were read. Errors while draining end it quietly.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.draining.is_none() {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.draining = Some(Draining {
+                deadline: Box::pin(tokio::time::sleep(LINGER)),
+                left: LINGER_BYTES,
+            });
+        }
+        let d = this.draining.as_mut().expect("set above");
+        let mut scratch = [0u8; 8192];
+        loop {
+            if d.left == 0 || d.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut this.io).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) => d.left = d.left.saturating_sub(buf.filled().len()),
+                Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The answer survives a job that is still sending when hoop closes.
+    #[tokio::test]
+    async fn an_answer_sent_before_the_body_was_read_reaches_the_job() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let job = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // Far more than the socket buffers hold, which the server never
+            // reads; like curl, the answer is read once the body is sent.
+            let body = vec![b'x'; 8 << 20];
+            s.write_all(&body).await?;
+            s.shutdown().await?;
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).await.map(|_| answer)
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let mut s = Linger::new(s);
+        let mut head = [0u8; 1024];
+        let _ = s.read(&mut head).await.unwrap();
+        s.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+        let answer = job
+            .await
+            .unwrap()
+            .expect("the job read its answer, no reset");
+        assert!(answer.starts_with(b"HTTP/1.1 403"), "{answer:?}");
+    }
+}
