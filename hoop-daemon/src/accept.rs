@@ -205,16 +205,7 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
     }
     let _guard = ctx.jobs.open_connection(LiveConnection::of(&flow));
     if let Err(e) = pipeline::serve(ctx.gw.clone(), stream, flow.clone()).await {
-        let by = match e {
-            pipeline::PipelineError::JobClosed { .. } => {
-                tracing::info!(flow = flow.id, detail = %e, "the job closed the connection");
-                "job"
-            }
-            _ => {
-                tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused");
-                "gateway"
-            }
-        };
+        let by = e.log_connection_end(flow.id);
         // Refused before any request (raw TCP, a broken handshake): on record.
         ctx.gw.audit.record(crate::audit::Entry::of(
             &crate::audit::entry::ConnectDeniedData {

@@ -13,21 +13,67 @@ use http::{Response, StatusCode, header};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
-    encoding::text::encode,
+    encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-type Labels = Vec<(&'static str, String)>;
+/// How a request ended, in the order `hoop status` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    Approved,
+    /// A rule (or an approver) refused it.
+    Denied,
+    /// Hoop answered it itself for any other reason.
+    Refused,
+    /// It failed after it went upstream.
+    Failed,
+}
 
-/// Request outcomes, in the order `hoop status` lists them.
-pub const OUTCOMES: [&str; 5] = ["forwarded", "approved", "denied", "refused", "failed"];
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Self::Forwarded,
+        Self::Approved,
+        Self::Denied,
+        Self::Refused,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+// Typed label sets: a lookup per request builds one small struct, not a
+// vector of owned strings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    outcome: &'static str,
+    connection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
 
 /// Totals since start for `hoop status` (the families above keep them by
 /// label; these are their sums, kept as they happen).
 #[derive(Default)]
 pub struct Totals {
-    requests: [AtomicU64; OUTCOMES.len()],
+    requests: [AtomicU64; Outcome::ALL.len()],
     upstream_errors: AtomicU64,
     masked: AtomicU64,
 }
@@ -35,11 +81,9 @@ pub struct Totals {
 pub struct Metrics {
     registry: Registry,
     pub connections: Counter,
-    /// By outcome: forwarded, approved, denied (a rule), refused (any
-    /// other reason hoop answered itself), and failed (after it went up).
-    requests: Family<Labels, Counter>,
-    upstream_errors: Family<Labels, Counter>,
-    masked: Family<Labels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    upstream_errors: Family<ReasonLabel, Counter>,
+    masked: Family<RuleLabel, Counter>,
     approvals_pending: Gauge,
     audit_queue: Gauge,
     audit_last_commit_us: Gauge,
@@ -113,22 +157,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, outcome: &str, connection: Option<&str>) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.totals.requests[i].fetch_add(1, Relaxed);
-        }
+    pub fn request(&self, outcome: Outcome, connection: Option<&str>) {
+        self.totals.requests[outcome as usize].fetch_add(1, Relaxed);
         self.requests
-            .get_or_create(&vec![
-                ("outcome", outcome.to_string()),
-                ("connection", connection.unwrap_or("-").to_string()),
-            ])
+            .get_or_create(&RequestLabels {
+                outcome: outcome.as_str(),
+                connection: connection.unwrap_or("-").to_string(),
+            })
             .inc();
     }
 
-    pub fn upstream_error(&self, reason: &str) {
+    pub fn upstream_error(&self, reason: &'static str) {
         self.totals.upstream_errors.fetch_add(1, Relaxed);
         self.upstream_errors
-            .get_or_create(&vec![("reason", reason.to_string())])
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
@@ -136,7 +178,7 @@ impl Metrics {
         for (rule, n) in &counts.0 {
             self.totals.masked.fetch_add(*n, Relaxed);
             self.masked
-                .get_or_create(&vec![("rule", rule.clone())])
+                .get_or_create(&RuleLabel { rule: rule.clone() })
                 .inc_by(*n);
         }
     }
@@ -146,10 +188,10 @@ impl Metrics {
         let t = &self.totals;
         crate::control::Traffic {
             connections: self.connections.get(),
-            requests: OUTCOMES
+            requests: Outcome::ALL
                 .iter()
                 .zip(&t.requests)
-                .map(|(o, n)| (o.to_string(), n.load(Relaxed)))
+                .map(|(o, n)| (o.as_str().to_string(), n.load(Relaxed)))
                 .collect(),
             upstream_errors: t.upstream_errors.load(Relaxed),
             masked: t.masked.load(Relaxed),

@@ -219,3 +219,48 @@ pub fn chromium_args(ip: &str) -> Vec<String> {
         format!("--origin-to-force-quic-on={QUIC_HOST}:443"),
     ]
 }
+
+/// The scenario's job: hoop's binary and config, the CI token, the
+/// browser's home, and the partner's address.
+pub struct Job<'a> {
+    pub hoop: &'a std::path::Path,
+    pub config: &'a std::path::Path,
+    pub token: &'a std::path::Path,
+    pub home: &'a std::path::Path,
+    pub partner_ip: &'a str,
+}
+
+/// Starts the scenario's browser: a home whose NSS db trusts hoop's CA
+/// (`hoop ca install-nss`) and a profile, both owned by nobody; then, as
+/// nobody, `hoop run --token-file TOKEN -- chromium` with [`chromium_args`].
+pub fn launch_browser(j: &Job) -> anyhow::Result<crate::cdp::Browser> {
+    use anyhow::{Context, bail};
+    use std::process::Command;
+    let run = |c: &mut Command| -> anyhow::Result<()> {
+        let out = c.output().with_context(|| format!("starting {c:?}"))?;
+        if !out.status.success() {
+            bail!("{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run(Command::new(j.hoop)
+        .arg("--config")
+        .arg(j.config)
+        .args(["ca", "install-nss", "--dir"])
+        .arg(j.home.join(".pki/nssdb")))?;
+    std::fs::create_dir_all(j.home.join("profile"))?;
+    run(Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(j.home))?;
+    let mut job = Command::new("setpriv");
+    job.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(j.hoop)
+        .arg("--config")
+        .arg(j.config)
+        .arg("run")
+        .arg("--token-file")
+        .arg(j.token)
+        .args(["--", "chromium"])
+        .env("HOME", j.home);
+    crate::cdp::Browser::launch(job, &chromium_args(j.partner_ip), &j.home.join("profile"))
+}

@@ -352,6 +352,39 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// `hoop approvals list --json`: pending first, then recent decisions.
+    pub fn approvals(&self) -> Vec<Value> {
+        let out = self
+            .hoop()
+            .args(["approvals", "list", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    }
+
+    /// The id of the first pending approval once more than `known` are
+    /// pending (within 20 s).
+    pub fn wait_pending(&self, known: usize) -> String {
+        let t = Instant::now();
+        loop {
+            let pending: Vec<Value> = self
+                .approvals()
+                .into_iter()
+                .filter(|r| r["status"] == "pending")
+                .collect();
+            if pending.len() > known {
+                return pending[0]["id"].as_str().unwrap().to_string();
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "no request was held");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs the probe in a job; returns (succeeded, its output line).
     pub fn probe(&self, nobody: bool, args: &[&str]) -> (bool, String) {
         let probe = self.probe.to_str().unwrap();

@@ -8,7 +8,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hoop_testkit::{Origin, OriginOpts, TestCa};
@@ -141,37 +141,6 @@ impl Setup {
         )
     }
 
-    fn approvals(&self) -> Vec<Value> {
-        let out = self
-            .env
-            .hoop()
-            .args(["approvals", "list", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
-    }
-
-    fn wait_pending(&self, known: usize) -> String {
-        let t = Instant::now();
-        loop {
-            let pending: Vec<Value> = self
-                .approvals()
-                .into_iter()
-                .filter(|r| r["status"] == "pending")
-                .collect();
-            if pending.len() > known {
-                return pending[0]["id"].as_str().unwrap().to_string();
-            }
-            assert!(t.elapsed() < Duration::from_secs(10), "no request was held");
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// `hoop approvals …` as root, or as nobody.
     fn approve_cmd(&self, nobody: bool, args: &[&str]) -> std::process::Output {
         let mut c = if nobody {
@@ -204,7 +173,7 @@ fn held_requests_wait_for_a_human_who_is_not_the_job() {
         s.curl("POST", "/echo"),
         s.curl("POST", "/echo")
     ));
-    let id = s.wait_pending(0);
+    let id = s.env.wait_pending(0);
     thread::sleep(Duration::from_millis(300));
     assert_eq!(s.origin.hits(), hits, "a held request reached the upstream");
     // The webhook told the approvers.
@@ -253,7 +222,7 @@ fn held_requests_wait_for_a_human_who_is_not_the_job() {
         "the upstream's answer reached the job: {text}"
     );
     assert_eq!(s.origin.hits(), hits + 2);
-    let rows = s.approvals();
+    let rows = s.env.approvals();
     assert_eq!(
         rows.len(),
         1,
@@ -264,7 +233,7 @@ fn held_requests_wait_for_a_human_who_is_not_the_job() {
 
     // Job B: denied, with a reason the job reads; the upstream never sees it.
     let b = s.job(&s.curl("POST", "/echo"));
-    let id = s.wait_pending(0);
+    let id = s.env.wait_pending(0);
     let out = s.approve_cmd(false, &["deny", &id, "--reason", "not during the freeze"]);
     assert!(
         out.status.success(),
@@ -284,7 +253,7 @@ fn held_requests_wait_for_a_human_who_is_not_the_job() {
         "{text}"
     );
     assert_eq!(s.origin.hits(), hits + 2);
-    assert!(s.approvals().iter().any(|r| r["status"] == "expired"));
+    assert!(s.env.approvals().iter().any(|r| r["status"] == "expired"));
     s.env
         .wait_log(
             &["approval decided", "approver=uid:0 (root)"],

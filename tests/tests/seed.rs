@@ -12,16 +12,15 @@
 //!   direct-IP requests do not get around the gateway;
 //! - the session's audit record verifies, names the OIDC identity and
 //!   Chromium's pid, and exports to a valid HAR.
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use base64::Engine;
 use hoop_testkit::{
     Origin, OriginOpts, TestCa,
-    cdp::Browser,
     oidc::{Alg, Issuer},
     seed,
 };
-use hoop_tests::{TestEnv, UdpCounter, Value, eventually};
+use hoop_tests::{TestEnv, UdpCounter, Value};
 use serde_json::json;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
@@ -44,30 +43,6 @@ fn hoop_json(env: &TestEnv, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn pending(env: &TestEnv) -> Vec<Value> {
-    hoop_json(env, &["approvals", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["status"] == "pending")
-        .cloned()
-        .collect()
-}
-
-fn wait_pending(env: &TestEnv) -> String {
-    let mut id = None;
-    assert!(
-        eventually(Duration::from_secs(20), || {
-            id = pending(env)
-                .first()
-                .map(|a| a["id"].as_str().unwrap().to_string());
-            id.is_some()
-        }),
-        "the payout was not held for approval"
-    );
-    id.unwrap()
 }
 
 fn approvals(env: &TestEnv, args: &[&str]) {
@@ -127,39 +102,15 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
     let token = issuer.token(seed::JOB_SUBJECT);
     let token_file = write(env.dir.path(), "job-token", &token, 0o644);
     let home = env.dir.path().join("home");
-    let out = env
-        .hoop()
-        .args(["ca", "install-nss", "--dir"])
-        .arg(home.join(".pki/nssdb"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::create_dir_all(home.join("profile")).unwrap();
-    assert!(
-        Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(&home)
-            .status()
-            .unwrap()
-            .success()
-    );
-
-    let mut job = Command::new("setpriv");
-    job.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(hoop_tests::hoop_bin())
-        .arg("--config")
-        .arg(&env.config)
-        .arg("run")
-        .arg("--token-file")
-        .arg(&token_file)
-        .args(["--", "chromium"])
-        .env("HOME", &home);
-    let mut b = Browser::launch(job, &seed::chromium_args(PARTNER_IP), &home.join("profile"))
-        .unwrap_or_else(|e| panic!("{e:#}\ndaemon log:\n{}", env.log()));
+    let hoop = hoop_tests::hoop_bin();
+    let mut b = seed::launch_browser(&seed::Job {
+        hoop: &hoop,
+        config: &env.config,
+        token: &token_file,
+        home: &home,
+        partner_ip: PARTNER_IP,
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\ndaemon log:\n{}", env.log()));
     let console = format!("https://{}/console", seed::PARTNER_HOST);
     b.open(&console)
         .unwrap_or_else(|e| panic!("{e:#}\ndaemon log:\n{}", env.log()));
@@ -211,7 +162,7 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
 
     // A payout waits for a human; the upstream sees nothing until then.
     let call = b.start("console_app.payout(250)").unwrap();
-    let id = wait_pending(&env);
+    let id = env.wait_pending(0);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !origin.seen().iter().any(|s| s.method == "POST"),
@@ -224,7 +175,7 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
 
     // A second one is denied, and the browser sees why.
     let call = b.start("console_app.payout(990000)").unwrap();
-    let id = wait_pending(&env);
+    let id = env.wait_pending(0);
     approvals(&env, &["deny", &id, "--reason", "payouts are frozen today"]);
     let r = b.value(call).unwrap();
     assert_eq!(r["status"], 403, "{r}");

@@ -122,6 +122,21 @@ impl PipelineError {
         }
     }
 
+    /// Logs how a connection ended with this error, and says who ended
+    /// it: "job" (it hung up, at info) or "gateway" (a refusal, a warning).
+    pub fn log_connection_end(&self, flow: u64) -> &'static str {
+        match self {
+            Self::JobClosed { .. } => {
+                tracing::info!(flow, detail = %self, "the job closed the connection");
+                "job"
+            }
+            _ => {
+                tracing::warn!(flow, error = %self, reason = self.reason(), "connection refused");
+                "gateway"
+            }
+        }
+    }
+
     pub fn from_tls(dst: SocketAddr, name: &str, e: &std::io::Error) -> Self {
         let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
         match tls {

@@ -95,47 +95,45 @@ where
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
     });
-    let io = TokioIo::new(io);
     let r = if h2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
+            .serve_connection(TokioIo::new(io), svc)
             .await
     } else {
         hyper::server::conn::http1::Builder::new()
             .preserve_header_case(false)
-            .serve_connection(
-                TokioIo::new(super::linger::Linger::new(io.into_inner())),
-                svc,
-            )
+            .serve_connection(TokioIo::new(super::linger::Linger::new(io)), svc)
             .with_upgrades()
             .await
     };
-    let Err(e) = r else { return Ok(()) };
+    r.map_err(|e| job_side(&e))
+}
+
+/// A job-side HTTP failure, with hyper's whole chain of causes. The job
+/// hanging up (browsers drop spare connections they opened ahead of need)
+/// is `JobClosed`; not when hyper failed on our side of the exchange (a
+/// body we were sending broke), which is no sign of the job leaving.
+fn job_side(e: &hyper::Error) -> PipelineError {
+    let chain = std::iter::successors(std::error::Error::source(e), |s| s.source());
     let mut detail = format!("job-side HTTP: {e}");
-    // The job hung up (browsers drop spare connections they opened ahead
-    // of need). Not when hyper failed on our side of the exchange (a body
-    // we were sending broke): that is no sign of the job leaving.
     let mut closed = false;
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        if !e.is_user()
-            && let Some(io) = s.downcast_ref::<std::io::Error>()
-        {
-            closed |= matches!(
-                io.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-            );
-        }
+    for s in chain {
         detail += &format!(": {s}");
-        src = s.source();
+        closed |= !e.is_user()
+            && s.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                )
+            });
     }
-    Err(if closed {
+    if closed {
         PipelineError::JobClosed { detail }
     } else {
         PipelineError::BadRequest { detail }
-    })
+    }
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {

@@ -21,6 +21,7 @@ use crate::{
     },
     flow::Flow,
     jobs::Jobs,
+    metrics::Outcome,
     policy::{Connection, mask::Counts},
 };
 
@@ -115,9 +116,9 @@ impl Exchange {
         let m = &self.metrics;
         m.request(
             match (reason, self.data.approval.is_some()) {
-                (Some(_), _) => "failed",
-                (None, true) => "approved",
-                (None, false) => "forwarded",
+                (Some(_), _) => Outcome::Failed,
+                (None, true) => Outcome::Approved,
+                (None, false) => Outcome::Forwarded,
             },
             self.data.connection.as_deref(),
         );
@@ -194,8 +195,8 @@ impl Exchange {
         }
         self.metrics.request(
             match e {
-                PipelineError::Denied { .. } => "denied",
-                _ => "refused",
+                PipelineError::Denied { .. } => Outcome::Denied,
+                _ => Outcome::Refused,
             },
             self.data.connection.as_deref(),
         );

@@ -214,14 +214,8 @@ where
         host = flow.target_host.as_deref().unwrap_or("-"), peer = %flow.peer,
         identity = flow.identity_name(), "connection"
     );
-    match pipeline::serve(gw, io, flow.clone()).await {
-        Err(pipeline::PipelineError::JobClosed { .. }) => {
-            tracing::info!(flow = flow.id, "the job closed the connection")
-        }
-        Err(e) => {
-            tracing::warn!(flow = flow.id, error = %e, reason = e.reason(), "connection refused")
-        }
-        Ok(()) => {}
+    if let Err(e) = pipeline::serve(gw, io, flow.clone()).await {
+        e.log_connection_end(flow.id);
     }
 }
 
