@@ -34,6 +34,7 @@ const ISSUER_IP: &str = "127.0.0.4";
 
 pub fn run() -> Result<()> {
     sh::require_root("the daemon attaches eBPF programs and creates cgroups")?;
+    sh::check_disk(4, "building hoop for the demo");
     sh::apt_install(&["curl", "util-linux", "procps", "chromium", "libnss3-tools"])?;
     ebpf::build()?;
     step("building hoop");

@@ -142,3 +142,29 @@ pub fn apt_install(pkgs: &[&str]) -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
+
+/// Says up front when the disk looks too small for what follows: running
+/// out mid-build shows up as a linker crash, which names neither the cause
+/// nor the remedy.
+pub fn check_disk(need_gib: u64, what: &str) {
+    let dir = root_dir().join("target");
+    let probe = if dir.exists() { dir } else { root_dir() };
+    let Ok(df) = output(Command::new("df").arg("-Pk").arg(&probe)) else {
+        return;
+    };
+    let free_kib = df
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(kib) = free_kib
+        && kib < need_gib << 20
+    {
+        eprintln!(
+            "xtask: warning: {:.1} GiB free under {}; {what} needs about {need_gib} GiB \
+             (a full disk shows up as a linker crash)",
+            kib as f64 / f64::from(1 << 20),
+            probe.display()
+        );
+    }
+}
