@@ -143,7 +143,8 @@ async fn start_capture(
 
 /// Re-reads the config file the daemon started with and swaps in its policy
 /// (identities, connections, secrets) whole. A broken file changes nothing.
-/// Listeners, capture and egress need a restart; changes there are named.
+/// The other sections (listeners, capture, egress, TLS, audit, metrics,
+/// approval notices) need a restart; changes there are named.
 pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
     let result = (|| {
         let new = if cfg.source.as_os_str() == crate::config::EMBEDDED_SOURCE {
@@ -161,6 +162,7 @@ pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
             ("[tls]", new.tls != cfg.tls),
             ("[audit]", new.audit != cfg.audit),
             ("[metrics]", new.metrics != cfg.metrics),
+            ("[approvals]", new.approvals != cfg.approvals),
         ] {
             if changed {
                 restart.push(name);

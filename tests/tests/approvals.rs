@@ -234,6 +234,18 @@ fn held_requests_wait_for_a_human_who_is_not_the_job() {
     // Job B: denied, with a reason the job reads; the upstream never sees it.
     let b = s.job(&s.curl("POST", "/echo"));
     let id = s.env.wait_pending(0);
+    // `--pending` leaves out the decided one above.
+    let out = s
+        .env
+        .hoop()
+        .args(["approvals", "list", "--pending"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.lines().count() == 1 && listed.contains(&id),
+        "{listed}"
+    );
     let out = s.approve_cmd(false, &["deny", &id, "--reason", "not during the freeze"]);
     assert!(
         out.status.success(),

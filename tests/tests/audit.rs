@@ -245,7 +245,7 @@ fn tampering_with_a_copy_is_named_by_verify() {
             "truncate the tail",
             format!("DELETE FROM records WHERE seq > {}", n - 2),
             format!(
-                "checkpoint at record {n}, but the log ends at record Some({})",
+                "checkpoint at record {n}, but the log ends at record {}: records after it were removed",
                 n - 2
             ),
         ),
@@ -275,6 +275,20 @@ fn tampering_with_a_copy_is_named_by_verify() {
     assert!(ok, "--pubkey does not read the stored key: {out}");
     let (ok, out) = hoop_out(&env, &["audit", "verify", "--db", copy.to_str().unwrap()]);
     assert!(!ok && out.contains("bad signature"), "{out}");
+    // Exit codes tell a broken chain (1) from a log that can't be read (2).
+    let code = |db: &Path| {
+        env.hoop()
+            .args(["audit", "verify", "--db", db.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(code(&copy), Some(1));
+    let garbage = env.dir.path().join("garbage.db");
+    std::fs::write(&garbage, b"not a database, just bytes that are long enough").unwrap();
+    assert_eq!(code(&garbage), Some(2));
+    assert_eq!(code(&env.dir.path().join("absent.db")), Some(2));
 }
 
 #[test]

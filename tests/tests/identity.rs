@@ -366,10 +366,12 @@ fn a_broken_reload_keeps_the_old_policy_and_a_good_one_applies() {
         .expect("SIGHUP reload of a broken file is logged");
     assert_eq!(ok(), 200);
 
-    // A valid file without the connection: applied at once.
+    // A valid file without the connection: applied at once. Its new
+    // approval notices are read only at start, and the answer says so.
     std::fs::write(
         &p.env.config,
-        good.replace("hosts = [\"partner.test\"]", "hosts = [\"elsewhere.test\"]"),
+        good.replace("hosts = [\"partner.test\"]", "hosts = [\"elsewhere.test\"]")
+            + "\n[approvals]\nwebhook = \"https://127.0.0.1:9/hook\"\n",
     )
     .unwrap();
     let out = p.env.hoop().arg("reload").output().unwrap();
@@ -377,6 +379,11 @@ fn a_broken_reload_keeps_the_old_policy_and_a_good_one_applies() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("changes to [approvals] take effect at the next restart"),
+        "{said}"
     );
     assert_eq!(ok(), 403);
 }

@@ -174,7 +174,7 @@ impl Demo {
         let id = held["id"].as_str().unwrap_or_default().to_string();
         // A session is a job: the browser's is the one that asked.
         let session = held["job"].as_str().unwrap_or_default().to_string();
-        sh::run(self.hoop().args(["approvals", "list"]))?;
+        sh::run(self.hoop().args(["approvals", "list", "--pending"]))?;
         step(&format!(
             "an approver (root, a separate process): hoop approvals approve {id}"
         ));

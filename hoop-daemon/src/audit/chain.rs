@@ -66,7 +66,8 @@ pub enum Broken {
     #[error("checkpoint at record {seq}: the chain's hash there differs (rewritten)")]
     Checkpoint { seq: u64 },
     #[error(
-        "checkpoint at record {seq}, but the log ends at record {last:?}: records after it were removed (truncated)"
+        "checkpoint at record {seq}, but {}: records after it were removed (truncated)",
+        match last { Some(l) => format!("the log ends at record {l}"), None => "the log is empty".into() }
     )]
     Truncated { seq: u64, last: Option<u64> },
     #[error(

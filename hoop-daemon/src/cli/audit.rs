@@ -152,8 +152,20 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
         }
         AuditCmd::Verify { db, pubkey, json } => {
             let path = db_path(cfg, db);
-            let key = pubkey.as_deref().map(read_pubkey).transpose()?;
-            let r = verify::verify_file(&path, key.as_deref())?;
+            // Exit 1 means "the chain is broken"; a log or key that can't be
+            // read says nothing about the chain, so it gets its own code.
+            let r = match pubkey
+                .as_deref()
+                .map(read_pubkey)
+                .transpose()
+                .and_then(|key| Ok(verify::verify_file(&path, key.as_deref())?))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("hoop: cannot verify {}: {e:#}", path.display());
+                    return Ok(ExitCode::from(2));
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

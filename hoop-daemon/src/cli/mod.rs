@@ -85,6 +85,9 @@ pub enum ApprovalsCmd {
     List {
         #[arg(long)]
         json: bool,
+        /// Only the requests still waiting for a decision.
+        #[arg(long)]
+        pending: bool,
     },
     /// Approve a held request (the job's own uid never can).
     Approve {
@@ -281,14 +284,17 @@ fn run(
 
 fn approvals(cfg: &Config, a: ApprovalsCmd) -> Result<ExitCode> {
     let req = match a {
-        ApprovalsCmd::List { json } => {
-            let Response::Approvals { rows } = request(cfg, &Request::ApprovalsList)? else {
+        ApprovalsCmd::List { json, pending } => {
+            let Response::Approvals { mut rows } = request(cfg, &Request::ApprovalsList)? else {
                 bail!("unexpected answer");
             };
+            if pending {
+                rows.retain(|r| r.status == "pending");
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
-                println!("no approvals");
+                println!("no {}approvals", if pending { "pending " } else { "" });
             } else {
                 for r in rows {
                     println!(
