@@ -3,13 +3,12 @@
 //! upstream can fail becoming a clear response.
 mod support;
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use hoop_testkit::{Origin, OriginOpts, TestCa};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
 use support::{env, parse_curl};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -130,59 +129,13 @@ async fn chunked_bodies_stream_through() {
     assert_eq!(j["method"], "POST");
 }
 
-/// CONNECT by hand, then TLS to `localhost` trusting hoop's CA.
-async fn tunnel(
-    env: &support::Env,
-    port: u16,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut s = TcpStream::connect(env.proxy).await.unwrap();
-    s.write_all(
-        format!(
-            "CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n{}\r\n",
-            env.proxy_auth()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    roots
-        .add(CertificateDer::from_pem_slice(&std::fs::read(&env.hoop_ca).unwrap()).unwrap())
-        .unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), s)
-        .await
-        .expect("client trusts the leaf hoop minted for localhost")
-}
-
 /// A Rust client: CONNECT by hand, TLS trusting hoop's CA, hyper on top.
 async fn rust_client_get(
     env: &support::Env,
     port: u16,
     alpn: &[u8],
 ) -> (http::StatusCode, String, String) {
-    let tls = tunnel(env, port, alpn).await;
+    let tls = env.tunnel(port, alpn).await;
     let negotiated =
         String::from_utf8_lossy(tls.get_ref().1.alpn_protocol().unwrap_or(b"")).into_owned();
     let req = http::Request::get(format!("https://localhost:{port}/hello"))
@@ -233,7 +186,7 @@ async fn websocket_echo_through_the_proxy() {
     let env = env(5000).await;
     let origin = env.origin().await;
     let port = origin.addr.port();
-    let tls = tunnel(&env, port, b"http/1.1").await;
+    let tls = env.tunnel(port, b"http/1.1").await;
     let (mut ws, resp) = tokio_tungstenite::client_async(format!("wss://localhost:{port}/ws"), tls)
         .await
         .unwrap();

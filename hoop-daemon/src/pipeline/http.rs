@@ -136,7 +136,11 @@ fn job_side(e: &hyper::Error) -> PipelineError {
     }
 }
 
+/// The job's request body, read to its end even when hoop answers first.
+type JobBody = super::linger::Drain<Incoming>;
+
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let req = req.map(JobBody::new);
     let authority = authority_of(&conn, &req);
     let json = wants_json(&req);
     let sni = match &conn.tls {
@@ -434,7 +438,7 @@ fn same_host(a: &str, b: &str) -> bool {
 
 /// The authority the job addressed: the h2 :authority or Host header, else
 /// the proxy target or original destination.
-fn authority_of(conn: &Conn, req: &Request<Incoming>) -> String {
+fn authority_of(conn: &Conn, req: &Request<JobBody>) -> String {
     req.uri()
         .authority()
         .map(|a| a.to_string())
@@ -453,7 +457,7 @@ fn authority_of(conn: &Conn, req: &Request<Incoming>) -> String {
 async fn forward(
     conn: &Conn,
     route: &Connection,
-    mut req: Request<Incoming>,
+    mut req: Request<JobBody>,
     authority: &str,
     x: &mut Exchange,
 ) -> Result<Response<Body>, PipelineError> {

@@ -1,21 +1,93 @@
-//! A lingering close for HTTP/1 job connections. When hoop answers a
-//! request before reading all of its body (a refusal, a 503) and then
-//! closes, the kernel answers the job's still-arriving bytes with a reset,
-//! and the job may lose the answer it was about to read: it sees "connection
-//! reset" instead of 403 and the reason. So, as web servers do, hoop shuts
-//! its side first and reads and discards what still comes, for a moment,
-//! before the socket goes.
+//! Lingering: hoop often answers before it read a request's whole body (a
+//! refusal, a 503, an upstream that answered early). The job, still
+//! sending, must get that answer all the same, so what it still sends is
+//! read and discarded for a moment instead of being refused:
+//! - [`Drain`]: a request body dropped unread is read to its end in the
+//!   background. Otherwise an HTTP/2 stream ends with RST_STREAM right
+//!   behind the answer, and clients (curl) may drop the answer with it;
+//!   an HTTP/1 connection would have to close.
+//! - [`Linger`]: when an HTTP/1 connection closes anyway, the kernel would
+//!   answer the job's still-arriving bytes with a reset, and the job could
+//!   lose the answer it was about to read. hoop shuts its side first, then
+//!   drains, as web servers do.
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
     time::Duration,
 };
 
+use bytes::{Buf, Bytes};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long, and how much, a closing connection keeps reading.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 16 << 20;
+
+/// A job's request body that, dropped before its end, is read to its end
+/// in the background (up to LINGER and LINGER_BYTES).
+pub struct Drain<B: HttpBody + Send + Unpin + 'static> {
+    inner: Option<B>,
+}
+
+impl<B: HttpBody + Send + Unpin + 'static> Drain<B> {
+    pub fn new(inner: B) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> HttpBody for Drain<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.get_mut().inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl<B: HttpBody + Send + Unpin + 'static> Drop for Drain<B> {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let discard = async {
+                let mut left = LINGER_BYTES;
+                while let Some(Ok(f)) = body.frame().await {
+                    let n = f.data_ref().map_or(0, |d| d.remaining());
+                    left = left.saturating_sub(n);
+                    if left == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, discard).await;
+        });
+    }
+}
 
 pub struct Linger<IO> {
     io: IO,

@@ -4,6 +4,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::Output, sync::Arc};
 
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
 use hoop::{
     config::Config,
     jobs::Jobs,
@@ -127,6 +133,51 @@ impl Env {
 
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.proxy)
+    }
+
+    /// CONNECT by hand, then TLS to `localhost` trusting hoop's CA.
+    pub async fn tunnel(
+        &self,
+        port: u16,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut s = TcpStream::connect(self.proxy).await.unwrap();
+        s.write_all(
+            format!(
+                "CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n{}\r\n",
+                self.proxy_auth()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&std::fs::read(&self.hoop_ca).unwrap()).unwrap())
+            .unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), s)
+            .await
+            .expect("client trusts the leaf hoop minted for localhost")
     }
 
     /// The header a hand-written CONNECT needs.
