@@ -356,7 +356,11 @@ fn show(r: &Value) {
             line += &format!("  x-hoop-{k}: {v}");
         }
     }
-    if let Some(t) = r["text"].as_str().filter(|t| !t.is_empty()) {
+    if let Some(t) = r["text"]
+        .as_str()
+        .map(str::trim_end)
+        .filter(|t| !t.is_empty())
+    {
         line += &format!("\n  {}", t.chars().take(160).collect::<String>());
     }
     if let Some(e) = r["error"].as_str() {

@@ -260,7 +260,8 @@ pub struct ConnectDeniedData {
     pub pid: u32,
     pub dst: Option<String>,
     pub reason: String,
-    /// kernel, or listener
+    /// "kernel" (a cgroup program), "gateway" (the daemon refused it) or
+    /// "job" (it hung up before a request)
     pub by: String,
 }
 

@@ -258,11 +258,13 @@ pub fn timeline(records: &[Stored]) -> String {
                 None => continue,
             },
             kind::CONNECT_DENIED => match r.parse::<ConnectDeniedData>() {
+                // The reason repeats that the job closed it; its root
+                // cause is the last link of the chain.
                 Some(d) if d.by == "job" => format!(
                     "connection closed by the job to {} (pid {}): {}",
                     d.dst.as_deref().unwrap_or("-"),
                     d.pid,
-                    d.reason
+                    d.reason.rsplit(": ").next().unwrap_or(&d.reason)
                 ),
                 Some(d) => format!(
                     "connect refused by the {}: {} to {} (pid {})",
@@ -305,4 +307,52 @@ pub fn jsonl_line(r: &Stored) -> String {
         "response_body": body(&r.resp_body),
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused_connect(by: &str, reason: &str) -> Stored {
+        Stored {
+            seq: 7,
+            ts_ms: 0,
+            kind: kind::CONNECT_DENIED.into(),
+            session: "s".into(),
+            data: serde_json::to_value(ConnectDeniedData {
+                session: "s".into(),
+                job: None,
+                cgroup_id: 1,
+                pid: 42,
+                dst: Some("127.0.0.7:443".into()),
+                reason: reason.into(),
+                by: by.into(),
+            })
+            .unwrap(),
+            hash: [0; 32],
+            req_body: None,
+            resp_body: None,
+        }
+    }
+
+    #[test]
+    fn a_connection_the_job_closed_reads_as_its_root_cause() {
+        let t = timeline(&[
+            refused_connect(
+                "job",
+                "job-closed: the job closed the connection: job-side HTTP: connection error: Broken pipe (os error 32)",
+            ),
+            refused_connect("kernel", "udp-not-dns"),
+        ]);
+        assert!(
+            t.contains(
+                "connection closed by the job to 127.0.0.7:443 (pid 42): Broken pipe (os error 32)\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("connect refused by the kernel: udp-not-dns to 127.0.0.7:443 (pid 42)"),
+            "{t}"
+        );
+    }
 }
