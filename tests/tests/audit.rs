@@ -203,6 +203,15 @@ fn tampering_with_a_copy_is_named_by_verify() {
     };
     let (ok, out) = verify(&db);
     assert!(ok, "the untouched log: {out}");
+    // The head it prints is an anchor to keep elsewhere.
+    let anchor = out
+        .lines()
+        .find_map(|l| l.strip_prefix("head: record "))
+        .map(|l| {
+            let (seq, rest) = l.split_once(", chain hash ").unwrap();
+            format!("{seq}:{}", rest.split_whitespace().next().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no head in {out}"));
 
     let response = sqlite(
         &db,
@@ -289,6 +298,39 @@ fn tampering_with_a_copy_is_named_by_verify() {
     std::fs::write(&garbage, b"not a database, just bytes that are long enough").unwrap();
     assert_eq!(code(&garbage), Some(2));
     assert_eq!(code(&env.dir.path().join("absent.db")), Some(2));
+    // A tail cut with its checkpoints verifies, except against the anchor.
+    let seq: u64 = anchor.split(':').next().unwrap().parse().unwrap();
+    let cut = env.dir.path().join("cut.db");
+    std::fs::copy(&db, &cut).unwrap();
+    let kept = seq - 3;
+    sqlite(
+        &cut,
+        &format!(
+            "DELETE FROM records WHERE seq > {kept}; DELETE FROM checkpoints WHERE seq > {kept}"
+        ),
+    );
+    let (ok, out) = hoop_out(&env, &["audit", "verify", "--db", cut.to_str().unwrap()]);
+    assert!(
+        ok,
+        "a cut with its checkpoints verifies without an anchor: {out}"
+    );
+    let (ok, out) = hoop_out(
+        &env,
+        &[
+            "audit",
+            "verify",
+            "--db",
+            cut.to_str().unwrap(),
+            "--anchor",
+            &anchor,
+        ],
+    );
+    assert!(
+        !ok && out.contains(&format!(
+            "anchor at record {seq}, but the log ends at record {kept}"
+        )),
+        "{out}"
+    );
 }
 
 #[test]

@@ -67,14 +67,28 @@ pub enum Broken {
     Checkpoint { seq: u64 },
     #[error(
         "checkpoint at record {seq}, but {}: records after it were removed (truncated)",
-        match last { Some(l) => format!("the log ends at record {l}"), None => "the log is empty".into() }
+        ends(last)
     )]
     Truncated { seq: u64, last: Option<u64> },
+    #[error("record {seq}: the chain's hash differs from the anchor given (rewritten)")]
+    AnchorMismatch { seq: u64 },
+    #[error(
+        "anchor at record {seq}, but {}: records after it were removed (truncated)",
+        ends(last)
+    )]
+    AnchorBeyondEnd { seq: u64, last: Option<u64> },
     #[error(
         "the log starts at record {first} and no signed checkpoint anchors record {}: earlier records were removed",
         first.wrapping_sub(1)
     )]
     Unanchored { first: u64 },
+}
+
+fn ends(last: &Option<u64>) -> String {
+    match last {
+        Some(l) => format!("the log ends at record {l}"),
+        None => "the log is empty".into(),
+    }
 }
 
 /// One step of a walk: `r` must be record `expected` and hash to `stored`

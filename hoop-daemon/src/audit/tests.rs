@@ -116,6 +116,56 @@ async fn tampering_is_named_and_a_foreign_key_is_refused() {
     assert!(r.broken.unwrap().contains("bad signature"));
 }
 
+/// Someone who can write the database cuts the tail together with its
+/// checkpoints: the rest verifies, but not past an anchor kept elsewhere.
+#[tokio::test]
+async fn an_anchor_names_a_tail_cut_with_its_checkpoints() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "", 0..4).await;
+    write(d.path(), "", 4..8).await;
+    let db = d.path().join(DB_FILE);
+    let r = verify::verify_file(&db, None).unwrap();
+    let head: verify::Anchor = format!("7:{}", r.head_hash.unwrap()).parse().unwrap();
+    let clean = verify::verify_anchored(&db, None, &[head]).unwrap();
+    assert!(
+        clean.ok() && clean.anchors_checked == 1,
+        "{:?}",
+        clean.broken
+    );
+
+    // The second run's records and its checkpoint go: still "intact".
+    let cut = d.path().join("cut.db");
+    std::fs::copy(&db, &cut).unwrap();
+    exec(
+        &cut,
+        "DELETE FROM records WHERE seq > 3; DELETE FROM checkpoints WHERE seq > 3",
+    );
+    assert!(verify::verify_file(&cut, None).unwrap().ok());
+    let r = verify::verify_anchored(&cut, None, &[head]).unwrap();
+    assert_eq!(
+        r.broken.as_deref(),
+        Some(
+            "anchor at record 7, but the log ends at record 3: records after it were removed (truncated)"
+        )
+    );
+    // An anchor the chain doesn't pass through: rewritten.
+    let forged = verify::Anchor {
+        hash: [7; 32],
+        ..head
+    };
+    let r = verify::verify_anchored(&db, None, &[forged]).unwrap();
+    assert!(
+        r.broken
+            .unwrap()
+            .contains("record 7: the chain's hash differs"),
+        "a wrong anchor passed"
+    );
+    // Anchors are SEQ:64 hex digits.
+    for bad in ["7", "x:00", "7:abc", &format!("7:{}", "0".repeat(66))] {
+        assert!(bad.parse::<verify::Anchor>().is_err(), "{bad}");
+    }
+}
+
 #[tokio::test]
 async fn a_writer_refuses_to_extend_a_broken_chain() {
     let d = tempfile::tempdir().unwrap();

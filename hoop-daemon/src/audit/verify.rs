@@ -1,7 +1,13 @@
 //! `hoop audit verify`: walks the whole chain of a database (the live one
 //! or an offline copy) and its signed checkpoints, and names the first
 //! record where it breaks.
-use std::{collections::BTreeMap, path::Path};
+//!
+//! Checkpoints live in the same database, so someone who can write it can
+//! cut the tail together with its checkpoints, and the rest still verifies.
+//! Anchors close that: a chain hash kept elsewhere (the journal's
+//! "audit checkpoint signed" lines, or the head `verify` prints), given
+//! back as `--anchor SEQ:HASH`, must still be in the chain.
+use std::{collections::BTreeMap, path::Path, str::FromStr};
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -22,6 +28,12 @@ pub struct Report {
     /// Where the public key came from: `--pubkey`, or the database itself
     /// (which only proves consistency, not origin).
     pub key_source: String,
+    /// The chain's hash at the last record, hex: an anchor to keep.
+    pub head_hash: Option<String>,
+    /// Anchors found in the chain with their hash.
+    pub anchors_checked: usize,
+    /// Anchors older than the first record (retention removed them).
+    pub anchors_pruned: Vec<u64>,
     /// The first break, if any.
     pub broken: Option<String>,
     #[serde(skip)]
@@ -44,9 +56,41 @@ impl Report {
     }
 }
 
+/// A chain hash the operator kept: the chain must pass through `hash` at
+/// record `seq`. Written `SEQ:HEX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+impl FromStr for Anchor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: an anchor is SEQ:HASH, the hash as 64 hex digits");
+        let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
+        let seq = seq.trim().parse().map_err(|_| bad())?;
+        let hash = hex::decode(hash.trim())
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or_else(bad)?;
+        Ok(Self { seq, hash })
+    }
+}
+
 /// Verifies the database at `path`. `pubkey`: the key the operator trusts;
 /// without it the key stored in the database is used.
 pub fn verify_file(path: &Path, pubkey: Option<&[u8]>) -> Result<Report, StoreError> {
+    verify_anchored(path, pubkey, &[])
+}
+
+/// [`verify_file`], and the chain must pass through every anchor.
+pub fn verify_anchored(
+    path: &Path,
+    pubkey: Option<&[u8]>,
+    anchors: &[Anchor],
+) -> Result<Report, StoreError> {
     let db = store::open_reader(path)?;
     let fail = |e: rusqlite::Error| StoreError {
         path: path.display().to_string(),
@@ -68,7 +112,8 @@ pub fn verify_file(path: &Path, pubkey: Option<&[u8]>) -> Result<Report, StoreEr
             )
         }
     };
-    let mut r = walk(&db, &key, None).map_err(fail)?;
+    let anchors: BTreeMap<u64, [u8; 32]> = anchors.iter().map(|a| (a.seq, a.hash)).collect();
+    let mut r = walk(&db, &key, None, &anchors).map_err(fail)?;
     r.key_source = key_source;
     Ok(r)
 }
@@ -80,14 +125,19 @@ pub fn verify_from_last_checkpoint(
     pubkey: &[u8],
 ) -> rusqlite::Result<Result<(), Broken>> {
     let from = store::last_checkpoint_seq(db)?;
-    Ok(match walk(db, pubkey, from)?.error {
+    Ok(match walk(db, pubkey, from, &BTreeMap::new())?.error {
         Some(b) => Err(b),
         None => Ok(()),
     })
 }
 
 /// Walks the records (all of them, or those after checkpoint `from`).
-fn walk(db: &Connection, pubkey: &[u8], from: Option<u64>) -> rusqlite::Result<Report> {
+fn walk(
+    db: &Connection,
+    pubkey: &[u8],
+    from: Option<u64>,
+    anchors: &BTreeMap<u64, [u8; 32]>,
+) -> rusqlite::Result<Report> {
     let cps: BTreeMap<u64, Checkpoint> = store::checkpoints(db)?
         .into_iter()
         .map(|c| (c.seq, c))
@@ -99,6 +149,9 @@ fn walk(db: &Connection, pubkey: &[u8], from: Option<u64>) -> rusqlite::Result<R
         checkpoints: cps.len(),
         signed_through: None,
         key_source: String::new(),
+        head_hash: None,
+        anchors_checked: 0,
+        anchors_pruned: Vec::new(),
         broken: None,
         error: None,
     };
@@ -124,6 +177,7 @@ fn walk(db: &Connection, pubkey: &[u8], from: Option<u64>) -> rusqlite::Result<R
         let mut st = db.prepare(&format!(
             "SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1 ORDER BY seq"
         ))?;
+        report.anchors_pruned = anchors.range(..next).map(|(s, _)| *s).collect();
         let mut rows = st.query([next as i64])?;
         while let Some(row) = rows.next()? {
             let (rec, stored) = store::row(row)?;
@@ -134,6 +188,12 @@ fn walk(db: &Connection, pubkey: &[u8], from: Option<u64>) -> rusqlite::Result<R
             report.first.get_or_insert(rec.seq);
             report.last = Some(rec.seq);
             report.records += 1;
+            if let Some(want) = anchors.get(&rec.seq) {
+                if *want != prev {
+                    return Ok(Err(Broken::AnchorMismatch { seq: rec.seq }));
+                }
+                report.anchors_checked += 1;
+            }
             if let Some(c) = cps.get(&rec.seq) {
                 if let Err(b) = chain::check(pubkey, c, Some(prev)) {
                     return Ok(Err(b));
@@ -142,9 +202,16 @@ fn walk(db: &Connection, pubkey: &[u8], from: Option<u64>) -> rusqlite::Result<R
             }
             next += 1;
         }
-        // A checkpoint beyond the last record: the tail was cut off.
+        report.head_hash = report.last.map(|_| hex::encode(prev));
+        // A checkpoint or anchor beyond the last record: the tail was cut off.
         if let Some((&seq, _)) = cps.range(next..).next() {
             return Ok(Err(Broken::Truncated {
+                seq,
+                last: report.last,
+            }));
+        }
+        if let Some((&seq, _)) = anchors.range(next..).next() {
+            return Ok(Err(Broken::AnchorBeyondEnd {
                 seq,
                 last: report.last,
             }));

@@ -27,6 +27,11 @@ pub enum AuditCmd {
         /// a file holding it), as printed by `hoop audit pubkey`.
         #[arg(long)]
         pubkey: Option<String>,
+        /// A chain hash kept off the host (the head this command prints,
+        /// or a journal "audit checkpoint signed" line): the chain must
+        /// still pass through it, so a cut tail is named. Repeatable.
+        #[arg(long = "anchor", value_name = "SEQ:HASH")]
+        anchors: Vec<verify::Anchor>,
         #[arg(long)]
         json: bool,
     },
@@ -150,7 +155,12 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
             println!("{}", audit::public_key_of(&cfg.daemon.state_dir)?);
             Ok(ExitCode::SUCCESS)
         }
-        AuditCmd::Verify { db, pubkey, json } => {
+        AuditCmd::Verify {
+            db,
+            pubkey,
+            anchors,
+            json,
+        } => {
             let path = db_path(cfg, db);
             // Exit 1 means "the chain is broken"; a log or key that can't be
             // read says nothing about the chain, so it gets its own code.
@@ -158,7 +168,7 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                 .as_deref()
                 .map(read_pubkey)
                 .transpose()
-                .and_then(|key| Ok(verify::verify_file(&path, key.as_deref())?))
+                .and_then(|key| Ok(verify::verify_anchored(&path, key.as_deref(), &anchors)?))
             {
                 Ok(r) => r,
                 Err(e) => {
@@ -192,9 +202,22 @@ fn print_report(path: &Path, r: &verify::Report) {
         r.signed_through.map_or("-".to_string(), |s| s.to_string()),
         r.key_source
     );
+    if r.anchors_checked > 0 {
+        println!("anchors: {} found in the chain", r.anchors_checked);
+    }
+    for seq in &r.anchors_pruned {
+        println!(
+            "note: the anchor at record {seq} predates the log's first record (retention removed it); not checked"
+        );
+    }
     match &r.broken {
         Some(b) => println!("BROKEN: {b}"),
         None => {
+            if let (Some(last), Some(h)) = (r.last, &r.head_hash) {
+                println!(
+                    "head: record {last}, chain hash {h} (kept elsewhere, `--anchor {last}:{h}` later names a cut tail)"
+                );
+            }
             if r.unsigned() > 0 {
                 println!(
                     "note: the last {} record(s) are not covered by a checkpoint yet \
