@@ -284,7 +284,15 @@ impl Demo {
         step("the audit record: this demo's sessions, then the browser's timeline");
         let since = format!("{}s", started.elapsed().as_secs() + 1);
         sh::run(self.hoop().args(["sessions", "list", "--since", &since]))?;
+        println!(
+            "(the browser's session first; the second is the fail-closed step's job: \
+             its connect never reached a daemon, so only its start and end are on record)"
+        );
         sh::run(self.hoop().args(["sessions", "show", &session]))?;
+        println!(
+            "(udp-not-dns to {PARTNER_IP}:443: the browser trying QUIC; to 2001:4860:4860::8888: \
+             Chromium's start-up probe for its IPv6 address, a UDP connect refused like any UDP that isn't DNS)"
+        );
         step("hoop audit verify");
         sh::run(self.hoop().args(["audit", "verify"]))?;
         let har = self.out.join("session.har");

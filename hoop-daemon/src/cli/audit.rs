@@ -215,7 +215,7 @@ fn print_report(path: &Path, r: &verify::Report) {
         None => {
             if let (Some(last), Some(h)) = (r.last, &r.head_hash) {
                 println!(
-                    "head: record {last}, chain hash {h} (kept elsewhere, `--anchor {last}:{h}` later names a cut tail)"
+                    "head: {last}:{h} (an anchor: kept off the host and given back as --anchor, it names a tail cut later)"
                 );
             }
             if r.unsigned() > 0 {
