@@ -70,6 +70,10 @@ pub enum Broken {
         ends(last)
     )]
     Truncated { seq: u64, last: Option<u64> },
+    #[error("record {seq}: a value of the wrong type (edited)")]
+    UnreadableRecord { seq: u64 },
+    #[error("a checkpoint holds a value of the wrong type (edited)")]
+    UnreadableCheckpoint,
     #[error("record {seq}: the chain's hash differs from the anchor given (rewritten)")]
     AnchorMismatch { seq: u64 },
     #[error(

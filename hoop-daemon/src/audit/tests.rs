@@ -76,7 +76,15 @@ async fn tampering_is_named_and_a_foreign_key_is_refused() {
             .decode(public_key_of(d.path()).unwrap())
             .unwrap()
     };
-    let cases: [(&str, &str); 4] = [
+    let cases: [(&str, &str); 6] = [
+        (
+            "UPDATE records SET data = x'00' WHERE seq = 2",
+            "record 2: a value of the wrong type",
+        ),
+        (
+            "UPDATE checkpoints SET hash = 'not a hash'",
+            "a checkpoint holds a value of the wrong type",
+        ),
         (
             "UPDATE records SET req_body = x'00' WHERE seq = 2",
             "record 2: its hash does not match",
@@ -159,6 +167,32 @@ async fn an_anchor_names_a_tail_cut_with_its_checkpoints() {
             .unwrap()
             .contains("record 7: the chain's hash differs"),
         "a wrong anchor passed"
+    );
+    // Retention pruned every record and kept the head's checkpoint: the
+    // empty log verifies, and an anchor at that checkpoint is checked.
+    let pruned = d.path().join("pruned.db");
+    std::fs::copy(&db, &pruned).unwrap();
+    exec(
+        &pruned,
+        "DELETE FROM records WHERE seq <= 7; DELETE FROM checkpoints WHERE seq < 7",
+    );
+    let r = verify::verify_anchored(&pruned, None, &[head]).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    assert_eq!((r.records, r.anchors_checked), (0, 1));
+    let r = verify::verify_anchored(&pruned, None, &[forged]).unwrap();
+    assert!(
+        r.broken
+            .unwrap()
+            .contains("record 7: the chain's hash differs")
+    );
+    // No records but more than one checkpoint: not retention, a cut.
+    let emptied = d.path().join("emptied.db");
+    std::fs::copy(&db, &emptied).unwrap();
+    exec(&emptied, "DELETE FROM records");
+    let r = verify::verify_file(&emptied, None).unwrap();
+    assert!(
+        r.broken.unwrap().contains("but the log is empty"),
+        "an emptied log passed"
     );
     // Anchors are SEQ:64 hex digits.
     for bad in ["7", "x:00", "7:abc", &format!("7:{}", "0".repeat(66))] {

@@ -138,10 +138,28 @@ fn walk(
     from: Option<u64>,
     anchors: &BTreeMap<u64, [u8; 32]>,
 ) -> rusqlite::Result<Report> {
-    let cps: BTreeMap<u64, Checkpoint> = store::checkpoints(db)?
-        .into_iter()
-        .map(|c| (c.seq, c))
-        .collect();
+    // A value of the wrong type in a row (SQLite columns take any) is an
+    // edit, not a failure to read the log.
+    let cps: BTreeMap<u64, Checkpoint> = match store::checkpoints(db) {
+        Ok(cps) => cps.into_iter().map(|c| (c.seq, c)).collect(),
+        Err(e) if edited(&e) => {
+            let b = Broken::UnreadableCheckpoint;
+            return Ok(Report {
+                records: 0,
+                first: None,
+                last: None,
+                checkpoints: 0,
+                signed_through: None,
+                key_source: String::new(),
+                head_hash: None,
+                anchors_checked: 0,
+                anchors_pruned: Vec::new(),
+                broken: Some(b.to_string()),
+                error: Some(b),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let mut report = Report {
         records: 0,
         first: None,
@@ -167,6 +185,13 @@ fn walk(
             None => db.query_row("SELECT MIN(seq) FROM records", [], |r| r.get(0))?,
         };
         let (mut prev, mut next) = match first {
+            // Retention pruned every record through the newest checkpoint
+            // and kept that one alone: the log goes on from there. (More
+            // than one checkpoint and no records: the records were cut.)
+            None if from.is_none() && cps.len() == 1 => {
+                let (&seq, c) = cps.iter().next().expect("one");
+                (c.hash, seq + 1)
+            }
             None => (GENESIS, 0),
             Some(0) => (GENESIS, 0),
             Some(f) => match cps.get(&(f as u64 - 1)) {
@@ -177,10 +202,27 @@ fn walk(
         let mut st = db.prepare(&format!(
             "SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1 ORDER BY seq"
         ))?;
-        report.anchors_pruned = anchors.range(..next).map(|(s, _)| *s).collect();
+        // Anchors before the first record: the one the walk starts from
+        // (the checkpoint retention keeps) is checked, older ones are gone.
+        for (&seq, want) in anchors.range(..next) {
+            if seq + 1 == next {
+                if *want != prev {
+                    return Ok(Err(Broken::AnchorMismatch { seq }));
+                }
+                report.anchors_checked += 1;
+            } else {
+                report.anchors_pruned.push(seq);
+            }
+        }
         let mut rows = st.query([next as i64])?;
         while let Some(row) = rows.next()? {
-            let (rec, stored) = store::row(row)?;
+            let (rec, stored) = match store::row(row) {
+                Ok(r) => r,
+                Err(e) if edited(&e) => {
+                    return Ok(Err(Broken::UnreadableRecord { seq: next }));
+                }
+                Err(e) => return Err(e),
+            };
             prev = match chain::step(&prev, next, &rec, &stored) {
                 Ok(h) => h,
                 Err(b) => return Ok(Err(b)),
@@ -202,7 +244,6 @@ fn walk(
             }
             next += 1;
         }
-        report.head_hash = report.last.map(|_| hex::encode(prev));
         // A checkpoint or anchor beyond the last record: the tail was cut off.
         if let Some((&seq, _)) = cps.range(next..).next() {
             return Ok(Err(Broken::Truncated {
@@ -219,6 +260,8 @@ fn walk(
         if report.signed_through.is_none() && from.is_some() {
             report.signed_through = from;
         }
+        // Only an intact chain has a head worth keeping as an anchor.
+        report.head_hash = report.last.map(|_| hex::encode(prev));
         Ok(Ok(()))
     })()?;
     if let Err(b) = result {
@@ -226,4 +269,15 @@ fn walk(
         report.error = Some(b);
     }
     Ok(report)
+}
+
+/// SQLite keeps whatever is written to a column; a value of another type
+/// than the writer's can only come from an edit.
+fn edited(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+    )
 }

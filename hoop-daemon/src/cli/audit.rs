@@ -164,10 +164,8 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
             let path = db_path(cfg, db);
             // Exit 1 means "the chain is broken"; a log or key that can't be
             // read says nothing about the chain, so it gets its own code.
-            let r = match pubkey
-                .as_deref()
-                .map(read_pubkey)
-                .transpose()
+            let r = match agreeing(&anchors)
+                .and_then(|()| pubkey.as_deref().map(read_pubkey).transpose())
                 .and_then(|key| Ok(verify::verify_anchored(&path, key.as_deref(), &anchors)?))
             {
                 Ok(r) => r,
@@ -188,6 +186,20 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Two anchors for one record must name the same hash: otherwise one of
+/// them would go unchecked.
+fn agreeing(anchors: &[verify::Anchor]) -> Result<()> {
+    for (i, a) in anchors.iter().enumerate() {
+        if anchors[..i]
+            .iter()
+            .any(|b| b.seq == a.seq && b.hash != a.hash)
+        {
+            bail!("two different anchors for record {}", a.seq);
+        }
+    }
+    Ok(())
 }
 
 fn print_report(path: &Path, r: &verify::Report) {

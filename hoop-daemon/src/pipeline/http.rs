@@ -140,7 +140,11 @@ fn job_side(e: &hyper::Error) -> PipelineError {
 type JobBody = super::linger::Drain<Incoming>;
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
-    let req = req.map(JobBody::new);
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let req = req.map(|b| JobBody::new(b, expects_continue));
     let authority = authority_of(&conn, &req);
     let json = wants_json(&req);
     let sni = match &conn.tls {

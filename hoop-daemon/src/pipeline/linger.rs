@@ -29,11 +29,22 @@ const LINGER_BYTES: usize = 16 << 20;
 /// in the background (up to LINGER and LINGER_BYTES).
 pub struct Drain<B: HttpBody + Send + Unpin + 'static> {
     inner: Option<B>,
+    /// Sent with `Expect: 100-continue`: the job waits for a go-ahead
+    /// before it sends the body, so a body never asked for is never coming.
+    expects_continue: bool,
+    polled: bool,
+    /// Read to its end (a chunked HTTP/1 body doesn't tell by itself).
+    ended: bool,
 }
 
 impl<B: HttpBody + Send + Unpin + 'static> Drain<B> {
-    pub fn new(inner: B) -> Self {
-        Self { inner: Some(inner) }
+    pub fn new(inner: B, expects_continue: bool) -> Self {
+        Self {
+            inner: Some(inner),
+            expects_continue,
+            polled: false,
+            ended: false,
+        }
     }
 }
 
@@ -45,14 +56,20 @@ impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> HttpBody for Drain<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.get_mut().inner.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let this = self.get_mut();
+        this.polled = true;
+        let Some(b) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let r = Pin::new(b).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            this.ended = true;
         }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+        self.ended || self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -67,7 +84,7 @@ impl<B: HttpBody + Send + Unpin + 'static> Drop for Drain<B> {
         let Some(mut body) = self.inner.take() else {
             return;
         };
-        if body.is_end_stream() {
+        if self.ended || body.is_end_stream() || (self.expects_continue && !self.polled) {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -172,6 +189,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Linger<IO> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A body that never yields; the Arc counts who still holds it.
+    struct Pending(#[allow(dead_code)] std::sync::Arc<()>);
+
+    impl HttpBody for Pending {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unread_body_is_drained_unless_it_was_never_asked_for() {
+        let held = std::sync::Arc::new(());
+        drop(Drain::new(Pending(held.clone()), false));
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            2,
+            "drained in the background"
+        );
+        let held = std::sync::Arc::new(());
+        drop(Drain::new(Pending(held.clone()), true));
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            1,
+            "a 100-continue body nobody asked for is not waited for"
+        );
+    }
 
     /// The answer survives a job that is still sending when hoop closes.
     #[tokio::test]
