@@ -147,7 +147,9 @@ pub fn apt_install(pkgs: &[&str]) -> Result<()> {
 /// out mid-build shows up as a linker crash, which names neither the cause
 /// nor the remedy.
 pub fn check_disk(need_gib: u64, what: &str) {
-    let dir = root_dir().join("target");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root_dir().join("target"));
     let probe = if dir.exists() { dir } else { root_dir() };
     let Ok(df) = output(Command::new("df").arg("-Pk").arg(&probe)) else {
         return;
