@@ -417,7 +417,7 @@ fn print_status(s: &Status) {
     );
     println!("pins       {}", s.pin_dir);
     println!(
-        "programs   ({} cgroup links on the root in the kernel)",
+        "programs   (the kernel lists {} links on the hoop cgroup)",
         s.kernel_links_on_root
     );
     for l in &s.links {
