@@ -180,6 +180,52 @@ fn record_session(env: &mut TestEnv, partner: &Partner) -> String {
     list[0]["session"].as_str().unwrap().to_string()
 }
 
+/// The job (nobody, as the threat model has it) can't read what is on
+/// record, the keys or the held requests, nor change any of it, even with
+/// the path to the state dir open to it, as `/var/lib/hoop` (0755) is.
+#[test]
+fn a_job_can_neither_read_nor_change_the_record() {
+    let (mut env, partner) = env("audit-job");
+    env.start_daemon();
+    let (code, text) = env.curl_partner(&partner, "GET", "/cards.json", &[]);
+    assert_eq!(code, 200, "{text}");
+    let state = env.dir.path().join("state");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [env.dir.path(), state.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let script = format!(
+        "cd {} || exit 9
+         for f in *; do cat \"$f\" > /dev/null 2>&1 && echo \"READ $f\"; done
+         sqlite3 audit.db 'DELETE FROM records' 2> /dev/null && echo WROTE
+         touch planted 2> /dev/null && echo PLANTED
+         true",
+        state.display()
+    );
+    let out = env.run_as_nobody(&["sh", "-c", &script]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    // The CA certificate is public: the probe does read what it may.
+    assert!(
+        said.lines().any(|l| l == "READ ca.pem"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Vec<&str> = said
+        .lines()
+        .filter(|l| l.starts_with("READ ") && *l != "READ ca.pem")
+        .collect();
+    assert!(read.is_empty(), "the job read {read:?}");
+    assert!(
+        !said.contains("WROTE") && !said.contains("PLANTED"),
+        "{said}"
+    );
+    env.stop_daemon();
+    let (ok, out) = hoop_out(&env, &["audit", "verify"]);
+    assert!(ok && out.contains("ok: the chain is intact"), "{out}");
+}
+
 #[test]
 fn tampering_with_a_copy_is_named_by_verify() {
     let (mut env, partner) = env("audit-tamper");

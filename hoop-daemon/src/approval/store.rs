@@ -51,6 +51,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
+        owner_only(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let db = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
         db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
@@ -166,9 +167,54 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
+/// Owner only: held requests name identities, jobs and URLs, which a job
+/// must not read. SQLite gives the WAL and its index the database file's
+/// mode; files an earlier hoop left readable (it didn't set one) are
+/// tightened.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let p = format!("{}{suffix}", path.display());
+        if let Ok(m) = std::fs::metadata(&p)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_is_the_owners_alone_even_one_made_before() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let path = dir.path().join("approvals.db");
+        let s = Store::open(&path).unwrap();
+        s.insert(&row("a"), &[1000]).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("approvals.db-wal")), 0o600);
+        // As an earlier hoop left them: world-readable.
+        for f in ["approvals.db", "approvals.db-wal"] {
+            let p = dir.path().join(f);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let _again = Store::open(&path).unwrap();
+        drop(s);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("approvals.db-wal")), 0o600);
+    }
 
     fn row(id: &str) -> Row {
         Row {
