@@ -93,7 +93,18 @@ impl Jobs {
         fs::create_dir_all(&self.dir)?;
         let path = self.record_path(&job.id);
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec(&job)?)?;
+        // Root's alone, like the rest of hoop's state: it names the job's
+        // identity and command line.
+        {
+            use std::{io::Write, os::unix::fs::OpenOptionsExt};
+            let _ = fs::remove_file(&tmp);
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?
+                .write_all(&serde_json::to_vec(&job)?)?;
+        }
         fs::rename(&tmp, &path)?;
         let job = Arc::new(job);
         self.jobs.lock().unwrap().insert(job.cgroup_id, job.clone());

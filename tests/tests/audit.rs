@@ -192,13 +192,15 @@ fn a_job_can_neither_read_nor_change_the_record() {
     let state = env.dir.path().join("state");
     {
         use std::os::unix::fs::PermissionsExt;
-        for d in [env.dir.path(), state.as_path()] {
+        let jobs = env.runtime_dir.join("jobs");
+        for d in [env.dir.path(), state.as_path(), &env.runtime_dir, &jobs] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
+    // Its own job's record included (the runtime dir's jobs/).
     let script = format!(
         "cd {} || exit 9
-         for f in *; do cat \"$f\" > /dev/null 2>&1 && echo \"READ $f\"; done
+         for f in * ../run/jobs/*; do cat \"$f\" > /dev/null 2>&1 && echo \"READ $f\"; done
          sqlite3 audit.db 'DELETE FROM records' 2> /dev/null && echo WROTE
          touch planted 2> /dev/null && echo PLANTED
          true",
