@@ -127,6 +127,9 @@ impl Jobs {
                 Some(job)
                     if Cgroup::open(&job.cgroup_path).is_ok_and(|c| c.id == job.cgroup_id) =>
                 {
+                    // An earlier hoop wrote them world-readable.
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o600));
                     let job = Arc::new(job);
                     self.jobs.lock().unwrap().insert(job.cgroup_id, job.clone());
                     restored.push(job);
@@ -232,6 +235,13 @@ mod tests {
         jobs.insert(job("a", &live)).unwrap();
         jobs.insert(job("b", &gone)).unwrap();
         gone.remove().unwrap();
+        // Records are root's alone; one an earlier hoop left readable is
+        // tightened when it is taken back.
+        use std::os::unix::fs::PermissionsExt;
+        let a = tmp.path().join("jobs/a.json");
+        let mode = || fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), 0o600);
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o644)).unwrap();
 
         let after = Jobs::new(tmp.path().join("jobs"));
         let restored = after.restore();
@@ -239,6 +249,7 @@ mod tests {
         assert_eq!(restored[0].id, "a");
         assert!(after.by_cgroup(live.id).is_some());
         assert!(!tmp.path().join("jobs/b.json").exists());
+        assert_eq!(mode(), 0o600);
     }
 
     #[test]
