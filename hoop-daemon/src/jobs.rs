@@ -95,16 +95,9 @@ impl Jobs {
         let tmp = path.with_extension("tmp");
         // Root's alone, like the rest of hoop's state: it names the job's
         // identity and command line.
-        {
-            use std::{io::Write, os::unix::fs::OpenOptionsExt};
-            let _ = fs::remove_file(&tmp);
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?
-                .write_all(&serde_json::to_vec(&job)?)?;
-        }
+        let _ = fs::remove_file(&tmp);
+        crate::tls::ca::write_new(&tmp, &serde_json::to_vec(&job)?, 0o600)
+            .map_err(std::io::Error::other)?;
         fs::rename(&tmp, &path)?;
         let job = Arc::new(job);
         self.jobs.lock().unwrap().insert(job.cgroup_id, job.clone());

@@ -297,14 +297,20 @@ impl TestEnv {
         }
     }
 
-    pub fn status(&self) -> Value {
-        let out = self.hoop().args(["status", "--json"]).output().unwrap();
+    /// `hoop ARGS…`, which must succeed (its stderr is the failure message).
+    pub fn hoop_ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        let out = self.hoop().args(args).output().unwrap();
         assert!(
             out.status.success(),
-            "hoop status failed: {}",
+            "hoop {:?} failed: {}",
+            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        out
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_slice(&self.hoop_ok(&["status", "--json"]).stdout).unwrap()
     }
 
     pub fn log(&self) -> String {
@@ -354,17 +360,7 @@ impl TestEnv {
 
     /// `hoop approvals list --json`: pending first, then recent decisions.
     pub fn approvals(&self) -> Vec<Value> {
-        let out = self
-            .hoop()
-            .args(["approvals", "list", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+        serde_json::from_slice(&self.hoop_ok(&["approvals", "list", "--json"]).stdout).unwrap()
     }
 
     /// The id of the first pending approval once more than `known` are

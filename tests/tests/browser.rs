@@ -34,17 +34,12 @@ fn chromium_loads_a_partner_page_through_the_gateway() {
     // The job's own HOME, with an NSS db that trusts the hoop CA.
     let home = env.dir.path().join("home");
     let nssdb = home.join(".pki/nssdb");
-    let out = env
-        .hoop()
-        .args(["ca", "install-nss", "--dir"])
-        .arg(&nssdb)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "install-nss: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.hoop_ok(&[
+        std::ffi::OsStr::new("ca"),
+        "install-nss".as_ref(),
+        "--dir".as_ref(),
+        nssdb.as_os_str(),
+    ]);
     let listed = Command::new("certutil")
         .arg("-d")
         .arg(format!("sql:{}", nssdb.display()))

@@ -51,7 +51,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        owner_only(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        owner_only(path).map_err(|e| format!("{}: {e:#}", path.display()))?;
         let db = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
         db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
@@ -171,14 +171,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 /// must not read. SQLite gives the WAL and its index the database file's
 /// mode; files an earlier hoop left readable (it didn't set one) are
 /// tightened.
-fn owner_only(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+fn owner_only(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     if !path.exists() {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
+        crate::tls::ca::write_new(path, b"", 0o600)?;
     }
     for suffix in ["", "-wal", "-shm"] {
         let p = format!("{}{suffix}", path.display());

@@ -17,7 +17,7 @@ use super::{
     store::{self, ROW_COLUMNS, StoreError},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub records: u64,
     pub first: Option<u64>,
@@ -41,6 +41,12 @@ pub struct Report {
 }
 
 impl Report {
+    fn broken_at(mut self, b: Broken) -> Self {
+        self.broken = Some(b.to_string());
+        self.error = Some(b);
+        self
+    }
+
     pub fn ok(&self) -> bool {
         self.error.is_none()
     }
@@ -143,35 +149,13 @@ fn walk(
     let cps: BTreeMap<u64, Checkpoint> = match store::checkpoints(db) {
         Ok(cps) => cps.into_iter().map(|c| (c.seq, c)).collect(),
         Err(e) if edited(&e) => {
-            let b = Broken::UnreadableCheckpoint;
-            return Ok(Report {
-                records: 0,
-                first: None,
-                last: None,
-                checkpoints: 0,
-                signed_through: None,
-                key_source: String::new(),
-                head_hash: None,
-                anchors_checked: 0,
-                anchors_pruned: Vec::new(),
-                broken: Some(b.to_string()),
-                error: Some(b),
-            });
+            return Ok(Report::default().broken_at(Broken::UnreadableCheckpoint));
         }
         Err(e) => return Err(e),
     };
     let mut report = Report {
-        records: 0,
-        first: None,
-        last: None,
         checkpoints: cps.len(),
-        signed_through: None,
-        key_source: String::new(),
-        head_hash: None,
-        anchors_checked: 0,
-        anchors_pruned: Vec::new(),
-        broken: None,
-        error: None,
+        ..Report::default()
     };
     let result = (|| -> rusqlite::Result<Result<(), Broken>> {
         // Every signature first: a forged checkpoint is named as such.
@@ -264,11 +248,10 @@ fn walk(
         report.head_hash = report.last.map(|_| hex::encode(prev));
         Ok(Ok(()))
     })()?;
-    if let Err(b) = result {
-        report.broken = Some(b.to_string());
-        report.error = Some(b);
-    }
-    Ok(report)
+    Ok(match result {
+        Err(b) => report.broken_at(b),
+        Ok(()) => report,
+    })
 }
 
 /// SQLite keeps whatever is written to a column; a value of another type
