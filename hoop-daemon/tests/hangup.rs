@@ -63,6 +63,69 @@ async fn a_job_resetting_mid_request_is_a_close_not_a_refusal() {
     }
 }
 
+/// A browser that exits with a request half-sent ends TLS without
+/// close_notify: an unexpected EOF under hyper, which is the job closing.
+#[tokio::test]
+async fn a_job_ending_tls_without_close_notify_is_a_close_not_a_refusal() {
+    let env = support::env(2000).await;
+    let origin = env.origin().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let ca = std::fs::read(&env.hoop_ca);
+    let client = tokio::spawn(async move {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&ca.unwrap()).unwrap())
+            .unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("the job trusts hoop's leaf");
+        tls.write_all(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The TCP connection closes under TLS: no close_notify.
+        let (tcp, _) = tls.into_inner();
+        drop(tcp);
+    });
+    let (io, peer) = l.accept().await.unwrap();
+    let flow = Arc::new(Flow {
+        id: Flow::next_id(),
+        via: Via::Transparent,
+        orig_dst: origin.addr,
+        target_host: None,
+        peer,
+        pid: 0,
+        cgroup_id: 0,
+        exe: None,
+        job: None,
+        identity: None,
+    });
+    let r = pipeline::serve(env.gw.clone(), io, flow).await;
+    client.await.unwrap();
+    match r {
+        Err(PipelineError::JobClosed { detail }) => {
+            assert!(
+                detail.contains("close_notify") || detail.contains("closed"),
+                "{detail}"
+            )
+        }
+        other => panic!("an unexpected EOF was reported as {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn broken_http_is_still_refused_with_the_parsers_reason() {
     let r = serve_one(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", false).await;

@@ -107,6 +107,10 @@ pub struct Hold {
     pub uids: Vec<u32>,
     pub method: String,
     pub url: String,
+    /// The body that goes upstream if approved: its hash, and what the
+    /// approver may see of it (masked, truncated).
+    pub body_sha256: Option<String>,
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +123,7 @@ pub enum Outcome {
         reason: String,
     },
     Expired,
-    /// The daemon is stopping.
+    /// The daemon is stopping, or the job went away.
     Abandoned,
 }
 
@@ -205,6 +209,8 @@ impl Approvals {
             url: h.url.clone(),
             decided_by: None,
             reason: None,
+            body_sha256: h.body_sha256.clone(),
+            body: h.body.clone(),
         };
         if let Err(e) = self.store.insert(&row, &h.uids) {
             // Without a record nobody could approve it: refuse now.
@@ -235,6 +241,13 @@ impl Approvals {
         if let Some(n) = &self.notifier {
             n.send(&row);
         }
+        // If the job goes away, its request future is dropped here: the
+        // approval is abandoned at once, and can't be approved after.
+        let mut guard = AbandonOnDrop {
+            approvals: self,
+            id: id.clone(),
+            armed: true,
+        };
         let outcome = match tokio::time::timeout(h.rule.timeout, rx).await {
             Ok(Ok(o)) => o,
             Ok(Err(_)) => Outcome::Abandoned,
@@ -245,6 +258,7 @@ impl Approvals {
                 Outcome::Expired
             }
         };
+        guard.armed = false;
         (Some(id), outcome)
     }
 
@@ -329,6 +343,37 @@ impl Approvals {
     }
 }
 
+/// Abandons a pending approval whose request is gone.
+struct AbandonOnDrop<'a> {
+    approvals: &'a Approvals,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed
+            || self
+                .approvals
+                .waiters
+                .lock()
+                .unwrap()
+                .remove(&self.id)
+                .is_none()
+        {
+            return;
+        }
+        let _ = self.approvals.store.decide(
+            &self.id,
+            "abandoned",
+            None,
+            Some("the job went away before a decision"),
+            None,
+        );
+        tracing::warn!(target: "hoop::audit", approval = %self.id, "approval abandoned: the job went away");
+    }
+}
+
 fn new_id() -> String {
     let mut b = [0u8; 6];
     getrandom(&mut b);
@@ -396,6 +441,8 @@ mod tests {
             uids,
             method: "POST".into(),
             url: "https://a/v1/prod/x".into(),
+            body_sha256: None,
+            body: None,
         }
     }
 

@@ -39,6 +39,8 @@ impl Notifier {
                 "rule": r.rule,
                 "method": r.method,
                 "url": r.url,
+                "body_sha256": r.body_sha256,
+                "body": r.body,
                 "expires_unix_ms": r.expires_ms,
                 "approve": cmd,
             })
@@ -83,10 +85,14 @@ mod tests {
             url: "https://api/v1/prod".into(),
             decided_by: None,
             reason: None,
+            body_sha256: Some("00".repeat(32)),
+            body: Some("{\"amount\":5}".into()),
         };
         let plain = Notifier::new("http://h/".into(), false, tls.clone()).payload(&row);
         assert_eq!(plain["event"], "approval.pending");
         assert_eq!(plain["approve"], "hoop approvals approve ab12");
+        assert_eq!(plain["body"], "{\"amount\":5}");
+        assert_eq!(plain["body_sha256"], "00".repeat(32));
         let slack = Notifier::new("http://h/".into(), true, tls).payload(&row);
         let text = slack["text"].as_str().unwrap();
         assert_eq!(

@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// Schema migrations, applied in order; `user_version` is the count done.
-const MIGRATIONS: [&str; 1] = ["CREATE TABLE approvals (
+const MIGRATIONS: [&str; 2] = [
+    "CREATE TABLE approvals (
         id TEXT PRIMARY KEY,
         created_ms INTEGER NOT NULL,
         expires_ms INTEGER NOT NULL,
@@ -23,7 +24,11 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE approvals (
         reason TEXT,
         grant_until_ms INTEGER
     );
-    CREATE INDEX approvals_status ON approvals(status);"];
+    CREATE INDEX approvals_status ON approvals(status);",
+    // The held request's body: its hash, and what the approver may see.
+    "ALTER TABLE approvals ADD COLUMN body_sha256 TEXT;
+    ALTER TABLE approvals ADD COLUMN body TEXT;",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
@@ -40,6 +45,12 @@ pub struct Row {
     pub url: String,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
+    /// SHA-256 (hex) of the exact body that is forwarded if approved.
+    #[serde(default)]
+    pub body_sha256: Option<String>,
+    /// The body as the approver sees it: masked, the first bytes only.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 pub struct Store {
@@ -79,10 +90,10 @@ impl Store {
             .lock()
             .unwrap()
             .execute(
-                "INSERT INTO approvals (id, created_ms, expires_ms, status, job, identity, uids, connection, rule, method, url)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO approvals (id, created_ms, expires_ms, status, job, identity, uids, connection, rule, method, url, body_sha256, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![r.id, r.created_ms as i64, r.expires_ms as i64, r.status, r.job, r.identity, uids,
-                        r.connection, r.rule, r.method, r.url],
+                        r.connection, r.rule, r.method, r.url, r.body_sha256, r.body],
             )
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -148,7 +159,7 @@ impl Store {
     }
 }
 
-const COLUMNS: &str = "id, created_ms, expires_ms, status, job, identity, connection, rule, method, url, decided_by, reason";
+const COLUMNS: &str = "id, created_ms, expires_ms, status, job, identity, connection, rule, method, url, decided_by, reason, body_sha256, body";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -164,6 +175,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         url: r.get(9)?,
         decided_by: r.get(10)?,
         reason: r.get(11)?,
+        body_sha256: r.get(12)?,
+        body: r.get(13)?,
     })
 }
 
@@ -226,6 +239,8 @@ mod tests {
             url: "https://a/b".into(),
             decided_by: None,
             reason: None,
+            body_sha256: Some("ab".repeat(32)),
+            body: Some("amount=5".into()),
         }
     }
 
@@ -253,5 +268,9 @@ mod tests {
             Some("uid:0")
         );
         assert_eq!(s.list(10).unwrap().len(), 2);
+        assert_eq!(
+            s.get("b").unwrap().unwrap().body.as_deref(),
+            Some("amount=5")
+        );
     }
 }

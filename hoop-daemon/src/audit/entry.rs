@@ -197,6 +197,10 @@ pub struct ApprovalData {
     pub by: Option<String>,
     pub reason: Option<String>,
     pub waited_ms: u64,
+    /// SHA-256 (hex) of the body the approver was shown the hash of, and
+    /// which was forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -311,6 +311,12 @@ fn approvals(cfg: &Config, a: ApprovalsCmd) -> Result<ExitCode> {
                             .map(|b| format!("  by {b}"))
                             .unwrap_or_default()
                     );
+                    if let Some(h) = &r.body_sha256 {
+                        println!(
+                            "    body sha256 {h}: {}",
+                            r.body.as_deref().unwrap_or("").escape_debug()
+                        );
+                    }
                 }
             }
             return Ok(ExitCode::SUCCESS);

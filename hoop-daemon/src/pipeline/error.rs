@@ -59,6 +59,10 @@ pub enum PipelineError {
     CredentialNeedsTls { connection: String },
     #[error("response not inspectable: {detail}")]
     Uninspectable { detail: String },
+    #[error("ambiguous request: {detail}")]
+    Ambiguous { rule: String, detail: String },
+    #[error("request not inspectable: {detail}")]
+    RequestUninspectable { rule: String, detail: String },
     #[error("{message}")]
     Denied {
         rule: String,
@@ -83,7 +87,10 @@ impl PipelineError {
             | Self::UpstreamTls { .. }
             | Self::UpstreamProtocol { .. }
             | Self::Resolve { .. } => StatusCode::BAD_GATEWAY,
-            Self::BadRequest { .. } | Self::JobClosed { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. }
+            | Self::JobClosed { .. }
+            | Self::Ambiguous { .. }
+            | Self::RequestUninspectable { .. } => StatusCode::BAD_REQUEST,
             Self::Denied { status, .. } => *status,
             Self::NoIdentity { .. } | Self::NoRoute(_) | Self::CredentialNeedsTls { .. } => {
                 StatusCode::FORBIDDEN
@@ -110,6 +117,8 @@ impl PipelineError {
             Self::JobClosed { .. } => "job-closed",
             Self::Resolve { .. } => "resolve-failed",
             Self::Denied { .. } => "policy-denied",
+            Self::Ambiguous { .. } => "ambiguous-request",
+            Self::RequestUninspectable { .. } => "request-not-inspectable",
             Self::NoIdentity { .. } => "no-identity",
             Self::ProxyAuth { .. } => "proxy-auth-required",
             Self::NoRoute(_) => "no-connection",
@@ -119,6 +128,16 @@ impl PipelineError {
             Self::EgressDenied { .. } => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
             Self::AuditUnavailable(_) => "audit-unavailable",
+        }
+    }
+
+    /// The rule that refused, when one did.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Self::Denied { rule, .. }
+            | Self::Ambiguous { rule, .. }
+            | Self::RequestUninspectable { rule, .. } => Some(rule),
+            _ => None,
         }
     }
 
@@ -163,10 +182,7 @@ pub fn respond(e: &PipelineError) -> Response<Body> {
 /// Same, as JSON when the job accepts it (`{"error", "rule", "message"}`).
 pub fn respond_to(e: &PipelineError, json: bool) -> Response<Body> {
     let body = if json {
-        let rule = match e {
-            PipelineError::Denied { rule, .. } => Some(rule.as_str()),
-            _ => None,
-        };
+        let rule = e.rule();
         serde_json::json!({"error": e.reason(), "rule": rule, "message": e.to_string()}).to_string()
             + "\n"
     } else {
@@ -191,7 +207,7 @@ pub fn respond_to(e: &PipelineError, json: bool) -> Response<Body> {
             HeaderValue::from_static("Bearer realm=\"hoop\""),
         );
     }
-    if let PipelineError::Denied { rule, .. } = e
+    if let Some(rule) = e.rule()
         && let Ok(v) = HeaderValue::from_str(rule)
     {
         h.insert("x-hoop-rule", v);

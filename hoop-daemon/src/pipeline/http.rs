@@ -9,7 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
-    Gateway, PipelineError,
+    Gateway, PipelineError, authority,
     body::{Body, Observed, boxed},
     error::respond_to,
     headers::{is_upgrade, strip_hop_by_hop},
@@ -110,13 +110,15 @@ where
 }
 
 /// A job-side HTTP failure, with hyper's whole chain of causes. The job
-/// hanging up (browsers drop spare connections they opened ahead of need)
-/// is `JobClosed`; not when hyper failed on our side of the exchange (a
-/// body we were sending broke), which is no sign of the job leaving.
+/// hanging up (browsers drop spare connections they opened ahead of need,
+/// and a browser that exits ends TLS without close_notify, an unexpected
+/// EOF) is `JobClosed`; not when hyper failed on our side of the exchange
+/// (a body we were sending broke), which is no sign of the job leaving.
 fn job_side(e: &hyper::Error) -> PipelineError {
     let chain = std::iter::successors(std::error::Error::source(e), |s| s.source());
     let mut detail = format!("job-side HTTP: {e}");
-    let mut closed = false;
+    // The job closed in the middle of a request it was sending.
+    let mut closed = e.is_incomplete_message();
     for s in chain {
         detail += &format!(": {s}");
         closed |= !e.is_user()
@@ -126,6 +128,7 @@ fn job_side(e: &hyper::Error) -> PipelineError {
                     std::io::ErrorKind::BrokenPipe
                         | std::io::ErrorKind::ConnectionReset
                         | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::UnexpectedEof
                 )
             });
     }
@@ -145,14 +148,24 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let req = req.map(|b| JobBody::new(b, expects_continue));
-    let authority = authority_of(&conn, &req);
     let json = wants_json(&req);
     let sni = match &conn.tls {
         Tls::Verified { name, .. } => Some(name.as_str()),
         Tls::Plain => None,
     };
     let audit = &conn.gw.audit;
-    let route = route_for(&conn, &authority).await;
+    let target = target_of(&conn, &req);
+    let port = conn.flow.orig_dst.port();
+    // A request whose host can't be read one way only is recorded under
+    // the connection's own name, and refused.
+    let authority = match &target {
+        Ok(t) => t.authority(port, sni.is_some()),
+        Err(_) => fallback(&conn),
+    };
+    let route = match target {
+        Ok(t) => route_for(&conn, &t.host).await,
+        Err(e) => Err(e),
+    };
     let mut x = Exchange::new(
         &conn.gw,
         &conn.flow,
@@ -248,6 +261,7 @@ async fn hold(
     route: &Connection,
     rule: Arc<crate::approval::ApprovalRule>,
     x: &mut Exchange,
+    body: Option<(&http::request::Parts, &bytes::Bytes)>,
 ) -> Result<(), PipelineError> {
     use crate::approval::{Hold, Outcome};
     let flow = &conn.flow;
@@ -261,6 +275,10 @@ async fn hold(
         status,
         message,
     };
+    let (body_sha256, shown) = match body {
+        Some((parts, b)) => (Some(sha256_hex(b)), Some(shown_body(route, parts, b))),
+        None => (None, None),
+    };
     let waited = std::time::Instant::now();
     let (id, outcome) = conn
         .gw
@@ -273,6 +291,8 @@ async fn hold(
             uids,
             method: x.data.method.clone(),
             url: x.data.url.clone(),
+            body_sha256: body_sha256.clone(),
+            body: shown,
         })
         .await;
     let (name, by, reason) = match &outcome {
@@ -292,6 +312,7 @@ async fn hold(
         by,
         reason,
         waited_ms: waited.elapsed().as_millis() as u64,
+        body_sha256,
     }));
     match outcome {
         Outcome::Approved { by } => {
@@ -317,6 +338,33 @@ async fn hold(
     }
 }
 
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
+}
+
+/// What an approver sees of a held body: the first 4 KiB as text, masked
+/// as the connection masks (a body its masking can't read is not shown).
+fn shown_body(route: &Connection, parts: &http::request::Parts, b: &[u8]) -> String {
+    const SHOWN: usize = 4096;
+    let ctype = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let masked = match &route.mask {
+        Some(m) => match m.mask_body(ctype, b, &mut Default::default()) {
+            Ok(out) => out,
+            Err(e) => return format!("[not shown: {e}]"),
+        },
+        None => None,
+    };
+    let b = masked.as_deref().unwrap_or(b);
+    let mut text = String::from_utf8_lossy(&b[..b.len().min(SHOWN)]).into_owned();
+    if b.len() > SHOWN {
+        text.push_str(&format!("… ({} bytes in all)", b.len()));
+    }
+    text
+}
+
 fn process_uid(pid: u32) -> Option<u32> {
     if pid == 0 {
         return None;
@@ -336,7 +384,7 @@ fn process_uid(pid: u32) -> Option<u32> {
 /// that same host (anything else is domain fronting around the policy).
 /// Over plaintext the request names its host, which must be where the
 /// connection really goes.
-async fn route_for(conn: &Conn, authority: &str) -> Result<Arc<Connection>, PipelineError> {
+async fn route_for(conn: &Conn, host: &str) -> Result<Arc<Connection>, PipelineError> {
     if let Some(e) = &conn.broken
         && !matches!(
             e,
@@ -349,13 +397,20 @@ async fn route_for(conn: &Conn, authority: &str) -> Result<Arc<Connection>, Pipe
         // Policy refused at the handshake: say so for every request.
         return Err(e.clone());
     }
-    let host = host_of(authority);
     let dst = conn.flow.orig_dst;
     match &conn.tls {
         Tls::Verified { name, route } => {
-            if !same_host(&host, name) {
+            if !same_host(host, name) {
                 return Err(PipelineError::Misdirected {
                     detail: format!("request for {host} on a TLS connection to {name}"),
+                });
+            }
+            // Through a proxy tunnel, the TLS name is the tunnel's target.
+            if let Some(t) = &conn.flow.target_host
+                && !same_host(t, name)
+            {
+                return Err(PipelineError::Misdirected {
+                    detail: format!("TLS for {name} through a tunnel to {t}"),
                 });
             }
             match route {
@@ -366,13 +421,13 @@ async fn route_for(conn: &Conn, authority: &str) -> Result<Arc<Connection>, Pipe
         Tls::Plain => {
             let checked = match &conn.flow.target_host {
                 // A proxy target hoop resolved itself.
-                Some(t) if same_host(&host, t) => t.clone(),
+                Some(t) if same_host(host, t) => t.clone(),
                 Some(t) => {
                     return Err(PipelineError::Misdirected {
                         detail: format!("request for {host} through a tunnel to {t}"),
                     });
                 }
-                None => verify_plain_host(&host, dst).await?,
+                None => verify_plain_host(host, dst).await?,
             };
             let route = conn.gw.route(&conn.flow, &checked, dst.port())?;
             if route.credential.is_some() {
@@ -440,22 +495,30 @@ fn same_host(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-/// The authority the job addressed: the h2 :authority or Host header, else
-/// the proxy target or original destination.
-fn authority_of(conn: &Conn, req: &Request<JobBody>) -> String {
-    req.uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| match &conn.flow.target_host {
-            Some(h) => format!("{h}:{}", conn.flow.orig_dst.port()),
-            None => conn.flow.orig_dst.to_string(),
-        })
+/// The one host and port the request is for (see [`super::authority`]).
+fn target_of(conn: &Conn, req: &Request<JobBody>) -> Result<authority::Target, PipelineError> {
+    authority::canonical(&authority::Sent {
+        uri: req.uri(),
+        headers: req.headers(),
+        tls: matches!(conn.tls, Tls::Verified { .. }),
+        port: conn.flow.orig_dst.port(),
+        fallback: &fallback(conn),
+    })
+}
+
+/// What a request that names no host is for: the TLS name, else the
+/// proxy target, else the destination address.
+fn fallback(conn: &Conn) -> String {
+    let port = conn.flow.orig_dst.port();
+    match (&conn.tls, &conn.flow.target_host) {
+        (Tls::Verified { name, .. }, _) => authority::Target {
+            host: name.clone(),
+            port: None,
+        }
+        .authority(port, true),
+        (Tls::Plain, Some(h)) => format!("{h}:{port}"),
+        (Tls::Plain, None) => conn.flow.orig_dst.to_string(),
+    }
 }
 
 async fn forward(
@@ -483,7 +546,7 @@ async fn forward(
         Decision::Deny(e) => return Err(e),
         Decision::InspectBody { limit } => Some(limit),
         Decision::Hold(rule) => {
-            hold(conn, route, rule, x).await?;
+            hold(conn, route, rule, x, None).await?;
             None
         }
     };
@@ -509,10 +572,11 @@ async fn forward(
             match conn
                 .gw
                 .phases
-                .on_request_body(&conn.flow, route, &parts, &bytes)
+                .on_request_body(&conn.flow, route, &parts, bytes.clone())
             {
                 Decision::Deny(e) => return Err(e),
-                Decision::Hold(rule) => hold(conn, route, rule, x).await?,
+                // Exactly these bytes go upstream if approved.
+                Decision::Hold(rule) => hold(conn, route, rule, x, Some((&parts, &bytes))).await?,
                 _ => {}
             }
             super::body::full(bytes)

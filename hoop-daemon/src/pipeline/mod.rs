@@ -2,6 +2,7 @@
 //! (transparent capture, CONNECT, SOCKS5): sniff the first bytes, terminate
 //! TLS with a leaf for the name the job asked for, and serve HTTP with an
 //! upstream connection to the original destination in between.
+pub mod authority;
 pub mod body;
 pub mod classify;
 pub mod error;

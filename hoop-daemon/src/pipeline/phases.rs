@@ -60,7 +60,7 @@ pub enum ResponsePlan {
 }
 
 pub trait Phases: Send + Sync + 'static {
-    /// Request received: allow, or deny (holding comes with approvals).
+    /// Request received: allow, deny, hold, or ask for the body first.
     fn on_request(&self, _req: &RequestView<'_>) -> Decision {
         Decision::Allow
     }
@@ -70,7 +70,7 @@ pub trait Phases: Send + Sync + 'static {
         _flow: &Flow,
         _conn: &Connection,
         _req: &request::Parts,
-        _body: &[u8],
+        _body: Bytes,
     ) -> Decision {
         Decision::Allow
     }

@@ -195,7 +195,9 @@ impl Exchange {
         }
         self.metrics.request(
             match e {
-                PipelineError::Denied { .. } => Outcome::Denied,
+                PipelineError::Denied { .. }
+                | PipelineError::Ambiguous { .. }
+                | PipelineError::RequestUninspectable { .. } => Outcome::Denied,
                 _ => Outcome::Refused,
             },
             self.data.connection.as_deref(),
@@ -203,10 +205,7 @@ impl Exchange {
         if !self.audit.enabled() {
             return;
         }
-        let rule = match e {
-            PipelineError::Denied { rule, .. } => Some(rule.clone()),
-            _ => None,
-        };
+        let rule = e.rule().map(str::to_owned);
         let body = self.inspected.map(|b| {
             let n = b.len().min(self.cap);
             (b.len() as u64, b.slice(..n))

@@ -212,7 +212,9 @@ fn bad(detail: impl Into<String>) -> PipelineError {
     }
 }
 
-/// HTTP/1.1 upstream: origin-form target and a Host header.
+/// HTTP/1.1 upstream: origin-form target and exactly one Host header, the
+/// request's canonical authority (whatever the job wrote was checked
+/// against it, and is replaced).
 fn to_h1(req: &mut Request<Body>, authority: &str) -> Result<(), PipelineError> {
     let pq = req
         .uri()
@@ -221,10 +223,8 @@ fn to_h1(req: &mut Request<Body>, authority: &str) -> Result<(), PipelineError> 
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
-    if !req.headers().contains_key(header::HOST) {
-        let v = HeaderValue::from_str(authority).map_err(|_| bad("invalid authority"))?;
-        req.headers_mut().insert(header::HOST, v);
-    }
+    let v = HeaderValue::from_str(authority).map_err(|_| bad("invalid authority"))?;
+    req.headers_mut().insert(header::HOST, v);
     Ok(())
 }
 
@@ -260,6 +260,14 @@ mod tests {
             .unwrap();
         to_h1(&mut r, "api.test").unwrap();
         assert_eq!(r.uri(), "/v1?x=1");
+        assert_eq!(r.headers()[header::HOST], "api.test");
+
+        let mut r = Request::get("https://api.test/v1")
+            .header(header::HOST, "Other.Test")
+            .body(empty())
+            .unwrap();
+        to_h1(&mut r, "api.test").unwrap();
+        assert_eq!(r.headers().get_all(header::HOST).iter().count(), 1);
         assert_eq!(r.headers()[header::HOST], "api.test");
 
         let mut r = Request::get("/v1")

@@ -14,10 +14,7 @@ use crate::{
         query::Stored,
     },
     flow::{Flow, Via},
-    pipeline::{
-        PipelineError,
-        phases::{Decision, Phases, RequestView},
-    },
+    pipeline::phases::{Decision, Phases, RequestView},
     policy::mask::Counts,
 };
 
@@ -211,8 +208,7 @@ fn decide(policy: &Policy, req: &RequestData, body: Option<(&[u8], bool)>) -> Ve
     };
     let verdict = |d: Decision| match d {
         Decision::Allow | Decision::InspectBody { .. } => Verdict::Allowed,
-        Decision::Deny(PipelineError::Denied { rule, .. }) => Verdict::Denied(rule),
-        Decision::Deny(e) => Verdict::Denied(e.reason().into()),
+        Decision::Deny(e) => Verdict::Denied(e.rule().unwrap_or(e.reason()).to_string()),
         Decision::Hold(rule) => Verdict::Held(rule.name.clone()),
     };
     match Enforce.on_request(&view) {
@@ -227,6 +223,7 @@ fn decide(policy: &Policy, req: &RequestData, body: Option<(&[u8], bool)>) -> Ve
                 *h = headers;
             }
             let (parts, ()) = b.body(()).expect("parts from parsed pieces").into_parts();
+            let body = bytes::Bytes::copy_from_slice(body);
             let v = verdict(Enforce.on_request_body(&flow, &conn, &parts, body));
             if v == Verdict::Allowed && !whole {
                 return Verdict::Undecidable(
@@ -259,6 +256,6 @@ fn masking(policy: &Policy, req: &RequestData, resp: Option<&Stored>) -> Option<
         .map(|[_, v]| v.clone());
     let mut counts = Counts::default();
     // Already-masked values mask to themselves: only a changed body counts.
-    let out = m.mask_body(ctype.as_deref(), body, &mut counts)?;
+    let out = m.mask_body(ctype.as_deref(), body, &mut counts).ok()??;
     (out != *body && counts.total() > 0).then_some(counts)
 }

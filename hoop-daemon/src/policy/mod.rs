@@ -4,9 +4,11 @@
 pub mod canary;
 pub mod credential;
 pub mod dryrun;
+pub mod fields;
 mod host;
 pub mod mask;
 pub mod phases;
+pub mod readings;
 pub mod rules;
 
 use std::sync::Arc;

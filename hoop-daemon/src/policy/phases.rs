@@ -7,11 +7,13 @@ use super::{
     canary::{CanaryBody, mask_headers},
 };
 use super::{
+    fields::Body,
     mask::{
         Counts, Masker, OverLimit,
         decode::{Decoded, decode},
     },
-    rules::{Head, MAX_INSPECTED_BODY, Rule},
+    readings::Readings,
+    rules::{MAX_INSPECTED_BODY, Rule, Verdict},
 };
 use crate::pipeline::phases::ResponsePlan;
 use crate::{
@@ -38,34 +40,67 @@ fn denied(flow: &Flow, conn: &Connection, rule: &Rule) -> Decision {
     })
 }
 
+/// A rule could not decide because the request reads more than one way,
+/// or its body can't be read as the rule needs: refused either way.
+fn undecidable(flow: &Flow, conn: &Connection, rule: &Rule, v: Verdict) -> Decision {
+    let detail = match v {
+        Verdict::Ambiguous(part) => format!(
+            "upstreams may read this request's {part} in ways that rule {} decides differently \
+             (encoded or doubled separators, `;` parameters, `\\`, case, method overrides); \
+             an ambiguous request is refused",
+            rule.name
+        ),
+        Verdict::AmbiguousBody(e) => format!(
+            "rule {} must read this request's body, and {e}; an ambiguous request is refused",
+            rule.name
+        ),
+        Verdict::Unreadable(e) => {
+            tracing::warn!(
+                target: "hoop::audit",
+                flow = flow.id, connection = %conn.name, rule = %rule.name, problem = %e,
+                "request refused: a rule can't read its body"
+            );
+            return Decision::Deny(PipelineError::RequestUninspectable {
+                rule: rule.name.clone(),
+                detail: format!("rule {} must read this request's body, and {e}", rule.name),
+            });
+        }
+        other => format!("rule {} is undecided ({other:?})", rule.name),
+    };
+    tracing::warn!(
+        target: "hoop::audit",
+        flow = flow.id, identity = %flow.identity_name(), connection = %conn.name,
+        rule = %rule.name, "ambiguous request refused"
+    );
+    Decision::Deny(PipelineError::Ambiguous {
+        rule: rule.name.clone(),
+        detail,
+    })
+}
+
 impl Phases for Enforce {
     fn on_request(&self, req: &RequestView<'_>) -> Decision {
-        let head = Head {
-            method: req.method,
-            path: req.path,
-            query: req.query,
-            headers: req.headers,
-        };
-        let mut body_rules = false;
-        for rule in &req.connection.deny {
-            if rule.matches_head(&head) {
-                if !rule.needs_body() {
-                    return denied(req.flow, req.connection, rule);
-                }
-                body_rules = true;
+        let (flow, conn) = (req.flow, req.connection);
+        let r = Readings::of(req.method, req.path, req.query, req.headers);
+        let mut need_body = false;
+        for rule in &conn.deny {
+            match rule.check(&r, req.headers, None) {
+                Verdict::No => {}
+                Verdict::Yes => return denied(flow, conn, rule),
+                Verdict::NeedsBody => need_body = true,
+                v => return undecidable(flow, conn, rule, v),
             }
         }
-        if !body_rules {
-            for (m, rule) in &req.connection.approve {
-                if m.matches_head(&head) {
-                    if !m.needs_body() {
-                        return Decision::Hold(rule.clone());
-                    }
-                    body_rules = true;
-                }
+        for (m, _) in &conn.approve {
+            match m.check(&r, req.headers, None) {
+                Verdict::No => {}
+                // A held request's body is read before anyone is asked:
+                // the approver approves the bytes that are sent.
+                Verdict::Yes | Verdict::NeedsBody => need_body = true,
+                v => return undecidable(flow, conn, m, v),
             }
         }
-        if body_rules {
+        if need_body {
             Decision::InspectBody {
                 limit: MAX_INSPECTED_BODY,
             }
@@ -79,28 +114,40 @@ impl Phases for Enforce {
         flow: &Flow,
         conn: &Connection,
         req: &request::Parts,
-        body: &[u8],
+        body: Bytes,
     ) -> Decision {
-        let head = Head {
-            method: &req.method,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            headers: &req.headers,
-        };
+        let mut r = Readings::of(&req.method, req.uri.path(), req.uri.query(), &req.headers);
+        let b = Body::read(&req.headers, body, MAX_INSPECTED_BODY);
+        for m in b.methods() {
+            r.add_method(&m);
+        }
+        r.unknown_method |= b.multipart_method;
         for rule in &conn.deny {
-            if rule.needs_body() && rule.matches_head(&head) && rule.matches_body(body) {
-                return denied(flow, conn, rule);
+            match rule.check(&r, &req.headers, Some(&b)) {
+                Verdict::No | Verdict::NeedsBody => {}
+                Verdict::Yes => return denied(flow, conn, rule),
+                v => return undecidable(flow, conn, rule, v),
             }
         }
         for (m, rule) in &conn.approve {
-            if m.matches_head(&head) && m.matches_body(body) {
-                return Decision::Hold(rule.clone());
+            match m.check(&r, &req.headers, Some(&b)) {
+                Verdict::No | Verdict::NeedsBody => {}
+                Verdict::Yes => return Decision::Hold(rule.clone()),
+                v => return undecidable(flow, conn, m, v),
             }
         }
         Decision::Allow
     }
 
     fn before_upstream(&self, _flow: &Flow, conn: &Connection, req: &mut request::Parts) {
+        if inspects_responses(conn) {
+            // A slice of a body is neither JSON nor whole text, and the
+            // masked full answer tells the job where to cut (masking keeps
+            // lengths); two slices could split the credential for the
+            // canary. Responses here are always whole.
+            req.headers.remove(header::RANGE);
+            req.headers.remove(header::IF_RANGE);
+        }
         if let Some(c) = &conn.credential {
             c.inject(req);
             // The canary reads bodies as sent: ask for them uncompressed.
@@ -117,6 +164,14 @@ impl Phases for Enforce {
         conn: &Connection,
         resp: &mut response::Parts,
     ) -> Result<ResponsePlan, PipelineError> {
+        if resp.status == StatusCode::PARTIAL_CONTENT && inspects_responses(conn) {
+            return Err(PipelineError::Uninspectable {
+                detail: format!(
+                    "connection {} inspects whole responses, and the upstream sent 206 Partial Content though hoop removed Range",
+                    conn.name
+                ),
+            });
+        }
         let bodyless = resp.status.is_informational()
             || resp.status == StatusCode::NO_CONTENT
             || resp.status == StatusCode::NOT_MODIFIED;
@@ -195,6 +250,9 @@ impl Phases for Enforce {
         let mut counts = Counts::default();
         let mut out = m
             .mask_body(ctype.as_deref(), &decoded, &mut counts)
+            .map_err(|e| PipelineError::Uninspectable {
+                detail: format!("connection {} masks responses: {e}", conn.name),
+            })?
             .unwrap_or(decoded);
         note_masked(flow, conn, "response body", &counts);
         if let Some(cred) = &conn.credential {
@@ -232,6 +290,12 @@ impl Phases for Enforce {
             None => Ok(None),
         }
     }
+}
+
+/// Whether responses on `conn` are masked or canary-scanned, and so must
+/// arrive whole.
+fn inspects_responses(conn: &Connection) -> bool {
+    conn.mask.is_some() || conn.credential.is_some()
 }
 
 /// Above `mask.max_body`: block (the default) fails closed; pass lets the

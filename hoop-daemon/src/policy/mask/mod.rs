@@ -183,35 +183,63 @@ impl Masker {
         }
     }
 
-    /// Masks a whole (decoded) body: JSON when it parses as JSON and the
-    /// content type says so, else text when it is UTF-8. Other bytes pass.
+    /// Masks a whole (decoded) body. A body that parses as JSON (or a
+    /// sequence of JSON values: NDJSON, `json-seq`) is masked as JSON
+    /// whatever its content type says, since the job can often choose the
+    /// type it is served; anything else gets the detectors over its text,
+    /// in place, around any bytes that are not UTF-8. Err (fail closed)
+    /// when the body should be JSON (by type or by its first byte) and
+    /// isn't, while JSON paths are configured: a slice or a broken
+    /// document must not pass with its named fields unmasked.
     pub fn mask_body(
         &self,
         content_type: Option<&str>,
         body: &[u8],
         counts: &mut Counts,
-    ) -> Option<Vec<u8>> {
-        let json = content_type.is_some_and(|c| c.contains("json"));
-        if json {
-            // In place, one pass; see scan.rs. Not JSON after all: text.
+    ) -> Result<Option<Vec<u8>>, String> {
+        let first = body
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t' | 0x1e));
+        let Some(&first) = first else {
+            return Ok(None);
+        };
+        let declared = content_type.is_some_and(|c| c.to_ascii_lowercase().contains("json"));
+        let looks = matches!(first, b'{' | b'[');
+        if declared || (looks && !self.paths.is_empty()) {
+            // In place, one pass; see scan.rs.
             let mut buf = body.to_vec();
             let mut found = Counts::default();
-            if scan::mask_json_in_place(
+            match scan::mask_json_in_place(
                 &mut buf,
                 &self.paths,
                 &self.detectors,
                 self.keep_last,
                 &mut found,
-            )
-            .is_ok()
-            {
-                let changed = found.total() > 0;
-                counts.merge(found);
-                return changed.then_some(buf);
+            ) {
+                Ok(()) => {
+                    let changed = found.total() > 0;
+                    counts.merge(found);
+                    return Ok(changed.then_some(buf));
+                }
+                Err(e) if !self.paths.is_empty() && (looks || declared) => {
+                    return Err(format!("the body should be JSON and is not ({e})"));
+                }
+                Err(_) => {}
             }
         }
-        let text = std::str::from_utf8(body).ok()?;
-        self.mask_text(text, counts).map(String::into_bytes)
+        let mut buf = body.to_vec();
+        let before = counts.total();
+        let mut at = 0;
+        // Detectors over each valid UTF-8 run: bytes that are not text
+        // can't hide a card number from them.
+        for chunk in body.utf8_chunks() {
+            let valid = chunk.valid();
+            if let Some(o) = self.mask_text(valid, counts) {
+                buf[at..at + valid.len()].copy_from_slice(o.as_bytes());
+            }
+            at += valid.len() + chunk.invalid().len();
+        }
+        Ok((counts.total() > before).then_some(buf))
     }
 
     /// Runs the detectors over header values.
@@ -291,16 +319,19 @@ mod tests {
                 br#"{"k":"AKIAIOSFODNN7EXAMPLE","s":"123-45-6789"}"#,
                 &mut c,
             )
+            .unwrap()
             .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["k"], "*".repeat(20));
         assert_eq!(v["s"], "***********");
         let out = m
             .mask_body(Some("text/plain"), b"ssn 123-45-6789.", &mut c)
+            .unwrap()
             .unwrap();
         assert_eq!(out, b"ssn ***********.");
         assert!(
             m.mask_body(Some("text/plain"), b"nothing here", &mut c)
+                .unwrap()
                 .is_none()
         );
         let mut p = http::Response::builder()

@@ -86,6 +86,53 @@ impl FieldPath {
     }
 
     /// Whether the path of the current value matches.
+    /// The values this path names in a parsed document (guardrails read
+    /// request bodies this way).
+    pub fn select<'v>(&self, v: &'v serde_json::Value) -> Vec<&'v serde_json::Value> {
+        use serde_json::Value;
+        fn descend<'v>(v: &'v Value, key: &[u8], out: &mut Vec<&'v Value>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, x) in m {
+                        if k.as_bytes() == key {
+                            out.push(x);
+                        }
+                        descend(x, key, out);
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| descend(x, key, out)),
+                _ => {}
+            }
+        }
+        let mut cur = vec![v];
+        for seg in &self.0 {
+            let mut next = Vec::new();
+            for v in cur {
+                match (seg, v) {
+                    (Seg::Key(k), Value::Object(m)) => {
+                        next.extend(m.iter().filter(|(n, _)| n.as_bytes() == k).map(|(_, x)| x))
+                    }
+                    (Seg::AnyKey, Value::Object(m)) => next.extend(m.values()),
+                    (Seg::Index(i), Value::Array(a)) => next.extend(a.get(*i)),
+                    (Seg::AnyIndex, Value::Array(a)) => next.extend(a.iter()),
+                    (Seg::Descend(k), _) => descend(v, k, &mut next),
+                    _ => {}
+                }
+            }
+            cur = next;
+        }
+        cur
+    }
+
+    /// `$.name`: a top-level field, which form bodies and query strings
+    /// can carry too.
+    pub fn top_key(&self) -> Option<&str> {
+        match &self.0[..] {
+            [Seg::Key(k)] => std::str::from_utf8(k).ok(),
+            _ => None,
+        }
+    }
+
     fn matches(&self, buf: &[u8], path: &[Elem]) -> bool {
         fn go(segs: &[Seg], buf: &[u8], path: &[Elem]) -> bool {
             let Some((seg, rest)) = segs.split_first() else {
@@ -140,8 +187,8 @@ enum Frame {
 
 const MAX_DEPTH: usize = 512;
 
-/// Masks `buf` (a JSON document) in place. Err if it is not JSON as far
-/// as the scan can tell (the caller then treats it as text).
+/// Masks `buf` (a JSON document, or a sequence of them) in place. Err if
+/// it is not JSON as far as the scan can tell.
 pub fn mask_json_in_place(
     buf: &mut [u8],
     paths: &[(String, FieldPath)],
@@ -158,7 +205,8 @@ pub fn mask_json_in_place(
     while i < n {
         let c = buf[i];
         match c {
-            b' ' | b'\n' | b'\r' | b'\t' => {
+            // RS (0x1e) separates the values of a JSON text sequence.
+            b' ' | b'\n' | b'\r' | b'\t' | 0x1e => {
                 i += 1;
                 continue;
             }
@@ -194,9 +242,8 @@ pub fn mask_json_in_place(
             i = end + 1;
             continue;
         }
-        if stack.is_empty() && seen_root {
-            return Err(format!("trailing data at byte {i}"));
-        }
+        // Another value after a whole one: a sequence (NDJSON, json-seq,
+        // concatenated JSON), each masked as a document of its own.
         seen_root = true;
         // The value's own path.
         path.clear();
@@ -256,7 +303,11 @@ pub fn mask_json_in_place(
             _ => {
                 // A number or a literal.
                 let start = i;
-                while i < n && !matches!(buf[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+                while i < n
+                    && !matches!(
+                        buf[i],
+                        b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t' | 0x1e
+                    )
                 {
                     i += 1;
                 }
@@ -512,6 +563,7 @@ mod tests {
             "[1,2",
             "nope",
             r#"{"a":1}x"#,
+            r#"{"a":1} {"#,
             r#""unterminated"#,
             "",
             "]",
