@@ -63,7 +63,7 @@ async fn a_job_resetting_mid_request_is_a_close_not_a_refusal() {
     }
 }
 
-/// A browser that exits with a request half-sent ends TLS without
+/// A browser that exits with a request in flight ends TLS without
 /// close_notify: an unexpected EOF under hyper, which is the job closing.
 #[tokio::test]
 async fn a_job_ending_tls_without_close_notify_is_a_close_not_a_refusal() {
@@ -91,16 +91,19 @@ async fn a_job_ending_tls_without_close_notify_is_a_close_not_a_refusal() {
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("the job trusts hoop's leaf");
-        tls.write_all(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
+        tls.write_all(b"GET /hang HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         tls.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        // The TCP connection closes under TLS: no close_notify.
-        let (tcp, _) = tls.into_inner();
-        drop(tcp);
+        // The TCP connection closes under TLS (a FIN): no close_notify.
+        let (mut tcp, _) = tls.into_inner();
+        tcp.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
     });
     let (io, peer) = l.accept().await.unwrap();
+    // Routed (the default policy lets anyone reach any host), so the
+    // request is in flight, waiting for the origin, at the EOF.
     let flow = Arc::new(Flow {
         id: Flow::next_id(),
         via: Via::Transparent,
@@ -111,7 +114,12 @@ async fn a_job_ending_tls_without_close_notify_is_a_close_not_a_refusal() {
         cgroup_id: 0,
         exe: None,
         job: None,
-        identity: None,
+        identity: Some(Arc::new(hoop::identity::Identity {
+            name: "test:job".into(),
+            source: hoop::identity::Source::Static {
+                cgroup: "/test".into(),
+            },
+        })),
     });
     let r = pipeline::serve(env.gw.clone(), io, flow).await;
     client.await.unwrap();

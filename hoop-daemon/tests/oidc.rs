@@ -1,17 +1,22 @@
 //! The verifier against the testkit issuer, in-process: an unknown `kid`
-//! refetches the JWKS, but not more often than `jwks_min_refresh_secs`.
+//! refetches the JWKS, but not more often than `jwks_min_refresh_secs`;
+//! `aud` lists are read as CI providers mint them.
 use std::path::Path;
 
 use hoop::{config::Config, policy::Policy};
 use hoop_testkit::oidc::{self, Alg, Issuer, SigningKey};
 
 async fn policy(issuer: &Issuer, dir: &Path, min_refresh: u64) -> Policy {
+    policy_with(issuer, dir, min_refresh, "").await
+}
+
+async fn policy_with(issuer: &Issuer, dir: &Path, min_refresh: u64, extra: &str) -> Policy {
     let ca = dir.join("issuer-ca.pem");
     std::fs::write(&ca, &issuer.ca.cert_pem).unwrap();
     let text = format!(
         "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\n[capture]\nenabled = false\n\
          [[identity.oidc]]\nname = \"ci\"\nissuer = \"{}\"\naudience = \"hoop\"\nalgorithms = [\"ES256\"]\n\
-         ca_files = [\"{}\"]\njwks_min_refresh_secs = {min_refresh}\n",
+         ca_files = [\"{}\"]\njwks_min_refresh_secs = {min_refresh}\n{extra}\n",
         issuer.url,
         ca.display(),
         d = dir.display()
@@ -56,4 +61,36 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
         "ci:b"
     );
     assert_eq!(issuer.jwks_fetches(), before + 1);
+}
+
+/// GitLab `id_tokens` can name several audiences in one token: one of
+/// them being hoop's is enough, unless the issuer is `strict_audience`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_list_naming_hoop_is_accepted_unless_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start("127.0.0.1", Alg::Es256).await;
+    let token = |aud: serde_json::Value| {
+        let mut c = issuer.claims("a");
+        c["aud"] = aud;
+        issuer.token_with(&c)
+    };
+    let both = token(serde_json::json!(["vault", "hoop"]));
+    let neither = token(serde_json::json!(["vault", "other"]));
+    let p = policy(&issuer, dir.path(), 3600).await;
+    assert_eq!(p.issuers.verify(&both).await.unwrap().name, "ci:a");
+    let e = p.issuers.verify(&neither).await.unwrap_err();
+    assert_eq!(e.reason(), "token-audience-wrong", "{e}");
+    let strict = policy_with(&issuer, dir.path(), 3600, "strict_audience = true").await;
+    let e = strict.issuers.verify(&both).await.unwrap_err();
+    assert_eq!(e.reason(), "token-audience-wrong", "{e}");
+    assert!(e.to_string().contains("vault"), "{e}");
+    assert_eq!(
+        strict
+            .issuers
+            .verify(&token(serde_json::json!(["hoop"])))
+            .await
+            .unwrap()
+            .name,
+        "ci:a"
+    );
 }

@@ -25,8 +25,15 @@ pub struct OidcConfig {
     pub name: String,
     /// The issuer URL, exactly as tokens carry it in `iss` (https only).
     pub issuer: String,
-    /// The `aud` tokens must carry.
+    /// The `aud` tokens must carry (one of them, when `aud` is a list).
     pub audience: String,
+    /// Refuse tokens whose `aud` lists audiences besides `audience` (the
+    /// OpenID Connect ID-token rule). Off by default: CI providers mint
+    /// one token for several audiences (GitLab `id_tokens`), and a token
+    /// that names hoop among others is still meant for hoop, as HashiCorp
+    /// Vault's `bound_audiences` reads it.
+    #[serde(default)]
+    pub strict_audience: bool,
     /// Signature algorithms accepted (asymmetric only).
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,

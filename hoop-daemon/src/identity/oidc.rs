@@ -254,6 +254,12 @@ impl Issuer {
         )
         // exp is checked against now minus the leeway.
         .set_time_fn(move || chrono::Utc::now() - leeway);
+        // Our audience must be among them; others are fine unless strict.
+        let verifier = if self.cfg.strict_audience {
+            verifier
+        } else {
+            verifier.set_other_audience_verifier_fn(|_| true)
+        };
         token
             .claims(&verifier, |_: Option<&Nonce>| Ok(()))
             .map(|_| ())
