@@ -347,6 +347,65 @@ mod tests {
     }
 
     #[test]
+    fn json_sequences_stay_json_and_broken_json_fails_closed() {
+        let m = masker("json = [\"$..pan\"]\nkeep_last = 4\n");
+        for (ctype, sep) in [
+            ("application/x-ndjson", "\n"),
+            ("application/json-seq", "\u{1e}"),
+            ("application/json", "\r\n"),
+        ] {
+            let doc = format!("{{\"pan\":4111111111111111}}{sep}{{\"pan\":5500000000000004}}\n");
+            let out = m
+                .mask_body(Some(ctype), doc.as_bytes(), &mut Counts::default())
+                .unwrap()
+                .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let docs: Vec<Value> = text
+                .split(['\n', '\u{1e}'])
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{ctype}: {l}: {e}")))
+                .collect();
+            assert_eq!(docs.len(), 2, "{ctype}: {text}");
+            assert!(!text.contains("4111111111111111") && !text.contains("5500000000000004"));
+        }
+        // A slice of JSON (what a Range answer would be) is not masked as
+        // text: it is refused.
+        let slice = br#"ds":[{"number":"4111111111111111","pan":4111111111111111}]"#;
+        assert!(
+            m.mask_body(Some("application/json"), &slice[..], &mut Counts::default())
+                .is_err()
+        );
+        assert!(
+            m.mask_body(None, br#"{"pan":41111"#, &mut Counts::default())
+                .is_err()
+        );
+        // JSON served as text is still masked as JSON.
+        let out = m
+            .mask_body(
+                Some("text/plain"),
+                br#"{"pan":4111111111111111}"#,
+                &mut Counts::default(),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("41111111111"));
+        // Not UTF-8 around a card: the detectors still see it.
+        let d = masker("detectors = [\"credit_card\"]\n");
+        let mut bin = b"\xff\xfe card 4111111111111111 \xc3".to_vec();
+        let out = d
+            .mask_body(None, &bin, &mut Counts::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.len(), bin.len());
+        let at = bin
+            .windows(16)
+            .position(|w| w == b"4111111111111111")
+            .unwrap();
+        bin.splice(at..at + 16, std::iter::repeat_n(b'*', 16));
+        assert_eq!(out, bin);
+    }
+
+    #[test]
     fn bad_mask_config_names_the_field() {
         for (text, key) in [
             ("json = [\"$.a[\"]\n", "json[0]"),
