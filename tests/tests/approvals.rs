@@ -243,7 +243,10 @@ fn held_requests_wait_for_a_human_who_is_not_the_job() {
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && listed.lines().count() == 1 && listed.contains(&id),
+        out.status.success()
+            && listed.lines().filter(|l| !l.starts_with(' ')).count() == 1
+            && listed.contains(&id)
+            && listed.contains("    body sha256 "),
         "{listed}"
     );
     let out = s.approve_cmd(false, &["deny", &id, "--reason", "not during the freeze"]);
