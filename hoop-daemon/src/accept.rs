@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     flow::{Flow, Via},
     identity::Identity,
-    jobs::{Job, Jobs, LiveConnection},
+    jobs::{Job, Jobs},
     pipeline::{self, Gateway},
     proxy,
 };
@@ -203,20 +203,5 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
         proxy::serve(ctx.gw.clone(), ctx.jobs.clone(), stream, client).await;
         return;
     }
-    let _guard = ctx.jobs.open_connection(LiveConnection::of(&flow));
-    if let Err(e) = pipeline::serve(ctx.gw.clone(), stream, flow.clone()).await {
-        let by = e.log_connection_end(flow.id);
-        // Refused before any request (raw TCP, a broken handshake): on record.
-        ctx.gw.audit.record(crate::audit::Entry::of(
-            &crate::audit::entry::ConnectDeniedData {
-                session: crate::audit::entry::session_of(&flow),
-                job: flow.job_id().map(str::to_owned),
-                cgroup_id: flow.cgroup_id,
-                pid: flow.pid,
-                dst: Some(flow.orig_dst.to_string()),
-                reason: format!("{}: {e}", e.reason()),
-                by: by.into(),
-            },
-        ));
-    }
+    pipeline::serve_recorded(ctx.gw.clone(), &ctx.jobs, stream, flow).await;
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use hoop::{
     audit::{
         DB_FILE,
-        entry::{RefusedData, RequestData, ResponseData, kind},
+        entry::{ConnectDeniedData, RefusedData, RequestData, ResponseData, kind},
         query::{self, Select, Stored},
         store, verify,
     },
@@ -340,4 +340,62 @@ async fn metrics_count_requests_by_outcome_masking_and_the_audit_writer() {
         .unwrap_or_else(|| panic!("no masking count in:\n{text}"));
     assert!(masked.ends_with(" 2"), "{masked}");
     assert!(text.contains("hoop_audit_records "), "{text}");
+}
+
+/// The explicit proxy's refusals are on record like the transparent
+/// path's: no token, a bad token, egress, a target it can't use; and a
+/// tunnel whose handshake breaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_refusals_are_on_record() {
+    let env = env_with(5000, POLICY).await;
+    let origin = env.origin().await;
+    let url = format!("https://localhost:{}/hello", origin.addr.port());
+    let proxy = env.proxy_url();
+    // No token, a forged one, and SOCKS5 with a forged one.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "-x",
+            &proxy,
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "407");
+    let out = env.curl_as("not-a-token", &["-x", &proxy, &url]).await;
+    assert_ne!(parse_curl(&out).1, 200);
+    let socks = format!("socks5h://{}", env.proxy);
+    let out = env.curl_as("forged", &["-x", &socks, &url]).await;
+    assert_ne!(parse_curl(&out).1, 200);
+    // Egress: outside 127.0.0.0/8.
+    let out = env.curl(&["-x", &proxy, "https://192.0.2.1:443/"]).await;
+    assert_ne!(parse_curl(&out).1, 200);
+    // Positive control: a good request is not a refusal.
+    let out = env.curl(&["-x", &proxy, &url]).await;
+    assert_eq!(parse_curl(&out).1, 200);
+    let recs = records(&env);
+    let denied = of::<ConnectDeniedData>(&recs, kind::CONNECT_DENIED);
+    let reasons: Vec<&str> = denied.iter().map(|(_, d)| d.reason.as_str()).collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("proxy-auth-required"))
+            .count(),
+        3,
+        "{reasons:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|(_, d)| d.reason.starts_with("destination-not-allowed")
+                && d.dst.as_deref() == Some("192.0.2.1:443")
+                && d.by == "gateway"),
+        "{reasons:?}"
+    );
+    assert_eq!(denied.len(), 4, "{reasons:?}");
 }

@@ -183,6 +183,47 @@ impl Gateway {
     }
 }
 
+/// Serves one job connection to its end, on record: the one path for the
+/// transparent listener and the explicit proxy's tunnels. The connection is
+/// live for `hoop status` while it runs; one that ends before or instead of
+/// a request (raw TCP, a broken handshake, the job hanging up) is logged
+/// and written to the audit log, with who ended it.
+pub async fn serve_recorded<IO>(
+    gw: Arc<Gateway>,
+    jobs: &Arc<crate::jobs::Jobs>,
+    io: IO,
+    flow: Arc<Flow>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _live = jobs.open_connection(crate::jobs::LiveConnection::of(&flow));
+    if let Err(e) = serve(gw.clone(), io, flow.clone()).await {
+        let by = e.log_connection_end(flow.id);
+        record_refusal(&gw, &flow, Some(flow.orig_dst), &e, by);
+    }
+}
+
+/// A connection refused (or ended) before any request: on record.
+pub fn record_refusal(
+    gw: &Gateway,
+    flow: &Flow,
+    dst: Option<std::net::SocketAddr>,
+    e: &PipelineError,
+    by: &str,
+) {
+    gw.audit.record(crate::audit::Entry::of(
+        &crate::audit::entry::ConnectDeniedData {
+            session: crate::audit::entry::session_of(flow),
+            job: flow.job_id().map(str::to_owned),
+            cgroup_id: flow.cgroup_id,
+            pid: flow.pid,
+            dst: dst.map(|d| d.to_string()),
+            reason: format!("{}: {e}", e.reason()),
+            by: by.into(),
+        },
+    ));
+}
+
 /// Serves one job connection to its end. Errors toward the job have already
 /// become responses; what returns here is for the log.
 pub async fn serve<IO>(gw: Arc<Gateway>, io: IO, flow: Arc<Flow>) -> Result<(), PipelineError>

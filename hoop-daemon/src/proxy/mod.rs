@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     flow::{Flow, Via},
     identity::Identity,
-    jobs::{Jobs, LiveConnection},
+    jobs::Jobs,
     pipeline::{self, Gateway, PipelineError, Rewind, body::Body, error::respond},
 };
 use socks5::{Socks5Error, Target};
@@ -88,8 +88,15 @@ where
     };
     let io = Rewind::new(bytes::Bytes::copy_from_slice(&first), io);
     if first[0] == socks5::VERSION {
-        if let Err(e) = serve_socks5(gw, jobs, io, client.clone()).await {
+        if let Err(e) = serve_socks5(gw.clone(), jobs, io, client.clone()).await {
             tracing::warn!(peer = %client.peer, error = %e, "SOCKS5 client refused");
+            let e = e
+                .downcast_ref::<PipelineError>()
+                .cloned()
+                .unwrap_or_else(|| PipelineError::BadRequest {
+                    detail: format!("SOCKS5: {e:#}"),
+                });
+            refuse(&gw, &client, Via::Socks5, None, e);
         }
         return;
     }
@@ -208,15 +215,33 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let flow = Arc::new(flow);
-    let _guard = jobs.open_connection(LiveConnection::of(&flow));
     tracing::info!(
         flow = flow.id, via = flow.via.as_str(), orig_dst = %flow.orig_dst,
         host = flow.target_host.as_deref().unwrap_or("-"), peer = %flow.peer,
         identity = flow.identity_name(), "connection"
     );
-    if let Err(e) = pipeline::serve(gw, io, flow.clone()).await {
-        e.log_connection_end(flow.id);
-    }
+    pipeline::serve_recorded(gw, &jobs, io, flow).await;
+}
+
+/// A proxy client refused before it had a tunnel (no or a bad token, a
+/// bad or unresolvable target, egress): logged, on record, and answered.
+fn refuse(
+    gw: &Gateway,
+    client: &Client,
+    via: Via,
+    dst: Option<SocketAddr>,
+    e: PipelineError,
+) -> PipelineError {
+    let flow = new_flow(
+        via,
+        dst.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        None,
+        client,
+        client.captured.as_ref().and_then(|f| f.identity.clone()),
+    );
+    let by = e.log_connection_end(flow.id);
+    pipeline::record_refusal(gw, &flow, dst, &e, by);
+    e
 }
 
 async fn http_proxy(
@@ -225,27 +250,39 @@ async fn http_proxy(
     client: Client,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let via = if req.method() == Method::CONNECT {
+        Via::Connect
+    } else {
+        Via::ProxyHttp
+    };
+    let refused = |dst, e| respond(&refuse(&gw, &client, via, dst, e));
     let identity = match identify(&gw, &client, proxy_token(&req).as_deref()).await {
         Ok(i) => i,
-        Err(e) => return respond(&e),
+        Err(e) => return refused(None, e),
     };
     if req.method() == Method::CONNECT {
         let Some(auth) = req.uri().authority().cloned() else {
-            return respond(&PipelineError::BadRequest {
-                detail: "CONNECT without host:port".into(),
-            });
+            return refused(
+                None,
+                PipelineError::BadRequest {
+                    detail: "CONNECT without host:port".into(),
+                },
+            );
         };
         let Some(port) = auth.port_u16() else {
-            return respond(&PipelineError::BadRequest {
-                detail: "CONNECT target needs a port".into(),
-            });
+            return refused(
+                None,
+                PipelineError::BadRequest {
+                    detail: "CONNECT target needs a port".into(),
+                },
+            );
         };
         let dst = match resolve(auth.host(), port).await {
             Ok(d) => d,
-            Err(e) => return respond(&e),
+            Err(e) => return refused(None, e),
         };
         if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
-            return respond(&PipelineError::EgressDenied { dst });
+            return refused(Some(dst), PipelineError::EgressDenied { dst });
         }
         let flow = new_flow(Via::Connect, dst, host_name(auth.host()), &client, identity);
         let upgrade = hyper::upgrade::on(&mut req);
@@ -265,16 +302,19 @@ async fn http_proxy(
             req.method(),
             uri
         );
-        return respond(&PipelineError::BadRequest { detail });
+        return refused(None, PipelineError::BadRequest { detail });
     }
     let Some(auth) = uri.authority().cloned() else {
-        return respond(&PipelineError::BadRequest {
-            detail: "absolute URI without a host".into(),
-        });
+        return refused(
+            None,
+            PipelineError::BadRequest {
+                detail: "absolute URI without a host".into(),
+            },
+        );
     };
     let dst = match resolve(auth.host(), auth.port_u16().unwrap_or(80)).await {
         Ok(d) => d,
-        Err(e) => return respond(&e),
+        Err(e) => return refused(None, e),
     };
     let flow = Arc::new(new_flow(
         Via::ProxyHttp,
@@ -283,7 +323,7 @@ async fn http_proxy(
         &client,
         identity,
     ));
-    let _guard = jobs.open_connection(LiveConnection::of(&flow));
+    let _guard = jobs.open_connection(crate::jobs::LiveConnection::of(&flow));
     pipeline::forward_plain(gw, flow, req).await
 }
 
@@ -319,7 +359,7 @@ where
             }
             Err(e) => {
                 io.write_all(&[1, 1]).await?;
-                anyhow::bail!("{e}");
+                return Err(e.into());
             }
         }
     } else {
@@ -348,13 +388,13 @@ where
             Ok(a) => (a, Some(h)),
             Err(e) => {
                 io.write_all(&socks5::reply(0x04)).await?;
-                anyhow::bail!("{e}");
+                return Err(e.into());
             }
         },
     };
     if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
         io.write_all(&socks5::reply(0x02)).await?;
-        anyhow::bail!("{}", PipelineError::EgressDenied { dst });
+        return Err(PipelineError::EgressDenied { dst }.into());
     }
     io.write_all(&socks5::reply(0)).await?;
     let flow = new_flow(Via::Socks5, dst, host, &client, identity);
