@@ -36,6 +36,9 @@ pub enum PipelineError {
     // Job side.
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
+    /// A protocol switch or tunnel hoop could not inspect after it.
+    #[error("upgrade refused: {detail}")]
+    UpgradeRefused { detail: String },
     /// The job went away (reset, or closed while hoop wrote): not a
     /// refusal, but still on record.
     #[error("the job closed the connection: {detail}")]
@@ -83,7 +86,9 @@ impl PipelineError {
             | Self::UpstreamTls { .. }
             | Self::UpstreamProtocol { .. }
             | Self::Resolve { .. } => StatusCode::BAD_GATEWAY,
-            Self::BadRequest { .. } | Self::JobClosed { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::JobClosed { .. } | Self::UpgradeRefused { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Denied { status, .. } => *status,
             Self::NoIdentity { .. } | Self::NoRoute(_) | Self::CredentialNeedsTls { .. } => {
                 StatusCode::FORBIDDEN
@@ -107,6 +112,7 @@ impl PipelineError {
             Self::UpstreamResponseTimeout { .. } => "upstream-response-timeout",
             Self::UpstreamProtocol { .. } => "upstream-protocol-error",
             Self::BadRequest { .. } => "bad-request",
+            Self::UpgradeRefused { .. } => "upgrade-refused",
             Self::JobClosed { .. } => "job-closed",
             Self::Resolve { .. } => "resolve-failed",
             Self::Denied { .. } => "policy-denied",
@@ -242,6 +248,13 @@ mod tests {
                 },
                 403,
                 "policy-denied",
+            ),
+            (
+                PipelineError::UpgradeRefused {
+                    detail: "h2c".into(),
+                },
+                400,
+                "upgrade-refused",
             ),
         ];
         for (e, status, reason) in cases {
