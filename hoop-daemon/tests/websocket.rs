@@ -306,6 +306,17 @@ async fn a_websocket_echoes_pings_and_closes_and_is_recorded() {
         (3, true, Some("AAEC"))
     );
     assert!(msgs.iter().any(|m| m.opcode == 9 && m.dir == "send"));
+    // The switch itself is a complete response, not a broken body.
+    let resp: hoop::audit::entry::ResponseData = recs
+        .iter()
+        .find(|r| r.kind == kind::RESPONSE)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        (resp.status, resp.reason, resp.complete),
+        (Some(101), None, true)
+    );
     let end = b.last().unwrap().end.clone().unwrap();
     assert_eq!(end.by, "job", "{end:?}");
     assert_eq!(end.reason, None);
