@@ -118,10 +118,15 @@ fn check(inspect: &Inspector<'_>, dir: Dir, sender: Role, msg: Message) {
             m => m.clone().into_data().to_vec(),
         };
         assert!(
-            !payload.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            !payload
+                .windows(SECRET.len())
+                .any(|w| w == SECRET.as_bytes()),
             "the secret reached the job: {out:?}"
         );
-        if matches!(before, Message::Ping(_) | Message::Pong(_) | Message::Close(_)) {
+        if matches!(
+            before,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_)
+        ) {
             assert_eq!(before.len(), out.len(), "a control frame changed length");
         }
     } else {
@@ -134,5 +139,8 @@ fn check(inspect: &Inspector<'_>, dir: Dir, sender: Role, msg: Message) {
     let wire = std::mem::take(&mut tx.get_mut().w);
     let mut rx = WebSocket::from_raw_socket(io(wire), opposite(sender), Some(config(MAX)));
     let back = rx.read().expect("hoop's frame parses on the other side");
-    assert_eq!(back, out, "the frame hoop sent reads back as another message");
+    assert_eq!(
+        back, out,
+        "the frame hoop sent reads back as another message"
+    );
 }
