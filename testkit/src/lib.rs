@@ -6,6 +6,7 @@ pub mod cdp;
 pub mod oidc;
 mod origin;
 pub mod seed;
+pub mod wsclient;
 
 pub use ca::TestCa;
 pub use origin::{Origin, OriginOpts, Seen};

@@ -9,6 +9,10 @@
 //! | `/chunked` | three chunks with pauses between them |
 //! | `/hang` | never answers |
 //! | `/ws` | WebSocket echo |
+//! | `/ws/leak` | WebSocket: first the upgrade's Authorization (text, fragmented text, binary) and a card number in JSON, then echo |
+//! | `/ws/deflate` | a WebSocket switch that names `permessage-deflate` whatever was offered |
+//! | `/ws/rsv` | WebSocket: a first frame with RSV1 set (as a compressed one is), then echo |
+//! | `/switch?to=P` | `101 Switching Protocols` to `P` (default h2c), whatever was asked |
 //! | `/page` | an HTML page that fetch()es `/data.json` into the DOM |
 //! | `/data.json` | a small JSON document |
 //! | `/cards.json?enc=…` | JSON with cards, e-mail, a secret; optionally compressed |
@@ -266,7 +270,11 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
             tokio::time::sleep(Duration::from_secs(3600)).await;
             text(StatusCode::OK, "too late")
         }
-        "/ws" => websocket(&mut req),
+        "/ws" => websocket(&mut req, Ws::Echo),
+        "/ws/leak" => websocket(&mut req, Ws::Leak),
+        "/ws/deflate" => websocket(&mut req, Ws::Deflate),
+        "/ws/rsv" => websocket(&mut req, Ws::Rsv),
+        "/switch" => switch(req.uri().query().unwrap_or("")),
         "/page" => {
             let mut r = text(StatusCode::OK, PAGE);
             r.headers_mut()
@@ -382,15 +390,44 @@ fn stream_bytes(n: u64) -> Response<Body> {
     Response::new(StreamBody::new(s).boxed_unsync())
 }
 
-fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+/// What a WebSocket route does once switched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ws {
+    Echo,
+    /// Hands the upgrade's Authorization back, several ways, first.
+    Leak,
+    /// Claims permessage-deflate in its switch.
+    Deflate,
+    /// Sends a frame with RSV1 set first.
+    Rsv,
+}
+
+/// A card number in JSON, as `/ws/leak` sends it.
+pub const WS_CARD_JSON: &str = r#"{"card":"4111111111111111","note":"card on file"}"#;
+
+fn websocket(req: &mut Request<Incoming>, kind: Ws) -> Response<Body> {
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
         return text(StatusCode::BAD_REQUEST, "not a websocket request");
     };
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(up) = on_upgrade.await else { return };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+        let mut io = TokioIo::new(up);
+        if kind == Ws::Rsv {
+            use tokio::io::AsyncWriteExt;
+            // FIN, RSV1, text; "hello": what a deflated frame looks like.
+            let _ = io.write_all(b"\xc1\x05hello").await;
+        }
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        if kind == Ws::Leak && leak(&mut ws, &auth).await.is_err() {
+            return;
+        }
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -407,6 +444,63 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
     h.insert(
         "sec-websocket-accept",
         HeaderValue::from_str(&accept).unwrap(),
+    );
+    if kind == Ws::Deflate {
+        h.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate"),
+        );
+    }
+    r
+}
+
+/// `/ws/leak`'s opening: the Authorization as text, a card in JSON, the
+/// Authorization again in a text message fragmented through its middle,
+/// and as binary.
+async fn leak<S>(
+    ws: &mut WebSocketStream<S>,
+    auth: &str,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::{
+        Message,
+        protocol::frame::{
+            Frame,
+            coding::{Data, OpCode},
+        },
+    };
+    ws.send(Message::text(format!("authorization: {auth}")))
+        .await?;
+    ws.send(Message::text(WS_CARD_JSON)).await?;
+    let whole = format!("fragmented: {auth}");
+    let cut = whole.len() - auth.len() / 2;
+    let (a, b) = whole.split_at(cut);
+    let (b, c) = b.split_at(b.len() / 2);
+    let frames = [
+        Frame::message(a.to_owned(), OpCode::Data(Data::Text), false),
+        Frame::message(b.to_owned(), OpCode::Data(Data::Continue), false),
+        Frame::message(c.to_owned(), OpCode::Data(Data::Continue), true),
+    ];
+    for f in frames {
+        ws.send(Message::Frame(f)).await?;
+    }
+    ws.send(Message::binary(auth.as_bytes().to_vec())).await
+}
+
+/// A switch to `to` (default h2c) whatever the request asked for.
+fn switch(query: &str) -> Response<Body> {
+    let to = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("to="))
+        .unwrap_or("h2c");
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(
+        header::UPGRADE,
+        HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("h2c")),
     );
     r
 }

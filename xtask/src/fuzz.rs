@@ -12,7 +12,14 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 5] = ["classify", "socks5", "config", "matchers", "mask"];
+pub const TARGETS: [&str; 6] = [
+    "classify",
+    "socks5",
+    "config",
+    "matchers",
+    "mask",
+    "websocket",
+];
 
 pub fn run(seconds: u32, only: Option<&str>) -> Result<()> {
     let targets: Vec<&str> = match only {

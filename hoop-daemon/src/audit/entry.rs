@@ -35,6 +35,9 @@ pub mod kind {
     pub const APPROVAL: &str = "approval";
     /// A connect or socket refused by the kernel programs or the listener.
     pub const CONNECT_DENIED: &str = "connect-denied";
+    /// WebSocket messages after a recorded upgrade (`request_seq`), in
+    /// batches; the last batch says how the WebSocket ended.
+    pub const MESSAGES: &str = "messages";
 }
 
 /// What can be recorded: its kind, and the session it belongs to.
@@ -63,6 +66,7 @@ recordable! {
     RefusedData => kind::REFUSED, |s| &s.request.origin.session;
     ApprovalData => kind::APPROVAL, |s| &s.session;
     ConnectDeniedData => kind::CONNECT_DENIED, |s| &s.session;
+    MessagesData => kind::MESSAGES, |s| &s.session;
 }
 
 impl Entry {
@@ -267,6 +271,58 @@ pub struct ConnectDeniedData {
     /// "kernel" (a cgroup program), "gateway" (the daemon refused it) or
     /// "job" (it hung up before a request)
     pub by: String,
+}
+
+/// A batch of WebSocket messages of the upgrade recorded as `request_seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesData {
+    pub session: String,
+    pub request_seq: u64,
+    pub messages: Vec<MessageData>,
+    /// On the last batch: how the WebSocket ended.
+    pub end: Option<MessagesEnd>,
+}
+
+/// One WebSocket message as it was passed on (after masking).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageData {
+    pub ts_ms: u64,
+    /// `send` (job to upstream) or `receive` (upstream to job), the words
+    /// of HAR's `_webSocketMessages`.
+    pub dir: String,
+    /// 1 text, 2 binary, 8 close, 9 ping, 10 pong (RFC 6455).
+    pub opcode: u8,
+    /// Payload bytes passed on.
+    pub size: u64,
+    /// The payload's first bytes, up to the connection's body cap: text as
+    /// it is (a close frame's reason), anything else in base64.
+    pub data: Option<String>,
+    /// `data` is base64.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base64: bool,
+    /// How many payload bytes `data` holds.
+    pub recorded: u64,
+    /// A close frame's status code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// What masking replaced in this message, by rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub masked: BTreeMap<String, u64>,
+}
+
+/// How a WebSocket ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesEnd {
+    /// `job`, `upstream` (either closed or went away) or `gateway` (hoop
+    /// refused a frame and closed both sides).
+    pub by: String,
+    /// Why hoop closed it: `frame-not-inspectable`, `message-too-big`,
+    /// `websocket-protocol-error`.
+    pub reason: Option<String>,
+    pub detail: String,
+    /// Messages each way over the whole WebSocket.
+    pub sent: u64,
+    pub received: u64,
 }
 
 /// Header values that are credentials: never recorded.

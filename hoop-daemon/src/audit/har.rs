@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::{
-    entry::{RefusedData, RequestData, ResponseData, kind},
+    entry::{MessagesData, RefusedData, RequestData, ResponseData, kind},
     query::{Stored, iso},
 };
 
@@ -93,8 +93,28 @@ fn entry(started_ms: u64, time_ms: u64, request: Value, response: Value, extra: 
     e
 }
 
+/// WebSocket messages by the upgrade request they follow, as Chrome's
+/// `_webSocketMessages` HAR extension has them (`time` in seconds; binary
+/// data in base64, as Chrome exports it).
+fn websocket_messages(records: &[Stored]) -> HashMap<u64, Vec<Value>> {
+    let mut out: HashMap<u64, Vec<Value>> = HashMap::new();
+    for r in records.iter().filter(|r| r.kind == kind::MESSAGES) {
+        let Some(b) = r.parse::<MessagesData>() else {
+            continue;
+        };
+        out.entry(b.request_seq)
+            .or_default()
+            .extend(b.messages.iter().map(|m| {
+                json!({"type": m.dir, "time": m.ts_ms as f64 / 1000.0, "opcode": m.opcode,
+                       "data": m.data.as_deref().unwrap_or(""), "_size": m.size})
+            }));
+    }
+    out
+}
+
 /// The HAR document for these records (one session's, in order).
 pub fn har(records: &[Stored]) -> Value {
+    let mut messages = websocket_messages(records);
     let responses: HashMap<u64, (&Stored, ResponseData)> = records
         .iter()
         .filter(|r| r.kind == kind::RESPONSE)
@@ -143,11 +163,14 @@ pub fn har(records: &[Stored]) -> Value {
                         0,
                     ),
                 };
-                let extra = json!({
+                let mut extra = json!({
                     "_hoop": {"seq": r.seq, "identity": q.origin.identity_name(), "pid": q.origin.pid,
                               "connection": q.connection, "decision": q.decision, "approval": q.approval,
                               "masked": responses.get(&r.seq).map(|(_, p)| p.masked.clone())},
                 });
+                if let Some(m) = messages.remove(&r.seq) {
+                    extra["_webSocketMessages"] = m.into();
+                }
                 entries.push(entry(
                     q.started_ms,
                     time,

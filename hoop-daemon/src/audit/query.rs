@@ -7,7 +7,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    entry::{self, ApprovalData, ConnectDeniedData, RefusedData, RequestData, ResponseData, kind},
+    entry::{
+        self, ApprovalData, ConnectDeniedData, MessagesData, RefusedData, RequestData,
+        ResponseData, kind,
+    },
     store::{self, ROW_COLUMNS},
 };
 
@@ -182,6 +185,44 @@ fn masked(m: &std::collections::BTreeMap<String, u64>) -> String {
     format!("  masked {}", parts.join(", "))
 }
 
+/// A batch of WebSocket messages as one timeline line: how many each way,
+/// their sizes and masking, and how the WebSocket ended if it did.
+fn messages(m: &MessagesData) -> String {
+    let (mut sent, mut received, mut sent_b, mut received_b) = (0, 0, 0, 0);
+    let mut masked_all = std::collections::BTreeMap::new();
+    for x in &m.messages {
+        if x.dir == "send" {
+            sent += 1;
+            sent_b += x.size;
+        } else {
+            received += 1;
+            received_b += x.size;
+        }
+        for (k, v) in &x.masked {
+            *masked_all.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let mut line = format!(
+        "websocket of #{}: {sent} sent ({}), {received} received ({}){}",
+        m.request_seq,
+        size(sent_b),
+        size(received_b),
+        masked(&masked_all)
+    );
+    if let Some(e) = &m.end {
+        line += &format!(
+            "; ended by the {}{}: {}",
+            e.by,
+            e.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            e.detail
+        );
+    }
+    line
+}
+
 /// A session as a readable timeline, one line per event.
 pub fn timeline(records: &[Stored]) -> String {
     let responses: HashMap<u64, ResponseData> = records
@@ -273,6 +314,10 @@ pub fn timeline(records: &[Stored]) -> String {
                     d.dst.as_deref().unwrap_or("-"),
                     d.pid
                 ),
+                None => continue,
+            },
+            kind::MESSAGES => match r.parse::<MessagesData>() {
+                Some(m) => messages(&m),
                 None => continue,
             },
             other => other.to_string(),

@@ -36,6 +36,9 @@ pub enum PipelineError {
     // Job side.
     #[error("bad request: {detail}")]
     BadRequest { detail: String },
+    /// A protocol switch or tunnel hoop could not inspect after it.
+    #[error("upgrade refused: {detail}")]
+    UpgradeRefused { detail: String },
     /// The job went away (reset, or closed while hoop wrote): not a
     /// refusal, but still on record.
     #[error("the job closed the connection: {detail}")]
@@ -89,6 +92,7 @@ impl PipelineError {
             | Self::Resolve { .. } => StatusCode::BAD_GATEWAY,
             Self::BadRequest { .. }
             | Self::JobClosed { .. }
+            | Self::UpgradeRefused { .. }
             | Self::Ambiguous { .. }
             | Self::RequestUninspectable { .. } => StatusCode::BAD_REQUEST,
             Self::Denied { status, .. } => *status,
@@ -114,6 +118,7 @@ impl PipelineError {
             Self::UpstreamResponseTimeout { .. } => "upstream-response-timeout",
             Self::UpstreamProtocol { .. } => "upstream-protocol-error",
             Self::BadRequest { .. } => "bad-request",
+            Self::UpgradeRefused { .. } => "upgrade-refused",
             Self::JobClosed { .. } => "job-closed",
             Self::Resolve { .. } => "resolve-failed",
             Self::Denied { .. } => "policy-denied",
@@ -258,6 +263,13 @@ mod tests {
                 },
                 403,
                 "policy-denied",
+            ),
+            (
+                PipelineError::UpgradeRefused {
+                    detail: "h2c".into(),
+                },
+                400,
+                "upgrade-refused",
             ),
         ];
         for (e, status, reason) in cases {

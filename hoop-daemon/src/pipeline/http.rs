@@ -12,10 +12,12 @@ use super::{
     Gateway, PipelineError, authority,
     body::{Body, Observed, boxed},
     error::respond_to,
-    headers::{is_upgrade, strip_hop_by_hop},
+    headers::strip_hop_by_hop,
     phases::{Decision, RequestView, ResponsePlan},
     record::{Exchange, response_headers, wants_json},
+    upgrade,
     upstream::UpstreamConn,
+    websocket,
 };
 use crate::{
     audit::{Entry, entry::ApprovalData},
@@ -523,7 +525,7 @@ fn fallback(conn: &Conn) -> String {
 
 async fn forward(
     conn: &Conn,
-    route: &Connection,
+    route: &Arc<Connection>,
     mut req: Request<JobBody>,
     authority: &str,
     x: &mut Exchange,
@@ -531,6 +533,13 @@ async fn forward(
     if let Some(e) = &conn.broken {
         return Err(e.clone());
     }
+    // Only a WebSocket may switch protocols, and no tunnel opens.
+    let ws = upgrade::check(
+        req.method(),
+        req.version(),
+        req.headers(),
+        req.extensions().get::<hyper::ext::Protocol>().is_some(),
+    )?;
     let view = RequestView {
         flow: &conn.flow,
         connection: route,
@@ -550,8 +559,7 @@ async fn forward(
             None
         }
     };
-    let upgrade = req.version() <= http::Version::HTTP_11 && is_upgrade(req.headers());
-    let job_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let job_upgrade = ws.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let body = match inspect {
         None => boxed(body),
@@ -586,7 +594,10 @@ async fn forward(
     x.commit().await?;
     x.req_body.lock().unwrap().cap = x.cap;
     let body = boxed(super::body::Tee::new(body, x.req_body.clone()));
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_hop_by_hop(&mut parts.headers, ws.is_some());
+    if ws.is_some() {
+        upgrade::prepare_request(&mut parts.headers);
+    }
     conn.gw
         .phases
         .before_upstream(&conn.flow, route, &mut parts);
@@ -595,25 +606,20 @@ async fn forward(
         .send(Request::from_parts(parts, body), authority)
         .await?;
 
+    upgrade::check_switch(ws.as_ref(), resp.status(), resp.headers())?;
     if let Some(job_upgrade) = job_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
     {
+        // Both sides switched to a WebSocket: every message from now on is
+        // parsed, checked and recorded (websocket/), never copied raw.
         let up_upgrade = hyper::upgrade::on(&mut resp);
-        let flow = conn.flow.id;
-        tokio::spawn(async move {
-            match tokio::try_join!(job_upgrade, up_upgrade) {
-                Ok((j, u)) => {
-                    let (mut j, mut u) = (TokioIo::new(j), TokioIo::new(u));
-                    match tokio::io::copy_bidirectional(&mut j, &mut u).await {
-                        Ok((up, down)) => {
-                            tracing::debug!(flow, up, down, "upgraded connection closed")
-                        }
-                        Err(e) => tracing::debug!(flow, error = %e, "upgraded connection failed"),
-                    }
-                }
-                Err(e) => tracing::warn!(flow, error = %e, "upgrade failed"),
-            }
-        });
+        tokio::spawn(websocket::run(
+            job_upgrade,
+            up_upgrade,
+            route.clone(),
+            conn.flow.clone(),
+            websocket::Recorder::new(x),
+        ));
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
         return Ok(Response::from_parts(parts, boxed(body)));

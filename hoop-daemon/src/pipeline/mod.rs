@@ -12,7 +12,9 @@ mod linger;
 pub mod phases;
 mod record;
 mod rewind;
+pub mod upgrade;
 pub mod upstream;
+pub mod websocket;
 
 use std::{sync::Arc, time::Duration};
 

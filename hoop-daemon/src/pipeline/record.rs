@@ -110,9 +110,17 @@ impl Exchange {
         reason: Option<&'static str>,
         headers: Vec<[String; 2]>,
         mut masked: Counts,
-        mut body: Tally,
+        body: Tally,
     ) {
         let Some(request_seq) = self.seq else { return };
+        // A switch has no body (hyper never reads it): what follows it is
+        // recorded as the WebSocket's messages, not as a broken body.
+        let (reason, body) = if status == Some(StatusCode::SWITCHING_PROTOCOLS) {
+            (None, Tally { ok: true, ..body })
+        } else {
+            (reason, body)
+        };
+        let mut body = body;
         let m = &self.metrics;
         m.request(
             match (reason, self.data.approval.is_some()) {

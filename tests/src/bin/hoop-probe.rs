@@ -41,6 +41,14 @@ fn main() -> ExitCode {
         "escape" => escape(&a(1)),
         "rawtcp" => addr().and_then(raw_tcp),
         "hold" => addr().and_then(|ad| hold(ad, a(2).parse().unwrap_or(2))),
+        // ws ADDR HOST CA PATH N [MESSAGE…]: a WebSocket session; prints the
+        // first N messages that came back, as JSON.
+        "ws" => addr().and_then(|ad| {
+            let send: Vec<String> = args.iter().skip(6).cloned().collect();
+            let n = a(5).parse().unwrap_or(0);
+            hoop_testkit::wsclient::session(ad, &a(2), a(3).as_ref(), &a(4), &send, n)
+                .map(|got| serde_json::to_string(&got).unwrap_or_default())
+        }),
         "loop" => {
             return looping(
                 addr(),

@@ -205,7 +205,7 @@ impl Masker {
         };
         let declared = content_type.is_some_and(|c| c.to_ascii_lowercase().contains("json"));
         let looks = matches!(first, b'{' | b'[');
-        if declared || (looks && !self.paths.is_empty()) {
+        if declared || looks {
             // In place, one pass; see scan.rs.
             let mut buf = body.to_vec();
             let mut found = Counts::default();
