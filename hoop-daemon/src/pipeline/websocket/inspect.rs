@@ -89,13 +89,15 @@ impl<'a> Inspector<'a> {
         // JSON when it parses as JSON; text through the detectors when it
         // doesn't (a message its receiver can't parse as JSON has no
         // fields for JSON paths to name).
-        let masked = self.mask.and_then(|m| match m.mask_body(None, payload, counts) {
-            Ok(out) => out,
-            Err(_) => std::str::from_utf8(payload)
-                .ok()
-                .and_then(|t| m.mask_text(t, counts))
-                .map(String::into_bytes),
-        });
+        let masked = self
+            .mask
+            .and_then(|m| match m.mask_body(None, payload, counts) {
+                Ok(out) => out,
+                Err(_) => std::str::from_utf8(payload)
+                    .ok()
+                    .and_then(|t| m.mask_text(t, counts))
+                    .map(String::into_bytes),
+            });
         match masked {
             Some(mut out) => {
                 self.canary_in_place(&mut out, counts);
