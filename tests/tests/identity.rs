@@ -113,6 +113,11 @@ fn forged_and_invalid_tokens_are_refused_with_their_reason_and_bind_nothing() {
             "token-audience-wrong",
         ),
         (
+            "an audience list without hoop",
+            issuer.token_with(&with("aud", serde_json::json!(["vault", "someone-else"]))),
+            "token-audience-wrong",
+        ),
+        (
             "unknown kid",
             oidc::sign(&rogue, &claims),
             "token-key-unknown",
@@ -171,6 +176,17 @@ fn forged_and_invalid_tokens_are_refused_with_their_reason_and_bind_nothing() {
         )
         .expect("job started with the token's identity");
     assert!(!started.contains(&valid), "the token was logged");
+
+    // GitLab `id_tokens` may mint one token for several audiences: one
+    // of them being hoop's is enough (strict_audience is off).
+    let (ok, err) = run_with_token(
+        &env,
+        &issuer.token_with(&with("aud", serde_json::json!(["vault", "hoop"]))),
+    );
+    assert!(
+        ok,
+        "a token whose aud list includes hoop was refused: {err}"
+    );
 
     // Key rotation at the issuer: a new kid, no daemon restart.
     issuer.rotate("key-2");
