@@ -9,7 +9,7 @@ mod origin;
 pub mod seed;
 
 pub use ca::TestCa;
-pub use origin::{Origin, OriginOpts, Seen};
+pub use origin::{Origin, OriginOpts, Seen, reflected_forms};
 
 /// Peak resident memory (VmHWM, KiB) of a process: a pid, or "self".
 pub fn peak_rss_kib(pid: &str) -> u64 {

@@ -61,15 +61,11 @@ impl View {
     }
 }
 
-/// Reads one token at the front of its input (an escape byte): how many
-/// bytes it took and what they mean, or None for a literal byte.
-type Step = fn(&[u8]) -> Option<(usize, Out)>;
-
 impl Decoder {
-    fn step(self) -> Step {
+    fn step(self, s: &[u8]) -> Option<(usize, Out)> {
         match self {
-            Decoder::Unescape => backslash,
-            Decoder::Percent => percent,
+            Decoder::Unescape => backslash(s),
+            Decoder::Percent => percent(s),
         }
     }
 
@@ -80,12 +76,27 @@ impl Decoder {
         }
     }
 
-    /// Where the next byte that may start an escape is.
-    fn next(self, s: &[u8]) -> Option<usize> {
+    fn starts_escape(self, b: u8) -> bool {
         match self {
-            Decoder::Unescape => memchr(b'\\', s),
-            Decoder::Percent => memchr2(b'%', b'+', s),
+            Decoder::Unescape => b == b'\\',
+            Decoder::Percent => b == b'%' || b == b'+',
         }
+    }
+
+    /// Where the next byte that may start an escape is. In escaped text
+    /// escapes come a few bytes apart: a short look first spares memchr's
+    /// setup there, and long plain runs still go to memchr.
+    fn next(self, s: &[u8]) -> Option<usize> {
+        const LOOK: usize = 16;
+        if let Some(p) = s.iter().take(LOOK).position(|&b| self.starts_escape(b)) {
+            return Some(p);
+        }
+        let rest = s.get(LOOK..)?;
+        let p = match self {
+            Decoder::Unescape => memchr(b'\\', rest),
+            Decoder::Percent => memchr2(b'%', b'+', rest),
+        };
+        p.map(|p| p + LOOK)
     }
 
     /// Whether `input` has anything this decoder would change that could
@@ -108,7 +119,6 @@ pub fn decode(d: Decoder, input: &[u8], parent: Option<&View>, plus: bool) -> Op
     if !d.worth(input, plus) {
         return None;
     }
-    let step = d.step();
     let at = |i: usize| parent.map_or(i as u32, |p| p.starts[i]);
     let mut bytes = Vec::with_capacity(input.len());
     let mut starts = Vec::with_capacity(input.len());
@@ -126,7 +136,9 @@ pub fn decode(d: Decoder, input: &[u8], parent: Option<&View>, plus: bool) -> Op
         if i == input.len() {
             break;
         }
-        match step(&input[i..]) {
+        // One token at an escape byte: how many bytes it took and what
+        // they mean, or None for a literal byte.
+        match d.step(&input[i..]) {
             Some((used, out)) => {
                 bytes.extend_from_slice(out.as_slice());
                 starts.extend(std::iter::repeat_n(at(i), out.len as usize));
