@@ -2,9 +2,17 @@
 //! (ids, names, card numbers, e-mails, amounts), parsed, masked by field
 //! path and by detectors, and serialised again: what a masked connection
 //! does per response.
+//! Also the leak canary over 1 MiB: plain text (one automaton pass) and
+//! text full of `\\` and `%` escapes (the decoded views are built too).
 //!   cargo bench -p hoop-daemon --bench mask
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hoop::policy::mask::{Counts, MaskConfig, Masker};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use hoop::{
+    config::policy::CredentialConfig,
+    policy::{
+        credential::Credential,
+        mask::{Counts, MaskConfig, Masker},
+    },
+};
 
 fn response(bytes: usize) -> Vec<u8> {
     let mut s = String::from("{\"data\":[");
@@ -66,5 +74,41 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A bearer credential with a secret that has `/`, `+` and a space.
+fn credential() -> Credential {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), "sk-live/5f2d+9c0e 7b1a4f3c").unwrap();
+    let text = format!("secret = {{ file = \"{}\" }}", f.path().display());
+    let c: CredentialConfig = toml::from_str(&text).unwrap();
+    Credential::new(&c).unwrap()
+}
+
+fn canary(c: &mut Criterion) {
+    let cred = credential();
+    let plain = response(1 << 20);
+    // JSON inside a JSON string: a `\\` before every quote.
+    let json = serde_json::to_vec(&String::from_utf8(plain.clone()).unwrap()).unwrap();
+    // The same text percent-encoded: a `%` every few bytes.
+    let pct: Vec<u8> = form_urlencoded::byte_serialize(&plain)
+        .collect::<String>()
+        .into_bytes();
+    let mut g = c.benchmark_group("leak canary 1 MiB");
+    for (name, body) in [
+        ("no escapes", &plain),
+        ("JSON-escaped", &json),
+        ("percent-encoded", &pct),
+    ] {
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || body.clone(),
+                |buf| cred.canary.mask(buf),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, canary);
 criterion_main!(benches);

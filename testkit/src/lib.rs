@@ -3,13 +3,14 @@
 //! routes the suites need, and a local OIDC issuer. Everything listens on loopback only.
 mod ca;
 pub mod cdp;
+pub mod leak;
 pub mod oidc;
 mod origin;
 pub mod seed;
 pub mod wsclient;
 
 pub use ca::TestCa;
-pub use origin::{Origin, OriginOpts, Seen};
+pub use origin::{Origin, OriginOpts, Seen, reflected_forms};
 
 /// Peak resident memory (VmHWM, KiB) of a process: a pid, or "self".
 pub fn peak_rss_kib(pid: &str) -> u64 {

@@ -5,6 +5,8 @@
 //! | `/hello` | `hello from origin <addr>` |
 //! | `/echo` | JSON of the request: method, path, headers, body |
 //! | `/reflect` | the request's Authorization in a response header |
+//! | `/reflect-encoded` | its Authorization (or `?h=` header) in every [`crate::leak::forms`] encoding: headers, JSON body, trailers |
+//! | `/stacked?ce=…` | the request's Authorization, gzipped per `ce` (`gzip,gzip`; `;` separates fields), labelled `ce` |
 //! | `/bytes/N` | N bytes streamed in 64 KiB chunks (chunked in h1) |
 //! | `/chunked` | three chunks with pauses between them |
 //! | `/hang` | never answers |
@@ -257,6 +259,8 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
             }
             r
         }
+        "/reflect-encoded" => reflect_encoded(req.uri().query().unwrap_or(""), &headers),
+        "/stacked" => stacked(req.uri().query().unwrap_or(""), &headers),
         "/chunked" => {
             let s = stream::iter(0..3).then(|i| async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -300,6 +304,103 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
         },
         _ => text(StatusCode::NOT_FOUND, "no such route\n"),
     }
+}
+
+/// The value of the request header `?h=` names (Authorization if none).
+fn header_of(query: &str, headers: &[(String, String)]) -> String {
+    let name = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("h="))
+        .unwrap_or("authorization")
+        .to_ascii_lowercase();
+    headers
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// The forms the encoded echo hands back: of the whole header value, and of
+/// what follows its first space (an `Authorization` value's token).
+pub fn reflected_forms(value: &str) -> Vec<(String, String)> {
+    let token = value.split_once(' ').map_or(value, |(_, t)| t);
+    let mut forms = crate::leak::forms(value);
+    forms.extend(
+        crate::leak::forms(token)
+            .into_iter()
+            .map(|(n, f)| (format!("token-{n}"), f)),
+    );
+    forms
+}
+
+/// An echo that hands a credential back in every encoding, in response
+/// headers (`x-echo-<form>`), in a JSON body (`{"<form>":"…"}`, written
+/// as is, in two chunks) and in trailers (`x-trailer-<form>`; HTTP/2, or
+/// HTTP/1.1 when the request said `TE: trailers`).
+fn reflect_encoded(query: &str, headers: &[(String, String)]) -> Response<Body> {
+    let forms = reflected_forms(&header_of(query, headers));
+    let body: Vec<String> = forms
+        .iter()
+        .map(|(n, f)| format!("\"{n}\":\"{f}\""))
+        .collect();
+    let body = format!("{{{}}}", body.join(",\n"));
+    let mut trailers = http::HeaderMap::new();
+    for (n, f) in &forms {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::try_from(format!("x-trailer-{n}")),
+            HeaderValue::from_str(f),
+        ) {
+            trailers.insert(k, v);
+        }
+    }
+    // HTTP/1.1 sends only the trailers the head announces.
+    let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+    let announce = HeaderValue::from_str(&names.join(", ")).unwrap();
+    let (a, b) = body.split_at(body.len() / 2);
+    let frames = vec![
+        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(a.to_string()))),
+        Ok(hyper::body::Frame::data(Bytes::from(b.to_string()))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let mut r = Response::new(StreamBody::new(stream::iter(frames)).boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::TRAILER, announce);
+    for (n, f) in &forms {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::try_from(format!("x-echo-{n}")),
+            HeaderValue::from_str(f),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    r
+}
+
+/// The request's credential header gzipped once per `gzip` in `ce`, and
+/// labelled with `ce` as given: commas within one Content-Encoding field,
+/// `;` between fields (`identity;gzip` is two fields).
+fn stacked(query: &str, headers: &[(String, String)]) -> Response<Body> {
+    let ce = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("ce="))
+        .unwrap_or("gzip");
+    let mut body = header_of(query, headers).into_bytes();
+    for c in ce.split([';', ',']).map(str::trim) {
+        if c == "gzip" {
+            body = crate::encode("gzip", &body);
+        }
+    }
+    let mut r = text(StatusCode::OK, body);
+    for field in ce.split(';') {
+        if let Ok(v) = HeaderValue::from_str(field) {
+            r.headers_mut().append(header::CONTENT_ENCODING, v);
+        }
+    }
+    r
 }
 
 /// A partner API answer full of sensitive fields; `?enc=gzip|deflate|br|zstd`

@@ -219,12 +219,17 @@ struct Partner {
 /// A partner API over HTTPS as `partner.test` on 127.0.0.3, a connection
 /// that injects SECRET as a bearer token, and jobs of identity test:local.
 fn partner(name: &str) -> Partner {
+    partner_with(name, SECRET)
+}
+
+/// [`partner`] injecting `secret`.
+fn partner_with(name: &str, secret_value: &str) -> Partner {
     let ca = TestCa::default();
     let dir = tempfile::tempdir().unwrap().keep();
     let ca_file = dir.join("upstream-ca.pem");
     std::fs::write(&ca_file, &ca.cert_pem).unwrap();
     let secret = dir.join("partner.secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    std::fs::write(&secret, format!("{secret_value}\n")).unwrap();
     let policy = format!(
         "[[identity.static]]\ncgroup = \"{{cgroup}}/**\"\nname = \"test:local\"\n\n\
          [[connection]]\nname = \"partner\"\nhosts = [\"partner.test\"]\nallow = [\"test:*\"]\n\
@@ -352,6 +357,92 @@ fn the_credential_is_injected_upstream_and_never_reaches_the_job() {
     );
     let status = p.env.hoop().args(["status", "--json"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&status.stdout).contains(SECRET));
+}
+
+/// The threat model's job (nobody, under `hoop run`) fetches an endpoint
+/// that echoes the injected credential in every encoding a decoder could
+/// undo (base64 at each alignment, percent-encoding, JSON escapes, mixes),
+/// in headers, a JSON body and HTTP/2 trailers: it gets 200 with every one
+/// masked, and the record counts each mask and holds none of them.
+#[test]
+fn a_job_as_nobody_gets_every_encoded_echo_of_the_credential_masked() {
+    const ESCAPABLE: &str = "sk-live/5f2d+9c0e 7b1a%4f";
+    let p = partner_with("canary-encoded", ESCAPABLE);
+    // hoop's CA where nobody can read it (the state dir's path is closed).
+    let public = tempfile::tempdir().unwrap();
+    let ca = public.path().join("ca.pem");
+    std::fs::copy(p.env.hoop_ca(), &ca).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let port = p.origin.addr.port();
+    let script = format!(
+        "id -u; curl -sS --max-time 20 --http2 -D - --cacert {} --resolve partner.test:{port}:127.0.0.3 \
+         -w '\n%{{http_code}} %{{http_version}}' https://partner.test:{port}/reflect-encoded",
+        ca.display()
+    );
+    let out = p.env.run_as_nobody(&["sh", "-c", &script]);
+    let got = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(got.starts_with("65534\n"), "not nobody: {got}{stderr}");
+    assert!(got.trim_end().ends_with("200 2"), "{got}{stderr}");
+
+    // Positive control: the upstream got the secret, injected.
+    let last = p.origin.seen().pop().expect("the upstream saw the request");
+    assert!(
+        last.headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && *v == format!("Bearer {ESCAPABLE}")),
+        "{:?}",
+        last.headers
+    );
+    let forms = hoop_testkit::reflected_forms(&format!("Bearer {ESCAPABLE}"));
+    let n = forms.len();
+    // Every form arrived, masked: the headers, and each key of the body.
+    let echoed = got.lines().filter(|l| l.starts_with("x-echo-")).count();
+    assert_eq!(echoed, n, "{got}");
+    assert!(got.contains("[hoop:credential]"), "{got}");
+    for (name, _) in &forms {
+        assert!(
+            got.contains(&format!("\"{name}\":\"")),
+            "{name} missing: {got}"
+        );
+    }
+    if let Some(how) = hoop_testkit::leak::leaks(got.as_bytes(), ESCAPABLE.as_bytes()) {
+        panic!("the job can read the secret back ({how}):\n{got}");
+    }
+
+    // The record: one response, each echo masked (headers, body, trailers).
+    let record = p.env.hoop().args(["export", "jsonl"]).output().unwrap();
+    let record = String::from_utf8_lossy(&record.stdout).into_owned();
+    let masked: Vec<u64> = record
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["kind"] == "response")
+        .filter_map(|r| r["data"]["masked"]["credential"].as_u64())
+        .collect();
+    assert_eq!(masked, [3 * n as u64], "{record}");
+    assert!(
+        record.contains("/reflect-encoded"),
+        "the exchange is on record"
+    );
+    if let Some(how) = hoop_testkit::leak::leaks(record.as_bytes(), ESCAPABLE.as_bytes()) {
+        panic!("the audit log holds the secret ({how})");
+    }
+    let leaked = files_containing(&p.env.dir.path().join("state"), ESCAPABLE);
+    assert!(leaked.is_empty(), "state files hold the secret: {leaked:?}");
+    p.env
+        .wait_log(
+            &["credential leak masked", "connection=partner"],
+            Duration::from_secs(2),
+        )
+        .expect("the leak was reported");
+    assert!(
+        !p.env.log().contains(ESCAPABLE),
+        "the daemon logged the secret"
+    );
 }
 
 #[test]

@@ -123,6 +123,8 @@ pub struct Observed<F: FnOnce(Tally) + Send + Unpin> {
     captured: bytes::BytesMut,
     done: Option<F>,
     finished: bool,
+    /// Trailers that wait for the transform's held bytes to go first.
+    trailers: Option<Frame<Bytes>>,
 }
 
 impl<F: FnOnce(Tally) + Send + Unpin> Observed<F> {
@@ -140,6 +142,7 @@ impl<F: FnOnce(Tally) + Send + Unpin> Observed<F> {
             captured: bytes::BytesMut::new(),
             done: Some(done),
             finished: false,
+            trailers: None,
         }
     }
 
@@ -173,6 +176,9 @@ impl<F: FnOnce(Tally) + Send + Unpin> HttpBody for Observed<F> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(t) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(t)));
+        }
         if this.finished {
             return Poll::Ready(None);
         }
@@ -181,7 +187,22 @@ impl<F: FnOnce(Tally) + Send + Unpin> HttpBody for Observed<F> {
                 let frame = match (frame.into_data(), this.transform.as_mut()) {
                     (Ok(data), Some(t)) => Frame::data(t.chunk(data)),
                     (Ok(data), None) => Frame::data(data),
-                    (Err(frame), _) => frame,
+                    (Err(frame), Some(t)) => match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            t.trailers(&mut trailers);
+                            // Trailers end the body: what the transform
+                            // holds goes first.
+                            let tail = t.finish();
+                            if tail.is_empty() {
+                                Frame::trailers(trailers)
+                            } else {
+                                this.trailers = Some(Frame::trailers(trailers));
+                                Frame::data(tail)
+                            }
+                        }
+                        Err(frame) => frame,
+                    },
+                    (Err(frame), None) => frame,
                 };
                 if let Some(d) = frame.data_ref() {
                     this.pass(d);
@@ -268,6 +289,55 @@ mod tests {
             *seen.lock().unwrap(),
             vec![(6, true, Bytes::from_static(b"HELL"))]
         );
+    }
+
+    /// Holds everything back and stamps the trailers it sees.
+    struct Hold(Vec<u8>);
+    impl BodyTransform for Hold {
+        fn chunk(&mut self, data: Bytes) -> Bytes {
+            self.0.extend_from_slice(&data);
+            Bytes::new()
+        }
+        fn finish(&mut self) -> Bytes {
+            Bytes::from(std::mem::take(&mut self.0))
+        }
+        fn trailers(&mut self, t: &mut http::HeaderMap) {
+            t.insert("x-seen", http::HeaderValue::from_static("1"));
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_pass_through_the_transform_after_what_it_held() {
+        use futures_util::stream;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-echo", http::HeaderValue::from_static("v"));
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"held "))),
+            Ok(Frame::data(Bytes::from_static(b"back"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let inner = http_body_util::StreamBody::new(stream::iter(frames)).boxed_unsync();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let mut b = Observed::new(inner, Some(Box::new(Hold(Vec::new()))), 100, move |t| {
+            s.lock().unwrap().push((t.bytes, t.ok))
+        });
+        let mut frames = Vec::new();
+        while let Some(f) = b.frame().await {
+            frames.push(f.unwrap());
+        }
+        let kinds: Vec<String> = frames
+            .iter()
+            .map(|f| match (f.data_ref(), f.trailers_ref()) {
+                (Some(d), _) => String::from_utf8_lossy(d).into_owned(),
+                (_, Some(t)) => format!("trailers {:?} {:?}", t["x-echo"], t["x-seen"]),
+                _ => "?".into(),
+            })
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert_eq!(kinds, ["held back", "trailers \"v\" \"1\""]);
+        drop(b);
+        assert_eq!(*seen.lock().unwrap(), vec![(9, true)]);
     }
 
     #[tokio::test]

@@ -43,6 +43,10 @@ pub trait BodyTransform: Send {
     fn finish(&mut self) -> Bytes {
         Bytes::new()
     }
+    /// The body's trailers (HTTP/2, or chunked HTTP/1.1), which follow
+    /// whatever `finish` gives back; a transform that guards the body
+    /// guards these too.
+    fn trailers(&mut self, _trailers: &mut HeaderMap) {}
     /// What it masked, for the record.
     fn masked(&self) -> crate::policy::mask::Counts {
         Default::default()

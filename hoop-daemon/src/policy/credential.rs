@@ -4,13 +4,13 @@
 //! canary masks the secret and its encodings in responses).
 use std::{fmt, path::Path, sync::Arc};
 
-use aho_corasick::AhoCorasick;
 use base64::{
     Engine,
     engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
 };
 use http::{HeaderName, HeaderValue, Uri, request};
 
+use super::canary::Canary;
 use crate::config::policy::{CredentialConfig, SecretSource};
 
 /// What stands in for a secret wherever one would be shown.
@@ -116,10 +116,11 @@ impl Credential {
     pub fn new(c: &CredentialConfig) -> Result<Self, String> {
         let secret = Secret::load(&c.secret)?;
         let s = secret.expose();
-        let mut needles = vec![s.as_bytes().to_vec()];
+        // Percent-encoded and escaped forms are found by decoding (the
+        // canary's views), so needles are only what decoding can't undo.
+        let mut needles = Vec::new();
         let mode = if let Some(param) = &c.query {
             let encoded: String = form_urlencoded::byte_serialize(s.as_bytes()).collect();
-            needles.push(encoded.clone().into_bytes());
             Mode::Query {
                 param: param.clone(),
                 encoded,
@@ -142,7 +143,7 @@ impl Credential {
         needles.extend(base64_forms(s.as_bytes()));
         Ok(Self {
             mode,
-            canary: Arc::new(Canary::new(needles)),
+            canary: Arc::new(Canary::new(s.as_bytes(), needles)),
         })
     }
 
@@ -200,7 +201,7 @@ fn header_value(v: String) -> Result<HeaderValue, String> {
 /// The secret's base64 forms, standard and URL-safe, at each of the three
 /// alignments it can take inside a longer encoded text: only the 4-char
 /// groups made purely of secret bytes, so they match wherever it sits.
-fn base64_forms(s: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn base64_forms(s: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for engine in [&STANDARD, &URL_SAFE] {
         for lead in 0..3usize {
@@ -224,55 +225,6 @@ fn base64_forms(s: &[u8]) -> Vec<Vec<u8>> {
     out.sort();
     out.dedup();
     out
-}
-
-/// Finds the secret (and its encodings) in what goes back to the job.
-pub struct Canary {
-    ac: AhoCorasick,
-    /// Longest needle: a streaming scan keeps this many bytes minus one.
-    pub max_len: usize,
-}
-
-impl fmt::Debug for Canary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Canary({} needles)", self.ac.patterns_len())
-    }
-}
-
-impl Canary {
-    fn new(needles: Vec<Vec<u8>>) -> Self {
-        let max_len = needles.iter().map(Vec::len).max().unwrap_or(1);
-        let ac = AhoCorasick::builder()
-            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-            .build(&needles)
-            .expect("canary needles build");
-        Self { ac, max_len }
-    }
-
-    /// Overwrites every occurrence in place (same length, so lengths and
-    /// framing stay valid); returns how many it masked.
-    pub fn mask(&self, buf: &mut [u8]) -> usize {
-        let found: Vec<(usize, usize)> = self
-            .ac
-            .find_iter(&*buf)
-            .map(|m| (m.start(), m.end()))
-            .collect();
-        for &(a, b) in &found {
-            fill(&mut buf[a..b]);
-        }
-        found.len()
-    }
-}
-
-/// `[hoop:credential]` padded with `*`, or only `*` when shorter.
-fn fill(dst: &mut [u8]) {
-    let tag = REDACTED.as_bytes();
-    if dst.len() >= tag.len() {
-        dst[..tag.len()].copy_from_slice(tag);
-        dst[tag.len()..].fill(b'*');
-    } else {
-        dst.fill(b'*');
-    }
 }
 
 #[cfg(test)]

@@ -223,23 +223,25 @@ impl Phases for Enforce {
         let Some(m) = &conn.mask else {
             return Ok((body, Counts::default()));
         };
-        let encoding = resp
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("identity")
-            .to_string();
-        let decoded = match decode(&encoding, &body, m.max_body) {
+        let uninspectable = |why: String| PipelineError::Uninspectable {
+            detail: format!(
+                "connection {} masks responses, and this one can't be decoded: {why}",
+                conn.name
+            ),
+        };
+        let codings = content_codings(&resp.headers).map_err(uninspectable)?;
+        // hoop asked for identity: a stack of codings is an upstream
+        // ignoring that, and one layer left undone would hide the secret.
+        if conn.credential.is_some() && codings.len() > 1 {
+            return Err(uninspectable(format!(
+                "it has {} content codings stacked, on a connection with a credential",
+                codings.len()
+            )));
+        }
+        let decoded = match decode(&codings.join(", "), &body, m.max_body) {
             Ok(Decoded::Body(b)) => b,
             Ok(Decoded::TooLarge) => return over_limit(flow, conn, m, resp, body),
-            Err(e) => {
-                return Err(PipelineError::Uninspectable {
-                    detail: format!(
-                        "connection {} masks responses, and this one can't be decoded: {e}",
-                        conn.name
-                    ),
-                });
-            }
+            Err(e) => return Err(uninspectable(e)),
         };
         resp.headers.remove(header::CONTENT_ENCODING);
         let ctype = resp
@@ -327,20 +329,38 @@ fn over_limit(
 
 /// The canary reads bodies as sent: an encoded one can't be checked.
 fn require_identity_encoding(resp: &response::Parts) -> Result<(), PipelineError> {
-    let encoding = resp
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity");
-    if encoding.eq_ignore_ascii_case("identity") {
+    let codings = content_codings(&resp.headers).map_err(|why| PipelineError::Uninspectable {
+        detail: format!("{why}; it can't be checked for the connection's credential"),
+    })?;
+    if codings.is_empty() {
         return Ok(());
     }
     Err(PipelineError::Uninspectable {
         detail: format!(
-            "the upstream answered with Content-Encoding {encoding:?} although hoop asked for identity; \
-             it can't be checked for the connection's credential"
+            "the upstream answered with Content-Encoding {:?} although hoop asked for identity; \
+             it can't be checked for the connection's credential",
+            codings.join(", ")
         ),
     })
+}
+
+/// Every content coding the response names, in order, across all its
+/// Content-Encoding fields (a second field is as binding as the first),
+/// without `identity`. A value that isn't text is an error, never a
+/// reason to read the body as plain.
+fn content_codings(h: &http::HeaderMap) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for v in h.get_all(header::CONTENT_ENCODING) {
+        let v = v
+            .to_str()
+            .map_err(|_| "its Content-Encoding is not text".to_string())?;
+        out.extend(
+            v.split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity"),
+        );
+    }
+    Ok(out)
 }
 
 fn note_masked(flow: &Flow, conn: &Connection, place: &str, counts: &Counts) {

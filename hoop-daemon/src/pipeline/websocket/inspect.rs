@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::policy::{
     Connection,
-    credential::Canary,
+    canary::Canary,
     mask::{Counts, Masker},
     phases::CANARY,
 };
@@ -133,9 +133,10 @@ impl<'a> Inspector<'a> {
         let Some(c) = self.canary else {
             return payload[..cap.min(payload.len())].to_vec();
         };
-        // A secret across the cut is masked before the cut is made.
-        let scan = cap.saturating_add(c.max_len).min(payload.len());
-        let mut out = payload[..scan].to_vec();
+        // A secret across the cut (raw or in an escaped form, which can be
+        // many times longer) is masked before the cut is made: the whole
+        // message, which its size limit bounds.
+        let mut out = payload.to_vec();
         c.mask(&mut out);
         out.truncate(cap);
         out
