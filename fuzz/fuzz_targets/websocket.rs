@@ -18,7 +18,8 @@ use hoop::{
         tungstenite::{Message, WebSocket, protocol::Role},
     },
     policy::{
-        credential::{Canary, Credential},
+        canary::Canary,
+        credential::Credential,
         mask::{Counts, MaskConfig, Masker},
     },
 };
