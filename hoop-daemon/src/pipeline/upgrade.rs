@@ -171,22 +171,10 @@ pub fn check_switch(
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderName;
-
     use super::*;
+    use crate::pipeline::headers::tests::map;
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
 
     /// A WebSocket handshake's other headers, with `upgrade`/`connection`.
     fn ws(upgrade: &str, connection: &str) -> HeaderMap {

@@ -81,6 +81,10 @@ fn undecidable(flow: &Flow, conn: &Connection, rule: &Rule, v: Verdict) -> Decis
 impl Phases for Enforce {
     fn on_request(&self, req: &RequestView<'_>) -> Decision {
         let (flow, conn) = (req.flow, req.connection);
+        // Most connections have no rules: no readings to build.
+        if conn.deny.is_empty() && conn.approve.is_empty() {
+            return Decision::Allow;
+        }
         let r = Readings::of(req.method, req.path, req.query, req.headers);
         let mut need_body = false;
         for rule in &conn.deny {
