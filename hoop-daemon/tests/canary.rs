@@ -11,7 +11,7 @@ use hoop::audit::{
     query::{self, Select},
     store,
 };
-use hoop_testkit::{leak, reflected_forms};
+use hoop_testkit::{Origin, OriginOpts, leak, reflected_forms};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -225,6 +225,76 @@ async fn stacked_or_unknown_content_encodings_fail_closed_with_a_credential() {
                 "{extra:?} {ce}: {text}"
             );
             assert_no_leak(ce, text.as_bytes());
+        }
+    }
+}
+
+/// A transfer coding hoop never offered (`Transfer-Encoding: gzip,
+/// chunked` from an HTTP/1 upstream) is refused on every connection,
+/// streamed or buffered: once the hop-by-hop header is gone nothing would
+/// tell the canary, masking or the job that the bytes are compressed.
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_refused() {
+    for extra in ["", "[connection.mask]\ndetectors = [\"email\"]\n"] {
+        let secrets = tempfile::tempdir().unwrap();
+        let env = env_with(5000, &policy(secrets.path(), extra)).await;
+        // HTTP/1 only: HTTP/2 has no transfer codings.
+        let origin = Origin::start(OriginOpts {
+            tls: Some(env.test_ca.server_config(&["localhost"], &[b"http/1.1"])),
+            bind: None,
+            also_v6: true,
+        })
+        .await;
+        let port = origin.addr.port();
+        // Positive control: plain chunked passes, its echo masked.
+        let url = format!("https://localhost:{port}/stacked?ce=chunked&te=1");
+        let out = env.curl(&["-x", &env.proxy_url(), "-D", "-", &url]).await;
+        let (text, code, _) = parse_curl(&out);
+        assert_eq!(code, 200, "{extra:?}: {text}");
+        assert!(text.ends_with("Bearer [hoop:credential]********"), "{text}");
+        for te in ["gzip", "GZIP", "x-foo", "gzip;chunked"] {
+            let url = format!("https://localhost:{port}/stacked?ce={te}&te=1");
+            let out = env.curl(&["-x", &env.proxy_url(), "-D", "-", &url]).await;
+            let (text, code, _) = parse_curl(&out);
+            assert_eq!(code, 502, "{extra:?} {te}: {text}");
+            assert!(
+                text.contains("x-hoop-reason: upstream-protocol-error"),
+                "{extra:?} {te}: {text}"
+            );
+            assert!(text.contains("transfer coding"), "{te}: {text}");
+            assert_no_leak(te, text.as_bytes());
+        }
+    }
+}
+
+/// The job's side of the same: a request body in a transfer coding other
+/// than chunked is refused with 400, never forwarded as if plain (a
+/// guardrail reading it would see compressed bytes).
+#[tokio::test]
+async fn a_request_in_another_transfer_coding_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let secrets = tempfile::tempdir().unwrap();
+    let env = env_with(5000, &policy(secrets.path(), "")).await;
+    let origin = env.origin().await;
+    let port = origin.addr.port();
+    for (te, want) in [
+        ("chunked", "HTTP/1.1 200"),
+        ("gzip, chunked", "HTTP/1.1 400"),
+        ("x-foo,chunked", "HTTP/1.1 400"),
+    ] {
+        let mut tls = env.tunnel(port, b"http/1.1").await;
+        let req = format!(
+            "POST /echo HTTP/1.1\r\nHost: localhost:{port}\r\nTransfer-Encoding: {te}\r\n\
+             Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(want), "{te}: {text}");
+        if want.ends_with("400") {
+            assert!(text.contains("x-hoop-reason: bad-request"), "{te}: {text}");
+            assert!(text.contains("transfer coding"), "{te}: {text}");
         }
     }
 }

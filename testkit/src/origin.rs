@@ -395,9 +395,15 @@ fn stacked(query: &str, headers: &[(String, String)]) -> Response<Body> {
         }
     }
     let mut r = text(StatusCode::OK, body);
-    for field in ce.split(';') {
-        if let Ok(v) = HeaderValue::from_str(field) {
-            r.headers_mut().append(header::CONTENT_ENCODING, v);
+    // `te=1` names the codings as transfer codings instead (hyper adds
+    // the final `chunked`).
+    let field = match query.split('&').any(|p| p == "te=1") {
+        true => header::TRANSFER_ENCODING,
+        false => header::CONTENT_ENCODING,
+    };
+    for value in ce.split(';') {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            r.headers_mut().append(&field, v);
         }
     }
     r

@@ -260,6 +260,12 @@ body = { json = { "$.amount" = ">= 100000" } }
         ),
         ("POST", "/v1/prod/users/7?_method=DELETE", vec![]),
         ("POST", "/v1/prod/users/7", vec!["-d", "_method=delete"]),
+        ("POST", "/v1/prod/users/7", vec!["-F", "_method=DELETE"]),
+        (
+            "POST",
+            "/v1/prod/users/7",
+            vec!["-F", "a=1", "-F", "_method=delete"],
+        ),
         (
             "POST",
             "/v1/prod/users/7",

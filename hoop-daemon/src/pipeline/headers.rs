@@ -61,6 +61,26 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The transfer codings other than `chunked` that a message carries, in
+/// order (`Transfer-Encoding: gzip, chunked` gives `["gzip"]`). hyper
+/// undoes only `chunked`; whatever else is named stays on the bytes, and
+/// once the hop-by-hop header is stripped nothing would say so. hoop
+/// offers no other transfer coding (`TE: trailers` at most), so a message
+/// that uses one is refused rather than read or forwarded as plain.
+pub fn extra_transfer_codings(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .into_owned()
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "chunked")
+        .collect()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -92,6 +112,33 @@ pub(crate) mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["accept"], "*/*");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn names_transfer_codings_other_than_chunked() {
+        let none: Vec<String> = vec![];
+        assert_eq!(extra_transfer_codings(&map(&[])), none);
+        assert_eq!(
+            extra_transfer_codings(&map(&[("transfer-encoding", "Chunked")])),
+            none
+        );
+        for (pairs, want) in [
+            (&[("transfer-encoding", "gzip, chunked")][..], vec!["gzip"]),
+            (&[("transfer-encoding", "GZIP,chunked")][..], vec!["gzip"]),
+            (
+                &[
+                    ("transfer-encoding", "deflate"),
+                    ("transfer-encoding", "chunked"),
+                ][..],
+                vec!["deflate"],
+            ),
+            (
+                &[("transfer-encoding", "x-unknown , chunked")][..],
+                vec!["x-unknown"],
+            ),
+        ] {
+            assert_eq!(extra_transfer_codings(&map(pairs)), want, "{pairs:?}");
+        }
     }
 
     #[test]

@@ -533,6 +533,14 @@ async fn forward(
     if let Some(e) = &conn.broken {
         return Err(e.clone());
     }
+    let codings = super::headers::extra_transfer_codings(req.headers());
+    if !codings.is_empty() {
+        return Err(PipelineError::BadRequest {
+            detail: format!(
+                "the request's body has transfer coding {codings:?}, which hoop does not accept (only chunked)"
+            ),
+        });
+    }
     // Only a WebSocket may switch protocols, and no tunnel opens.
     let ws = upgrade::check(
         req.method(),
@@ -625,6 +633,16 @@ async fn forward(
         return Ok(Response::from_parts(parts, boxed(body)));
     }
     let (mut parts, body) = resp.into_parts();
+    let codings = super::headers::extra_transfer_codings(&parts.headers);
+    if !codings.is_empty() {
+        // Forwarded as plain, the body would reach the job unchecked by
+        // the canary and masking, and garbled for the job besides.
+        return Err(PipelineError::UpstreamProtocol {
+            detail: format!(
+                "the upstream's response has transfer coding {codings:?}, which hoop did not offer (TE: trailers)"
+            ),
+        });
+    }
     strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, boxed(body)))
 }

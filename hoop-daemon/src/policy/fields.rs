@@ -40,8 +40,11 @@ pub struct Body {
     pub json_problem: Option<Problem>,
     /// Decoded form fields (application/x-www-form-urlencoded).
     pub form: Option<Vec<(String, String)>>,
-    /// A multipart body that names `_method` somewhere.
+    /// A multipart body that may name a method hoop can't read: `_method`
+    /// spelled other than plainly, or a body that doesn't parse.
     pub multipart_method: bool,
+    /// Methods the multipart body names in plain `_method` fields.
+    pub multipart_methods: Vec<String>,
     pub multipart: bool,
 }
 
@@ -63,6 +66,7 @@ impl Body {
             json_problem: None,
             form: None,
             multipart_method: false,
+            multipart_methods: Vec::new(),
             multipart: ctype.contains("multipart/"),
         };
         body.decoded = if encoding.is_empty() || encoding == "identity" {
@@ -99,7 +103,10 @@ impl Body {
             );
         }
         if body.multipart {
-            body.multipart_method = memchr::memmem::find(d, b"name=\"_method\"").is_some();
+            match multipart_methods(&ctype, d.clone()) {
+                Ok(m) => body.multipart_methods = m,
+                Err(()) => body.multipart_method = true,
+            }
         }
         body
     }
@@ -121,8 +128,39 @@ impl Body {
         {
             out.push(m.clone());
         }
+        out.extend(self.multipart_methods.iter().cloned());
         out
     }
+}
+
+/// The `_method` values of a multipart body's plain `name="_method"`
+/// fields. `Err` when the body doesn't parse, or when a part's headers
+/// name `_method` in any other spelling (`name*=`, percent-encoded, other
+/// case): frameworks differ on those, so hoop can't know the method.
+fn multipart_methods(ctype: &str, body: Bytes) -> Result<Vec<String>, ()> {
+    use futures_util::FutureExt;
+    let boundary = multer::parse_boundary(ctype).map_err(|_| ())?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut out = Vec::new();
+    // The body is in memory: every future here is ready at once.
+    async move {
+        while let Some(field) = parts.next_field().await.map_err(|_| ())? {
+            let plain = field.name() == Some(super::readings::METHOD_PARAM);
+            let named = field.headers().values().any(|v| {
+                let v = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
+                v.contains("_method") || v.contains("%5fmethod")
+            });
+            if plain {
+                out.push(field.text().await.map_err(|_| ())?);
+            } else if named {
+                return Err(());
+            }
+        }
+        Ok(out)
+    }
+    .now_or_never()
+    .ok_or(())?
 }
 
 /// JSON with every duplicate key refused (serde_json keeps the last one,
@@ -487,10 +525,50 @@ mod tests {
         assert_eq!(b.methods(), ["delete"]);
         let b = body("application/json", r#"{"_method":"DELETE"}"#);
         assert_eq!(b.methods(), ["DELETE"]);
+        let part = |disposition: &str, value: &str| {
+            body(
+                "multipart/form-data; boundary=x",
+                &format!(
+                    "--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n\
+                     --x\r\nContent-Disposition: {disposition}\r\n\r\n{value}\r\n--x--\r\n"
+                ),
+            )
+        };
+        // Read: the plain spellings every framework agrees on.
+        for d in ["form-data; name=\"_method\"", "form-data; name=_method"] {
+            let b = part(d, "DELETE");
+            assert_eq!(b.methods(), ["DELETE"], "{d}");
+            assert!(!b.multipart_method, "{d}");
+        }
+        // Not a method at all: no `_method` anywhere in a part's headers.
+        let b = part(
+            "form-data; name=\"file\"; filename=\"x.txt\"",
+            "_method=DELETE",
+        );
+        assert!(b.methods().is_empty() && !b.multipart_method);
+        // Unknowable: other spellings of the name, and bodies that don't parse.
+        for d in [
+            "form-data; name*=UTF-8''_method",
+            "form-data; name=\"%5Fmethod\"",
+            "form-data; name=\"_METHOD\"",
+            "form-data; name=\"x\"; filename=\"_method\"",
+        ] {
+            assert!(part(d, "DELETE").multipart_method, "{d}");
+        }
+        // Two names: whichever one a framework takes, hoop has seen it.
+        for d in [
+            "form-data; name=\"_method\"; name=\"a\"",
+            "form-data; name=\"a\"; name=\"_method\"",
+        ] {
+            let b = part(d, "DELETE");
+            assert!(b.multipart_method || b.methods() == ["DELETE"], "{d}");
+        }
+        let b = body("multipart/form-data", "--x\r\n");
+        assert!(b.multipart_method, "no boundary");
         let b = body(
             "multipart/form-data; boundary=x",
-            "--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--x--\r\n",
+            "--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE",
         );
-        assert!(b.multipart_method);
+        assert!(b.multipart_method, "truncated");
     }
 }
