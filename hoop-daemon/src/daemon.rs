@@ -14,7 +14,7 @@ use crate::{
     audit::{Audit, Entry, entry::SessionEndData},
     capture::{self, Capture, Cgroup},
     config::{Config, ConfigError},
-    control::{self, Server},
+    control::Server,
     jobs::{Job, Jobs},
     pipeline::Gateway,
     policy::{Policy, phases::Enforce},
@@ -65,7 +65,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     spawn_job_reaper(jobs.clone(), watch_rx, gw.audit.clone())?;
     proxy::spawn(proxies, gw.clone(), jobs.clone());
 
-    let control_gid = control::server::group_id(&cfg.daemon.control_group);
+    let control_gid = crate::users::group_id(&cfg.daemon.control_group);
     let socket = cfg.control_socket();
     let listener = Server::bind(&socket, control_gid).await?;
     let server = Arc::new(Server {

@@ -26,3 +26,4 @@ pub mod policy;
 pub mod proxy;
 pub mod sys;
 pub mod tls;
+pub mod users;

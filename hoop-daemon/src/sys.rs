@@ -1,7 +1,8 @@
-//! The raw syscalls hoop needs that aya doesn't expose: atomically taking a
-//! map entry, swapping the program behind a pinned link, reading link info,
-//! and the filesystem checks around bpffs and cgroup2. All of hoop's unsafe
-//! code lives in this file (plus `cgroup` has none; `capture` calls here).
+//! The raw syscalls hoop needs that aya and nix don't expose: atomically
+//! taking a map entry, swapping the program behind a pinned link, reading
+//! link info, the filesystem checks around bpffs and cgroup2, and a control
+//! peer's pidfd. All of hoop's unsafe code lives in this file (plus the
+//! job sandbox in `cli::sandbox`, which runs in the job before exec).
 #![allow(unsafe_code)]
 
 use std::{
@@ -246,6 +247,45 @@ pub fn async_ring(
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// The pidfd of a Unix socket's peer (`SO_PEERPIDFD`): the process that
+/// connected, for as long as it lives, never a later owner of its pid.
+pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int (the new fd) into `fd`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            &mut fd as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process behind a pidfd is still running (signal 0: checks
+/// without sending). A pidfd never refers to another process, so "alive"
+/// also means "still the one that connected".
+pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 and no siginfo only checks.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +297,22 @@ mod tests {
         assert_eq!(size_of::<LinkUpdateAttr>(), 16);
         assert_eq!(size_of::<InfoAttr>(), 16);
         assert_eq!(size_of::<IdAttr>(), 12);
+    }
+
+    #[test]
+    fn a_peer_pidfd_names_the_connecting_process_while_it_lives() {
+        use std::os::unix::net::UnixStream;
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = peer_pidfd(a.as_fd()).unwrap();
+        assert!(pidfd_alive(fd.as_fd()));
+        // A child that has exited (and been reaped) is not alive.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // SAFETY: pidfd_open on our own child's pid, before reaping it.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) } as i32;
+        assert!(raw >= 0);
+        let child_fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        child.wait().unwrap();
+        assert!(!pidfd_alive(child_fd.as_fd()));
     }
 
     #[test]

@@ -60,6 +60,13 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // hoop run's seccomp filter links libseccomp: every build of the
+    // daemon needs its headers and library.
+    let needs_daemon = !matches!(cli.cmd, Cmd::BuildEbpf);
+    if needs_daemon && let Err(e) = sh::apt_install(&["libseccomp-dev"]) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
     let r: Result<()> = match cli.cmd {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
         Cmd::Test { args } => test(&args),

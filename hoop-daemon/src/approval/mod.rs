@@ -42,25 +42,12 @@ impl Approver {
     fn admits(&self, c: &Caller) -> bool {
         match self {
             Self::Uid(u) => c.uid == *u,
-            Self::User(name) => user_id(name) == Some(c.uid),
-            Self::Group(name) => {
-                crate::control::server::group_id(name).is_some_and(|g| c.gids.contains(&g))
+            Self::User(name) => {
+                crate::users::Account::by_name(name).is_some_and(|a| a.uid == c.uid)
             }
+            Self::Group(name) => crate::users::group_id(name).is_some_and(|g| c.gids.contains(&g)),
         }
     }
-}
-
-/// A user's uid from /etc/passwd (groups: `control::server::group_id`).
-fn user_id(name: &str) -> Option<u32> {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&name))
-                .then(|| f.get(2)?.parse().ok())
-                .flatten()
-        })
 }
 
 /// An approval rule, compiled (its matcher lives with the connection).
@@ -71,7 +58,8 @@ pub struct ApprovalRule {
     pub timeout: Duration,
 }
 
-/// Who asked, from SO_PEERCRED (uid) and /proc (groups).
+/// Who asked: the uid from SO_PEERCRED, the groups from the user
+/// database for that uid.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub uid: u32,
@@ -80,21 +68,11 @@ pub struct Caller {
 
 impl Caller {
     pub fn label(&self) -> String {
-        match lookup_name(self.uid) {
+        match crate::users::user_name(self.uid) {
             Some(n) => format!("uid:{} ({n})", self.uid),
             None => format!("uid:{}", self.uid),
         }
     }
-}
-
-fn lookup_name(uid: u32) -> Option<String> {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string())
-        })
 }
 
 /// A request about to be held.

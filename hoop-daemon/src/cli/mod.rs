@@ -1,12 +1,10 @@
 //! The `hoop` command line: one binary for the daemon and its clients.
 mod audit;
 mod ca;
+mod run;
+mod sandbox;
 
-use std::{
-    os::unix::process::CommandExt,
-    path::PathBuf,
-    process::{Command, ExitCode},
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -42,6 +40,10 @@ pub enum Cmd {
         /// An environment variable holding the job's OIDC token.
         #[arg(long, value_name = "VAR")]
         token_env: Option<String>,
+        /// Run CMD as this account (name or uid), with that account's
+        /// groups, not the caller's. Needs root.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -165,10 +167,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Run {
             token_file,
             token_env,
+            user,
             command,
         } => {
             let token = read_token(token_file.as_deref(), token_env.as_deref())?;
-            run(&cfg, token, token_env.as_deref(), command)
+            run::run(&cfg, token, token_env.as_deref(), user.as_deref(), command)
         }
         Cmd::Approvals(a) => approvals(&cfg, a),
         Cmd::Reload => match request(&cfg, &Request::Reload)? {
@@ -245,41 +248,6 @@ fn request(cfg: &Config, req: &Request) -> Result<Response> {
         Response::Error { message } => bail!("{message}"),
         ok => Ok(ok),
     }
-}
-
-/// Asks the daemon to put this very process into a new job cgroup, then
-/// becomes CMD: the job's exit code is CMD's, with nothing in between.
-/// The token variable is not passed on: CMD has no use for it.
-fn run(
-    cfg: &Config,
-    token: Option<String>,
-    token_env: Option<&str>,
-    command: Vec<String>,
-) -> Result<ExitCode> {
-    let resp = request(
-        cfg,
-        &Request::Run {
-            token,
-            command: command.clone(),
-        },
-    )?;
-    let Response::Run { .. } = resp else {
-        bail!("unexpected answer: {resp:?}")
-    };
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    if let Some(v) = token_env {
-        cmd.env_remove(v);
-    }
-    let err = cmd.exec();
-    eprintln!("hoop: cannot run {}: {err}", command[0]);
-    Ok(ExitCode::from(
-        if err.kind() == std::io::ErrorKind::NotFound {
-            127
-        } else {
-            126
-        },
-    ))
 }
 
 fn approvals(cfg: &Config, a: ApprovalsCmd) -> Result<ExitCode> {

@@ -10,7 +10,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use super::{JobStatus, Request, Response, Status};
+use super::{JobStatus, Request, Response, Status, peer::Peer};
 use crate::{
     capture::{Capture, Cgroup},
     config::Config,
@@ -74,12 +74,12 @@ impl Server {
     }
 
     async fn handle(&self, s: UnixStream) -> Result<()> {
-        let cred = s.peer_cred()?;
+        let peer = Peer::of(&s)?;
         let (r, mut w) = s.into_split();
         let mut line = String::new();
         let mut r = BufReader::new(r).take(MAX_LINE as u64);
         r.read_line(&mut line).await?;
-        let resp = if !self.authorised(cred.uid(), cred.gid(), cred.pid()) {
+        let resp = if !self.authorised(&peer) {
             Response::Error {
                 message: "not authorised: root or the control group only".into(),
             }
@@ -88,7 +88,7 @@ impl Server {
                 Err(e) => Response::Error {
                     message: format!("bad request: {e}"),
                 },
-                Ok(req) => self.dispatch(req, cred.pid(), cred.uid()).await,
+                Ok(req) => self.dispatch(req, peer).await,
             }
         };
         let mut out = serde_json::to_vec(&resp)?;
@@ -97,19 +97,16 @@ impl Server {
         Ok(())
     }
 
-    fn authorised(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
-        if uid == 0 {
+    fn authorised(&self, peer: &Peer) -> bool {
+        if peer.uid == 0 {
             return true;
         }
-        let Some(g) = self.control_gid else {
-            return false;
-        };
-        gid == g || pid.is_some_and(|p| supplementary_groups(p).contains(&g))
+        self.control_gid.is_some_and(|g| peer.groups().contains(&g))
     }
 
-    async fn dispatch(&self, req: Request, pid: Option<i32>, uid: u32) -> Response {
+    async fn dispatch(&self, req: Request, peer: Peer) -> Response {
         let result = match req {
-            Request::Run { token, command } => self.run(token, command, pid, uid).await,
+            Request::Run { token, command } => self.run(token, command, peer).await,
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::Reload => crate::daemon::reload(&self.cfg, &self.gw)
                 .map(|message| Response::Reloaded { message })
@@ -120,14 +117,11 @@ impl Server {
                 .list()
                 .map(|rows| Response::Approvals { rows })
                 .map_err(anyhow::Error::msg),
-            Request::ApprovalsApprove { id, for_secs } => self.decide(
-                &id,
-                uid,
-                pid,
-                crate::approval::Decision::Approve { for_secs },
-            ),
+            Request::ApprovalsApprove { id, for_secs } => {
+                self.decide(&id, &peer, crate::approval::Decision::Approve { for_secs })
+            }
             Request::ApprovalsDeny { id, reason } => {
-                self.decide(&id, uid, pid, crate::approval::Decision::Deny { reason })
+                self.decide(&id, &peer, crate::approval::Decision::Deny { reason })
             }
         };
         result.unwrap_or_else(|e| Response::Error {
@@ -139,10 +133,9 @@ impl Server {
         &self,
         token: Option<String>,
         command: Vec<String>,
-        pid: Option<i32>,
-        uid: u32,
+        peer: Peer,
     ) -> Result<Response> {
-        let pid = pid.filter(|p| *p > 0).context("peer pid unknown")? as u32;
+        let (uid, pid) = (peer.uid, peer.pid.context("peer pid unknown")?);
         let capture = self.capture.as_ref().context(
             "capture is disabled on this daemon (capture.enabled = false); point the job at the explicit proxy instead",
         )?;
@@ -171,7 +164,7 @@ impl Server {
         };
         let name = identity.name.clone();
         let cg = Cgroup::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        if let Err(e) = cg.add_process(pid) {
+        if let Err(e) = peer.move_into(&cg) {
             let _ = cg.remove();
             return Err(e).with_context(|| format!("moving pid {pid} into {}", path.display()));
         }
@@ -207,19 +200,15 @@ impl Server {
     }
 
     /// An approver's decision: who they are comes from SO_PEERCRED (uid)
-    /// and their process's groups.
-    fn decide(
-        &self,
-        id: &str,
-        uid: u32,
-        pid: Option<i32>,
-        d: crate::approval::Decision,
-    ) -> Result<Response> {
-        let mut gids = pid.map(supplementary_groups).unwrap_or_default();
-        if let Some(g) = pid.and_then(primary_gid) {
-            gids.push(g);
+    /// and the user database (groups), for a peer that is still there.
+    fn decide(&self, id: &str, peer: &Peer, d: crate::approval::Decision) -> Result<Response> {
+        if !peer.alive() {
+            bail!("the process that asked is gone; no decision is taken for it");
         }
-        let caller = crate::approval::Caller { uid, gids };
+        let caller = crate::approval::Caller {
+            uid: peer.uid,
+            gids: peer.groups(),
+        };
         self.gw
             .approvals
             .decide(id, &caller, d)
@@ -287,41 +276,6 @@ impl Server {
     }
 }
 
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-fn primary_gid(pid: i32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Gid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Looks a group up in /etc/group.
-pub fn group_id(name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name)
-            .then(|| f.nth(1)?.parse().ok())
-            .flatten()
-    })
-}
-
 /// Sends one request to the daemon and reads its answer.
 pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response> {
     let s = UnixStream::connect(socket).await.with_context(|| {
@@ -341,13 +295,4 @@ pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response>
         bail!("the daemon closed the control connection without answering");
     }
     serde_json::from_str(&answer).context("malformed answer from the daemon")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn group_lookup_reads_etc_group() {
-        assert_eq!(super::group_id("root"), Some(0));
-        assert_eq!(super::group_id("no-such-group-hoop-test"), None);
-    }
 }
