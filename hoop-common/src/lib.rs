@@ -29,6 +29,8 @@ pub mod progs {
     pub const SENDMSG6: &str = "hoop_sendmsg6";
     pub const SOCK_OPS: &str = "hoop_sock_ops";
     pub const SOCK_CREATE: &str = "hoop_sock_create";
+    pub const BIND4: &str = "hoop_bind4";
+    pub const BIND6: &str = "hoop_bind6";
 }
 
 pub const MAX_CONNECTIONS: u32 = 65536;
@@ -90,6 +92,9 @@ pub mod deny {
     pub const UNRECORDED: u32 = 3;
     /// No daemon configuration in the config map.
     pub const NO_CONFIG: u32 = 4;
+    /// A bind to an address other than loopback (or the wildcard with
+    /// port 0): a listener others could reach without the daemon.
+    pub const BIND: u32 = 5;
 }
 
 /// A refused operation, reported through the `HOOP_EVENTS` ring buffer.
@@ -118,6 +123,31 @@ pub const fn v4_mapped(ip4_be: u32) -> [u32; 4] {
 #[inline(always)]
 pub const fn is_v4_mapped(a: &[u32; 4]) -> bool {
     a[0] == 0 && a[1] == 0 && a[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// True for loopback, in network-order words: `::1`, or 127.0.0.0/8
+/// v4-mapped.
+#[inline(always)]
+pub const fn is_loopback(a: &[u32; 4]) -> bool {
+    if is_v4_mapped(a) {
+        return a[3].to_ne_bytes()[0] == 127;
+    }
+    a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == u32::from_ne_bytes([0, 0, 0, 1])
+}
+
+/// True for the wildcard address (`0.0.0.0` v4-mapped, or `::`).
+#[inline(always)]
+pub const fn is_unspecified(a: &[u32; 4]) -> bool {
+    (a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0) || (is_v4_mapped(a) && a[3] == 0)
+}
+
+/// Whether a job may bind this address and port: loopback, always (local
+/// servers, a browser's DevTools port); the wildcard only with port 0, the
+/// way a client picks its own port before connecting. Anything else would
+/// be a listener reachable from outside, with no daemon in its path.
+#[inline(always)]
+pub const fn bind_allowed(a: &[u32; 4], port: u16) -> bool {
+    is_loopback(a) || (is_unspecified(a) && port == 0)
 }
 
 #[cfg(feature = "user")]
@@ -150,5 +180,28 @@ mod tests {
         assert!(is_v4_mapped(&m));
         assert_eq!(m[3], ip);
         assert!(!is_v4_mapped(&[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]));
+    }
+
+    #[test]
+    fn only_loopback_and_a_wildcard_port_0_may_be_bound() {
+        let v4 = |o: [u8; 4]| v4_mapped(u32::from_ne_bytes(o));
+        let v6_1 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        for (addr, port, ok) in [
+            (v4([127, 0, 0, 1]), 8080, true),
+            (v4([127, 3, 2, 1]), 1, true),
+            (v6_1, 9222, true),
+            (v4([0, 0, 0, 0]), 0, true),
+            ([0; 4], 0, true),
+            (v4([0, 0, 0, 0]), 8080, false),
+            ([0; 4], 8080, false),
+            (v4([10, 0, 0, 1]), 8080, false),
+            (v4([10, 0, 0, 1]), 0, false),
+            (v4([128, 0, 0, 1]), 80, false),
+            ([u32::from_ne_bytes([0xfe, 0x80, 0, 0]), 0, 0, 1], 80, false),
+            // ::0.0.0.1 is not ::1's v4-mapped twin, nor loopback.
+            ([0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xfe]), 1], 80, false),
+        ] {
+            assert_eq!(bind_allowed(&addr, port), ok, "{addr:x?} {port}");
+        }
     }
 }

@@ -9,7 +9,11 @@
 //! - `getpeername4/6` show the job the address it asked for.
 //! - `sendmsg4/6` allow unconnected UDP only to a DNS resolver (so QUIC dies
 //!   and browsers fall back to TCP).
-//! - `sock_create` refuses socket kinds we can't redirect (raw, SCTP, …).
+//! - `sock_create` refuses socket kinds we can't redirect (raw, SCTP, …),
+//!   and ties every TCP socket to the loopback device: a listener (even
+//!   one the kernel bound implicitly at `listen()`) hears only this host.
+//! - `bind4/6` refuse binding anything but loopback (or the wildcard with
+//!   port 0), so nothing outside reaches a job without the daemon.
 //!
 //! Every refusal is reported through a ring buffer. Anything unexpected
 //! (no config, a full map) refuses: hoop fails closed.
@@ -29,8 +33,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use hoop_common::{
-    Config, DenyEvent, EVENTS_BYTES, LocalKey, MAX_CONNECTIONS, MAX_RESOLVERS, Origin, deny,
-    is_v4_mapped, v4_mapped,
+    Config, DenyEvent, EVENTS_BYTES, LocalKey, MAX_CONNECTIONS, MAX_RESOLVERS, Origin,
+    bind_allowed, deny, is_v4_mapped, v4_mapped,
 };
 
 const ALLOW: i32 = 1;
@@ -45,6 +49,8 @@ const SOCK_DGRAM: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 const DNS_PORT: u16 = 53;
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 #[map(name = "HOOP_CONFIG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -194,6 +200,27 @@ pub fn hoop_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 #[inline(always)]
+fn on_bind(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa = ctx.sock_addr;
+    let (addr, port) = user_dst(sa, v6);
+    if bind_allowed(&addr, port) {
+        return ALLOW;
+    }
+    report(deny::BIND, sa, addr, port);
+    REFUSE
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn hoop_bind4(ctx: SockAddrContext) -> i32 {
+    on_bind(&ctx, false)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn hoop_bind6(ctx: SockAddrContext) -> i32 {
+    on_bind(&ctx, true)
+}
+
+#[inline(always)]
 fn on_sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     let sa = ctx.sock_addr;
     let (addr, port) = user_dst(sa, v6);
@@ -315,15 +342,20 @@ fn on_tcp_close(ctx: &SockOpsContext) {
 pub fn hoop_sock_create(ctx: SockContext) -> i32 {
     let (family, ty, proto) =
         unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    let tcp = ty == SOCK_STREAM && (proto == 0 || proto == IPPROTO_TCP);
     let ok = match family {
         AF_UNIX | AF_NETLINK => true,
-        AF_INET | AF_INET6 => {
-            (ty == SOCK_STREAM && (proto == 0 || proto == IPPROTO_TCP))
-                || (ty == SOCK_DGRAM && (proto == 0 || proto == IPPROTO_UDP))
-        }
+        AF_INET | AF_INET6 => tcp || (ty == SOCK_DGRAM && (proto == 0 || proto == IPPROTO_UDP)),
         _ => false,
     };
     if ok {
+        if tcp {
+            // Its connects go to the daemon, on loopback, anyway; what this
+            // stops is listen() on a socket the kernel binds to the
+            // wildcard itself, where no bind hook runs. Rebinding to
+            // another device takes CAP_NET_RAW.
+            unsafe { write_volatile(addr_of_mut!((*ctx.sock).bound_dev_if), LOOPBACK_IFINDEX) };
+        }
         return ALLOW;
     }
     let ev = DenyEvent {

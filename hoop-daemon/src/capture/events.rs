@@ -26,6 +26,7 @@ impl From<&DenyEvent> for DenyReport {
             deny::SOCKET => "socket-type",
             deny::UNRECORDED => "unrecorded",
             deny::NO_CONFIG => "no-config",
+            deny::BIND => "bind-not-loopback",
             _ => "unknown",
         };
         let dst = (e.kind != deny::SOCKET).then(|| SocketAddr::new(words_ip(e.addr), e.port));

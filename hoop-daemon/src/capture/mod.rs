@@ -32,8 +32,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("HOOP_EBPF_OBJECT")
 
 /// Attach order: bookkeeping and refusals first, the redirect last, so a
 /// first start never redirects a connect that can't be re-keyed.
-const PROGRAMS: [&str; 8] = [
+const PROGRAMS: [&str; 10] = [
     progs::SOCK_CREATE,
+    progs::BIND4,
+    progs::BIND6,
     progs::SENDMSG4,
     progs::SENDMSG6,
     progs::GETPEERNAME4,

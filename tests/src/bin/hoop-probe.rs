@@ -35,6 +35,18 @@ fn main() -> ExitCode {
         "icmp" => socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
         "sctp" => socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
         "mptcp" => socket(libc::AF_INET, libc::SOCK_STREAM, 262),
+        // family N TYPE: socket(N, TYPE, 0), for families hoop never hooks.
+        "family" => socket(
+            a(1).parse().unwrap_or(-1),
+            a(2).parse().unwrap_or(libc::SOCK_STREAM),
+            0,
+        ),
+        "listen" => addr().and_then(listen),
+        "listen-auto" => listen_auto(),
+        "io_uring" => io_uring(),
+        "ptrace" => ptrace_seize(a(1).parse().unwrap_or(0)),
+        "pidfd-getfd" => pidfd_getfd(a(1).parse().unwrap_or(0)),
+        "userns" => userns(),
         "tfo" => addr().and_then(tcp_fastopen),
         "thread" => addr().and_then(|ad| std::thread::spawn(move || http_get(ad)).join().unwrap()),
         "child" => child(&a(1)),
@@ -264,4 +276,108 @@ fn looping(addr: Result<SocketAddr, String>, ms: u64, n: u32) -> ExitCode {
         std::thread::sleep(Duration::from_millis(ms));
     }
     ExitCode::SUCCESS
+}
+
+fn errno() -> String {
+    std::io::Error::last_os_error().to_string()
+}
+
+/// bind + listen on ADDR.
+fn listen(addr: SocketAddr) -> R {
+    let l = std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "listening on {local} device={}",
+        bound_device(l.as_raw_fd())
+    ))
+}
+
+/// listen() with no bind: the kernel binds the wildcard itself, where no
+/// bind hook runs. Prints the device the socket is tied to.
+fn listen_auto() -> R {
+    // SAFETY: plain socket/listen; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if unsafe { libc::listen(fd.as_raw_fd(), 1) } != 0 {
+        return Err(errno());
+    }
+    let l = std::net::TcpListener::from(fd);
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "listening on {local} device={}",
+        bound_device(l.as_raw_fd())
+    ))
+}
+
+/// SO_BINDTODEVICE's name, or "" when the socket has none.
+fn bound_device(fd: i32) -> String {
+    let mut name = [0u8; libc::IFNAMSIZ];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `name`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return format!("?{}", errno());
+    }
+    String::from_utf8_lossy(&name[..len as usize])
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// io_uring_setup(1, params): a ring that could create sockets past a
+/// seccomp filter.
+fn io_uring() -> R {
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes a 120-byte io_uring_params.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok("io_uring ring created".into())
+}
+
+/// PTRACE_SEIZE PID, then let go.
+fn ptrace_seize(pid: i32) -> R {
+    // SAFETY: PTRACE_SEIZE takes no pointers; exiting detaches.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+    if r != 0 {
+        return Err(errno());
+    }
+    Ok(format!("seized {pid}"))
+}
+
+/// pidfd_getfd: takes a copy of PID's stdin, as if it were ours.
+fn pidfd_getfd(pid: i32) -> R {
+    // SAFETY: pidfd_open and pidfd_getfd take no pointers.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(format!("pidfd_open: {}", errno()));
+    }
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), 0, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(format!("took fd 0 of {pid}"))
+}
+
+/// unshare(CLONE_NEWUSER|CLONE_NEWNET): a namespace of the job's own.
+fn userns() -> R {
+    // SAFETY: unshare takes no pointers.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
+        return Err(errno());
+    }
+    Ok("in a new user and network namespace".into())
 }
