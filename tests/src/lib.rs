@@ -340,19 +340,11 @@ impl TestEnv {
         self.hoop().arg("run").arg("--").args(cmd).output().unwrap()
     }
 
-    /// `hoop run -- setpriv … cmd`: the job drops to nobody, as the threat
-    /// model's untrusted job does.
+    /// `hoop run --user nobody -- cmd`: the job runs as nobody, as the
+    /// threat model's untrusted job does.
     pub fn run_as_nobody(&self, cmd: &[&str]) -> Output {
         self.hoop()
-            .args([
-                "run",
-                "--",
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-            ])
+            .args(["run", "--user", "nobody", "--"])
             .args(cmd)
             .output()
             .unwrap()

@@ -47,6 +47,12 @@ fn main() -> ExitCode {
         "ptrace" => ptrace_seize(a(1).parse().unwrap_or(0)),
         "pidfd-getfd" => pidfd_getfd(a(1).parse().unwrap_or(0)),
         "userns" => userns(),
+        // control SOCKET JSON: one request to the daemon, its answer.
+        "control" => control(&a(1), &a(2)),
+        // orphan SOCKET GOFILE JSON: connect, then leave the connection to
+        // a child and exit, so this pid can be reused; the child sends
+        // JSON once GOFILE exists and writes the answer to GOFILE.answer.
+        "orphan" => orphan(&a(1), &a(2), &a(3)),
         "tfo" => addr().and_then(tcp_fastopen),
         "thread" => addr().and_then(|ad| std::thread::spawn(move || http_get(ad)).join().unwrap()),
         "child" => child(&a(1)),
@@ -380,4 +386,42 @@ fn userns() -> R {
         return Err(errno());
     }
     Ok("in a new user and network namespace".into())
+}
+
+fn control(socket: &str, json: &str) -> R {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    ask(&mut s, json)
+}
+
+fn ask(s: &mut std::os::unix::net::UnixStream, json: &str) -> R {
+    s.write_all(format!("{json}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    Ok(format!("answer={}", answer.trim()))
+}
+
+fn orphan(socket: &str, go: &str, json: &str) -> R {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    // SAFETY: single-threaded here; the child only does plain IO and exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(errno()),
+        0 => {
+            // Let go of the caller's stdout so it sees the parent finish.
+            if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), 1);
+                    libc::dup2(null.as_raw_fd(), 2);
+                }
+            }
+            let t = std::time::Instant::now();
+            while !std::path::Path::new(go).exists() && t.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let answer = ask(&mut s, json).unwrap_or_else(|e| format!("error {e}"));
+            let _ = std::fs::write(format!("{go}.answer"), answer);
+            std::process::exit(0)
+        }
+        _ => Ok("connected, and left the connection to a child".into()),
+    }
 }
