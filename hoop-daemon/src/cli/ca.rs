@@ -1,15 +1,17 @@
 //! `hoop ca …`: what a job's browser needs to trust hoop's CA. Reads only
 //! the public certificate, so any user who can read the state dir can run it.
 use std::{
+    io::Write,
+    os::unix::{fs::DirBuilderExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::{config::Config, tls::ca::CERT_FILE};
+use crate::{config::Config, tls::ca::CERT_FILE, users::Account};
 
 pub fn cert_path(cfg: &Config) -> PathBuf {
     cfg.daemon.state_dir.join(CERT_FILE)
@@ -37,29 +39,96 @@ pub fn spki(pem: &str) -> Result<String> {
 }
 
 /// Adds the CA to an NSS database (Chromium, Firefox) with certutil,
-/// creating the database if needed.
+/// creating the database if needed. For `--user`, everything below the
+/// user's home happens as that user (a child process with the user's uid
+/// and gid, and no supplementary groups): a path the user controls is
+/// never opened, created or chowned by root, so a planted symlink gets
+/// the user nothing they couldn't do themselves.
 pub fn install_nss(cfg: &Config, user: Option<&str>, dir: Option<&Path>) -> Result<PathBuf> {
-    let (db, owner) = match (user, dir) {
-        (_, Some(d)) => (d.to_path_buf(), None),
-        (Some(u), None) => {
-            let (home, uid, gid) = passwd(u)?;
-            (home.join(".pki/nssdb"), Some((uid, gid)))
+    let pem = read_pem(cfg)?;
+    match (user, dir) {
+        (Some(u), _) => {
+            let a = Account::by_name(u)
+                .with_context(|| format!("--user {u}: no such account in the user database"))?;
+            let db = a.home.join(".pki/nssdb");
+            as_user(&a, &db, &pem)?;
+            Ok(db)
+        }
+        (None, Some(d)) => {
+            add_to_nss(d, &pem)?;
+            Ok(d.to_path_buf())
         }
         (None, None) => {
             let home = std::env::var_os("HOME").context("HOME is not set; pass --user or --dir")?;
-            (PathBuf::from(home).join(".pki/nssdb"), None)
+            let db = PathBuf::from(home).join(".pki/nssdb");
+            add_to_nss(&db, &pem)?;
+            Ok(db)
         }
-    };
-    let ca = cert_path(cfg);
-    read_pem(cfg)?;
-    std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
+    }
+}
+
+/// Runs `hoop ca install-nss --dir DB --pem-stdin` as `a`. Through
+/// /proc/self/exe, which the user can run even when the directories above
+/// hoop's binary are closed to them.
+fn as_user(a: &Account, db: &Path, pem: &str) -> Result<()> {
+    let mut child = Command::new("/proc/self/exe")
+        .args(["ca", "install-nss", "--pem-stdin", "--dir"])
+        .arg(db)
+        .uid(a.uid)
+        .gid(a.gid)
+        .env("HOME", &a.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting hoop as {}", a.name))?;
+    child
+        .stdin
+        .take()
+        .context("child stdin")?
+        .write_all(pem.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "as {}: {}",
+            a.name,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("hoop: ")
+        );
+    }
+    Ok(())
+}
+
+/// Creates the database (a private directory) if needed and adds the CA,
+/// as whoever runs this.
+pub fn add_to_nss(db: &Path, pem: &str) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(db)
+        .with_context(|| format!("creating {}", db.display()))?;
     let sql = format!("sql:{}", db.display());
-    let certutil = |args: &[&str]| -> Result<()> {
-        let out = Command::new("certutil").args(args).output().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot run certutil ({e}); install it with `apt-get install libnss3-tools`"
-            )
-        })?;
+    let certutil = |args: &[&str], input: Option<&str>| -> Result<()> {
+        let mut child = Command::new("certutil")
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot run certutil ({e}); install it with `apt-get install libnss3-tools`"
+                )
+            })?;
+        if let (Some(text), Some(mut w)) = (input, child.stdin.take()) {
+            w.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
                 "certutil {}: {}",
@@ -70,43 +139,11 @@ pub fn install_nss(cfg: &Config, user: Option<&str>, dir: Option<&Path>) -> Resu
         Ok(())
     };
     if !db.join("cert9.db").exists() {
-        certutil(&["-d", &sql, "-N", "--empty-password"])?;
+        certutil(&["-d", &sql, "-N", "--empty-password"], None)?;
     }
-    certutil(&[
-        "-d",
-        &sql,
-        "-A",
-        "-t",
-        "C,,",
-        "-n",
-        "hoop local CA",
-        "-i",
-        ca.to_str().context("CA path")?,
-    ])?;
-    if let Some((uid, gid)) = owner {
-        chown_tree(&db, uid, gid)?;
-    }
-    Ok(db)
-}
-
-fn passwd(user: &str) -> Result<(PathBuf, u32, u32)> {
-    let text = std::fs::read_to_string("/etc/passwd")?;
-    for l in text.lines() {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() >= 6 && f[0] == user {
-            return Ok((PathBuf::from(f[5]), f[2].parse()?, f[3].parse()?));
-        }
-    }
-    bail!("no such user {user}")
-}
-
-fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<()> {
-    // The db and its parent .pki are the user's, as if they made them.
-    for d in [p.parent(), Some(p)].into_iter().flatten() {
-        std::os::unix::fs::chown(d, Some(uid), Some(gid))?;
-    }
-    for e in std::fs::read_dir(p)? {
-        std::os::unix::fs::chown(e?.path(), Some(uid), Some(gid))?;
-    }
-    Ok(())
+    // -a: the certificate on stdin is PEM.
+    certutil(
+        &["-d", &sql, "-A", "-a", "-t", "C,,", "-n", "hoop local CA"],
+        Some(pem),
+    )
 }

@@ -120,6 +120,10 @@ pub enum CaCmd {
         /// An NSS database directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Read the CA from standard input (how `--user` runs itself as
+        /// that user, who can't read the state dir).
+        #[arg(long, hide = true, requires = "dir")]
+        pem_stdin: bool,
     },
 }
 
@@ -135,6 +139,19 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::Ca(CaCmd::InstallNss {
+        dir: Some(dir),
+        pem_stdin: true,
+        ..
+    }) = &cli.command
+    {
+        // The half of `install-nss --user` that runs as the user: no
+        // config, no state dir, only the CA it is handed.
+        let mut pem = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut pem)?;
+        ca::add_to_nss(dir, &pem)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Cmd::CheckConfig { path } = &cli.command {
         let cfg = Config::load(path.as_deref().or(cli.config.as_deref()))?;
         // What the daemon would do at start or reload: globs, secrets, CAs.
@@ -198,7 +215,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             match c {
                 CaCmd::Export => print!("{}", ca::read_pem(&cfg)?),
                 CaCmd::Spki => println!("{}", ca::spki(&ca::read_pem(&cfg)?)?),
-                CaCmd::InstallNss { user, dir } => {
+                CaCmd::InstallNss { user, dir, .. } => {
                     let db = ca::install_nss(&cfg, user.as_deref(), dir.as_deref())?;
                     println!("hoop CA added to the NSS database {}", db.display());
                 }
