@@ -36,6 +36,11 @@ pub fn require_root() {
 }
 
 /// The workspace's `target/debug/hoop`, built by `cargo xtask test`.
+/// hoop's kernel programs, each with its own link on the hoop root cgroup
+/// (connect4/6, getpeername4/6, sendmsg4/6, bind4/6, sock_ops,
+/// sock_create).
+pub const PROGRAMS: usize = 10;
+
 pub fn hoop_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("HOOP_BIN") {
         return p.into();

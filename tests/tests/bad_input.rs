@@ -188,5 +188,8 @@ fn the_control_socket_rejects_garbage_and_strangers_and_keeps_serving() {
     );
 
     // Still serving.
-    assert_eq!(env.status()["links"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        env.status()["links"].as_array().unwrap().len(),
+        hoop_tests::PROGRAMS
+    );
 }

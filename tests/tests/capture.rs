@@ -179,8 +179,8 @@ fn status_lists_programs_jobs_and_live_connections() {
     assert_eq!(conns[0]["pid"], job.id());
     let s = env.status();
     let links = s["links"].as_array().unwrap();
-    assert_eq!(links.len(), 8, "{s}");
-    assert_eq!(s["kernel_links_on_root"], 8, "{s}");
+    assert_eq!(links.len(), hoop_tests::PROGRAMS, "{s}");
+    assert_eq!(s["kernel_links_on_root"], hoop_tests::PROGRAMS, "{s}");
     let jobs = s["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{s}");
     assert_eq!(jobs[0]["identity"]["name"], "test:local", "{s}");

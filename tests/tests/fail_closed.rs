@@ -123,7 +123,8 @@ fn killing_the_daemon_refuses_jobs_and_a_restart_reuses_the_pinned_links() {
         "link ids changed: programs were re-attached, not swapped"
     );
     assert_eq!(
-        after["kernel_links_on_root"], 8,
+        after["kernel_links_on_root"],
+        hoop_tests::PROGRAMS,
         "links stacked on the root cgroup: {after}"
     );
     // The running job is still known to the restarted daemon.

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         "ptrace" => ptrace_seize(a(1).parse().unwrap_or(0)),
         "pidfd-getfd" => pidfd_getfd(a(1).parse().unwrap_or(0)),
         "userns" => userns(),
+        // bind-loop N: N × (socket, bind 127.0.0.1:0, close); ns per round,
+        // for the cost of the socket hooks and the seccomp filter.
+        "bind-loop" => bind_loop(a(1).parse().unwrap_or(100_000)),
         // control SOCKET JSON: one request to the daemon, its answer.
         "control" => control(&a(1), &a(2)),
         // orphan SOCKET GOFILE JSON: connect, then leave the connection to
@@ -424,4 +427,30 @@ fn orphan(socket: &str, go: &str, json: &str) -> R {
         }
         _ => Ok("connected, and left the connection to a child".into()),
     }
+}
+
+fn bind_loop(n: u32) -> R {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (sa, len) = sockaddr(addr);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        // SAFETY: plain socket/bind/close on an fd owned right here.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            return Err(errno());
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                len,
+            )
+        } != 0
+        {
+            return Err(errno());
+        }
+    }
+    let ns = t.elapsed().as_nanos() / u128::from(n.max(1));
+    Ok(format!("ns_per_round={ns}"))
 }
