@@ -180,7 +180,8 @@ fn a_planted_symlink_at_any_level_leaves_roots_files_alone() {
     assert!(String::from_utf8_lossy(&list.stdout).contains("hoop local CA"));
 
     // ~/.pki, ~/.pki/nssdb, and the database's files, each a link to root's.
-    let plants: Vec<(&str, Box<dyn Fn(&Victim)>)> = vec![
+    type Plant<'a> = Box<dyn Fn(&Victim) + 'a>;
+    let plants: Vec<(&str, Plant)> = vec![
         (
             ".pki -> root's dir",
             Box::new(|v: &Victim| symlink(&v.dir, user.home.join(".pki")).unwrap()),
