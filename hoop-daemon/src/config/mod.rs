@@ -187,6 +187,20 @@ impl Config {
         if self.capture.listen_port == 0 {
             return Err(bad("capture.listen_port", "must not be 0"));
         }
+        // Job TCP sockets are tied to the loopback device (hoop-ebpf's
+        // sock_create): their redirected connects reach only loopback.
+        if !self.capture.listen4.is_loopback() {
+            return Err(bad(
+                "capture.listen4",
+                "must be a loopback address (jobs' sockets reach only loopback)",
+            ));
+        }
+        if !self.capture.listen6.is_loopback() {
+            return Err(bad(
+                "capture.listen6",
+                "must be ::1 (jobs' sockets reach only loopback)",
+            ));
+        }
         let cg = &self.capture.cgroup;
         if cg.as_os_str().is_empty()
             || cg.is_absolute()
@@ -389,6 +403,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("capture.listen_port"), "{e}");
+        for (key, v) in [("listen4", "\"10.0.0.1\""), ("listen6", "\"::\"")] {
+            let e = parse(&format!("[capture]\n{key} = {v}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("capture.{key}")) && e.contains("loopback"),
+                "{e}"
+            );
+        }
+        parse("[capture]\nlisten4 = \"127.0.0.3\"\n").unwrap();
     }
 
     #[test]
