@@ -14,6 +14,7 @@ mod demo;
 mod ebpf;
 mod fuzz;
 mod install;
+mod layers;
 mod sh;
 
 use anyhow::Result;
@@ -29,6 +30,8 @@ struct Cli {
 enum Cmd {
     /// Build the eBPF object (installs the pinned nightly and bpf-linker if missing).
     BuildEbpf,
+    /// Check that hoop-daemon's modules import only from layers below them.
+    Layers,
     /// Build everything and run all tests, privileged suites included (as root).
     Test {
         /// Extra arguments for the privileged test run (e.g. a test name filter).
@@ -62,13 +65,14 @@ fn main() {
     let cli = Cli::parse();
     // hoop run's seccomp filter links libseccomp: every build of the
     // daemon needs its headers and library.
-    let needs_daemon = !matches!(cli.cmd, Cmd::BuildEbpf);
+    let needs_daemon = !matches!(cli.cmd, Cmd::BuildEbpf | Cmd::Layers);
     if needs_daemon && let Err(e) = sh::apt_install(&["libseccomp-dev"]) {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
     }
     let r: Result<()> = match cli.cmd {
         Cmd::BuildEbpf => ebpf::build().map(|_| ()),
+        Cmd::Layers => layers::run(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
         Cmd::Install { root, bin } => install::run(&root, bin.as_deref()),
