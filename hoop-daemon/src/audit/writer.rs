@@ -209,7 +209,7 @@ impl Writer {
     /// says so, and its signature covers that statement, not a claim that
     /// this daemon wrote the tail. `hoop audit verify` reports it forever.
     fn declare_tail(&mut self) {
-        let Some((from, to)) = self.tail.take() else {
+        let Some((from, to)) = self.tail else {
             return;
         };
         tracing::warn!(
@@ -218,7 +218,7 @@ impl Writer {
             "audit records {from}..={to} follow the last signature: {}; this run will not sign them",
             super::entry::UnvouchedData::REASON
         );
-        self.tail = Some((from, to));
+        // An empty batch: commit() puts the declaration first.
         self.commit(Vec::new());
         if self.tail.is_none() {
             self.keep_head();
