@@ -1,6 +1,8 @@
 //! The audit writer's throughput: exchanges (a request record committed
 //! durably, then its response record) from 32 concurrent requests, as the
-//! pipeline writes them, with small realistic heads and bodies.
+//! pipeline writes them, with small realistic heads and bodies; and the
+//! Ed25519 signature every commit adds, next to them (records per commit
+//! are printed, to turn it into a cost per record).
 //!   cargo bench -p hoop-daemon --bench audit
 use std::sync::Arc;
 
@@ -107,8 +109,28 @@ fn bench(c: &mut Criterion) {
                 })
             })
         });
+        use std::sync::atomic::Ordering::Relaxed;
+        let (records, commits) = (
+            audit.stats.records.load(Relaxed),
+            audit.stats.commits.load(Relaxed),
+        );
+        eprintln!(
+            "sync={sync:?}: {records} records in {commits} commits, {:.1} per commit",
+            records as f64 / commits.max(1) as f64
+        );
         audit.shutdown();
     }
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(50);
+    g.bench_function("one commit's head signature (Ed25519)", |b| {
+        b.iter(|| hoop::audit::chain::sign(&key, 4242, std::hint::black_box([7; 32])))
+    });
     g.finish();
 }
 

@@ -63,6 +63,61 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
     assert_eq!(issuer.jwks_fetches(), before + 1);
 }
 
+/// An issuer whose keys are not cached (its fetch failed) is asked again
+/// once per `jwks_min_refresh_secs`, not once per token. The issuer here is
+/// configured with a trailing slash its discovery document does not name,
+/// so every fetch fails after the (counted) discovery request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncached_issuer_is_fetched_at_most_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start("127.0.0.1", Alg::Es256).await;
+    let ca = dir.path().join("issuer-ca.pem");
+    std::fs::write(&ca, &issuer.ca.cert_pem).unwrap();
+    let slashed = format!("{}/", issuer.url);
+    let compile = |min_refresh: u64| {
+        let text = format!(
+            "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\n[capture]\nenabled = false\n\
+             [[identity.oidc]]\nname = \"ci\"\nissuer = \"{slashed}\"\naudience = \"hoop\"\n\
+             algorithms = [\"ES256\"]\nca_files = [\"{}\"]\njwks_min_refresh_secs = {min_refresh}\n",
+            ca.display(),
+            d = dir.path().display()
+        );
+        Policy::compile(
+            &Config::parse(&text, &dir.path().join("hoop.toml")).unwrap(),
+            None,
+        )
+        .unwrap()
+    };
+    let mut claims = issuer.claims("a");
+    claims["iss"] = slashed.clone().into();
+    let token = issuer.token_with(&claims);
+
+    // Positive control: without an interval every token fetches (and fails).
+    let p = compile(0);
+    for n in 1..=3 {
+        let e = p.issuers.verify(&token).await.unwrap_err();
+        assert_eq!(e.reason(), "token-keys-unavailable", "{e}");
+        assert!(e.to_string().contains("names issuer"), "{e}");
+        assert_eq!(issuer.discovery_fetches(), n);
+    }
+
+    let p = compile(3600);
+    let before = issuer.discovery_fetches();
+    for _ in 0..20 {
+        let e = p.issuers.verify(&token).await.unwrap_err();
+        assert_eq!(e.reason(), "token-keys-unavailable", "{e}");
+        assert!(e.to_string().contains("names issuer"), "{e}");
+    }
+    let e = p.issuers.verify(&token).await.unwrap_err().to_string();
+    assert!(e.contains("not again before 3600 s"), "{e}");
+    assert_eq!(
+        issuer.discovery_fetches(),
+        before + 1,
+        "tokens for an uncached issuer hammered it"
+    );
+    assert_eq!(issuer.jwks_fetches(), 0);
+}
+
 /// GitLab `id_tokens` can name several audiences in one token: one of
 /// them being hoop's is enough, unless the issuer is `strict_audience`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

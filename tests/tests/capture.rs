@@ -191,6 +191,37 @@ fn status_lists_programs_jobs_and_live_connections() {
         text.contains("hoop_connect4") && text.contains("test:local"),
         "{text}"
     );
+    // Any control-group member reads status: a job's credential-shaped
+    // argument is masked there as in the record; a plain one is shown.
+    let token = "Bearer hoopstatustoken0123456789";
+    let mut secret = env
+        .hoop()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "sleep 5",
+            "sh",
+            token,
+            "plain-arg-42",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(3), || {
+        env.status()["jobs"].as_array().unwrap().len() == 2
+    }));
+    let s = env.status();
+    let text = env.hoop().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    for shown in [s.to_string(), text.to_string()] {
+        assert!(shown.contains("plain-arg-42"), "{shown}");
+        assert!(shown.contains("Bearer *****"), "{shown}");
+        assert!(!shown.contains("hoopstatustoken"), "{shown}");
+    }
+    secret.kill().unwrap();
+    secret.wait().unwrap();
     job.kill().unwrap();
     job.wait().unwrap();
 }

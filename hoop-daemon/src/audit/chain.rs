@@ -70,6 +70,10 @@ pub enum Broken {
         ends(last)
     )]
     Truncated { seq: u64, last: Option<u64> },
+    #[error(
+        "record {seq}: an \"unvouched\" declaration that does not name exactly the records since the last signature (edited)"
+    )]
+    Declaration { seq: u64 },
     #[error("record {seq}: a value of the wrong type (edited)")]
     UnreadableRecord { seq: u64 },
     #[error("a checkpoint holds a value of the wrong type (edited)")]

@@ -38,6 +38,10 @@ pub mod kind {
     /// WebSocket messages after a recorded upgrade (`request_seq`), in
     /// batches; the last batch says how the WebSocket ended.
     pub const MESSAGES: &str = "messages";
+    /// Written by a daemon at start, first thing: the records after the
+    /// last signature were written by a previous run (killed, or someone
+    /// with write access to the file) and this run does not vouch for them.
+    pub const UNVOUCHED: &str = "unvouched";
 }
 
 /// What can be recorded: its kind, and the session it belongs to.
@@ -252,6 +256,33 @@ pub fn redact_args(args: &[String]) -> Vec<String> {
                 .unwrap_or_else(|| a.clone())
         })
         .collect()
+}
+
+/// The records `from..=to` follow the last signature but no run of this
+/// daemon wrote them: the signatures that follow this record cover it, and
+/// fix those records as they are, but do not vouch for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnvouchedData {
+    pub from: u64,
+    pub to: u64,
+    pub reason: String,
+}
+
+impl UnvouchedData {
+    pub const REASON: &str = "unsigned: written by a previous run, not vouched for";
+
+    /// Not a job's: an empty session keeps it out of `hoop sessions`.
+    pub fn entry(from: u64, to: u64) -> Entry {
+        Entry::new(
+            kind::UNVOUCHED,
+            "",
+            &Self {
+                from,
+                to,
+                reason: Self::REASON.into(),
+            },
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The tamper-evident audit log: every request, response, decision,
 //! approval and refused connect becomes a hash-chained record in SQLite
-//! (`<state_dir>/audit.db`), with signed checkpoints. A request goes
+//! (`<state_dir>/audit.db`), each commit's head signed. A request goes
 //! upstream only once its record is durable ([`Audit::commit`]); a failed
 //! write fails the request.
 pub mod chain;
@@ -36,7 +36,8 @@ pub struct AuditConfig {
     pub enabled: bool,
     /// `full` (fsync per group commit) or `normal`.
     pub sync: Sync,
-    /// How often the chain's head is signed (also at start and stop).
+    /// How often the head's signature is kept as a checkpoint and its hash
+    /// logged (also at stop). Every commit signs its head regardless.
     pub checkpoint_every: String,
     /// Records older than this are pruned ("30d"); empty keeps everything.
     pub retain: String,
@@ -176,7 +177,7 @@ impl Audit {
         }
     }
 
-    /// Writes what is queued, signs a last checkpoint and stops the writer.
+    /// Writes what is queued, keeps the head's signature and stops the writer.
     pub fn shutdown(&self) {
         let Some(tx) = &self.tx else { return };
         let (done, wait) = std::sync::mpsc::channel();

@@ -100,7 +100,7 @@ pub fn sessions(db: &Connection, f: &Filter) -> rusqlite::Result<Vec<SessionSumm
                 SUM(kind = 'request'), SUM(kind = 'refused'), SUM(kind = 'connect-denied' AND json_extract(data, '$.by') != 'job'),
                 MAX(json_extract(data, '$.identity.name')), MAX(json_extract(data, '$.job')),
                 group_concat(DISTINCT json_extract(data, '$.host'))
-         FROM records WHERE seq >= ?1
+         FROM records WHERE seq >= ?1 AND session != ''
          GROUP BY session ORDER BY MIN(seq)",
     )?;
     let since = match f.since_ms {

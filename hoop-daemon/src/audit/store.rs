@@ -213,11 +213,28 @@ pub fn insert(db: &Connection, r: &Record, hash: &[u8; 32]) -> rusqlite::Result<
 }
 
 pub fn insert_checkpoint(db: &Connection, c: &Checkpoint, ts_ms: u64) -> rusqlite::Result<()> {
-    db.execute(
+    db.prepare_cached(
         "INSERT OR REPLACE INTO checkpoints (seq, ts_ms, hash, sig) VALUES (?1, ?2, ?3, ?4)",
-        params![c.seq as i64, ts_ms as i64, &c.hash[..], c.sig],
-    )?;
+    )?
+    .execute(params![c.seq as i64, ts_ms as i64, &c.hash[..], c.sig])?;
     Ok(())
+}
+
+/// Removes the signature at `seq`: the writer's previous head signature,
+/// which the next commit's signature (over a chain that includes it)
+/// replaces.
+pub fn delete_checkpoint(db: &Connection, seq: u64) -> rusqlite::Result<()> {
+    db.prepare_cached("DELETE FROM checkpoints WHERE seq = ?1")?
+        .execute([seq as i64])?;
+    Ok(())
+}
+
+/// The first record still in the log.
+pub fn first_seq(db: &Connection) -> rusqlite::Result<Option<u64>> {
+    db.query_row("SELECT MIN(seq) FROM records", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    })
+    .map(|s| s.map(|s| s as u64))
 }
 
 pub fn checkpoints(db: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {

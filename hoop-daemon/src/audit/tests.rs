@@ -366,3 +366,203 @@ async fn checkpoints_keep_coming_under_steady_load() {
     );
     a.shutdown();
 }
+
+/// Whatever a running writer has committed is signed: a daemon killed at
+/// any moment leaves no unsigned tail, and only the kept checkpoints and
+/// the head's signature stay in the table.
+#[tokio::test]
+async fn every_commit_signs_its_head() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Audit::start(&config(""), d.path()).unwrap();
+    let db = d.path().join(DB_FILE);
+    for n in 0..20 {
+        let seq = a.commit(entry(n)).await.unwrap();
+        // Read while the writer lives, as a SIGKILL would leave it.
+        let r = verify::verify_file(&db, None).unwrap();
+        assert!(r.ok(), "{:?}", r.broken);
+        assert_eq!((r.last, r.signed_through), (Some(seq), Some(seq)));
+        assert_eq!((r.unsigned(), r.unsigned_tail), (0, None));
+    }
+    let conn = store::open_reader(&db).unwrap();
+    let kept = store::checkpoints(&conn).unwrap();
+    assert_eq!(kept.len(), 1, "one signature per commit would pile up");
+    assert_eq!(kept[0].seq, 19);
+    a.shutdown();
+}
+
+/// Rewrites records `from..` of `db` with `edit`, and re-chains them the
+/// way someone who can write the file (but lacks the key) would.
+fn rechain(db: &Path, from: u64, edit: impl Fn(&mut chain::Record)) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut prev: [u8; 32] = conn
+        .query_row(
+            "SELECT hash FROM records WHERE seq = ?1",
+            [from as i64 - 1],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let rows: Vec<(chain::Record, [u8; 32])> = conn
+        .prepare(&format!(
+            "SELECT {} FROM records WHERE seq >= ?1 ORDER BY seq",
+            store::ROW_COLUMNS
+        ))
+        .unwrap()
+        .query_map([from as i64], store::row)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (mut r, _) in rows {
+        edit(&mut r);
+        prev = r.hash(&prev);
+        conn.execute(
+            "UPDATE records SET data = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![r.data, &prev[..], r.seq as i64],
+        )
+        .unwrap();
+    }
+}
+
+/// A previous run's records after the last signature (here: its head
+/// signature removed and a record forged and re-chained, which is what a
+/// killed daemon of an older hoop left, too) are reported as unsigned,
+/// never signed by the next start, and reported so forever after.
+#[tokio::test]
+async fn an_unsigned_tail_is_declared_never_signed() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join(DB_FILE);
+    write(d.path(), "", 0..3).await;
+    write(d.path(), "", 3..6).await;
+    exec(&db, "DELETE FROM checkpoints WHERE seq = 5");
+    rechain(&db, 3, |r| {
+        if r.seq == 4 {
+            r.data = r.data.replace("a.example/4", "forged.example/4");
+        }
+    });
+    // Before a restart: intact, but 3..=5 follow the last signature.
+    let r = verify::verify_file(&db, None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    let tail = verify::Span {
+        from: 3,
+        to: 5,
+        declared_at: None,
+    };
+    assert_eq!((r.signed_through, r.unsigned_tail), (Some(2), Some(tail)));
+    assert_eq!(r.unsigned(), 3);
+
+    // A restart declares the tail in its first record, and signs that.
+    assert_eq!(write(d.path(), "", 6..8).await, vec![7, 8]);
+    let conn = store::open_reader(&db).unwrap();
+    let signed: Vec<u64> = store::checkpoints(&conn)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert!(
+        signed.iter().all(|s| !(3..=5).contains(s)),
+        "the tail was signed: {signed:?}"
+    );
+    let declared = query::records(&conn, &query::Select::default()).unwrap();
+    assert_eq!(declared[6].kind, entry::kind::UNVOUCHED);
+    assert_eq!(
+        (
+            declared[6].data["from"].as_u64(),
+            declared[6].data["to"].as_u64()
+        ),
+        (Some(3), Some(5))
+    );
+    // Not a job's session.
+    let listed = query::sessions(&conn, &query::Filter::default()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].session, "s1");
+    let span = verify::Span {
+        declared_at: Some(6),
+        ..tail
+    };
+    let check = |want_signed: u64| {
+        let r = verify::verify_file(&db, None).unwrap();
+        assert!(r.ok(), "{:?}", r.broken);
+        assert_eq!(r.unvouched, vec![span]);
+        assert_eq!(r.unsigned_tail, None);
+        assert_eq!(r.signed_through, Some(want_signed));
+        assert_eq!(r.unsigned(), 3);
+    };
+    check(8);
+    // Later runs neither re-declare it nor vouch for it.
+    write(d.path(), "", 9..10).await;
+    check(9);
+    // The declaration is covered by the signatures after it: moving its
+    // span is named.
+    let copy = d.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    rechain(&copy, 6, |r| {
+        if r.seq == 6 {
+            r.data = r.data.replace("\"from\":3", "\"from\":5");
+        }
+    });
+    let r = verify::verify_file(&copy, None).unwrap();
+    assert!(
+        r.broken.as_deref().unwrap_or_default().contains("record 6"),
+        "{:?}",
+        r.broken
+    );
+}
+
+/// A declaration planted in an unsigned tail vouches for nothing: the
+/// tail stays unsigned, a wrong span is named, and the next start declares
+/// the whole tail again, the planted record included.
+#[tokio::test]
+async fn a_declaration_in_the_tail_vouches_for_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join(DB_FILE);
+    write(d.path(), "", 0..4).await;
+    exec(&db, "DELETE FROM checkpoints");
+    // Wrong span: it must start right after the last signature (none: 0).
+    let copy = d.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    plant_declaration(&copy, 2);
+    let r = verify::verify_file(&copy, None).unwrap();
+    assert!(
+        r.broken
+            .as_deref()
+            .unwrap_or_default()
+            .contains("record 4: an \"unvouched\" declaration"),
+        "{:?}",
+        r.broken
+    );
+    // The right span, planted: still all unsigned.
+    plant_declaration(&db, 0);
+    let r = verify::verify_file(&db, None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    assert_eq!((r.unsigned(), r.signed_through), (5, None));
+    write(d.path(), "", 5..6).await;
+    let r = verify::verify_file(&db, None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    assert_eq!(
+        r.unvouched,
+        vec![verify::Span {
+            from: 0,
+            to: 4,
+            declared_at: Some(5)
+        }]
+    );
+    assert_eq!((r.unsigned(), r.signed_through), (5, Some(6)));
+}
+
+/// Appends an `unvouched` record for `from..=head`, chained but unsigned.
+fn plant_declaration(db: &Path, from: u64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let (seq, prev) = store::head(&conn).unwrap().unwrap();
+    let e = entry::UnvouchedData::entry(from, seq);
+    let r = chain::Record {
+        seq: seq + 1,
+        ts_ms: store::last_ts(&conn).unwrap(),
+        kind: e.kind.into(),
+        session: e.session.clone(),
+        data: e.data.clone(),
+        req_body: None,
+        resp_body: None,
+    };
+    store::insert(&conn, &r, &r.hash(&prev)).unwrap();
+}

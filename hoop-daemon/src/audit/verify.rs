@@ -7,6 +7,12 @@
 //! Anchors close that: a chain hash kept elsewhere (the journal's
 //! "audit checkpoint signed" lines, or the head `verify` prints), given
 //! back as `--anchor SEQ:HASH`, must still be in the chain.
+//!
+//! The daemon signs every commit, so the records it wrote are all covered
+//! by a signature. Records after the last signature (at the end, or
+//! declared by a later run's `unvouched` record) were written by someone
+//! else, or by a run killed before it could sign them: they are reported
+//! apart, as intact but not vouched for.
 use std::{collections::BTreeMap, path::Path, str::FromStr};
 
 use rusqlite::Connection;
@@ -14,6 +20,7 @@ use serde::Serialize;
 
 use super::{
     chain::{self, Broken, Checkpoint, GENESIS},
+    entry,
     store::{self, ROW_COLUMNS, StoreError},
 };
 
@@ -34,6 +41,11 @@ pub struct Report {
     pub anchors_checked: usize,
     /// Anchors older than the first record (retention removed them).
     pub anchors_pruned: Vec<u64>,
+    /// Spans a later run declared unvouched: it found them after the last
+    /// signature when it started, and its signatures do not vouch for them.
+    pub unvouched: Vec<Span>,
+    /// Records after the last signature, at the end of the log.
+    pub unsigned_tail: Option<Span>,
     /// The first break, if any.
     pub broken: Option<String>,
     #[serde(skip)]
@@ -51,14 +63,30 @@ impl Report {
         self.error.is_none()
     }
 
-    /// Records after the last checkpoint: written since, or the daemon
-    /// stopped without a final checkpoint (killed).
+    /// Records in the chain that no signature vouches for: declared spans
+    /// and the unsigned tail.
     pub fn unsigned(&self) -> u64 {
-        match (self.last, self.signed_through) {
-            (Some(l), Some(s)) if l > s => l - s,
-            (Some(_), Some(_)) | (None, _) => 0,
-            (Some(_), None) => self.records,
-        }
+        self.unvouched
+            .iter()
+            .chain(&self.unsigned_tail)
+            .map(Span::records)
+            .sum()
+    }
+}
+
+/// Records `from..=to`, written by a previous run and not vouched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span {
+    pub from: u64,
+    pub to: u64,
+    /// The record of the run that declared it (absent for the tail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_at: Option<u64>,
+}
+
+impl Span {
+    pub fn records(&self) -> u64 {
+        self.to + 1 - self.from
     }
 }
 
@@ -198,6 +226,10 @@ fn walk(
                 report.anchors_pruned.push(seq);
             }
         }
+        // The last signature passed (the checkpoint the walk starts from,
+        // if any), and an `unvouched` record waiting for the next one.
+        let mut last_signed = next.checked_sub(1);
+        let mut declared: Option<Span> = None;
         let mut rows = st.query([next as i64])?;
         while let Some(row) = rows.next()? {
             let (rec, stored) = match store::row(row) {
@@ -211,7 +243,21 @@ fn walk(
                 Ok(h) => h,
                 Err(b) => return Ok(Err(b)),
             };
-            report.first.get_or_insert(rec.seq);
+            let first = *report.first.get_or_insert(rec.seq);
+            if rec.kind == entry::kind::UNVOUCHED {
+                // It must name exactly the records since the last signature.
+                let from = last_signed.map_or(first, |s| s + 1);
+                match serde_json::from_str::<entry::UnvouchedData>(&rec.data) {
+                    Ok(d) if d.from == from && d.to + 1 == rec.seq && d.from <= d.to => {
+                        declared = Some(Span {
+                            from,
+                            to: d.to,
+                            declared_at: Some(rec.seq),
+                        });
+                    }
+                    _ => return Ok(Err(Broken::Declaration { seq: rec.seq })),
+                }
+            }
             report.last = Some(rec.seq);
             report.records += 1;
             if let Some(want) = anchors.get(&rec.seq) {
@@ -225,6 +271,8 @@ fn walk(
                     return Ok(Err(b));
                 }
                 report.signed_through = Some(rec.seq);
+                last_signed = Some(rec.seq);
+                report.unvouched.extend(declared.take());
             }
             next += 1;
         }
@@ -243,6 +291,18 @@ fn walk(
         }
         if report.signed_through.is_none() && from.is_some() {
             report.signed_through = from;
+        }
+        // What follows the last signature (an unsigned declaration
+        // included: nothing vouches for it either).
+        if let (Some(last), Some(first)) = (report.last, report.first) {
+            let from = last_signed.map_or(first, |s| s + 1);
+            if from <= last {
+                report.unsigned_tail = Some(Span {
+                    from,
+                    to: last,
+                    declared_at: None,
+                });
+            }
         }
         // Only an intact chain has a head worth keeping as an anchor.
         report.head_hash = report.last.map(|_| hex::encode(prev));

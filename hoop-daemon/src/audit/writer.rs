@@ -1,7 +1,10 @@
 //! The audit writer thread: the only writer of the database. It takes
 //! entries over a channel, chains and commits them in groups (one
 //! transaction, one sync for everything that queued meanwhile), answers
-//! each waiter once its entry is durable, signs checkpoints, and prunes.
+//! each waiter once its entry is durable, and prunes. Every commit signs
+//! the head it makes durable, in the same transaction, so the log never
+//! has an unsigned tail of this daemon's; records after the last signature
+//! at start were written by someone else, and are marked so, never signed.
 use std::{
     path::PathBuf,
     sync::{
@@ -42,13 +45,18 @@ pub struct Writer {
     /// The last record's time: records never go back in time.
     last_ts: u64,
     prev: [u8; 32],
-    signed_through: Option<u64>,
+    /// This run's latest head signature, if no checkpoint keeps it yet:
+    /// the next commit's signature replaces it. Kept signatures (one per
+    /// `checkpoint_every`, at stop, retention's anchors) stay.
+    unkept: Option<u64>,
+    /// Records after the last signature at start: not ours to sign.
+    tail: Option<(u64, u64)>,
 }
 
 impl Writer {
-    /// Picks up the chain where the database ends. The records after the
-    /// last checkpoint are checked first: the writer signs them at its next
-    /// checkpoint and must not vouch for a tail it did not write intact.
+    /// Picks up the chain where the database ends. Records after the last
+    /// signature (a tail no run of this daemon signed) must still chain;
+    /// they are then declared unvouched by the first record of this run.
     pub fn resume(
         db: Connection,
         path: PathBuf,
@@ -65,6 +73,16 @@ impl Writer {
             Some((seq, hash)) => (seq + 1, hash),
         };
         let last_ts = store::last_ts(&db).map_err(fail)?;
+        let tail = match head {
+            Some((last, _)) if signed_through.is_none_or(|s| s < last) => {
+                let from = match signed_through {
+                    Some(s) => s + 1,
+                    None => store::first_seq(&db).map_err(fail)?.unwrap_or(0),
+                };
+                Some((from, last))
+            }
+            _ => None,
+        };
         let w = Self {
             db,
             path,
@@ -76,7 +94,8 @@ impl Writer {
             next,
             last_ts,
             prev,
-            signed_through,
+            unkept: None,
+            tail,
         };
         w.check_unsigned_tail()?;
         Ok(w)
@@ -100,7 +119,7 @@ impl Writer {
         let mut last_checkpoint = Instant::now();
         let mut last_prune = None::<Instant>;
         let mut pruning = false;
-        self.checkpoint();
+        self.declare_tail();
         loop {
             if self.retain.is_some() && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 pruning = true;
@@ -114,7 +133,7 @@ impl Writer {
             // Checked every round, not only when idle: under steady load
             // the channel is never empty long enough to time out.
             if last_checkpoint.elapsed() >= self.checkpoint_every {
-                self.checkpoint();
+                self.keep_head();
                 last_checkpoint = Instant::now();
             }
             let wait = if pruning {
@@ -167,7 +186,7 @@ impl Writer {
                 if !rest.is_empty() {
                     self.commit(rest);
                 }
-                self.checkpoint();
+                self.keep_head();
                 tracing::info!(
                     records = self.stats.records.load(Ordering::Relaxed),
                     commits = self.stats.commits.load(Ordering::Relaxed),
@@ -182,13 +201,40 @@ impl Writer {
                 return;
             }
         }
-        self.checkpoint();
+        self.keep_head();
+    }
+
+    /// A tail left by a previous run (killed before its commit's signature
+    /// existed, an older hoop, or an edit): the first record of this run
+    /// says so, and its signature covers that statement, not a claim that
+    /// this daemon wrote the tail. `hoop audit verify` reports it forever.
+    fn declare_tail(&mut self) {
+        let Some((from, to)) = self.tail else {
+            return;
+        };
+        tracing::warn!(
+            target: "hoop::audit",
+            from, to, records = to - from + 1,
+            "audit records {from}..={to} follow the last signature: {}; this run will not sign them",
+            super::entry::UnvouchedData::REASON
+        );
+        // An empty batch: commit() puts the declaration first.
+        self.commit(Vec::new());
+        if self.tail.is_none() {
+            self.keep_head();
+        }
     }
 
     /// One transaction for the whole batch; every waiter learns the outcome.
     fn commit(&mut self, mut batch: Vec<(Entry, Option<super::Reply>)>) {
         let started = Instant::now();
         let n = batch.len() as u64;
+        // Until the tail's marker is durable nothing else may be signed: a
+        // signature without it before would vouch for the tail.
+        let marker = self.tail.is_some();
+        if let Some((from, to)) = self.tail {
+            batch.insert(0, (super::entry::UnvouchedData::entry(from, to), None));
+        }
         let (mut next, mut prev, mut ts) = (self.next, self.prev, self.last_ts);
         let result = (|| -> rusqlite::Result<Vec<u64>> {
             let tx = self.db.transaction()?;
@@ -212,16 +258,33 @@ impl Writer {
                 prev = h;
                 next += 1;
             }
+            // The head this commit makes durable, signed in the same
+            // transaction: no moment where it is on disk unsigned. The
+            // previous head signature is implied by this one and goes,
+            // unless a checkpoint keeps it.
+            let c = chain::sign(&self.key, next - 1, prev);
+            store::insert_checkpoint(&tx, &c, ts)?;
+            if let Some(old) = self.unkept {
+                store::delete_checkpoint(&tx, old)?;
+            }
             tx.commit()?;
             Ok(seqs)
         })();
         self.stats.queued.fetch_sub(n, Ordering::Relaxed);
         match result {
-            Ok(seqs) => {
+            Ok(mut seqs) => {
+                if marker {
+                    self.tail = None;
+                    seqs.remove(0);
+                    batch.remove(0);
+                }
                 self.next = next;
                 self.prev = prev;
                 self.last_ts = ts;
-                self.stats.records.fetch_add(n, Ordering::Relaxed);
+                self.unkept = Some(next - 1);
+                self.stats
+                    .records
+                    .fetch_add(n + marker as u64, Ordering::Relaxed);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 let us = started.elapsed().as_micros() as u64;
                 self.stats.last_commit_us.store(us, Ordering::Relaxed);
@@ -248,30 +311,26 @@ impl Writer {
         }
     }
 
-    /// Signs the chain's head if it moved since the last checkpoint.
-    fn checkpoint(&mut self) {
-        if self.next == 0 || self.signed_through == Some(self.next - 1) {
+    /// Keeps the current head's signature as a checkpoint (no later commit
+    /// removes it) and logs its hash: the journal's copy is an anchor
+    /// outside the database.
+    fn keep_head(&mut self) {
+        let Some(seq) = self.unkept.take() else {
             return;
-        }
-        let seq = self.next - 1;
-        let c = chain::sign(&self.key, seq, self.prev);
-        match store::insert_checkpoint(&self.db, &c, Jobs::now_ms()) {
-            Ok(()) => {
-                self.signed_through = Some(seq);
-                // The journal holds a copy: an anchor outside the database.
-                tracing::info!(
-                    target: "hoop::audit",
-                    seq, hash = %hex::encode(c.hash), "audit checkpoint signed"
-                );
-            }
-            Err(e) => tracing::error!(error = %e, seq, "cannot write an audit checkpoint"),
-        }
+        };
+        tracing::info!(
+            target: "hoop::audit",
+            seq, hash = %hex::encode(self.prev), "audit checkpoint signed"
+        );
     }
 
     /// One step of retention: removes the records through the oldest
     /// checkpoint older than `retain`, which stays as the anchor of the
     /// rest (so the log verifies between steps). True if more is due.
     pub fn prune_step(&mut self, retain: Duration, now_ms: u64) -> bool {
+        // The head's signature may become the anchor: the next commit must
+        // not remove it.
+        self.keep_head();
         let cutoff = now_ms.saturating_sub(retain.as_millis() as u64);
         let r = store::oldest_checkpoint_before(&self.db, cutoff).and_then(|cp| match cp {
             Some(seq) => store::prune_through(&mut self.db, seq).map(|n| Some((seq, n))),

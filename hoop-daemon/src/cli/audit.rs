@@ -11,14 +11,16 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 use crate::{
-    audit::{self, query, store, verify},
+    audit::{self, entry::UnvouchedData, query, store, verify},
     config::Config,
 };
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
-    /// Walk the hash chain and its signed checkpoints; name the first
-    /// broken record and exit 1 if there is one.
+    /// Walk the hash chain and its signatures; name the first broken
+    /// record. Exit 0: intact, every record signed; 3: intact, but some
+    /// records are unsigned (written by a previous run, not vouched for);
+    /// 1: broken; 2: the log or key can't be read.
     Verify {
         /// The database (default: <state_dir>/audit.db). A copy works.
         #[arg(long)]
@@ -171,7 +173,7 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("hoop: cannot verify {}: {e:#}", path.display());
-                    return Ok(ExitCode::from(2));
+                    return Ok(ExitCode::from(VERIFY_UNREADABLE));
                 }
             };
             if json {
@@ -179,12 +181,24 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
             } else {
                 print_report(&path, &r);
             }
-            Ok(if r.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(ExitCode::from(exit_code(&r)))
         }
+    }
+}
+
+/// Exit codes of `hoop audit verify`, for scripts: a broken chain is not
+/// an unvouched one.
+pub const VERIFY_BROKEN: u8 = 1;
+pub const VERIFY_UNREADABLE: u8 = 2;
+pub const VERIFY_UNSIGNED: u8 = 3;
+
+fn exit_code(r: &verify::Report) -> u8 {
+    if !r.ok() {
+        VERIFY_BROKEN
+    } else if r.unsigned() > 0 {
+        VERIFY_UNSIGNED
+    } else {
+        0
     }
 }
 
@@ -230,14 +244,33 @@ fn print_report(path: &Path, r: &verify::Report) {
                     "head: {last}:{h} (an anchor: kept off the host and given back as --anchor, it names a tail cut later)"
                 );
             }
-            if r.unsigned() > 0 {
+            for s in &r.unvouched {
                 println!(
-                    "note: the last {} record(s) are not covered by a checkpoint yet \
-                     (written since the last one, or the daemon stopped without its final checkpoint)",
-                    r.unsigned()
+                    "{}: records {}..={} ({}), declared by the run that started at record {}",
+                    UnvouchedData::REASON,
+                    s.from,
+                    s.to,
+                    s.records(),
+                    s.declared_at.unwrap_or_default()
                 );
             }
-            println!("ok: the chain is intact");
+            if let Some(s) = &r.unsigned_tail {
+                println!(
+                    "{}: records {}..={} ({}), after the last signature",
+                    UnvouchedData::REASON,
+                    s.from,
+                    s.to,
+                    s.records()
+                );
+            }
+            if r.unsigned() > 0 {
+                println!(
+                    "intact, but {} record(s) are unsigned (exit {VERIFY_UNSIGNED})",
+                    r.unsigned()
+                );
+            } else {
+                println!("ok: the chain is intact and every record is signed");
+            }
         }
     }
 }

@@ -272,6 +272,11 @@ impl Config {
                 Err(e) => return Err(bad(key, &e)),
             }
         }
+        if let Some(url) = &self.approvals.webhook
+            && let Some(problem) = webhook_problem(url)
+        {
+            return Err(bad("approvals.webhook", &problem));
+        }
         if self
             .proxy
             .listen
@@ -303,6 +308,30 @@ impl Config {
         std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| parse_resolv_conf(&t))
             .unwrap_or_default()
+    }
+}
+
+/// What is wrong with a webhook URL, if anything: the payload names the
+/// held request (URL, identity, body), so it goes over https, or in the
+/// clear only to this host's own loopback.
+fn webhook_problem(url: &str) -> Option<String> {
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return Some(format!("is not a URL ({e})")),
+    };
+    let host = uri.host().unwrap_or_default();
+    let ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>();
+    match uri.scheme_str() {
+        _ if host.is_empty() => Some("has no host".into()),
+        Some("https") => None,
+        Some("http") if ip.is_ok_and(|ip| ip.is_loopback()) => None,
+        Some("http") => Some(format!(
+            "is http:// to {host}, which is not a loopback address: use https:// (http:// is accepted only to 127.0.0.0/8 or [::1])"
+        )),
+        _ => Some("must be an https:// URL (or http:// to a loopback address)".into()),
     }
 }
 
@@ -346,6 +375,43 @@ mod tests {
         assert_eq!(c.capture.listen_port, 15001);
         assert_eq!(c.capture.cgroup, PathBuf::from("hoop.slice"));
         assert_eq!(c.control_socket(), PathBuf::from("/run/hoop/control.sock"));
+    }
+
+    /// The webhook payload names the held request: https, or http only
+    /// to loopback, refused at load with the key and line.
+    #[test]
+    fn a_webhook_in_the_clear_goes_only_to_loopback() {
+        for ok in [
+            "https://hooks.example/x",
+            "https://10.0.0.1:8443/hook",
+            "http://127.0.0.1:9000/hook",
+            "http://127.3.4.5/hook",
+            "http://[::1]:9000/hook",
+        ] {
+            let c = parse(&format!("[approvals]\nwebhook = \"{ok}\"\n"));
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+        for (bad, says) in [
+            (
+                "http://hooks.example/x",
+                "not a loopback address: use https://",
+            ),
+            ("http://10.0.0.1/x", "not a loopback address"),
+            ("http://localhost.example.com/x", "not a loopback address"),
+            ("http://[::ffff:10.0.0.1]/x", "not a loopback address"),
+            ("ftp://127.0.0.1/x", "must be an https:// URL"),
+            ("hooks.example/x", "is not a URL"),
+            ("/hook", "has no host"),
+            ("https://", "is not a URL"),
+        ] {
+            let e = parse(&format!("\n[approvals]\nwebhook = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`approvals.webhook`") && e.contains(says) && e.contains("line 3"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     /// The config `cargo xtask install` puts in /etc/hoop: valid as it

@@ -253,9 +253,15 @@ impl Server {
                 .jobs
                 .list()
                 .into_iter()
-                .map(|j| JobStatus {
-                    denied: self.jobs.denied_count(j.cgroup_id),
-                    job: (*j).clone(),
+                .map(|j| {
+                    let mut job = (*j).clone();
+                    // Every control-group member reads this: credential-
+                    // shaped arguments masked, as in the audit record.
+                    job.command = crate::audit::entry::redact_args(&job.command);
+                    JobStatus {
+                        denied: self.jobs.denied_count(j.cgroup_id),
+                        job,
+                    }
                 })
                 .collect(),
             connections: self.jobs.connections(),

@@ -89,9 +89,15 @@ struct Issuer {
     cfg: OidcConfig,
     tls: Arc<ClientConfig>,
     keys: RwLock<Option<Arc<CoreJsonWebKeySet>>>,
-    /// When the JWKS was last fetched; held while fetching, so concurrent
-    /// verifications wait for one fetch instead of stampeding.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The last fetch; held while fetching, so concurrent verifications
+    /// wait for one fetch instead of stampeding.
+    last_fetch: tokio::sync::Mutex<Option<Fetched>>,
+}
+
+/// When the keys were last fetched, and why that failed if it did.
+struct Fetched {
+    at: Instant,
+    error: Option<String>,
 }
 
 impl Issuers {
@@ -297,25 +303,37 @@ impl Issuer {
     /// Fetches discovery and the JWKS. Unless `force`, refuses (with
     /// UnknownKey) when the last fetch is more recent than the minimum
     /// refresh interval.
+    /// No keys cached (`force`) is rate-limited the same way: an issuer
+    /// that fails is asked again once per interval, not once per token.
     async fn refresh(&self, force: bool) -> Result<Arc<CoreJsonWebKeySet>, TokenError> {
         let mut last = self.last_fetch.lock().await;
         let min = Duration::from_secs(self.cfg.jwks_min_refresh_secs);
-        if let Some(t) = *last
-            && t.elapsed() < min
+        if let Some(f) = &*last
+            && f.at.elapsed() < min
         {
             // Someone else fetched while we waited, or it's too soon.
             if force && let Some(k) = self.cached() {
                 return Ok(k);
             }
-            if !force {
-                return Err(TokenError::UnknownKey {
-                    kid: String::new(),
-                    refreshed: false,
-                });
+            if force {
+                return Err(TokenError::Fetch(format!(
+                    "{} (fetched {} s ago; not again before {} s, jwks_min_refresh_secs)",
+                    f.error.as_deref().unwrap_or("no keys"),
+                    f.at.elapsed().as_secs(),
+                    min.as_secs()
+                )));
             }
+            return Err(TokenError::UnknownKey {
+                kid: String::new(),
+                refreshed: false,
+            });
         }
-        *last = Some(Instant::now());
-        let keys = Arc::new(self.fetch().await.map_err(TokenError::Fetch)?);
+        let fetched = self.fetch().await;
+        *last = Some(Fetched {
+            at: Instant::now(),
+            error: fetched.as_ref().err().cloned(),
+        });
+        let keys = Arc::new(fetched.map_err(TokenError::Fetch)?);
         tracing::info!(issuer = %self.cfg.issuer, keys = keys.keys().len(), "OIDC keys fetched");
         *self.keys.write().unwrap() = Some(keys.clone());
         Ok(keys)
