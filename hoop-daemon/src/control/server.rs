@@ -188,7 +188,7 @@ impl Server {
         }
         tracing::info!(
             job = %job.id, pid, uid, identity = %name, cgroup = %path.display(),
-            cgroup_id = cg.id, command = ?job.command, "job started"
+            cgroup_id = cg.id, command = ?crate::audit::entry::redact_args(&job.command), "job started"
         );
         let _ = self.watch_job.send(job);
         Ok(Response::Run {
