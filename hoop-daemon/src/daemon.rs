@@ -23,6 +23,21 @@ use crate::{
 
 pub async fn run(cfg: Config) -> Result<()> {
     let cfg = Arc::new(cfg);
+    // As the unit's StateDirectoryMode= and RuntimeDirectoryMode= make
+    // them, whatever this process's umask: the CA certificate and the
+    // control socket are for others to reach; what is private in them is
+    // 0600 on its own.
+    for dir in [&cfg.daemon.state_dir, &cfg.daemon.runtime_dir] {
+        if !dir.exists() {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
     let jobs = Arc::new(Jobs::new(cfg.daemon.runtime_dir.join("jobs")));
     let policy = Policy::compile(&cfg, None)?;
     let gw = Arc::new(Gateway::new(cfg.clone(), Arc::new(Enforce), policy)?);

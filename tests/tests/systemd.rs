@@ -125,10 +125,13 @@ fn the_units_capabilities_are_enough_for_the_whole_job() {
     let mut env = TestEnv::custom("caps", PROBE, "", "", "\"127.0.0.0/8\"", Some(&policy));
     let caps = unit_capabilities();
     let bounding = format!("-all,{caps}");
-    // The unit's PrivateMounts= and ProtectProc=invisible as systemd sets
-    // them up: a mount namespace of its own, with a /proc that hides other
-    // users' processes. The daemon must still read a job's /proc/PID/exe
-    // and the control client's /proc/PID/status (`hoop run` as nobody).
+    // The unit's PrivateMounts=, ProtectProc=invisible, ProcSubset=pid,
+    // ProtectKernelTunables= and UMask= as systemd sets them up: a mount
+    // namespace of its own, with a /proc that hides other users' processes
+    // and everything but processes, /sys read-only but for the cgroup and
+    // bpf mounts below it, and umask 0077. The daemon must still read a
+    // job's /proc/PID/exe, pin `hoop run`'s pid (ptrace) to move it, and
+    // make job cgroups the job can read.
     let wrapper = [
         "unshare",
         "--mount",
@@ -137,7 +140,8 @@ fn the_units_capabilities_are_enough_for_the_whole_job() {
         "--",
         "sh",
         "-c",
-        "mount -t proc -o hidepid=invisible proc /proc && exec \"$@\"",
+        "mount -t proc -o hidepid=invisible,subset=pid proc /proc && \
+         mount -o remount,bind,ro /sys && umask 0077 && exec \"$@\"",
         "sh",
         "setpriv",
         "--bounding-set",
@@ -152,10 +156,19 @@ fn the_units_capabilities_are_enough_for_the_whole_job() {
         let mounts =
             std::fs::read_to_string(format!("/proc/{}/mountinfo", env.daemon_pid())).unwrap();
         assert!(
+            mounts.lines().any(|l| l.contains(" /proc ")
+                && l.contains("hidepid=invisible")
+                && l.contains("subset=pid")),
+            "{mounts}"
+        );
+        assert!(
             mounts
                 .lines()
-                .any(|l| l.contains(" /proc ") && l.contains("hidepid=invisible")),
-            "{mounts}"
+                .any(|l| l.split_whitespace().nth(4) == Some("/sys")
+                    && l.split_whitespace()
+                        .nth(5)
+                        .is_some_and(|o| o.starts_with("ro"))),
+            "/sys is not read-only for the daemon: {mounts}"
         );
         let status = std::fs::read_to_string(format!("/proc/{}/status", env.daemon_pid())).unwrap();
         let eff = status

@@ -58,8 +58,15 @@ impl Cgroup {
         })
     }
 
+    /// Creates the cgroup, readable by all whatever the daemon's umask
+    /// (the unit's is 0077): a job reads its own limits and usage there.
     pub fn create(path: &Path) -> io::Result<Self> {
-        fs::create_dir_all(path)?;
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path)?;
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         Self::open(path)
     }
 
