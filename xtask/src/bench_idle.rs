@@ -34,12 +34,22 @@ impl Drop for Proc {
     }
 }
 
-/// `cmd` with a descriptor limit for `n` connections and then some.
-fn nofile(n: usize, cmd: &Path) -> Command {
+/// This process's hard descriptor limit (raising it needs
+/// CAP_SYS_RESOURCE, which a container may not grant).
+fn hard_nofile() -> Result<usize> {
+    std::fs::read_to_string("/proc/self/limits")?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .context("no open-file limit in /proc/self/limits")
+}
+
+/// `cmd` with its soft descriptor limit raised to the hard one.
+fn nofile(cmd: &Path) -> Result<Command> {
     let mut c = Command::new("prlimit");
-    let lim = (2 * n + 4096).to_string();
+    let lim = hard_nofile()?;
     c.arg(format!("--nofile={lim}:{lim}")).arg(cmd);
-    c
+    Ok(c)
 }
 
 fn listening(mut cmd: Command, what: &str) -> Result<(Proc, String)> {
@@ -72,7 +82,7 @@ struct Idlers(Proc, Option<ChildStdin>);
 
 impl Idlers {
     fn open(bin: &Path, n: usize, args: &[&str]) -> Result<Self> {
-        let mut c = nofile(n, bin);
+        let mut c = nofile(bin)?;
         c.args(["--n", &n.to_string()])
             .args(args)
             .stdin(Stdio::piped())
@@ -102,13 +112,14 @@ fn per_conn(
     pid: u32,
     n: usize,
     settle: Duration,
-    hold: impl Fn() -> Result<Idlers>,
+    hold: impl Fn(usize) -> Result<Idlers>,
 ) -> Result<(f64, u64, usize)> {
-    // Warm-up: configs, leaves, allocator arenas.
-    drop(hold()?);
+    // Warm-up, a few: configs, leaves, the session cache. Not N: memory
+    // freed after N would be reused and hide the cost.
+    drop(hold(100)?);
     thread::sleep(settle);
     let before = rss_kib(pid)?;
-    let held = hold()?;
+    let held = hold(n)?;
     thread::sleep(settle);
     let after = rss_kib(pid)?;
     let open = fds(pid)?;
@@ -137,9 +148,15 @@ pub fn run(o: &Opts) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let n = o.connections;
+    if hard_nofile()? < n + 1024 {
+        bail!(
+            "the open-file limit ({}) is too low for {n} connections",
+            hard_nofile()?
+        );
+    }
 
     let origin_ca = dir.join("origin-ca.pem");
-    let mut c = nofile(n, &rel.join("hoop-origin"));
+    let mut c = nofile(&rel.join("hoop-origin"))?;
     c.args(["--bind", "127.0.0.2:0", "--names", "127.0.0.2", "--ca-out"])
         .arg(&origin_ca);
     let (origin, target) = listening(c, "the origin")?;
@@ -176,7 +193,7 @@ pub fn run(o: &Opts) -> Result<()> {
         ),
     )?;
     step("starting hoop (release, explicit proxy only)");
-    let mut c = nofile(n, &rel.join("hoop"));
+    let mut c = nofile(&rel.join("hoop"))?;
     c.arg("--config")
         .arg(&config)
         .arg("daemon")
@@ -199,15 +216,15 @@ pub fn run(o: &Opts) -> Result<()> {
     let common = ["--target", target.as_str(), "--name", "127.0.0.2"];
 
     step(&format!("{n} idle connections straight to the origin"));
-    let direct = per_conn(origin.0.id(), n, Duration::from_secs(2), || {
-        Idlers::open(&idlers, n, &[&common[..], &["--ca", &origin_ca_s]].concat())
+    let direct = per_conn(origin.0.id(), n, Duration::from_secs(2), |k| {
+        Idlers::open(&idlers, k, &[&common[..], &["--ca", &origin_ca_s]].concat())
     })?;
     step(&format!("{n} idle connections through hoop (CONNECT)"));
     // Settle past upstream_idle_timeout_ms: the upstreams are let go.
-    let via = per_conn(hoop.0.id(), n, Duration::from_secs(3), || {
+    let via = per_conn(hoop.0.id(), n, Duration::from_secs(3), |k| {
         Idlers::open(
             &idlers,
-            n,
+            k,
             &[
                 &common[..],
                 &[

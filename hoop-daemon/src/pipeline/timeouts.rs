@@ -288,7 +288,7 @@ mod tests {
         let mut io = w.io(a);
         b.write_all(b"PING").await.unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 4);
         assert_eq!(w.expired(t(100), || {}).await, Expired::Idle);
     }
 
