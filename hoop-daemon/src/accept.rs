@@ -203,5 +203,12 @@ async fn serve(stream: TcpStream, flow: Flow, ctx: Arc<Ctx>) {
         proxy::serve(ctx.gw.clone(), ctx.jobs.clone(), stream, client).await;
         return;
     }
-    pipeline::serve_recorded(ctx.gw.clone(), &ctx.jobs, stream, flow).await;
+    // Over a cap: closed with a reset before a byte is read. Answering
+    // would mean a TLS handshake (a leaf, CPU) for a job already over its
+    // share; the reason is in the audit log and the daemon's log.
+    let Ok(live) = pipeline::admit(&ctx.gw, &ctx.jobs, &flow) else {
+        let _ = stream.set_zero_linger();
+        return;
+    };
+    pipeline::serve_recorded(ctx.gw.clone(), live, stream, flow).await;
 }

@@ -38,7 +38,10 @@ pub async fn run(cfg: Config) -> Result<()> {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         }
     }
-    let jobs = Arc::new(Jobs::new(cfg.daemon.runtime_dir.join("jobs")));
+    let jobs = Arc::new(
+        Jobs::new(cfg.daemon.runtime_dir.join("jobs"))
+            .with_limits(crate::jobs::ConnectionLimits::of(&cfg.limits)),
+    );
     let policy = Policy::compile(&cfg, None)?;
     let gw = Arc::new(Gateway::new(cfg.clone(), Arc::new(Enforce), policy)?);
     tracing::info!(
@@ -158,7 +161,7 @@ async fn start_capture(
 
 /// Re-reads the config file the daemon started with and swaps in its policy
 /// (identities, connections, secrets) whole. A broken file changes nothing.
-/// The other sections (listeners, capture, egress, TLS, audit, metrics,
+/// The other sections (listeners, limits, capture, egress, TLS, audit, metrics,
 /// approval notices) need a restart; changes there are named.
 pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
     let result = (|| {
@@ -171,6 +174,7 @@ pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
         let mut restart = Vec::new();
         for (name, changed) in [
             ("[daemon]", new.daemon != cfg.daemon),
+            ("[limits]", new.limits != cfg.limits),
             ("[capture]", new.capture != cfg.capture),
             ("[proxy]", new.proxy != cfg.proxy),
             ("[egress]", new.egress != cfg.egress),

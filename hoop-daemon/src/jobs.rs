@@ -57,11 +57,67 @@ impl LiveConnection {
     }
 }
 
+/// Who a connection counts against for `max_connections_per_job`: its
+/// `hoop run` job, else its cgroup (a static identity's unit), else the
+/// identity a proxy client proved, else its address.
+pub fn owner_of(f: &crate::flow::Flow) -> String {
+    if let Some(j) = f.job_id() {
+        format!("job {j}")
+    } else if f.cgroup_id != 0 {
+        format!("cgroup {}", f.cgroup_id)
+    } else if let Some(i) = &f.identity {
+        format!("identity {}", i.name)
+    } else {
+        format!("client {}", f.peer.ip())
+    }
+}
+
+/// Caps on live connections (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub per_job: usize,
+    pub total: usize,
+}
+
+impl ConnectionLimits {
+    pub fn of(l: &crate::config::LimitsConfig) -> Self {
+        Self {
+            per_job: l.max_connections_per_job,
+            total: l.max_connections,
+        }
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            per_job: usize::MAX,
+            total: usize::MAX,
+        }
+    }
+}
+
+/// A connection over a cap, refused before it was served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimitExceeded {
+    #[error("{owner} already holds {limit} connections (limits.max_connections_per_job)")]
+    PerJob { owner: String, limit: usize },
+    #[error("the daemon already serves {limit} connections (limits.max_connections)")]
+    Total { limit: usize },
+}
+
+#[derive(Default)]
+struct Live {
+    conns: HashMap<u64, LiveConnection>,
+    per_owner: HashMap<String, usize>,
+}
+
 #[derive(Default)]
 pub struct Jobs {
     dir: PathBuf,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
-    conns: Mutex<HashMap<u64, LiveConnection>>,
+    live: Mutex<Live>,
+    limits: ConnectionLimits,
     denied: Mutex<HashMap<u64, u64>>,
 }
 
@@ -72,6 +128,11 @@ impl Jobs {
             dir,
             ..Self::default()
         }
+    }
+
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn new_job_id() -> String {
@@ -165,18 +226,39 @@ impl Jobs {
             .unwrap_or(0)
     }
 
-    /// Registers a live connection; it is removed when the guard drops.
-    pub fn open_connection(self: &Arc<Self>, c: LiveConnection) -> ConnectionGuard {
+    /// Registers a live connection counted against `owner` (see
+    /// [`owner_of`]), unless that is over a cap; it is removed when the
+    /// guard drops.
+    pub fn open_connection(
+        self: &Arc<Self>,
+        c: LiveConnection,
+        owner: String,
+    ) -> Result<ConnectionGuard, LimitExceeded> {
         let id = c.id;
-        self.conns.lock().unwrap().insert(id, c);
-        ConnectionGuard {
+        let mut live = self.live.lock().unwrap();
+        if live.conns.len() >= self.limits.total {
+            return Err(LimitExceeded::Total {
+                limit: self.limits.total,
+            });
+        }
+        let n = live.per_owner.entry(owner.clone()).or_default();
+        if *n >= self.limits.per_job {
+            return Err(LimitExceeded::PerJob {
+                owner,
+                limit: self.limits.per_job,
+            });
+        }
+        *n += 1;
+        live.conns.insert(id, c);
+        Ok(ConnectionGuard {
             jobs: self.clone(),
             id,
-        }
+            owner,
+        })
     }
 
     pub fn connections(&self) -> Vec<LiveConnection> {
-        let mut v: Vec<_> = self.conns.lock().unwrap().values().cloned().collect();
+        let mut v: Vec<_> = self.live.lock().unwrap().conns.values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
     }
@@ -193,11 +275,21 @@ impl Jobs {
 pub struct ConnectionGuard {
     jobs: Arc<Jobs>,
     pub id: u64,
+    owner: String,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.jobs.conns.lock().unwrap().remove(&self.id);
+        let mut live = self.jobs.live.lock().unwrap();
+        live.conns.remove(&self.id);
+        // Owners with no connection left are forgotten: the map stays as
+        // small as what is live.
+        if let Some(n) = live.per_owner.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                live.per_owner.remove(&self.owner);
+            }
+        }
     }
 }
 
@@ -245,20 +337,43 @@ mod tests {
         assert_eq!(mode(), 0o600);
     }
 
-    #[test]
-    fn connection_guard_unregisters() {
-        let jobs = Arc::new(Jobs::default());
-        let g = jobs.open_connection(LiveConnection {
-            id: 7,
+    fn live(id: u64) -> LiveConnection {
+        LiveConnection {
+            id,
             job: None,
             pid: 1,
             cgroup_id: 2,
             exe: None,
             orig_dst: "127.0.0.2:80".into(),
             via: "transparent".into(),
-        });
+        }
+    }
+
+    #[test]
+    fn connection_guard_unregisters() {
+        let jobs = Arc::new(Jobs::default());
+        let g = jobs.open_connection(live(7), "job a".into()).unwrap();
         assert_eq!(jobs.connections().len(), 1);
         drop(g);
         assert!(jobs.connections().is_empty());
+        assert!(jobs.live.lock().unwrap().per_owner.is_empty());
+    }
+
+    #[test]
+    fn caps_count_per_owner_and_in_all_and_free_on_drop() {
+        let jobs = Arc::new(Jobs::default().with_limits(ConnectionLimits {
+            per_job: 2,
+            total: 3,
+        }));
+        let a1 = jobs.open_connection(live(1), "job a".into()).unwrap();
+        let _a2 = jobs.open_connection(live(2), "job a".into()).unwrap();
+        let e = jobs.open_connection(live(3), "job a".into()).err().unwrap();
+        assert!(matches!(e, LimitExceeded::PerJob { limit: 2, .. }), "{e}");
+        // Another job still gets through, up to the total.
+        let _b1 = jobs.open_connection(live(4), "job b".into()).unwrap();
+        let e = jobs.open_connection(live(5), "job c".into()).err().unwrap();
+        assert!(matches!(e, LimitExceeded::Total { limit: 3 }), "{e}");
+        drop(a1);
+        jobs.open_connection(live(6), "job a".into()).unwrap();
     }
 }

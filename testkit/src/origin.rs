@@ -69,6 +69,8 @@ pub struct Seen {
 struct State {
     hits: AtomicUsize,
     connections: AtomicUsize,
+    /// Connections open now.
+    open: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -114,6 +116,11 @@ impl Origin {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections open right now (accepted and not yet ended).
+    pub fn open_connections(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -145,8 +152,10 @@ async fn listen(opts: &OriginOpts, state: Arc<State>) -> SocketAddr {
                 };
                 let _ = s.set_nodelay(true);
                 state.connections.fetch_add(1, Ordering::SeqCst);
+                state.open.fetch_add(1, Ordering::SeqCst);
                 let (tls, state) = (tls.clone(), state.clone());
                 tokio::spawn(async move {
+                    let _open = Open(state.clone());
                     match tls {
                         Some(acc) => {
                             if let Ok(s) = acc.accept(s).await {
@@ -160,6 +169,15 @@ async fn listen(opts: &OriginOpts, state: Arc<State>) -> SocketAddr {
         });
     }
     addr
+}
+
+/// Counts a connection open until it ends.
+struct Open(Arc<State>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn serve<IO>(io: IO, state: Arc<State>, addr: SocketAddr)

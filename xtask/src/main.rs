@@ -10,6 +10,7 @@
 //! - `fuzz`: libFuzzer runs of the parsers (cargo-fuzz, nightly).
 //! - `bench`: hoop against the direct path and mitmproxy, into BENCHMARKS.md.
 mod bench;
+mod bench_idle;
 mod demo;
 mod ebpf;
 mod fuzz;
@@ -51,6 +52,8 @@ enum Cmd {
     },
     /// Benchmark hoop against the direct path and mitmproxy; writes BENCHMARKS.md (as root).
     Bench(bench::Opts),
+    /// Memory per idle job connection: N held through hoop vs straight to the origin (as root).
+    BenchIdle(bench_idle::Opts),
     /// Fuzz hoop's parsers with libFuzzer (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
@@ -77,6 +80,7 @@ fn main() {
         Cmd::Demo => demo::run(),
         Cmd::Install { root, bin } => install::run(&root, bin.as_deref()),
         Cmd::Bench(o) => bench::run(&o),
+        Cmd::BenchIdle(o) => bench_idle::run(&o),
         Cmd::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
     };
     if let Err(e) = r {

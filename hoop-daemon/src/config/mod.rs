@@ -41,6 +41,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    pub limits: LimitsConfig,
     pub capture: CaptureConfig,
     pub proxy: ProxyConfig,
     pub egress: EgressConfig,
@@ -70,6 +71,32 @@ pub struct DaemonConfig {
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
+}
+
+/// `[limits]`: how long job connections may dawdle and how many there
+/// may be, so that one job cannot starve the others.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub upstream_idle_timeout_ms: u64,
+    pub max_connections_per_job: usize,
+    pub max_connections: usize,
+}
+
+impl LimitsConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn upstream_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_idle_timeout_ms)
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
@@ -237,10 +264,35 @@ impl Config {
                 "daemon.handshake_timeout_ms",
                 self.daemon.handshake_timeout_ms,
             ),
+            (
+                "limits.header_read_timeout_ms",
+                self.limits.header_read_timeout_ms,
+            ),
+            ("limits.idle_timeout_ms", self.limits.idle_timeout_ms),
+            (
+                "limits.upstream_idle_timeout_ms",
+                self.limits.upstream_idle_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(bad(key, "must be at least 1"));
             }
+        }
+        let l = &self.limits;
+        if l.max_connections_per_job == 0 {
+            return Err(bad(
+                "limits.max_connections_per_job",
+                "must be at least 1 (0 would refuse every connection)",
+            ));
+        }
+        if l.max_connections < l.max_connections_per_job {
+            return Err(bad(
+                "limits.max_connections",
+                &format!(
+                    "must be at least limits.max_connections_per_job ({})",
+                    l.max_connections_per_job
+                ),
+            ));
         }
         if !self.metrics.listen.trim().is_empty() {
             match self.metrics.addr() {
@@ -479,6 +531,35 @@ mod tests {
             );
         }
         parse("[capture]\nlisten4 = \"127.0.0.3\"\n").unwrap();
+    }
+
+    #[test]
+    fn limits_refuse_nonsense() {
+        let c = Config::embedded();
+        assert_eq!(c.limits.max_connections_per_job, 256);
+        assert_eq!(c.limits.max_connections, 16384);
+        assert_eq!(c.limits.idle_timeout(), Duration::from_secs(60));
+        for (text, key) in [
+            (
+                "[limits]\nmax_connections_per_job = 0\n",
+                "limits.max_connections_per_job",
+            ),
+            ("[limits]\nmax_connections = 10\n", "limits.max_connections"),
+            ("[limits]\nidle_timeout_ms = 0\n", "limits.idle_timeout_ms"),
+            (
+                "[limits]\nheader_read_timeout_ms = 0\n",
+                "limits.header_read_timeout_ms",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("line 2"), "{text}: {e}");
+        }
+        let e = parse("[limits]\nmax_connections = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_connections"), "{e}");
+        let c = parse("[limits]\nmax_connections_per_job = 2\nmax_connections = 2\n").unwrap();
+        assert_eq!(c.limits.max_connections, 2);
     }
 
     #[test]

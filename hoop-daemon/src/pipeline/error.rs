@@ -43,6 +43,9 @@ pub enum PipelineError {
     /// refusal, but still on record.
     #[error("the job closed the connection: {detail}")]
     JobClosed { detail: String },
+    /// A request head that took longer than `limits.header_read_timeout_ms`.
+    #[error("the job did not finish a request head within {ms} ms")]
+    HeaderTimeout { ms: u64 },
     #[error("cannot resolve {host}: {detail}")]
     Resolve { host: String, detail: String },
     // Policy.
@@ -73,6 +76,9 @@ pub enum PipelineError {
         message: String,
     },
     // Ours.
+    /// Over `limits.max_connections_per_job` or `limits.max_connections`.
+    #[error("connection refused: {0}")]
+    ConnectionLimit(crate::jobs::LimitExceeded),
     #[error("{0}; the request was not forwarded")]
     AuditUnavailable(crate::audit::AuditError),
     #[error("internal error: {detail}")]
@@ -104,7 +110,8 @@ impl PipelineError {
             Self::Uninspectable { .. } => StatusCode::BAD_GATEWAY,
             Self::EgressDenied { .. } => StatusCode::FORBIDDEN,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AuditUnavailable(_) | Self::ConnectionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HeaderTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -133,6 +140,8 @@ impl PipelineError {
             Self::EgressDenied { .. } => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
             Self::AuditUnavailable(_) => "audit-unavailable",
+            Self::ConnectionLimit(_) => "connection-limit",
+            Self::HeaderTimeout { .. } => "header-read-timeout",
         }
     }
 
@@ -263,6 +272,11 @@ mod tests {
                 },
                 403,
                 "policy-denied",
+            ),
+            (
+                PipelineError::ConnectionLimit(crate::jobs::LimitExceeded::Total { limit: 1 }),
+                503,
+                "connection-limit",
             ),
             (
                 PipelineError::UpgradeRefused {

@@ -15,6 +15,7 @@ use super::{
     headers::strip_hop_by_hop,
     phases::{Decision, RequestView, ResponsePlan},
     record::{Exchange, response_headers, wants_json},
+    timeouts::{Expired, Timeouts, Watch},
     upgrade,
     upstream::UpstreamConn,
     websocket,
@@ -86,6 +87,7 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let t = Timeouts::of(&gw.cfg);
     let conn = Arc::new(Conn {
         gw,
         flow,
@@ -93,22 +95,61 @@ where
         tls,
         broken,
     });
-    let svc = service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(conn, req).await) }
-    });
-    let r = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(io), svc)
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .preserve_header_case(false)
-            .serve_connection(TokioIo::new(super::linger::Linger::new(io)), svc)
-            .with_upgrades()
-            .await
+    let watch = Watch::new(!h2);
+    let svc = {
+        let (conn, watch) = (conn.clone(), watch.clone());
+        service_fn(move |req| {
+            let conn = conn.clone();
+            // In flight from its head to the end of its response body.
+            let active = watch.enter();
+            async move {
+                let resp = handle(conn, req).await;
+                Ok::<_, Infallible>(resp.map(|b| active.hold(b)))
+            }
+        })
     };
-    r.map_err(|e| job_side(&e))
+    let release = || conn.up.release();
+    // hyper serves; the watch ends it when a time limit passes. An idle
+    // connection is asked to close (HTTP/2: GOAWAY) and given a moment.
+    macro_rules! watched {
+        ($c:expr) => {{
+            let c = $c;
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => Ok(r),
+                e = watch.expired(t, release) => match e {
+                    Expired::Idle => {
+                        c.as_mut().graceful_shutdown();
+                        tokio::time::timeout(super::timeouts::GRACE, c)
+                            .await
+                            .map_err(|_| Expired::Idle)
+                    }
+                    e => Err(e),
+                },
+            }
+        }};
+    }
+    let r = if h2 {
+        watched!(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(watch.io(io)), svc)
+        )
+    } else {
+        watched!(
+            hyper::server::conn::http1::Builder::new()
+                .preserve_header_case(false)
+                .serve_connection(TokioIo::new(super::linger::Linger::new(watch.io(io))), svc,)
+                .with_upgrades()
+        )
+    };
+    match r {
+        Ok(r) => r.map_err(|e| job_side(&e)),
+        Err(Expired::Head) => Err(PipelineError::HeaderTimeout {
+            ms: t.header_read.as_millis() as u64,
+        }),
+        // Idle, and asked to close: not a refusal.
+        Err(Expired::Idle) => Ok(()),
+    }
 }
 
 /// A job-side HTTP failure, with hyper's whole chain of causes. The job

@@ -12,6 +12,7 @@ mod linger;
 pub mod phases;
 mod record;
 mod rewind;
+pub mod timeouts;
 pub mod upgrade;
 pub mod upstream;
 pub mod websocket;
@@ -57,6 +58,9 @@ pub struct Gateway {
     /// Identities, connections and credentials; swapped whole on reload.
     policy: arc_swap::ArcSwap<Policy>,
     limits: Limits,
+    /// What upstreams negotiated lately, so most job handshakes need no
+    /// upstream connection.
+    negotiated: upstream::Negotiations,
     /// Server configs by the ALPN protocol mirrored from the upstream.
     server_h2: Arc<ServerConfig>,
     server_h1: Arc<ServerConfig>,
@@ -112,6 +116,7 @@ impl Gateway {
         };
         Ok(Self {
             limits,
+            negotiated: upstream::Negotiations::new(),
             server_h2: server(&[tls::H2])?,
             server_h1: server(&[tls::HTTP11])?,
             server_none: server(&[])?,
@@ -190,19 +195,40 @@ impl Gateway {
 /// live for `hoop status` while it runs; one that ends before or instead of
 /// a request (raw TCP, a broken handshake, the job hanging up) is logged
 /// and written to the audit log, with who ended it.
+/// `live` is what [`admit`] gave it, and is held to the end.
 pub async fn serve_recorded<IO>(
     gw: Arc<Gateway>,
-    jobs: &Arc<crate::jobs::Jobs>,
+    live: crate::jobs::ConnectionGuard,
     io: IO,
     flow: Arc<Flow>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _live = jobs.open_connection(crate::jobs::LiveConnection::of(&flow));
+    let _live = live;
     if let Err(e) = serve(gw.clone(), io, flow.clone()).await {
         let by = e.log_connection_end(flow.id);
         record_refusal(&gw, &flow, Some(flow.orig_dst), &e, by);
     }
+}
+
+/// Counts a job connection against `[limits]` before it is served. One over
+/// a cap is refused, logged and on record (reason `connection-limit`); the
+/// caller closes it or answers. Other jobs' connections are not affected.
+pub fn admit(
+    gw: &Gateway,
+    jobs: &Arc<crate::jobs::Jobs>,
+    flow: &Flow,
+) -> Result<crate::jobs::ConnectionGuard, PipelineError> {
+    jobs.open_connection(
+        crate::jobs::LiveConnection::of(flow),
+        crate::jobs::owner_of(flow),
+    )
+    .map_err(|e| {
+        let e = PipelineError::ConnectionLimit(e);
+        let by = e.log_connection_end(flow.id);
+        record_refusal(gw, flow, Some(flow.orig_dst), &e, by);
+        e
+    })
 }
 
 /// A connection refused (or ended) before any request: on record.
@@ -329,9 +355,19 @@ where
         config: trust.config_for(&alpn),
     };
     let up = UpstreamConn::new(flow.orig_dst, Some(target), gw.limits());
-    // Upstream first: the job gets the protocol the upstream chose.
+    // Upstream first: the job gets the protocol the upstream chose, as it
+    // chose it lately for this offer (no upstream connection until a
+    // request needs one), else as it chooses now. The dial at the first
+    // request verifies the upstream's certificate either way.
+    let seen = (flow.orig_dst, tls_name.clone(), alpn.clone());
     let pre = match &route {
-        Ok(_) => up.predial().await,
+        Ok(_) => match gw.negotiated.get(&seen) {
+            Some(n) => Ok(n),
+            None => up
+                .predial()
+                .await
+                .inspect(|n| gw.negotiated.insert(seen, *n)),
+        },
         Err(e) => Err(e.clone()),
     };
     let offered = |p: &[u8]| alpn.iter().any(|a| a == p);

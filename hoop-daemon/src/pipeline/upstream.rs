@@ -1,7 +1,9 @@
 //! The upstream side of one job connection: dialled to the original
 //! destination (never re-resolved), TLS verified against the name the job
-//! asked for, HTTP/1.1 or HTTP/2 as the upstream chose. An idle connection is
-//! kept for the job connection's next request and re-dialled when it closes.
+//! asked for, HTTP/1.1 or HTTP/2 as the upstream chose. Dialled when a
+//! request needs it (or at the job's handshake, to learn the upstream's
+//! protocol); kept for the job connection's next request until it closes
+//! or the job connection is idle for `limits.upstream_idle_timeout_ms`.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -51,6 +53,39 @@ pub enum Negotiated {
     H2,
 }
 
+/// What an upstream negotiated for a job's ALPN offer, by destination, TLS
+/// name and offer; kept a while and bounded. An upstream that changed its
+/// mind meanwhile still works: requests are translated between HTTP/1.1
+/// and HTTP/2 whichever side speaks which.
+pub struct Negotiations(moka::sync::Cache<NegotiationKey, Negotiated>);
+
+type NegotiationKey = (SocketAddr, String, Vec<Vec<u8>>);
+
+impl Negotiations {
+    pub fn new() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        )
+    }
+
+    pub fn get(&self, k: &NegotiationKey) -> Option<Negotiated> {
+        self.0.get(k)
+    }
+
+    pub fn insert(&self, k: NegotiationKey, n: Negotiated) {
+        self.0.insert(k, n)
+    }
+}
+
+impl Default for Negotiations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub struct UpstreamConn {
     pub dst: SocketAddr,
     pub tls: Option<TlsTarget>,
@@ -78,6 +113,12 @@ impl UpstreamConn {
         let (sender, negotiated) = self.dial().await?;
         *self.idle.lock().unwrap() = Some(sender);
         Ok(negotiated)
+    }
+
+    /// Lets the kept upstream connection go (the job connection is idle);
+    /// the next request dials anew.
+    pub fn release(&self) {
+        self.idle.lock().unwrap().take();
     }
 
     async fn dial(&self) -> Result<(Sender, Negotiated), PipelineError> {

@@ -21,7 +21,12 @@ use crate::{
     flow::{Flow, Via},
     identity::Identity,
     jobs::Jobs,
-    pipeline::{self, Gateway, PipelineError, Rewind, body::Body, error::respond},
+    pipeline::{
+        self, Gateway, PipelineError, Rewind,
+        body::Body,
+        error::respond,
+        timeouts::{Expired, GRACE, Timeouts, Watch},
+    },
 };
 use socks5::{Socks5Error, Target};
 
@@ -87,6 +92,7 @@ where
         return;
     };
     let io = Rewind::new(bytes::Bytes::copy_from_slice(&first), io);
+    let client_peer = client.peer;
     if first[0] == socks5::VERSION {
         if let Err(e) = serve_socks5(gw.clone(), jobs, io, client.clone()).await {
             tracing::warn!(peer = %client.peer, error = %e, "SOCKS5 client refused");
@@ -100,14 +106,37 @@ where
         }
         return;
     }
-    let svc = service_fn(move |req| {
-        let (gw, jobs, client) = (gw.clone(), jobs.clone(), client.clone());
-        async move { Ok::<_, Infallible>(http_proxy(gw, jobs, client, req).await) }
-    });
-    let r = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades()
-        .await;
+    // The proxy's own requests (CONNECT, absolute-URI) get the same head
+    // and idle limits as the job connections behind them.
+    let t = Timeouts::of(&gw.cfg);
+    let watch = Watch::new(true);
+    let svc = {
+        let watch = watch.clone();
+        service_fn(move |req| {
+            let (gw, jobs, client) = (gw.clone(), jobs.clone(), client.clone());
+            let active = watch.enter();
+            async move {
+                let resp = http_proxy(gw, jobs, client, req).await;
+                Ok::<_, Infallible>(resp.map(|b| active.hold(b)))
+            }
+        })
+    };
+    let c = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(watch.io(io)), svc)
+        .with_upgrades();
+    tokio::pin!(c);
+    let r = tokio::select! {
+        r = c.as_mut() => r,
+        e = watch.expired(t, || {}) => {
+            if e == Expired::Idle {
+                c.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(GRACE, c).await;
+            } else {
+                tracing::info!(peer = %client_peer, "proxy client sent no whole request head in time; closed");
+            }
+            return;
+        }
+    };
     if let Err(e) = r {
         tracing::debug!(error = %e, "proxy client connection ended");
     }
@@ -210,17 +239,16 @@ fn host_name(host: &str) -> Option<String> {
     bare.parse::<IpAddr>().is_err().then(|| bare.to_string())
 }
 
-async fn run_flow<IO>(gw: Arc<Gateway>, jobs: Arc<Jobs>, io: IO, flow: Flow)
+async fn run_flow<IO>(gw: Arc<Gateway>, live: crate::jobs::ConnectionGuard, io: IO, flow: Arc<Flow>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let flow = Arc::new(flow);
     tracing::info!(
         flow = flow.id, via = flow.via.as_str(), orig_dst = %flow.orig_dst,
         host = flow.target_host.as_deref().unwrap_or("-"), peer = %flow.peer,
         identity = flow.identity_name(), "connection"
     );
-    pipeline::serve_recorded(gw, &jobs, io, flow).await;
+    pipeline::serve_recorded(gw, live, io, flow).await;
 }
 
 /// A proxy client refused before it had a tunnel (no or a bad token, a
@@ -284,11 +312,22 @@ async fn http_proxy(
         if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
             return refused(Some(dst), PipelineError::EgressDenied { dst });
         }
-        let flow = new_flow(Via::Connect, dst, host_name(auth.host()), &client, identity);
+        let flow = Arc::new(new_flow(
+            Via::Connect,
+            dst,
+            host_name(auth.host()),
+            &client,
+            identity,
+        ));
+        // Over a cap: a 503 (connection-limit) instead of a tunnel.
+        let live = match pipeline::admit(&gw, &jobs, &flow) {
+            Ok(l) => l,
+            Err(e) => return respond(&e),
+        };
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             match upgrade.await {
-                Ok(up) => run_flow(gw, jobs, TokioIo::new(up), flow).await,
+                Ok(up) => run_flow(gw, live, TokioIo::new(up), flow).await,
                 Err(e) => tracing::debug!(error = %e, "CONNECT tunnel never opened"),
             }
         });
@@ -323,7 +362,10 @@ async fn http_proxy(
         &client,
         identity,
     ));
-    let _guard = jobs.open_connection(crate::jobs::LiveConnection::of(&flow));
+    let _live = match pipeline::admit(&gw, &jobs, &flow) {
+        Ok(l) => l,
+        Err(e) => return respond(&e),
+    };
     pipeline::forward_plain(gw, flow, req).await
 }
 
@@ -396,10 +438,15 @@ where
         io.write_all(&socks5::reply(0x02)).await?;
         return Err(PipelineError::EgressDenied { dst }.into());
     }
+    let flow = Arc::new(new_flow(Via::Socks5, dst, host, &client, identity));
+    let Ok(live) = pipeline::admit(&gw, &jobs, &flow) else {
+        // Over a cap, already on record: "general failure".
+        io.write_all(&socks5::reply(0x01)).await?;
+        return Ok(());
+    };
     io.write_all(&socks5::reply(0)).await?;
-    let flow = new_flow(Via::Socks5, dst, host, &client, identity);
     // Bytes the client pipelined after the request belong to the tunnel.
-    run_flow(gw, jobs, Rewind::new(buf.into(), io), flow).await;
+    run_flow(gw, live, Rewind::new(buf.into(), io), flow).await;
     Ok(())
 }
 

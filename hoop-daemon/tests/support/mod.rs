@@ -12,7 +12,7 @@ use tokio::{
 
 use hoop::{
     config::Config,
-    jobs::Jobs,
+    jobs::{ConnectionLimits, Jobs},
     pipeline::Gateway,
     policy::{Policy, phases::Enforce},
     proxy,
@@ -38,7 +38,9 @@ pub async fn env(response_timeout_ms: u64) -> Env {
     env_with(response_timeout_ms, "").await
 }
 
-/// `policy` (TOML) replaces the default: every host for every identity.
+/// `policy` (TOML) replaces the default: every host for every identity. It
+/// is appended to the config, so it may also carry tables such as
+/// `[limits]`.
 pub async fn env_with(response_timeout_ms: u64, policy: &str) -> Env {
     env_full(response_timeout_ms, policy, Alg::Es256).await
 }
@@ -71,14 +73,11 @@ pub async fn env_full(response_timeout_ms: u64, policy: &str, alg: Alg) -> Env {
     );
     let cfg = Config::parse(&text, &dir.path().join("hoop.toml")).unwrap();
     let policy = Policy::compile(&cfg, None).unwrap();
+    let jobs = Jobs::new(dir.path().join("jobs")).with_limits(ConnectionLimits::of(&cfg.limits));
     let gw = Arc::new(Gateway::new(Arc::new(cfg), Arc::new(Enforce), policy).unwrap());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
-    proxy::spawn(
-        vec![l],
-        gw.clone(),
-        Arc::new(Jobs::new(dir.path().join("jobs"))),
-    );
+    proxy::spawn(vec![l], gw.clone(), Arc::new(jobs));
     let hoop_ca = dir.path().join("state/ca.pem");
     let token = issuer.token("proxy-client");
     Env {
