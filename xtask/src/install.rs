@@ -36,8 +36,43 @@ fn files(bin: &Path) -> Vec<(PathBuf, &'static str, u32)> {
             "usr/lib/sysusers.d/hoop.conf",
             0o644,
         ),
-        // The units' Documentation= points here.
+        // The units' Documentation= points here; README links into docs/.
         (r.join("README.md"), "usr/share/doc/hoop/README.md", 0o644),
+        (
+            r.join("docs/architecture.md"),
+            "usr/share/doc/hoop/docs/architecture.md",
+            0o644,
+        ),
+        (
+            r.join("docs/threat-model.md"),
+            "usr/share/doc/hoop/docs/threat-model.md",
+            0o644,
+        ),
+        (
+            r.join("docs/configuration.md"),
+            "usr/share/doc/hoop/docs/configuration.md",
+            0o644,
+        ),
+        (
+            r.join("docs/policy.md"),
+            "usr/share/doc/hoop/docs/policy.md",
+            0o644,
+        ),
+        (
+            r.join("docs/http.md"),
+            "usr/share/doc/hoop/docs/http.md",
+            0o644,
+        ),
+        (
+            r.join("docs/audit.md"),
+            "usr/share/doc/hoop/docs/audit.md",
+            0o644,
+        ),
+        (
+            r.join("docs/operations.md"),
+            "usr/share/doc/hoop/docs/operations.md",
+            0o644,
+        ),
     ]
 }
 
