@@ -100,7 +100,7 @@ impl Ctx {
             return Some(Arc::new(j.identity.clone()));
         }
         let path = self.cgroup_paths.get_with(cgroup_id, || {
-            crate::capture::cgroup::find_by_id(&self.capture.root.path, cgroup_id).map(Arc::new)
+            crate::cgroup::find_by_id(&self.capture.root.path, cgroup_id).map(Arc::new)
         })?;
         let rel = relative(&self.cgroup_mount, &path)?;
         self.gw.policy().static_identity(&rel).map(Arc::new)

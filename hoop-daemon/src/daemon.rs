@@ -94,6 +94,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         control_gid,
         gw: gw.clone(),
         cgroup_mount,
+        reload: {
+            let (cfg, gw) = (cfg.clone(), gw.clone());
+            Box::new(move || reload(&cfg, &gw))
+        },
     });
     server.spawn(listener);
     tracing::info!(
@@ -145,8 +149,8 @@ async fn start_capture(
     jobs: &Arc<Jobs>,
     audit: &Audit,
 ) -> Result<(Arc<Capture>, accept::Listeners, PathBuf)> {
-    let mount = capture::cgroup::discover_mount()?;
-    let root = capture::cgroup::ensure_root(&mount, &cfg.capture.cgroup)?;
+    let mount = crate::cgroup::discover_mount()?;
+    let root = crate::cgroup::ensure_root(&mount, &cfg.capture.cgroup)?;
     tracing::info!(mount = %mount.display(), root = %root.path.display(), cgroup_id = root.id, "cgroup2");
     // Listen before attaching: once the redirect is in place, someone answers.
     let listeners = accept::Listeners::bind(cfg).await?;

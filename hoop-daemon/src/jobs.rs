@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{Cgroup, DenyReport};
+use crate::cgroup::Cgroup;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Job {
@@ -213,8 +213,8 @@ impl Jobs {
         v
     }
 
-    pub fn count_denied(&self, r: DenyReport) {
-        *self.denied.lock().unwrap().entry(r.cgroup_id).or_default() += 1;
+    pub fn count_denied(&self, cgroup_id: u64) {
+        *self.denied.lock().unwrap().entry(cgroup_id).or_default() += 1;
     }
 
     pub fn denied_count(&self, cgroup_id: u64) -> u64 {

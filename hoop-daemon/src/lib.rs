@@ -10,6 +10,7 @@ pub mod accept;
 pub mod approval;
 pub mod audit;
 pub mod capture;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod control;

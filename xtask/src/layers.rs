@@ -14,9 +14,9 @@ use crate::sh::root_dir;
 
 /// Bottom to top. Keep in step with docs/architecture.md.
 pub const LAYERS: &[(&str, &[&str])] = &[
-    ("platform", &["sys", "users", "logging"]),
-    ("schema", &["config", "flow", "tls", "outbound"]),
-    ("domain", &["identity", "jobs", "policy", "egress"]),
+    ("platform", &["sys", "cgroup", "users", "logging"]),
+    ("schema", &["config", "tls", "outbound"]),
+    ("domain", &["identity", "jobs", "flow", "policy", "egress"]),
     ("services", &["audit", "approval"]),
     ("data path", &["pipeline", "capture"]),
     ("edges", &["accept", "proxy", "control", "metrics"]),

@@ -22,40 +22,9 @@ use std::{
 };
 
 use ring::signature::Ed25519KeyPair;
-use serde::Deserialize;
 
+pub use crate::config::audit::{AuditConfig, Sync};
 pub use entry::Entry;
-pub use store::Sync;
-
-/// `[audit]` in the config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Off: nothing is recorded (benchmarks, hosts that must not keep
-    /// records). On is the default.
-    pub enabled: bool,
-    /// `full` (fsync per group commit) or `normal`.
-    pub sync: Sync,
-    /// How often the head's signature is kept as a checkpoint and its hash
-    /// logged (also at stop). Every commit signs its head regardless.
-    pub checkpoint_every: String,
-    /// Records older than this are pruned ("30d"); empty keeps everything.
-    pub retain: String,
-    /// Cap on the database's size in bytes (0: none). When it is full,
-    /// requests fail closed (503) until retention or an operator frees room.
-    pub max_db_bytes: u64,
-}
-
-impl AuditConfig {
-    pub fn checkpoint_interval(&self) -> Duration {
-        crate::approval::parse_duration(&self.checkpoint_every).unwrap_or(Duration::from_secs(60))
-    }
-    pub fn retention(&self) -> Option<Duration> {
-        (!self.retain.trim().is_empty())
-            .then(|| crate::approval::parse_duration(&self.retain).ok())
-            .flatten()
-    }
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {

@@ -46,16 +46,7 @@ fn err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     }
 }
 
-/// How hard a commit waits for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sync {
-    /// fsync at every (group) commit: survives power loss.
-    Full,
-    /// The WAL is written at commit and synced at checkpoints: survives the
-    /// daemon being killed, not the machine losing power.
-    Normal,
-}
+pub use crate::config::audit::Sync;
 
 /// Opens (creating and migrating) the database for the writer.
 pub fn open_writer(path: &Path, sync: Sync, max_bytes: Option<u64>) -> Result<Connection> {

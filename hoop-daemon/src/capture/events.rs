@@ -91,7 +91,7 @@ pub fn spawn_event_reader(
                         by: "kernel".into(),
                     },
                 ));
-                jobs.count_denied(r);
+                jobs.count_denied(r.cgroup_id);
             }
             guard.clear_ready();
         }

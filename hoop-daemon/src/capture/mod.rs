@@ -3,7 +3,6 @@
 //! so that jobs stay refused (never free) while the daemon is down. A
 //! restarted daemon swaps its programs into the existing links instead of
 //! attaching again.
-pub mod cgroup;
 mod events;
 
 use std::{
@@ -22,7 +21,7 @@ use aya::{
 use hoop_common::{LocalKey, Origin, maps, progs};
 use serde::{Deserialize, Serialize};
 
-pub use cgroup::Cgroup;
+pub use crate::cgroup::Cgroup;
 pub use events::{DenyReport, spawn_event_reader};
 
 use crate::{config::Config, sys};

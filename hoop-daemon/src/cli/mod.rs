@@ -309,7 +309,7 @@ fn approvals(cfg: &Config, a: ApprovalsCmd) -> Result<ExitCode> {
         ApprovalsCmd::Approve { id, for_ } => Request::ApprovalsApprove {
             id,
             for_secs: for_
-                .map(|d| crate::approval::parse_duration(&d).map(|d| d.as_secs()))
+                .map(|d| crate::config::parse_duration(&d).map(|d| d.as_secs()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
         },
@@ -354,7 +354,7 @@ fn detach(cfg: &Config) -> Result<ExitCode> {
     for p in &removed {
         println!("removed {}", p.display());
     }
-    if let Ok(mount) = crate::capture::cgroup::discover_mount() {
+    if let Ok(mount) = crate::cgroup::discover_mount() {
         let root = mount.join(&cfg.capture.cgroup);
         remove_empty_cgroups(&root);
     }

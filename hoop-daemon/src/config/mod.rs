@@ -1,7 +1,11 @@
 //! Configuration: embedded defaults, optionally overridden by a TOML file.
 //! Unknown keys are errors, and every error names the file, line and key.
+pub mod audit;
+mod duration;
 mod locate;
 pub mod policy;
+
+pub use duration::parse_duration;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -52,7 +56,7 @@ pub struct Config {
     pub connections: Vec<policy::ConnectionConfig>,
     #[serde(default)]
     pub approvals: policy::ApprovalsConfig,
-    pub audit: crate::audit::AuditConfig,
+    pub audit: audit::AuditConfig,
     pub metrics: MetricsConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
@@ -318,7 +322,7 @@ impl Config {
             if key == "audit.retain" && v.trim().is_empty() {
                 continue;
             }
-            match crate::approval::parse_duration(v) {
+            match crate::config::parse_duration(v) {
                 Ok(d) if d.is_zero() => return Err(bad(key, "must be longer than 0")),
                 Ok(_) => {}
                 Err(e) => return Err(bad(key, &e)),

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use anyhow::{Result, bail};
 use nix::{sys::ptrace, unistd::Pid};
 
-use crate::capture::Cgroup;
+use crate::cgroup::Cgroup;
 
 pub struct Peer {
     pub uid: u32,

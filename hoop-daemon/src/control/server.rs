@@ -31,7 +31,12 @@ pub struct Server {
     pub control_gid: Option<u32>,
     pub gw: Arc<Gateway>,
     pub cgroup_mount: PathBuf,
+    /// Re-reads the config and swaps its policy in (the daemon's own
+    /// reload, also behind SIGHUP).
+    pub reload: Reload,
 }
+
+pub type Reload = Box<dyn Fn() -> Result<String, crate::config::ConfigError> + Send + Sync>;
 
 impl Server {
     /// Binds the socket, refusing to steal it from a running daemon.
@@ -108,7 +113,7 @@ impl Server {
         let result = match req {
             Request::Run { token, command } => self.run(token, command, peer).await,
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
-            Request::Reload => crate::daemon::reload(&self.cfg, &self.gw)
+            Request::Reload => (self.reload)()
                 .map(|message| Response::Reloaded { message })
                 .map_err(anyhow::Error::from),
             Request::ApprovalsList => self

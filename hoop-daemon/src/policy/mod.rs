@@ -206,7 +206,7 @@ impl Policy {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let timeout = match &a.timeout {
-                    Some(t) => crate::approval::parse_duration(t)
+                    Some(t) => crate::config::parse_duration(t)
                         .map_err(|e| cfg.invalid(&key("timeout"), e))?,
                     None => std::time::Duration::from_secs(600),
                 };

@@ -1,0 +1,45 @@
+//! `[audit]`: the shape the audit service is started from.
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    /// fsync at every (group) commit: survives power loss.
+    Full,
+    /// The WAL is written at commit and synced at checkpoints: survives the
+    /// daemon being killed, not the machine losing power.
+    Normal,
+}
+
+/// `[audit]` in the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Off: nothing is recorded (benchmarks, hosts that must not keep
+    /// records). On is the default.
+    pub enabled: bool,
+    /// `full` (fsync per group commit) or `normal`.
+    pub sync: Sync,
+    /// How often the head's signature is kept as a checkpoint and its hash
+    /// logged (also at stop). Every commit signs its head regardless.
+    pub checkpoint_every: String,
+    /// Records older than this are pruned ("30d"); empty keeps everything.
+    pub retain: String,
+    /// Cap on the database's size in bytes (0: none). When it is full,
+    /// requests fail closed (503) until retention or an operator frees room.
+    pub max_db_bytes: u64,
+}
+
+impl AuditConfig {
+    pub fn checkpoint_interval(&self) -> Duration {
+        super::parse_duration(&self.checkpoint_every).unwrap_or(Duration::from_secs(60))
+    }
+    pub fn retention(&self) -> Option<Duration> {
+        (!self.retain.trim().is_empty())
+            .then(|| super::parse_duration(&self.retain).ok())
+            .flatten()
+    }
+}
