@@ -22,7 +22,7 @@ fn a_job_over_its_cap_is_reset_and_another_job_gets_through() {
         p = probe,
         a = addr
     );
-    let mut a = env
+    let a = env
         .hoop()
         .args(["run", "--user", "nobody", "--", "sh", "-c", &script])
         .stdout(std::process::Stdio::piped())
