@@ -53,7 +53,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(ca = %gw.ca.cert_path.display(), spki_sha256 = %gw.ca.spki_sha256_base64(), "local CA");
     let proxies = proxy::bind(&cfg.proxy.listen).await?;
     if let Some(addr) = cfg.metrics.addr() {
-        crate::metrics::serve(addr, gw.clone()).await?;
+        crate::control::metrics::serve(addr, gw.clone()).await?;
     }
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();

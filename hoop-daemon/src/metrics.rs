@@ -1,22 +1,12 @@
-//! Prometheus metrics, served as text on a loopback address when
-//! `[metrics] listen` is set: connections, requests by outcome, masking,
-//! upstream errors, approvals pending and the audit writer's state.
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
-};
-
-use http::{Response, StatusCode, header};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+//! Prometheus metrics: connections, requests by outcome, masking, upstream
+//! errors, approvals pending and the audit writer's state. The data path
+//! counts here; `control::metrics` serves them.
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How a request ended, in the order `hoop status` lists them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,9 +63,9 @@ struct RuleLabel {
 /// label; these are their sums, kept as they happen).
 #[derive(Default)]
 pub struct Totals {
-    requests: [AtomicU64; Outcome::ALL.len()],
-    upstream_errors: AtomicU64,
-    masked: AtomicU64,
+    pub requests: [AtomicU64; Outcome::ALL.len()],
+    pub upstream_errors: AtomicU64,
+    pub masked: AtomicU64,
 }
 
 pub struct Metrics {
@@ -89,7 +79,7 @@ pub struct Metrics {
     audit_last_commit_us: Gauge,
     audit_records: Gauge,
     audit_failures: Gauge,
-    totals: Totals,
+    pub totals: Totals,
 }
 
 impl Default for Metrics {
@@ -174,8 +164,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn masked(&self, counts: &crate::policy::mask::Counts) {
-        for (rule, n) in &counts.0 {
+    /// Values masked, by rule.
+    pub fn masked<'a>(&self, by_rule: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+        for (rule, n) in by_rule {
             self.totals.masked.fetch_add(*n, Relaxed);
             self.masked
                 .get_or_create(&RuleLabel { rule: rule.clone() })
@@ -183,80 +174,25 @@ impl Metrics {
         }
     }
 
-    /// The totals `hoop status` shows.
-    pub fn traffic(&self, gw: &crate::pipeline::Gateway) -> crate::control::Traffic {
-        let t = &self.totals;
-        crate::control::Traffic {
-            connections: self.connections.get(),
-            requests: Outcome::ALL
-                .iter()
-                .zip(&t.requests)
-                .map(|(o, n)| (o.as_str().to_string(), n.load(Relaxed)))
-                .collect(),
-            upstream_errors: t.upstream_errors.load(Relaxed),
-            masked: t.masked.load(Relaxed),
-            approvals_pending: pending(gw),
-        }
-    }
-
-    /// The text exposition, with the gauges read now.
-    pub fn render(&self, gw: &crate::pipeline::Gateway) -> String {
-        self.approvals_pending.set(pending(gw) as i64);
-        let st = &gw.audit.stats;
-        self.audit_queue.set(st.queued.load(Relaxed) as i64);
-        self.audit_last_commit_us
-            .set(st.last_commit_us.load(Relaxed) as i64);
-        self.audit_records.set(st.records.load(Relaxed) as i64);
-        self.audit_failures.set(st.failures.load(Relaxed) as i64);
+    /// The text exposition, with the gauges as read now by the caller.
+    pub fn render(&self, g: &Gauges) -> String {
+        self.approvals_pending.set(g.approvals_pending as i64);
+        self.audit_queue.set(g.audit_queue as i64);
+        self.audit_last_commit_us.set(g.audit_last_commit_us as i64);
+        self.audit_records.set(g.audit_records as i64);
+        self.audit_failures.set(g.audit_failures as i64);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("metrics encode into a String");
         out
     }
 }
 
-fn pending(gw: &crate::pipeline::Gateway) -> u64 {
-    gw.approvals
-        .list()
-        .map(|rows| rows.iter().filter(|r| r.status == "pending").count() as u64)
-        .unwrap_or(0)
-}
-
-/// Serves `GET /metrics` on `addr` until the daemon exits.
-pub async fn serve(addr: SocketAddr, gw: Arc<crate::pipeline::Gateway>) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics listener {addr}"))?;
-    tracing::info!(%addr, "metrics at http://{addr}/metrics");
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            let gw = gw.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: http::Request<Incoming>| {
-                    let gw = gw.clone();
-                    async move {
-                        let (status, body) = if req.uri().path() == "/metrics" {
-                            (StatusCode::OK, gw.metrics.render(&gw))
-                        } else {
-                            (StatusCode::NOT_FOUND, "try /metrics\n".to_string())
-                        };
-                        Response::builder()
-                            .status(status)
-                            .header(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(crate::pipeline::body::full(body))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(())
+/// Values read at scrape time from the services that own them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub approvals_pending: u64,
+    pub audit_queue: u64,
+    pub audit_last_commit_us: u64,
+    pub audit_records: u64,
+    pub audit_failures: u64,
 }

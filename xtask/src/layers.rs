@@ -15,11 +15,11 @@ use crate::sh::root_dir;
 /// Bottom to top. Keep in step with docs/architecture.md.
 pub const LAYERS: &[(&str, &[&str])] = &[
     ("platform", &["sys", "cgroup", "users", "logging"]),
-    ("schema", &["config", "tls", "outbound"]),
+    ("schema", &["config", "tls", "outbound", "metrics"]),
     ("domain", &["identity", "jobs", "flow", "policy", "egress"]),
     ("services", &["audit", "approval"]),
     ("data path", &["pipeline", "capture"]),
-    ("edges", &["accept", "proxy", "control", "metrics"]),
+    ("edges", &["accept", "proxy", "control"]),
     ("app", &["daemon", "cli"]),
 ];
 

@@ -1,5 +1,6 @@
 //! The control socket: a Unix socket (mode 0660, root and the control group)
 //! speaking one JSON request and one JSON response per line.
+pub mod metrics;
 pub mod peer;
 pub mod server;
 

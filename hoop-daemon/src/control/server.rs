@@ -270,7 +270,7 @@ impl Server {
                 })
                 .collect(),
             connections: self.jobs.connections(),
-            traffic: self.gw.metrics.traffic(&self.gw),
+            traffic: super::metrics::traffic(&self.gw),
             audit: self.gw.audit.path.as_ref().map(|p| {
                 use std::sync::atomic::Ordering::Relaxed;
                 let st = &self.gw.audit.stats;

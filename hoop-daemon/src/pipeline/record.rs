@@ -132,7 +132,7 @@ impl Exchange {
         );
         // The head's masking and what the body's transform masked.
         masked.merge(std::mem::take(&mut body.masked));
-        m.masked(&masked);
+        m.masked(&masked.0);
         let (req_bytes, req_captured) = {
             let mut t = self.req_body.lock().unwrap();
             (t.bytes, std::mem::take(&mut t.captured).freeze())

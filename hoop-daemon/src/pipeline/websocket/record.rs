@@ -81,7 +81,7 @@ impl Recorder {
         if opcode == 8 && self.first_close.is_none() {
             self.first_close = Some((dir, code));
         }
-        self.metrics.masked(&masked);
+        self.metrics.masked(&masked.0);
         if self.request_seq.is_none() {
             return;
         }
