@@ -312,7 +312,9 @@ async fn metrics_count_requests_by_outcome_masking_and_the_audit_writer() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    hoop::control::metrics::serve(addr, env.gw.clone()).await.unwrap();
+    hoop::control::metrics::serve(addr, env.gw.clone())
+        .await
+        .unwrap();
     let base = format!("https://localhost:{}", origin.addr.port());
     let proxy = env.proxy_url();
     for path in ["/cards.json", "/hello", "/admin/x"] {
