@@ -17,7 +17,7 @@ use crate::{
     control::Server,
     jobs::{Job, Jobs},
     pipeline::Gateway,
-    policy::{Policy, phases::Enforce},
+    policy::{Policy, enforce::Enforce},
     proxy,
 };
 

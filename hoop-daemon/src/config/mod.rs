@@ -3,7 +3,9 @@
 pub mod audit;
 mod duration;
 mod locate;
+pub mod mask;
 pub mod policy;
+pub mod rules;
 
 pub use duration::parse_duration;
 
@@ -475,8 +477,7 @@ mod tests {
     #[test]
     fn the_installed_starter_config_and_its_example_are_valid() {
         let text = include_str!("../../../systemd/hoop.toml");
-        let c = parse(text).unwrap();
-        crate::policy::Policy::compile(&c, None).unwrap();
+        parse(text).unwrap();
         let example: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("# "))

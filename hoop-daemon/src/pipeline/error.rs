@@ -85,6 +85,28 @@ pub enum PipelineError {
     Internal { detail: String },
 }
 
+/// Policy's refusals become the pipeline's errors, and so the job's
+/// answer, here and nowhere else.
+impl From<crate::policy::phases::Refusal> for PipelineError {
+    fn from(r: crate::policy::phases::Refusal) -> Self {
+        use crate::policy::phases::Refusal as R;
+        match r {
+            R::Denied {
+                rule,
+                status,
+                message,
+            } => Self::Denied {
+                rule,
+                status,
+                message,
+            },
+            R::Ambiguous { rule, detail } => Self::Ambiguous { rule, detail },
+            R::RequestUninspectable { rule, detail } => Self::RequestUninspectable { rule, detail },
+            R::Uninspectable { detail } => Self::Uninspectable { detail },
+        }
+    }
+}
+
 impl PipelineError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -232,6 +254,31 @@ pub fn respond_to(e: &PipelineError, json: bool) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_keeps_its_rule_and_reason_as_a_pipeline_error() {
+        use crate::policy::phases::Refusal;
+        for r in [
+            Refusal::Denied {
+                rule: "r1".into(),
+                status: StatusCode::FORBIDDEN,
+                message: "no".into(),
+            },
+            Refusal::Ambiguous {
+                rule: "r2".into(),
+                detail: "d".into(),
+            },
+            Refusal::RequestUninspectable {
+                rule: "r3".into(),
+                detail: "d".into(),
+            },
+            Refusal::Uninspectable { detail: "d".into() },
+        ] {
+            let e = PipelineError::from(r.clone());
+            assert_eq!(e.reason(), r.reason(), "{r:?}");
+            assert_eq!(e.rule(), r.rule(), "{r:?}");
+        }
+    }
 
     #[test]
     fn every_error_maps_to_status_reason_and_body() {

@@ -8,12 +8,13 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::policy::phases::{Decision, RequestView, ResponsePlan};
+
 use super::{
     Gateway, PipelineError, authority,
     body::{Body, Observed, boxed},
     error::respond_to,
     headers::strip_hop_by_hop,
-    phases::{Decision, RequestView, ResponsePlan},
     record::{Exchange, response_headers, wants_json},
     timeouts::{Expired, Timeouts, Watch},
     upgrade,
@@ -250,7 +251,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
 type Phased = (
     http::response::Parts,
     Body,
-    Option<Box<dyn super::phases::BodyTransform>>,
+    Option<Box<dyn crate::policy::phases::BodyTransform>>,
     crate::policy::mask::Counts,
 );
 
@@ -601,7 +602,7 @@ async fn forward(
     };
     let inspect = match conn.gw.phases.on_request(&view) {
         Decision::Allow => None,
-        Decision::Deny(e) => return Err(e),
+        Decision::Deny(r) => return Err(r.into()),
         Decision::InspectBody { limit } => Some(limit),
         Decision::Hold(rule) => {
             hold(conn, route, rule, x, None).await?;
@@ -631,7 +632,7 @@ async fn forward(
                 .phases
                 .on_request_body(&conn.flow, route, &parts, bytes.clone())
             {
-                Decision::Deny(e) => return Err(e),
+                Decision::Deny(r) => return Err(r.into()),
                 // Exactly these bytes go upstream if approved.
                 Decision::Hold(rule) => hold(conn, route, rule, x, Some((&parts, &bytes))).await?,
                 _ => {}

@@ -9,7 +9,6 @@ pub mod error;
 pub mod headers;
 mod http;
 mod linger;
-pub mod phases;
 mod record;
 mod rewind;
 pub mod timeouts;
@@ -31,7 +30,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 pub use error::PipelineError;
 pub use http::forward_plain;
-pub use phases::{Phases, SharedPhases};
+pub use crate::policy::phases::{Phases, SharedPhases};
 pub use rewind::Rewind;
 
 use crate::{

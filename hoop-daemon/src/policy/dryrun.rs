@@ -7,14 +7,14 @@ use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::Serialize;
 
-use super::{Policy, phases::Enforce};
+use super::{Policy, enforce::Enforce};
 use crate::{
     audit::{
         entry::{RefusedData, RequestData, ResponseData, kind},
         query::Stored,
     },
     flow::{Flow, Via},
-    pipeline::phases::{Decision, Phases, RequestView},
+    policy::phases::{Decision, Phases, RequestView},
     policy::mask::Counts,
 };
 

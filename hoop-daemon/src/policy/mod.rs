@@ -7,6 +7,8 @@ pub mod dryrun;
 pub mod fields;
 mod host;
 pub mod mask;
+pub mod approvers;
+pub mod enforce;
 pub mod phases;
 pub mod readings;
 pub mod rules;
@@ -35,7 +37,7 @@ pub struct Connection {
     pub deny: Vec<rules::Rule>,
     pub mask: Option<mask::Masker>,
     /// Approval rules: the matcher and the rule.
-    pub approve: Vec<(rules::Rule, Arc<crate::approval::ApprovalRule>)>,
+    pub approve: Vec<(rules::Rule, Arc<approvers::ApprovalRule>)>,
     /// Bytes of each body the audit log keeps (0: none).
     pub record_body: usize,
 }
@@ -123,9 +125,12 @@ impl Policy {
             let hosts = c
                 .hosts
                 .iter()
-                .map(|h| HostPattern::parse(h))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| cfg.invalid(&format!("connection[{i}].hosts"), e))?;
+                .enumerate()
+                .map(|(j, h)| {
+                    HostPattern::parse(h)
+                        .map_err(|e| cfg.invalid(&format!("connection[{i}].hosts[{j}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let mut allow = GlobSetBuilder::new();
             for (j, a) in c.allow.iter().enumerate() {
                 let g = GlobBuilder::new(a)
@@ -201,7 +206,7 @@ impl Policy {
                     .iter()
                     .enumerate()
                     .map(|(n, x)| {
-                        crate::approval::Approver::parse(x)
+                        approvers::Approver::parse(x)
                             .map_err(|e| cfg.invalid(&key(&format!("approvers[{n}]")), e))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
@@ -212,7 +217,7 @@ impl Policy {
                 };
                 approve.push((
                     matcher,
-                    Arc::new(crate::approval::ApprovalRule {
+                    Arc::new(approvers::ApprovalRule {
                         name: a.name.clone(),
                         approvers,
                         timeout,
@@ -286,6 +291,12 @@ mod tests {
 
     fn id(name: &str) -> Identity {
         Identity::local(name, "test")
+    }
+
+    /// The config `cargo xtask install` puts in /etc/hoop compiles.
+    #[test]
+    fn the_installed_starter_config_compiles() {
+        policy(include_str!("../../../systemd/hoop.toml")).unwrap();
     }
 
     const TWO: &str = r#"

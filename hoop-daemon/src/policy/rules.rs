@@ -16,52 +16,7 @@ use super::{
     readings::Readings,
 };
 
-/// A rule as written in the config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub name: String,
-    /// One method or a list; empty: any.
-    #[serde(default)]
-    pub method: OneOrMany,
-    /// Path glob, matched against the normalised path (no query).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Query parameter → value glob; all must match.
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    /// Header → value glob; all must match.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Request body: `{ contains = "…" }` or `{ regex = "…" }` (raw
-    /// bytes, and the decoded body), or `{ json = { "$.path" = ">= 1" } }`.
-    #[serde(default)]
-    pub body: Option<BodyConfig>,
-    /// What the job is told.
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    #[default]
-    None,
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BodyConfig {
-    #[serde(default)]
-    pub contains: Option<String>,
-    #[serde(default)]
-    pub regex: Option<String>,
-    /// JSONPath → condition, all of which must hold (see `fields.rs`).
-    #[serde(default)]
-    pub json: BTreeMap<String, String>,
-}
+pub use crate::config::rules::{BodyConfig, OneOrMany, RuleConfig};
 
 /// How much of a request body a rule may look at. Larger bodies are not
 /// guessed at: a rule that needs the body refuses them (fail closed).

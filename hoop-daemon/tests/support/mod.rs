@@ -14,7 +14,7 @@ use hoop::{
     config::Config,
     jobs::{ConnectionLimits, Jobs},
     pipeline::Gateway,
-    policy::{Policy, phases::Enforce},
+    policy::{Policy, enforce::Enforce},
     proxy,
 };
 use hoop_testkit::{

@@ -17,7 +17,7 @@ use crate::policy::{
     Connection,
     canary::Canary,
     mask::{Counts, Masker},
-    phases::CANARY,
+    enforce::CANARY,
 };
 
 /// Which way a message goes, in HAR's `_webSocketMessages` words.

@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, response};
 
 use self::views::{Decoder, View};
 use super::credential::REDACTED;
-use crate::pipeline::phases::BodyTransform;
+use super::phases::BodyTransform;
 
 /// The needles, as matched in a view: exact, or with `+` folded to space
 /// (percent-decoded views).
@@ -376,7 +376,7 @@ impl BodyTransform for CanaryBody {
 
     fn masked(&self) -> crate::policy::mask::Counts {
         let mut c = crate::policy::mask::Counts::default();
-        c.add(crate::policy::phases::CANARY, self.hits);
+        c.add(crate::policy::enforce::CANARY, self.hits);
         c
     }
 }

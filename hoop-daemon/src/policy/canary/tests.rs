@@ -287,7 +287,7 @@ fn header_names_reason_phrases_and_trailers_are_masked() {
     trailers.insert("x-echo", HeaderValue::from_static("tok%2d0123456789abcdef"));
     t.trailers(&mut trailers);
     assert_eq!(trailers["x-echo"], "[hoop:credential]*****");
-    assert_eq!(t.masked().get(crate::policy::phases::CANARY), 1);
+    assert_eq!(t.masked().get(crate::policy::enforce::CANARY), 1);
 }
 
 /// Large buffers go window by window: a hit on a window's edge is found.
