@@ -15,7 +15,10 @@ use crate::sh::root_dir;
 /// Bottom to top. Keep in step with docs/architecture.md.
 pub const LAYERS: &[(&str, &[&str])] = &[
     ("platform", &["sys", "cgroup", "users", "logging"]),
-    ("schema", &["config", "egress", "tls", "outbound", "metrics"]),
+    (
+        "schema",
+        &["config", "egress", "tls", "outbound", "metrics"],
+    ),
     ("domain", &["identity", "jobs", "flow", "policy"]),
     ("services", &["audit", "approval"]),
     ("data path", &["pipeline", "capture"]),

@@ -3,8 +3,10 @@
 //! - `build-ebpf`: the eBPF crate needs a dated nightly with rust-src and a
 //!   bpf-linker built against that nightly's own LLVM. Both are installed on
 //!   first use (into rustup and `target/tools`), then reused.
-//! - `test`: unit tests, then the privileged suites (real kernel programs),
-//!   which fail rather than skip when they can't run.
+//! - `test`: lint and the layer check, unit tests, then the privileged
+//!   suites (real kernel programs), which fail rather than skip when they
+//!   can't run.
+//! - `layers`: no module of hoop-daemon imports from a layer above it.
 //! - `demo`: the seed scenario, step by step, through the real gateway.
 //! - `install`: the release binary, units and a starter config in place.
 //! - `fuzz`: libFuzzer runs of the parsers (cargo-fuzz, nightly).
@@ -139,6 +141,8 @@ fn test(args: &[String]) -> Result<()> {
         "warnings",
     ])?;
     ebpf::lint()?;
+    sh::step("layers: hoop-daemon's modules import only from the layers below them");
+    layers::run()?;
     sh::step("unit and in-process tests");
     let mut tally = sh::Tally::default();
     tally.cargo_test(&["test", "--workspace", "--exclude", "hoop-tests"], &[])?;

@@ -50,4 +50,3 @@ pub struct BodyConfig {
     #[serde(default)]
     pub json: BTreeMap<String, String>,
 }
-

@@ -28,9 +28,9 @@ use rustls::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
+pub use crate::policy::phases::{Phases, SharedPhases};
 pub use error::PipelineError;
 pub use http::forward_plain;
-pub use crate::policy::phases::{Phases, SharedPhases};
 pub use rewind::Rewind;
 
 use crate::{

@@ -14,8 +14,8 @@ use crate::{
         query::Stored,
     },
     flow::{Flow, Via},
-    policy::phases::{Decision, Phases, RequestView},
     policy::mask::Counts,
+    policy::phases::{Decision, Phases, RequestView},
 };
 
 /// What policy made (or would make) of a request.

@@ -2,6 +2,7 @@
 //! leak canary on the way down, guardrails, approvals and masking.
 use http::{HeaderValue, StatusCode, header, request, response};
 
+use super::phases::{BodyTransform, Decision, Phases, Refusal, RequestView, ResponsePlan};
 use super::{
     Connection,
     canary::{CanaryBody, mask_headers},
@@ -15,7 +16,6 @@ use super::{
     readings::Readings,
     rules::{MAX_INSPECTED_BODY, Rule, Verdict},
 };
-use super::phases::{BodyTransform, Decision, Phases, Refusal, RequestView, ResponsePlan};
 use crate::flow::Flow;
 use bytes::Bytes;
 

@@ -1,14 +1,14 @@
 //! The compiled policy: static identities, connections (who may reach
 //! which hosts) and their credentials. Built from a `Config` in one go, so
 //! a reload either yields a whole new policy or an error and no change.
+pub mod approvers;
 pub mod canary;
 pub mod credential;
 pub mod dryrun;
+pub mod enforce;
 pub mod fields;
 mod host;
 pub mod mask;
-pub mod approvers;
-pub mod enforce;
 pub mod phases;
 pub mod readings;
 pub mod rules;

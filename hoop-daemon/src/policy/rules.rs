@@ -5,11 +5,9 @@
 //! matching is a pure function of the request's readings (`readings.rs`):
 //! a rule that holds for some readings and not others makes the request
 //! ambiguous, which is refused.
-use std::collections::BTreeMap;
 
 use globset::{GlobBuilder, GlobMatcher};
 use http::{HeaderMap, HeaderName, Method};
-use serde::Deserialize;
 
 use super::{
     fields::{self, Body, FieldCond, Problem},

@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 use crate::policy::{
     Connection,
     canary::Canary,
-    mask::{Counts, Masker},
     enforce::CANARY,
+    mask::{Counts, Masker},
 };
 
 /// Which way a message goes, in HAR's `_webSocketMessages` words.

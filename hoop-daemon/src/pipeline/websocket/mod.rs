@@ -37,7 +37,7 @@ pub(super) use record::Recorder;
 
 use crate::{
     flow::Flow,
-    policy::{Connection, mask::Counts, enforce::CANARY},
+    policy::{Connection, enforce::CANARY, mask::Counts},
 };
 
 /// The largest message (and frame) hoop reads whole: a connection that

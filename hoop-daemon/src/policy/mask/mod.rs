@@ -12,7 +12,6 @@ pub mod scan;
 use std::collections::BTreeMap;
 
 use http::{HeaderValue, response};
-use serde::Deserialize;
 use serde_json::Value;
 
 pub use detect::Detector;
