@@ -1,8 +1,7 @@
 //! The raw syscalls hoop needs that aya and nix don't expose: atomically
 //! taking a map entry, swapping the program behind a pinned link, reading
 //! link info, the filesystem checks around bpffs and cgroup2, and a control
-//! peer's pidfd. All of hoop's unsafe code lives in this file (plus the
-//! job sandbox in `cli::sandbox`, which runs in the job before exec).
+//! peer's pidfd. All of hoop's unsafe code lives in this file.
 #![allow(unsafe_code)]
 
 use std::{
