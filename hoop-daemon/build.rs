@@ -1,6 +1,9 @@
 //! Embeds the eBPF object built by `cargo xtask build-ebpf`. The object is
 //! built by a different toolchain for a different target, which cargo can't
-//! do from here; so this only finds it, or says how to make it.
+//! do from here; so this only finds it. When it isn't there yet (a fresh
+//! clone, an editor running `cargo check`), an empty placeholder is
+//! embedded instead, with a warning: everything builds and lints, and only
+//! attaching the programs fails, saying how to build them.
 use std::path::PathBuf;
 
 fn main() {
@@ -12,18 +15,19 @@ fn main() {
             manifest.join("../target/bpfel-unknown-none/release/hoop-ebpf")
         }
     };
+    // Watched even while missing, so building it triggers a rebuild.
     println!("cargo:rerun-if-changed={}", path.display());
-    if !path.is_file() {
-        eprintln!();
-        eprintln!("error: hoop's eBPF object is missing: {}", path.display());
-        eprintln!("       build it first with:  cargo xtask build-ebpf");
-        eprintln!("       (or point HOOP_EBPF_OBJECT at a prebuilt object)");
-        eprintln!();
-        panic!(
-            "eBPF object not found at {}; run `cargo xtask build-ebpf`",
+    let embedded = if path.is_file() {
+        path.canonicalize().expect("canonicalize eBPF object path")
+    } else {
+        println!(
+            "cargo:warning=hoop's eBPF object is missing ({}); embedding an empty placeholder. \
+             Build it with `cargo xtask build-ebpf` before running the daemon.",
             path.display()
         );
-    }
-    let path = path.canonicalize().expect("canonicalize eBPF object path");
-    println!("cargo:rustc-env=HOOP_EBPF_OBJECT={}", path.display());
+        let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("hoop-ebpf.missing");
+        std::fs::write(&out, b"").expect("write the placeholder");
+        out
+    };
+    println!("cargo:rustc-env=HOOP_EBPF_OBJECT={}", embedded.display());
 }

@@ -75,6 +75,11 @@ impl Capture {
     /// Loads the programs and attaches them to `root`, reusing pinned links
     /// and maps under `capture.bpf_pin_dir` if a previous daemon left them.
     pub fn attach(cfg: &Config, root: Cgroup) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this hoop was built without its eBPF programs (the object was missing at build                  time); run `cargo xtask build-ebpf`, then build hoop again"
+            );
+        }
         let pin_dir = cfg.capture.bpf_pin_dir.clone();
         ensure_bpffs(&pin_dir)?;
         let (map_dir, link_dir) = (pin_dir.join("maps"), pin_dir.join("links"));
