@@ -77,7 +77,8 @@ impl Capture {
     pub fn attach(cfg: &Config, root: Cgroup) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
-                "this hoop was built without its eBPF programs (the object was missing at build                  time); run `cargo xtask build-ebpf`, then build hoop again"
+                "this hoop was built without its eBPF programs (the object was missing at build time); \
+                 run `cargo xtask build-ebpf`, then build hoop again"
             );
         }
         let pin_dir = cfg.capture.bpf_pin_dir.clone();
