@@ -250,6 +250,54 @@ impl TestEnv {
         }
     }
 
+    /// hoop's CA, copied where a job as nobody can read it.
+    pub fn job_ca(&self) -> String {
+        let ca = self.dir.path().join("job-ca.pem");
+        if !ca.exists() {
+            std::fs::copy(self.hoop_ca(), &ca).unwrap();
+        }
+        ca.display().to_string()
+    }
+
+    /// The curl a job as nobody runs: errors only, the response head and
+    /// body on stdout, trusting hoop's CA (`job_ca`), and last a line with
+    /// the status; then `extra` (the URL among them).
+    pub fn job_curl_args(&self, extra: &[&str]) -> Vec<String> {
+        let ca = self.job_ca();
+        let mut a: Vec<String> = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "-D",
+            "-",
+            "--cacert",
+            &ca,
+            "-w",
+            "\n%{http_code}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    /// [`Self::job_curl_args`] run as nobody in a job: the status, and
+    /// what curl printed on stdout then stderr.
+    pub fn curl_as_nobody(&self, extra: &[&str]) -> (u16, String) {
+        let args = self.job_curl_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run_as_nobody(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = text
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        (code, text + &String::from_utf8_lossy(&out.stderr))
+    }
+
     /// curl in a job to `url` (with `--resolve`), trusting the hoop CA: the
     /// status and what curl printed (headers, the body, and last a line
     /// "STATUS HTTP-VERSION").

@@ -26,7 +26,6 @@ struct Setup {
     env: TestEnv,
     partner: Partner,
     dir: PathBuf,
-    ca: PathBuf,
 }
 
 /// The partner connection with an injected credential and `rules`.
@@ -50,55 +49,29 @@ fn setup(name: &str, rules: &str) -> Setup {
         Some(&policy),
     );
     env.start_daemon();
-    let ca = dir.join("hoop-ca.pem");
-    std::fs::copy(env.hoop_ca(), &ca).unwrap();
-    Setup {
-        env,
-        partner,
-        dir,
-        ca,
-    }
+    Setup { env, partner, dir }
 }
 
 impl Setup {
-    fn curl_args(&self, method: &str, path: &str, extra: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "-D",
-            "-",
-            "--cacert",
-            self.ca.to_str().unwrap(),
-            "--resolve",
-            &self.partner.resolve(),
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
+    /// What follows curl's own options: `method` on the partner's `path`.
+    fn request(&self, method: &str, path: &str, extra: &[&str]) -> Vec<String> {
+        let mut a = vec!["--resolve".to_string(), self.partner.resolve()];
+        a.extend(["-X", method].iter().chain(extra).map(|s| s.to_string()));
         a.push(self.partner.url(path));
         a
     }
 
+    fn curl_args(&self, method: &str, path: &str, extra: &[&str]) -> Vec<String> {
+        let r = self.request(method, path, extra);
+        self.env
+            .job_curl_args(&r.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// curl as nobody in a job: (status, everything it printed).
     fn curl(&self, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
-        let args = self.curl_args(method, path, extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.env.run_as_nobody(&args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        let code = text
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0);
-        (code, text)
+        let r = self.request(method, path, extra);
+        self.env
+            .curl_as_nobody(&r.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// The same in the background, started by nobody (a member of the

@@ -35,87 +35,46 @@ fn env(name: &str) -> (TestEnv, Partner) {
     (env, partner)
 }
 
-/// curl as nobody in a job; (status, what it printed).
-fn curl_as_nobody(env: &TestEnv, args: &[&str]) -> (u16, String) {
-    let ca = job_ca(env);
-    let mut cmd = vec![
-        "curl",
-        "-sS",
-        "--max-time",
-        "20",
-        "-D",
-        "-",
-        "--cacert",
-        &ca,
-        "-w",
-        "\n%{http_code}",
-    ];
-    cmd.extend_from_slice(args);
-    let out = env.run_as_nobody(&cmd);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let code = text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    (code, text + &String::from_utf8_lossy(&out.stderr))
-}
-
-/// hoop's CA where a job as nobody can read it.
-fn job_ca(env: &TestEnv) -> String {
-    let ca = env.dir.path().join("job-ca.pem");
-    if !ca.exists() {
-        std::fs::copy(env.hoop_ca(), &ca).unwrap();
-    }
-    ca.display().to_string()
-}
-
 #[test]
 fn h2c_is_refused_and_never_reaches_the_upstream() {
     let (env, partner) = env("upgrade-h2c");
     let up = Upstream::start("127.0.0.1:0");
     // curl's own h2c upgrade (with HTTP2-Settings), plaintext.
     let url = format!("http://127.0.0.1:{}/", up.addr.port());
-    let (code, text) = curl_as_nobody(&env, &["--http2", &url]);
+    let (code, text) = env.curl_as_nobody(&["--http2", &url]);
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("x-hoop-reason: upgrade-refused"), "{text}");
     // By hand, without HTTP2-Settings, and hidden behind websocket.
     for upgrade in ["Upgrade: h2c", "Upgrade: websocket, h2c", "Upgrade: H2C"] {
-        let (code, text) = curl_as_nobody(
-            &env,
-            &[
-                "--http1.1",
-                "-H",
-                "Connection: Upgrade",
-                "-H",
-                upgrade,
-                &url,
-            ],
-        );
+        let (code, text) = env.curl_as_nobody(&[
+            "--http1.1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            upgrade,
+            &url,
+        ]);
         assert_eq!(code, 400, "{upgrade}: {text}");
         assert!(text.contains("x-hoop-reason: upgrade-refused"), "{text}");
     }
     assert_eq!(up.hits(), 0, "an h2c upgrade reached the upstream");
     // Over TLS to the credentialed partner too.
     let hits = partner.origin.hits();
-    let (code, text) = curl_as_nobody(
-        &env,
-        &[
-            "--http1.1",
-            "--resolve",
-            &partner.resolve(),
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: h2c",
-            &partner.url("/echo"),
-        ],
-    );
+    let (code, text) = env.curl_as_nobody(&[
+        "--http1.1",
+        "--resolve",
+        &partner.resolve(),
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: h2c",
+        &partner.url("/echo"),
+    ]);
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("x-hoop-reason: upgrade-refused"), "{text}");
     assert_eq!(partner.origin.hits(), hits);
     // Positive control: the same upstreams answer a plain request.
-    let (code, text) = curl_as_nobody(&env, &["--http1.1", &url]);
+    let (code, text) = env.curl_as_nobody(&["--http1.1", &url]);
     assert_eq!(code, 200, "{text}");
     assert_eq!(up.hits(), 1);
 }
@@ -123,7 +82,7 @@ fn h2c_is_refused_and_never_reaches_the_upstream() {
 #[test]
 fn a_websocket_to_a_credentialed_partner_gets_the_credential_masked() {
     let (mut env, partner) = env("upgrade-ws");
-    let ca = job_ca(&env);
+    let ca = env.job_ca();
     let addr = format!("127.0.0.3:{}", partner.origin.addr.port());
     let probe = env.probe.display().to_string();
     let out = env.run_as_nobody(&[
