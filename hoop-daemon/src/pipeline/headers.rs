@@ -68,16 +68,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 /// offers no other transfer coding (`TE: trailers` at most), so a message
 /// that uses one is refused rather than read or forwarded as plain.
 pub fn extra_transfer_codings(h: &HeaderMap) -> Vec<String> {
-    h.get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .split(',')
-                .map(|c| c.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty() && c != "chunked")
-        .collect()
+    // Runs on every message: `chunked` alone allocates nothing.
+    let mut out = Vec::new();
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        for c in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let c = c.trim();
+            if !c.is_empty() && !c.eq_ignore_ascii_case("chunked") {
+                out.push(c.to_ascii_lowercase());
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
