@@ -1,85 +1,68 @@
 //! Which upstream networks the daemon may dial at all, whatever the policy
 //! says: a coarse guardrail (e.g. keep jobs off cloud metadata addresses, or
 //! keep a test daemon on loopback).
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
+/// One network of `egress.allow`: `10.0.0.0/8`, or a bare address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
+pub struct Cidr(IpNet);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an IP network like 10.0.0.0/8 (or an address like 10.1.2.3)")]
+pub struct BadCidr(String);
+
+/// A destination outside `egress.allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("upstream {dst} is outside the networks this daemon may reach (egress.allow)")]
+pub struct EgressDenied {
+    pub dst: SocketAddr,
 }
 
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         // Compare IPv4 peers as IPv4 even when they arrive v4-mapped.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                mask(u32::from(n).into(), u32::from(a).into(), self.prefix, 32)
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => mask(u128::from(n), u128::from(a), self.prefix, 128),
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
-}
-
-fn mask(net: u128, addr: u128, prefix: u8, bits: u8) -> bool {
-    if prefix == 0 {
-        return true;
-    }
-    let shift = bits - prefix;
-    (net >> shift) == (addr >> shift)
 }
 
 impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip, Some(p)),
-            None => (s, None),
-        };
-        let net: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP network like 10.0.0.0/8"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or(format!("bad prefix length in {s:?}"))?,
-            None => max,
-        };
-        Ok(Self { net, prefix })
+    type Err = BadCidr;
+    fn from_str(s: &str) -> Result<Self, BadCidr> {
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            .map(Self)
+            .map_err(|_| BadCidr(s.to_string()))
     }
 }
 
 impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadCidr;
+    fn try_from(s: String) -> Result<Self, BadCidr> {
         s.parse()
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.net, self.prefix)
+        self.0.fmt(f)
     }
 }
 
-pub fn allowed(allow: &[Cidr], ip: IpAddr) -> bool {
-    allow.iter().any(|c| c.contains(ip))
-}
-
-/// Equal addresses, an IPv4 one and its v4-mapped IPv6 form included.
-pub fn same_ip(a: IpAddr, b: IpAddr) -> bool {
-    a.to_canonical() == b.to_canonical()
+/// The one egress check: every dial (captured, CONNECT, SOCKS5) asks it.
+pub fn check(allow: &[Cidr], dst: SocketAddr) -> Result<(), EgressDenied> {
+    if allow.iter().any(|c| c.contains(dst.ip())) {
+        Ok(())
+    } else {
+        Err(EgressDenied { dst })
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +83,15 @@ mod tests {
         assert!(!all.contains("2001:db8::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
+        assert_eq!("10.1.2.3".parse::<Cidr>().unwrap().to_string(), "10.1.2.3/32");
+    }
+
+    #[test]
+    fn check_names_the_refused_destination() {
+        let allow = ["127.0.0.0/8".parse::<Cidr>().unwrap()];
+        assert_eq!(check(&allow, "127.0.0.1:443".parse().unwrap()), Ok(()));
+        let dst = "10.0.0.1:443".parse().unwrap();
+        assert_eq!(check(&allow, dst), Err(EgressDenied { dst }));
+        assert_eq!(check(&[], "127.0.0.1:1".parse().unwrap()).is_err(), true);
     }
 }

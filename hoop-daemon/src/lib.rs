@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod accept;
+pub mod addr;
 pub mod approval;
 pub mod audit;
 pub mod capture;

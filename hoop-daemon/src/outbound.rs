@@ -59,9 +59,8 @@ async fn call_inner(
     };
     let host = uri
         .host()
-        .ok_or("no host")?
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+        .map(crate::addr::unbracket)
+        .ok_or("no host")?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = TcpStream::connect((host, port))
         .await

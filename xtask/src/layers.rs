@@ -14,7 +14,7 @@ use crate::sh::root_dir;
 
 /// Bottom to top. Keep in step with docs/architecture.md.
 pub const LAYERS: &[(&str, &[&str])] = &[
-    ("platform", &["sys", "cgroup", "users", "logging"]),
+    ("platform", &["sys", "cgroup", "users", "logging", "addr"]),
     (
         "schema",
         &["config", "egress", "tls", "outbound", "metrics"],

@@ -94,9 +94,14 @@ impl Entry {
 pub fn session_of(flow: &Flow) -> String {
     match (&flow.job, flow.via) {
         (Some(j), _) => j.id.clone(),
-        (None, crate::flow::Via::Transparent) => format!("cgroup-{}", flow.cgroup_id),
+        (None, crate::flow::Via::Transparent) => cgroup_session(flow.cgroup_id),
         (None, _) => format!("proxy:{}", flow.identity_name()),
     }
+}
+
+/// The session of a captured job hoop has no registration for.
+pub fn cgroup_session(cgroup_id: u64) -> String {
+    format!("cgroup-{cgroup_id}")
 }
 
 /// Who and where, on every request record.

@@ -82,7 +82,7 @@ pub fn spawn_event_reader(
                     &crate::audit::entry::ConnectDeniedData {
                         session: job
                             .clone()
-                            .unwrap_or_else(|| format!("cgroup-{}", r.cgroup_id)),
+                            .unwrap_or_else(|| crate::audit::entry::cgroup_session(r.cgroup_id)),
                         job,
                         cgroup_id: r.cgroup_id,
                         pid: r.pid,

@@ -378,14 +378,11 @@ fn webhook_problem(url: &str) -> Option<String> {
         Err(e) => return Some(format!("is not a URL ({e})")),
     };
     let host = uri.host().unwrap_or_default();
-    let ip = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>();
+    let ip = crate::addr::ip_literal(host);
     match uri.scheme_str() {
         _ if host.is_empty() => Some("has no host".into()),
         Some("https") => None,
-        Some("http") if ip.is_ok_and(|ip| ip.is_loopback()) => None,
+        Some("http") if ip.is_some_and(|ip| ip.is_loopback()) => None,
         Some("http") => Some(format!(
             "is http:// to {host}, which is not a loopback address: use https:// (http:// is accepted only to 127.0.0.0/8 or [::1])"
         )),

@@ -49,8 +49,8 @@ pub enum PipelineError {
     #[error("cannot resolve {host}: {detail}")]
     Resolve { host: String, detail: String },
     // Policy.
-    #[error("upstream {dst} is outside the networks this daemon may reach (egress.allow)")]
-    EgressDenied { dst: SocketAddr },
+    #[error(transparent)]
+    EgressDenied(#[from] crate::egress::EgressDenied),
     #[error("no identity: {detail}")]
     NoIdentity { detail: String },
     #[error("proxy authentication required: {detail}")]
@@ -130,7 +130,7 @@ impl PipelineError {
             Self::ProxyAuth { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::Uninspectable { .. } => StatusCode::BAD_GATEWAY,
-            Self::EgressDenied { .. } => StatusCode::FORBIDDEN,
+            Self::EgressDenied(_) => StatusCode::FORBIDDEN,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::AuditUnavailable(_) | Self::ConnectionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeaderTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -159,12 +159,35 @@ impl PipelineError {
             Self::Misdirected { .. } => "misdirected-request",
             Self::CredentialNeedsTls { .. } => "credential-needs-tls",
             Self::Uninspectable { .. } => "response-not-inspectable",
-            Self::EgressDenied { .. } => "destination-not-allowed",
+            Self::EgressDenied(_) => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
             Self::AuditUnavailable(_) => "audit-unavailable",
             Self::ConnectionLimit(_) => "connection-limit",
             Self::HeaderTimeout { .. } => "header-read-timeout",
         }
+    }
+
+    /// The upstream failed (connect, TLS, protocol, timeout): counted per
+    /// reason in the metrics.
+    pub fn is_upstream(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamConnect { .. }
+                | Self::UpstreamConnectTimeout { .. }
+                | Self::UpstreamCertificate { .. }
+                | Self::UpstreamTls { .. }
+                | Self::UpstreamResponseTimeout { .. }
+                | Self::UpstreamProtocol { .. }
+        )
+    }
+
+    /// Policy refused the request itself (as opposed to hoop or the
+    /// network failing it).
+    pub fn is_policy_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Denied { .. } | Self::Ambiguous { .. } | Self::RequestUninspectable { .. }
+        )
     }
 
     /// The rule that refused, when one did.
@@ -337,6 +360,8 @@ mod tests {
             let r = respond(&e);
             assert_eq!(r.status().as_u16(), status, "{e}");
             assert_eq!(r.headers()[REASON_HEADER], reason);
+            // The metrics' upstream counter and the reasons agree.
+            assert_eq!(e.is_upstream(), reason.starts_with("upstream-"), "{e}");
             let j = respond_to(&e, true);
             assert_eq!(j.headers()[header::CONTENT_TYPE], "application/json");
             assert_eq!(j.status().as_u16(), status);

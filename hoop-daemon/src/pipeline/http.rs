@@ -487,9 +487,9 @@ async fn route_for(conn: &Conn, host: &str) -> Result<Arc<Connection>, PipelineE
 /// Plaintext to an address the job chose: the Host it names must resolve
 /// to that address, or the job could borrow another host's policy.
 async fn verify_plain_host(host: &str, dst: std::net::SocketAddr) -> Result<String, PipelineError> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
-        return if crate::egress::same_ip(ip, dst.ip()) {
+    let bare = crate::addr::unbracket(host);
+    if let Some(ip) = crate::addr::ip_literal(bare) {
+        return if crate::addr::same_ip(ip, dst.ip()) {
             Ok(ip.to_string())
         } else {
             Err(PipelineError::Misdirected {
@@ -501,7 +501,7 @@ async fn verify_plain_host(host: &str, dst: std::net::SocketAddr) -> Result<Stri
         .await
         .map(|a| a.map(|a| a.ip()).collect::<Vec<_>>())
         .unwrap_or_default();
-    if found.iter().any(|ip| crate::egress::same_ip(*ip, dst.ip())) {
+    if found.iter().any(|ip| crate::addr::same_ip(*ip, dst.ip())) {
         Ok(bare.to_ascii_lowercase())
     } else {
         Err(PipelineError::Misdirected {
@@ -527,13 +527,10 @@ pub(super) fn host_of(authority: &str) -> String {
 
 fn same_host(a: &str, b: &str) -> bool {
     let norm = |s: &str| {
-        let s = s
-            .trim_end_matches('.')
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        match s.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.to_string(),
-            Err(_) => s.to_ascii_lowercase(),
+        let s = crate::addr::unbracket(s.trim_end_matches('.'));
+        match crate::addr::ip_literal(s) {
+            Some(ip) => ip.to_string(),
+            None => s.to_ascii_lowercase(),
         }
     };
     norm(a) == norm(b)

@@ -187,7 +187,7 @@ impl Exchange {
             flow = self.data.origin.flow, identity = %self.data.origin.identity_name(),
             url = %self.data.url, error = %e, reason = e.reason(), "request failed"
         );
-        if e.reason().starts_with("upstream-") {
+        if e.is_upstream() {
             self.metrics.upstream_error(e.reason());
         }
         if self.seq.is_some() {
@@ -202,11 +202,10 @@ impl Exchange {
             );
         }
         self.metrics.request(
-            match e {
-                PipelineError::Denied { .. }
-                | PipelineError::Ambiguous { .. }
-                | PipelineError::RequestUninspectable { .. } => Outcome::Denied,
-                _ => Outcome::Refused,
+            if e.is_policy_refusal() {
+                Outcome::Denied
+            } else {
+                Outcome::Refused
             },
             self.data.connection.as_deref(),
         );

@@ -123,9 +123,7 @@ impl UpstreamConn {
 
     async fn dial(&self) -> Result<(Sender, Negotiated), PipelineError> {
         let dst = self.dst;
-        if !crate::egress::allowed(&self.egress, dst.ip()) {
-            return Err(PipelineError::EgressDenied { dst });
-        }
+        crate::egress::check(&self.egress, dst)?;
         let ms = self.connect_timeout.as_millis() as u64;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
             .await

@@ -1,7 +1,6 @@
 //! Host patterns of a connection: `api.partner.example`, `*.partner.example`
 //! (any depth of subdomain, not the apex), `*` (any host), each with an
 //! optional `:port`; IP literals too (`127.0.0.2`, `[::1]:8443`).
-use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
@@ -31,11 +30,7 @@ impl HostPattern {
             return Err(format!(
                 "{s:?}: a wildcard is only allowed as a whole leading label (\"*.example.com\") or alone (\"*\")"
             ));
-        } else if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
+        } else if let Some(ip) = crate::addr::ip_literal(host) {
             Host::Exact(ip.to_string())
         } else {
             check_dns(host).map_err(|e| format!("{s:?}: {e}"))?;
@@ -65,11 +60,7 @@ impl HostPattern {
 }
 
 fn canonical_ip(host: &str) -> Option<String> {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-        .ok()
-        .map(|ip| ip.to_string())
+    crate::addr::ip_literal(host).map(|ip| ip.to_string())
 }
 
 /// Splits `host[:port]`, `[v6]:port`, or a bare IPv6 literal.

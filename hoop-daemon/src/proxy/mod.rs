@@ -5,7 +5,7 @@ pub mod socks5;
 
 use std::{
     convert::Infallible,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::Arc,
 };
 
@@ -28,7 +28,32 @@ use crate::{
         timeouts::{Expired, GRACE, Timeouts, Watch},
     },
 };
-use socks5::{Socks5Error, Target};
+use socks5::{Reply, Socks5Error, Target};
+
+/// Why a SOCKS5 client got no tunnel.
+#[derive(Debug, thiserror::Error)]
+enum SocksFailure {
+    #[error("SOCKS5: {0}")]
+    Protocol(#[from] Socks5Error),
+    #[error("SOCKS5 handshake too long")]
+    TooLong,
+    #[error("client closed during the SOCKS5 handshake")]
+    Closed,
+    #[error("SOCKS5 handshake timed out")]
+    TimedOut,
+    #[error("SOCKS5: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "no acceptable authentication method offered: use username/password with the OIDC token as password"
+    )]
+    NoAcceptableMethod,
+    /// Refused by hoop (identity, resolution, egress): the job's answer.
+    #[error(transparent)]
+    Refused(#[from] PipelineError),
+    /// Refused by admission, already on record.
+    #[error("over a connection limit")]
+    Admitted,
+}
 
 /// Who is on the other end of a proxy connection, as far as we know.
 #[derive(Clone)]
@@ -94,15 +119,18 @@ where
     let io = Rewind::new(bytes::Bytes::copy_from_slice(&first), io);
     let client_peer = client.peer;
     if first[0] == socks5::VERSION {
-        if let Err(e) = serve_socks5(gw.clone(), jobs, io, client.clone()).await {
-            tracing::warn!(peer = %client.peer, error = %e, "SOCKS5 client refused");
-            let e = e
-                .downcast_ref::<PipelineError>()
-                .cloned()
-                .unwrap_or_else(|| PipelineError::BadRequest {
-                    detail: format!("SOCKS5: {e:#}"),
-                });
-            refuse(&gw, &client, Via::Socks5, None, e);
+        match serve_socks5(gw.clone(), jobs, io, client.clone()).await {
+            Ok(()) | Err(SocksFailure::Admitted) => {}
+            Err(e) => {
+                tracing::warn!(peer = %client.peer, error = %e, "SOCKS5 client refused");
+                let e = match e {
+                    SocksFailure::Refused(e) => e,
+                    other => PipelineError::BadRequest {
+                        detail: other.to_string(),
+                    },
+                };
+                refuse(&gw, &client, Via::Socks5, None, e);
+            }
         }
         return;
     }
@@ -219,10 +247,10 @@ fn new_flow(
 
 /// Resolves a proxy target. A literal IP is used as is.
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, PipelineError> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
+    if let Some(ip) = crate::addr::ip_literal(host) {
         return Ok(SocketAddr::new(ip, port));
     }
+    let bare = crate::addr::unbracket(host);
     let err = |detail: String| PipelineError::Resolve {
         host: host.to_string(),
         detail,
@@ -235,8 +263,9 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, PipelineError> {
 }
 
 fn host_name(host: &str) -> Option<String> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>().is_err().then(|| bare.to_string())
+    crate::addr::ip_literal(host)
+        .is_none()
+        .then(|| crate::addr::unbracket(host).to_string())
 }
 
 async fn run_flow<IO>(gw: Arc<Gateway>, live: crate::jobs::ConnectionGuard, io: IO, flow: Arc<Flow>)
@@ -309,8 +338,8 @@ async fn http_proxy(
             Ok(d) => d,
             Err(e) => return refused(None, e),
         };
-        if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
-            return refused(Some(dst), PipelineError::EgressDenied { dst });
+        if let Err(e) = crate::egress::check(&gw.cfg.egress.allow, dst) {
+            return refused(Some(dst), e.into());
         }
         let flow = Arc::new(new_flow(
             Via::Connect,
@@ -374,7 +403,7 @@ async fn serve_socks5<IO>(
     jobs: Arc<Jobs>,
     mut io: IO,
     client: Client,
-) -> anyhow::Result<()>
+) -> Result<(), SocksFailure>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -407,19 +436,17 @@ where
     } else {
         io.write_all(&[socks5::VERSION, socks5::NO_ACCEPTABLE])
             .await?;
-        anyhow::bail!(
-            "no acceptable authentication method offered: use username/password with the OIDC token as password"
-        );
+        return Err(SocksFailure::NoAcceptableMethod);
     };
     let (target, used) = match read_parsed(&mut io, &mut buf, socks5::parse_request, timeout).await
     {
         Ok(x) => x,
         Err(e) => {
-            let code = e
-                .downcast_ref::<Socks5Error>()
-                .map(|e| e.reply_code())
-                .unwrap_or(1);
-            let _ = io.write_all(&socks5::reply(code)).await;
+            let r = match &e {
+                SocksFailure::Protocol(p) => p.reply(),
+                _ => Reply::GeneralFailure,
+            };
+            let _ = io.write_all(&socks5::reply(r)).await;
             return Err(e);
         }
     };
@@ -429,22 +456,21 @@ where
         Target::Domain(h, p) => match resolve(&h, p).await {
             Ok(a) => (a, Some(h)),
             Err(e) => {
-                io.write_all(&socks5::reply(0x04)).await?;
+                io.write_all(&socks5::reply(Reply::HostUnreachable)).await?;
                 return Err(e.into());
             }
         },
     };
-    if !crate::egress::allowed(&gw.cfg.egress.allow, dst.ip()) {
-        io.write_all(&socks5::reply(0x02)).await?;
-        return Err(PipelineError::EgressDenied { dst }.into());
+    if let Err(e) = crate::egress::check(&gw.cfg.egress.allow, dst) {
+        io.write_all(&socks5::reply(Reply::NotAllowed)).await?;
+        return Err(PipelineError::from(e).into());
     }
     let flow = Arc::new(new_flow(Via::Socks5, dst, host, &client, identity));
     let Ok(live) = pipeline::admit(&gw, &jobs, &flow) else {
-        // Over a cap, already on record: "general failure".
-        io.write_all(&socks5::reply(0x01)).await?;
-        return Ok(());
+        io.write_all(&socks5::reply(Reply::GeneralFailure)).await?;
+        return Err(SocksFailure::Admitted);
     };
-    io.write_all(&socks5::reply(0)).await?;
+    io.write_all(&socks5::reply(Reply::Succeeded)).await?;
     // Bytes the client pipelined after the request belong to the tunnel.
     run_flow(gw, live, Rewind::new(buf.into(), io), flow).await;
     Ok(())
@@ -455,7 +481,7 @@ async fn read_parsed<IO, T>(
     buf: &mut Vec<u8>,
     parse: fn(&[u8]) -> socks5::Parsed<T>,
     timeout: std::time::Duration,
-) -> anyhow::Result<(T, usize)>
+) -> Result<(T, usize), SocksFailure>
 where
     IO: AsyncRead + Unpin,
 {
@@ -465,17 +491,17 @@ where
                 return Ok(x);
             }
             if buf.len() > 1024 {
-                anyhow::bail!("SOCKS5 handshake too long");
+                return Err(SocksFailure::TooLong);
             }
             let mut chunk = [0u8; 512];
             let n = io.read(&mut chunk).await?;
             if n == 0 {
-                anyhow::bail!("client closed during the SOCKS5 handshake");
+                return Err(SocksFailure::Closed);
             }
             buf.extend_from_slice(&chunk[..n]);
         }
     };
     tokio::time::timeout(timeout, read)
         .await
-        .map_err(|_| anyhow::anyhow!("SOCKS5 handshake timed out"))?
+        .map_err(|_| SocksFailure::TimedOut)?
 }

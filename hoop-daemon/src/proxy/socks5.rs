@@ -31,13 +31,25 @@ pub enum Socks5Error {
     Auth,
 }
 
+/// The REP field of a reply (RFC 1928 section 6), the ones hoop sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reply {
+    Succeeded = 0x00,
+    GeneralFailure = 0x01,
+    NotAllowed = 0x02,
+    HostUnreachable = 0x04,
+    CommandNotSupported = 0x07,
+    AddressTypeNotSupported = 0x08,
+}
+
 impl Socks5Error {
-    /// The REP code for a request that failed to parse.
-    pub fn reply_code(self) -> u8 {
+    /// The reply for a request that failed to parse.
+    pub fn reply(self) -> Reply {
         match self {
-            Self::Command(_) => 0x07,
-            Self::AddressType(_) => 0x08,
-            _ => 0x01,
+            Self::Command(_) => Reply::CommandNotSupported,
+            Self::AddressType(_) => Reply::AddressTypeNotSupported,
+            _ => Reply::GeneralFailure,
         }
     }
 }
@@ -140,9 +152,9 @@ pub fn parse_request(b: &[u8]) -> Parsed<Target> {
     }
 }
 
-/// A reply with `code` (0 = succeeded) and an unspecified bound address.
-pub fn reply(code: u8) -> [u8; 10] {
-    [VERSION, code, 0, 0x01, 0, 0, 0, 0, 0, 0]
+/// A reply with an unspecified bound address.
+pub fn reply(r: Reply) -> [u8; 10] {
+    [VERSION, r as u8, 0, 0x01, 0, 0, 0, 0, 0, 0]
 }
 
 #[cfg(test)]
@@ -189,6 +201,9 @@ mod tests {
             Ok(Some((Target::Domain("localhost".into(), 8080), 16)))
         );
         assert_eq!(parse_request(&[5, 2, 0, 1]), Err(Socks5Error::Command(2)));
+        assert_eq!(reply(Socks5Error::Command(2).reply())[..2], [5, 0x07]);
+        assert_eq!(reply(Socks5Error::AddressType(9).reply())[..2], [5, 0x08]);
+        assert_eq!(reply(Socks5Error::Domain.reply())[..2], [5, 0x01]);
         assert_eq!(
             parse_request(&[5, 1, 0, 9]),
             Err(Socks5Error::AddressType(9))
