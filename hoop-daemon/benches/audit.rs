@@ -84,8 +84,8 @@ fn bench(c: &mut Criterion) {
         let cfg = AuditConfig {
             enabled: true,
             sync,
-            checkpoint_every: "60s".into(),
-            retain: String::new(),
+            checkpoint_every: hoop::config::duration::Human(std::time::Duration::from_secs(60)),
+            retain: None,
             max_db_bytes: 0,
         };
         let audit = Arc::new(Audit::start(&cfg, dir.path()).unwrap());

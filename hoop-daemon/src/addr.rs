@@ -44,6 +44,9 @@ mod tests {
             "127.0.0.1".parse().unwrap(),
             "::ffff:127.0.0.1".parse().unwrap()
         ));
-        assert!(!same_ip("127.0.0.1".parse().unwrap(), "::1".parse().unwrap()));
+        assert!(!same_ip(
+            "127.0.0.1".parse().unwrap(),
+            "::1".parse().unwrap()
+        ));
     }
 }

@@ -57,10 +57,7 @@ async fn call_inner(
         Some("http") => false,
         _ => return Err("only http:// and https:// URLs".into()),
     };
-    let host = uri
-        .host()
-        .map(crate::addr::unbracket)
-        .ok_or("no host")?;
+    let host = uri.host().map(crate::addr::unbracket).ok_or("no host")?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = TcpStream::connect((host, port))
         .await

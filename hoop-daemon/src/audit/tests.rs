@@ -9,8 +9,10 @@ fn config(retain: &str) -> AuditConfig {
     AuditConfig {
         enabled: true,
         sync: Sync::Normal,
-        checkpoint_every: "60s".into(),
-        retain: retain.into(),
+        checkpoint_every: crate::config::duration::Human(std::time::Duration::from_secs(60)),
+        retain: (!retain.is_empty())
+            .then(|| crate::config::parse_duration(retain).unwrap())
+            .map(crate::config::duration::Human),
         max_db_bytes: 0,
     }
 }
@@ -343,7 +345,7 @@ async fn a_reader_in_a_long_transaction_does_not_block_the_writer() {
 async fn checkpoints_keep_coming_under_steady_load() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = config("");
-    cfg.checkpoint_every = "1s".into();
+    cfg.checkpoint_every = crate::config::duration::Human(std::time::Duration::from_secs(1));
     let a = Audit::start(&cfg, d.path()).unwrap();
     // 2.5 s with the queue never empty (refilled well before it drains): the
     // writer never waits on the channel, so never times out.

@@ -113,7 +113,7 @@ fn db_path(cfg: &Config, db: Option<PathBuf>) -> PathBuf {
 fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
     since
         .map(|s| {
-            let d = crate::config::parse_duration(s).map_err(anyhow::Error::msg)?;
+            let d = crate::config::parse_duration(s)?;
             Ok(crate::jobs::Jobs::now_ms().saturating_sub(d.as_millis() as u64))
         })
         .transpose()

@@ -25,9 +25,10 @@ pub struct AuditConfig {
     pub sync: Sync,
     /// How often the head's signature is kept as a checkpoint and its hash
     /// logged (also at stop). Every commit signs its head regardless.
-    pub checkpoint_every: String,
+    pub checkpoint_every: super::duration::Human,
     /// Records older than this are pruned ("30d"); empty keeps everything.
-    pub retain: String,
+    #[serde(deserialize_with = "super::duration::optional")]
+    pub retain: Option<super::duration::Human>,
     /// Cap on the database's size in bytes (0: none). When it is full,
     /// requests fail closed (503) until retention or an operator frees room.
     pub max_db_bytes: u64,
@@ -35,11 +36,9 @@ pub struct AuditConfig {
 
 impl AuditConfig {
     pub fn checkpoint_interval(&self) -> Duration {
-        super::parse_duration(&self.checkpoint_every).unwrap_or(Duration::from_secs(60))
+        self.checkpoint_every.into()
     }
     pub fn retention(&self) -> Option<Duration> {
-        (!self.retain.trim().is_empty())
-            .then(|| super::parse_duration(&self.retain).ok())
-            .flatten()
+        self.retain.map(Duration::from)
     }
 }

@@ -1,7 +1,7 @@
 //! Configuration: embedded defaults, optionally overridden by a TOML file.
 //! Unknown keys are errors, and every error names the file, line and key.
 pub mod audit;
-mod duration;
+pub mod duration;
 mod locate;
 pub mod mask;
 pub mod policy;
@@ -206,12 +206,12 @@ impl Config {
 
     /// An error about `key` (a path like `connection[0].hosts[1]`), located
     /// in the file when the key is there.
-    pub fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+    pub fn invalid(&self, key: &str, problem: impl std::fmt::Display) -> ConfigError {
         ConfigError::Invalid {
             path: self.source.clone(),
             at: locate::locate(&self.text, key),
             key: key.to_string(),
-            problem: problem.into(),
+            problem: problem.to_string(),
         }
     }
 
@@ -317,17 +317,15 @@ impl Config {
                 }
             }
         }
-        for (key, v) in [
-            ("audit.checkpoint_every", &self.audit.checkpoint_every),
-            ("audit.retain", &self.audit.retain),
+        for (key, d) in [
+            (
+                "audit.checkpoint_every",
+                Some(self.audit.checkpoint_interval()),
+            ),
+            ("audit.retain", self.audit.retention()),
         ] {
-            if key == "audit.retain" && v.trim().is_empty() {
-                continue;
-            }
-            match crate::config::parse_duration(v) {
-                Ok(d) if d.is_zero() => return Err(bad(key, "must be longer than 0")),
-                Ok(_) => {}
-                Err(e) => return Err(bad(key, &e)),
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(bad(key, "must be longer than 0"));
             }
         }
         if let Some(url) = &self.approvals.webhook

@@ -155,7 +155,7 @@ pub struct ApproveConfig {
     pub approvers: Vec<String>,
     /// How long a held request waits (`90s`, `10m`, `1h`); default 10m.
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<super::duration::Human>,
 }
 
 impl ApproveConfig {

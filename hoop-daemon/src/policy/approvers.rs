@@ -11,9 +11,13 @@ pub enum Approver {
     Group(String),
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: use uid:N, user:NAME or group:NAME")]
+pub struct BadApprover(String);
+
 impl Approver {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: use uid:N, user:NAME or group:NAME");
+    pub fn parse(s: &str) -> Result<Self, BadApprover> {
+        let bad = || BadApprover(s.into());
         let (kind, v) = s.split_once(':').ok_or_else(bad)?;
         match kind {
             "uid" => v.parse().map(Self::Uid).map_err(|_| bad()),

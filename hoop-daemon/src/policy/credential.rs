@@ -2,7 +2,11 @@
 //! toward the upstream, and never shown: not in logs, errors or status
 //! (`Secret` prints as `[hoop:credential]`), and not to the job (the
 //! canary masks the secret and its encodings in responses).
-use std::{fmt, path::Path, sync::Arc};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use base64::{
     Engine,
@@ -19,6 +23,41 @@ pub const REDACTED: &str = "[hoop:credential]";
 /// canary could not work; they are refused at load.
 pub const MIN_SECRET_LEN: usize = 8;
 
+/// Why a secret could not be loaded. Names the source, never the content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set (or not UTF-8)")]
+    EnvUnset(String),
+    #[error(
+        "systemd credential {0:?}: $CREDENTIALS_DIRECTORY is not set (add LoadCredential={0}:… to hoop.service)"
+    )]
+    NoCredentialsDirectory(String),
+    #[error("cannot read secret file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no secret source")]
+    NoSource,
+    #[error(
+        "the secret is shorter than {MIN_SECRET_LEN} bytes; too short to keep out of responses reliably"
+    )]
+    TooShort,
+    #[error("the secret contains control characters")]
+    ControlCharacters,
+}
+
+/// Why a credential could not be built: its secret, or where it goes.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("header name: {0}")]
+    HeaderName(#[from] http::header::InvalidHeaderName),
+    #[error("the credential is not a valid header value")]
+    HeaderValue,
+}
+
 /// A secret value. Its Debug and Display never show it.
 #[derive(Clone)]
 pub struct Secret(Arc<str>);
@@ -29,38 +68,35 @@ impl Secret {
     }
 
     /// Reads `src`; errors name the source, never the content.
-    pub fn load(src: &SecretSource) -> Result<Self, String> {
+    pub fn load(src: &SecretSource) -> Result<Self, SecretError> {
         let raw = if let Some(f) = &src.file {
             read_file(f)?
         } else if let Some(var) = &src.env {
-            std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?
+            std::env::var(var).map_err(|_| SecretError::EnvUnset(var.clone()))?
         } else if let Some(name) = &src.credential {
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                format!(
-                    "systemd credential {name:?}: $CREDENTIALS_DIRECTORY is not set (add LoadCredential={name}:… to hoop.service)"
-                )
-            })?;
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
             read_file(&Path::new(&dir).join(name))?
         } else {
-            return Err("no secret source".into());
+            return Err(SecretError::NoSource);
         };
         // Files usually end with a newline that is not part of the secret.
         let s = raw.trim_end_matches(['\n', '\r']);
         if s.len() < MIN_SECRET_LEN {
-            return Err(format!(
-                "the secret is shorter than {MIN_SECRET_LEN} bytes; too short to keep out of responses reliably"
-            ));
+            return Err(SecretError::TooShort);
         }
         if s.bytes().any(|b| b.is_ascii_control()) {
-            return Err("the secret contains control characters".into());
+            return Err(SecretError::ControlCharacters);
         }
         Ok(Self(s.into()))
     }
 }
 
-fn read_file(p: &Path) -> Result<String, String> {
-    std::fs::read_to_string(p).map_err(|e| format!("cannot read secret file {}: {e}", p.display()))
+fn read_file(p: &Path) -> Result<String, SecretError> {
+    std::fs::read_to_string(p).map_err(|source| SecretError::File {
+        path: p.to_path_buf(),
+        source,
+    })
 }
 
 impl fmt::Debug for Secret {
@@ -113,7 +149,7 @@ impl fmt::Debug for Credential {
 }
 
 impl Credential {
-    pub fn new(c: &CredentialConfig) -> Result<Self, String> {
+    pub fn new(c: &CredentialConfig) -> Result<Self, CredentialError> {
         let secret = Secret::load(&c.secret)?;
         let s = secret.expose();
         // Percent-encoded and escaped forms are found by decoding (the
@@ -136,7 +172,7 @@ impl Credential {
             let name = c.header.as_deref().unwrap_or("authorization");
             let format = c.format.as_deref().unwrap_or("Bearer {secret}");
             Mode::Header {
-                name: HeaderName::try_from(name).map_err(|e| format!("header name: {e}"))?,
+                name: HeaderName::try_from(name)?,
                 value: header_value(format.replace("{secret}", s))?,
             }
         };
@@ -190,9 +226,8 @@ fn decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-fn header_value(v: String) -> Result<HeaderValue, String> {
-    let mut v = HeaderValue::try_from(v)
-        .map_err(|_| "the credential is not a valid header value".to_string())?;
+fn header_value(v: String) -> Result<HeaderValue, CredentialError> {
+    let mut v = HeaderValue::try_from(v).map_err(|_| CredentialError::HeaderValue)?;
     // hyper and h2 keep sensitive values out of HPACK's dynamic table.
     v.set_sensitive(true);
     Ok(v)
@@ -278,6 +313,8 @@ mod tests {
             credential: None,
         })
         .unwrap_err();
+        assert!(matches!(e, SecretError::TooShort), "{e}");
+        let e = e.to_string();
         assert!(e.contains("shorter") && !e.contains("abc"), "{e}");
         let e = Secret::load(&SecretSource {
             file: None,
@@ -285,7 +322,7 @@ mod tests {
             credential: None,
         })
         .unwrap_err();
-        assert!(e.contains("HOOP_NO_SUCH_VAR"), "{e}");
+        assert!(e.to_string().contains("HOOP_NO_SUCH_VAR"), "{e}");
     }
 
     #[test]

@@ -16,24 +16,39 @@ enum Host {
     Subdomains(String),
 }
 
+/// Why a host pattern was refused; each names the pattern as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHostPattern {
+    #[error("{0:?}: the port must be a number from 1 to 65535")]
+    Port(String),
+    #[error(
+        "{0:?}: a wildcard is only allowed as a whole leading label (\"*.example.com\") or alone (\"*\")"
+    )]
+    Wildcard(String),
+    #[error("{0:?}: not a valid host name")]
+    HostName(String),
+}
+
 impl HostPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, BadHostPattern> {
         let lower = s.trim().to_ascii_lowercase();
-        let (host, port) = split_port(&lower)
-            .ok_or_else(|| format!("{s:?}: the port must be a number from 1 to 65535"))?;
+        let (host, port) = split_port(&lower).ok_or_else(|| BadHostPattern::Port(s.into()))?;
+        let dns = |h: &str| {
+            is_host_name(h)
+                .then_some(())
+                .ok_or_else(|| BadHostPattern::HostName(s.into()))
+        };
         let host = if host == "*" {
             Host::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
-            check_dns(suffix).map_err(|e| format!("{s:?}: {e}"))?;
+            dns(suffix)?;
             Host::Subdomains(format!(".{suffix}"))
         } else if host.contains('*') {
-            return Err(format!(
-                "{s:?}: a wildcard is only allowed as a whole leading label (\"*.example.com\") or alone (\"*\")"
-            ));
+            return Err(BadHostPattern::Wildcard(s.into()));
         } else if let Some(ip) = crate::addr::ip_literal(host) {
             Host::Exact(ip.to_string())
         } else {
-            check_dns(host).map_err(|e| format!("{s:?}: {e}"))?;
+            dns(host)?;
             Host::Exact(host.to_string())
         };
         Ok(Self { host, port })
@@ -83,20 +98,15 @@ fn split_port(s: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-fn check_dns(h: &str) -> Result<(), String> {
-    let ok = !h.is_empty()
+fn is_host_name(h: &str) -> bool {
+    !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
                 && l.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err("not a valid host name".into())
-    }
+        })
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::{
     identity::{Identity, Issuers},
     tls::UpstreamTls,
 };
-use credential::Credential;
+use credential::{Credential, CredentialError};
 
 pub struct Connection {
     pub name: String,
@@ -152,12 +152,13 @@ impl Policy {
                 .as_ref()
                 .map(|cc| {
                     Credential::new(cc).map_err(|e| {
-                        let key = if e.contains("header") {
-                            format!("connection[{i}].credential")
-                        } else {
-                            format!("connection[{i}].credential.secret")
+                        let key = match e {
+                            CredentialError::Secret(_) => {
+                                format!("connection[{i}].credential.secret")
+                            }
+                            _ => format!("connection[{i}].credential"),
                         };
-                        cfg.invalid(&key, e)
+                        cfg.invalid(&key, e.to_string())
                     })
                 })
                 .transpose()?;
@@ -210,11 +211,9 @@ impl Policy {
                             .map_err(|e| cfg.invalid(&key(&format!("approvers[{n}]")), e))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                let timeout = match &a.timeout {
-                    Some(t) => crate::config::parse_duration(t)
-                        .map_err(|e| cfg.invalid(&key("timeout"), e))?,
-                    None => std::time::Duration::from_secs(600),
-                };
+                let timeout = a
+                    .timeout
+                    .map_or(std::time::Duration::from_secs(600), Into::into);
                 approve.push((
                     matcher,
                     Arc::new(approvers::ApprovalRule {

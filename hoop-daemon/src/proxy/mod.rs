@@ -3,11 +3,7 @@
 //! feeds the same pipeline as a captured connection.
 pub mod socks5;
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{Method, Request, Response};
 use hyper::{body::Incoming, service::service_fn};
