@@ -14,10 +14,55 @@ use tokio_rustls::TlsConnector;
 
 const MAX_BODY: usize = 1 << 20;
 
+/// A call that failed, with its method and URL.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {url}: {failure}")]
+pub struct CallError {
+    pub method: &'static str,
+    pub url: String,
+    pub failure: Failure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("only https:// is fetched")]
+    NotHttps,
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("bad URL: {0}")]
+    Url(#[from] http::uri::InvalidUri),
+    #[error("only http:// and https:// URLs")]
+    Scheme,
+    #[error("no host")]
+    NoHost,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("not a TLS server name: {0}")]
+    ServerName(#[from] rustls::pki_types::InvalidDnsNameError),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("request: {0}")]
+    Request(#[from] http::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    #[error("body: {0} (limit {MAX_BODY} bytes)")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// GET over https only (OIDC documents must come over verified TLS).
-pub async fn get(url: &str, tls: &Arc<ClientConfig>, timeout: Duration) -> Result<Bytes, String> {
+pub async fn get(
+    url: &str,
+    tls: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<Bytes, CallError> {
     if !url.starts_with("https://") {
-        return Err(format!("GET {url}: only https:// is fetched"));
+        return Err(CallError {
+            method: "GET",
+            url: url.into(),
+            failure: Failure::NotHttps,
+        });
     }
     call(url, tls, timeout, None).await
 }
@@ -29,7 +74,7 @@ pub async fn post_json(
     tls: &Arc<ClientConfig>,
     timeout: Duration,
     body: Vec<u8>,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, CallError> {
     call(url, tls, timeout, Some(body)).await
 }
 
@@ -38,30 +83,37 @@ async fn call(
     tls: &Arc<ClientConfig>,
     timeout: Duration,
     body: Option<Vec<u8>>,
-) -> Result<Bytes, String> {
-    let what = if body.is_some() { "POST" } else { "GET" };
+) -> Result<Bytes, CallError> {
+    let method = if body.is_some() { "POST" } else { "GET" };
     tokio::time::timeout(timeout, call_inner(url, tls, body))
         .await
-        .map_err(|_| format!("{what} {url}: no answer within {} ms", timeout.as_millis()))?
-        .map_err(|e| format!("{what} {url}: {e}"))
+        .unwrap_or(Err(Failure::Timeout(timeout.as_millis())))
+        .map_err(|failure| CallError {
+            method,
+            url: url.into(),
+            failure,
+        })
 }
 
 async fn call_inner(
     url: &str,
     tls: &Arc<ClientConfig>,
     body: Option<Vec<u8>>,
-) -> Result<Bytes, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+) -> Result<Bytes, Failure> {
+    let uri: Uri = url.parse()?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err("only http:// and https:// URLs".into()),
+        _ => return Err(Failure::Scheme),
     };
-    let host = uri.host().map(crate::addr::unbracket).ok_or("no host")?;
+    let host = uri
+        .host()
+        .map(crate::addr::unbracket)
+        .ok_or(Failure::NoHost)?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = TcpStream::connect((host, port))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Failure::Connect)?;
     let authority = uri.authority().map_or(host, |a| a.as_str()).to_string();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let builder = match &body {
@@ -73,39 +125,35 @@ async fn call_inner(
         header::USER_AGENT,
         concat!("hoop/", env!("CARGO_PKG_VERSION")),
     );
-    let req = builder
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
+    let req = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let resp = if https {
-        let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(host.to_string())?;
         let stream = TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(Failure::Tls)?;
         send(stream, req).await?
     } else {
         send(tcp, req).await?
     };
     if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
+        return Err(Failure::Status(resp.status()));
     }
     Limited::new(resp.into_body(), MAX_BODY)
         .collect()
         .await
         .map(|b| b.to_bytes())
-        .map_err(|e| format!("body: {e} (limit {MAX_BODY} bytes)"))
+        .map_err(Failure::Body)
 }
 
 async fn send<IO>(
     io: IO,
     req: Request<Full<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
+) -> Result<http::Response<hyper::body::Incoming>, Failure>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(conn);
-    send.send_request(req).await.map_err(|e| e.to_string())
+    Ok(send.send_request(req).await?)
 }

@@ -79,6 +79,27 @@ pub struct Approvals {
 
 use crate::jobs::Jobs;
 
+/// Why an approval could not be decided or the store not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error(transparent)]
+    Open(#[from] store::OpenError),
+    #[error("approvals database: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("no approval {0}")]
+    Unknown(String),
+    #[error("approval {id} is not pending: it was {status}")]
+    NotPending { id: String, status: String },
+    #[error("approval {0} is no longer pending")]
+    NoLongerPending(String),
+    #[error(
+        "refused: uid {0} belongs to the job that made this request; a job can't approve itself"
+    )]
+    SelfApproval(u32),
+    #[error("refused: {caller} is not an approver for rule {rule}")]
+    NotApprover { caller: String, rule: String },
+}
+
 fn now_ms() -> u64 {
     Jobs::now_ms()
 }
@@ -86,7 +107,7 @@ fn now_ms() -> u64 {
 impl Approvals {
     /// Opens the store; approvals a previous daemon left pending are
     /// marked abandoned (their requests died with it).
-    pub fn open(path: &std::path::Path, notifier: Option<Notifier>) -> Result<Self, String> {
+    pub fn open(path: &std::path::Path, notifier: Option<Notifier>) -> Result<Self, ApprovalError> {
         let store = Store::open(path)?;
         let n = store.abandon_pending()?;
         if n > 0 {
@@ -186,28 +207,27 @@ impl Approvals {
     }
 
     /// An approver's decision on a pending approval.
-    pub fn decide(&self, id: &str, caller: &Caller, d: Decision) -> Result<String, String> {
+    pub fn decide(&self, id: &str, caller: &Caller, d: Decision) -> Result<String, ApprovalError> {
         let mut waiters = self.waiters.lock().unwrap();
         let Some(w) = waiters.get(id) else {
             return Err(match self.store.get(id)? {
-                Some(r) => format!("approval {id} is not pending: it was {}", r.status),
-                None => format!("no approval {id}"),
+                Some(r) => ApprovalError::NotPending {
+                    id: id.into(),
+                    status: r.status,
+                },
+                None => ApprovalError::Unknown(id.into()),
             });
         };
         if w.uids.contains(&caller.uid) {
             tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "self-approval refused");
-            return Err(format!(
-                "refused: uid {} belongs to the job that made this request; a job can't approve itself",
-                caller.uid
-            ));
+            return Err(ApprovalError::SelfApproval(caller.uid));
         }
         if !w.rule.approvers.iter().any(|a| a.admits(caller)) {
             tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "approval by a non-approver refused");
-            return Err(format!(
-                "refused: {} is not an approver for rule {}",
-                caller.label(),
-                w.rule.name
-            ));
+            return Err(ApprovalError::NotApprover {
+                caller: caller.label(),
+                rule: w.rule.name.clone(),
+            });
         }
         let by = caller.label();
         let (status, outcome, reason, grant) = match d {
@@ -231,7 +251,7 @@ impl Approvals {
             .store
             .decide(id, status, Some(&by), reason.as_deref(), grant)?
         {
-            return Err(format!("approval {id} is no longer pending"));
+            return Err(ApprovalError::NoLongerPending(id.into()));
         }
         let w = waiters.remove(id).expect("checked above");
         if let Some(until_ms) = grant {
@@ -250,8 +270,8 @@ impl Approvals {
         Ok(format!("approval {id} {status} by {by}"))
     }
 
-    pub fn list(&self) -> Result<Vec<Row>, String> {
-        self.store.list(100)
+    pub fn list(&self) -> Result<Vec<Row>, ApprovalError> {
+        Ok(self.store.list(100)?)
     }
 
     /// The daemon is stopping: every held request fails cleanly.
@@ -386,15 +406,17 @@ mod tests {
         let t =
             tokio::spawn(async move { a2.hold(hold(vec![1000], Duration::from_secs(10))).await.1 });
         let id = pending_id(&a).await;
+        let e = a
+            .decide(&id, &job_user, Decision::Approve { for_secs: None })
+            .unwrap_err();
+        assert!(matches!(e, ApprovalError::SelfApproval(1000)), "{e}");
+        assert!(e.to_string().contains("can't approve itself"), "{e}");
+        let e = a
+            .decide(&id, &stranger, Decision::Approve { for_secs: None })
+            .unwrap_err();
         assert!(
-            a.decide(&id, &job_user, Decision::Approve { for_secs: None })
-                .unwrap_err()
-                .contains("can't approve itself")
-        );
-        assert!(
-            a.decide(&id, &stranger, Decision::Approve { for_secs: None })
-                .unwrap_err()
-                .contains("not an approver")
+            matches!(&e, ApprovalError::NotApprover { caller, .. } if caller == "uid:4242"),
+            "{e}"
         );
         a.decide(&id, &root, Decision::Approve { for_secs: Some(60) })
             .unwrap();
@@ -427,10 +449,12 @@ mod tests {
         assert!(
             matches!(t.await.unwrap(), Outcome::Denied { reason, .. } if reason == "not today")
         );
+        let e = a
+            .decide(&id, &root, Decision::Approve { for_secs: None })
+            .unwrap_err();
         assert!(
-            a.decide(&id, &root, Decision::Approve { for_secs: None })
-                .unwrap_err()
-                .contains("not pending")
+            matches!(&e, ApprovalError::NotPending { status, .. } if status == "denied"),
+            "{e}"
         );
 
         // Expiry.

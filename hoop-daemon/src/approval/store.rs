@@ -1,7 +1,10 @@
 //! Approvals on disk (SQLite, WAL): every held request, its outcome and
 //! who decided it, so that a restart knows what was pending (and marks it
 //! abandoned) and `hoop approvals list` reads the truth.
-use std::{path::Path, sync::Mutex};
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -57,14 +60,38 @@ pub struct Store {
     db: Mutex<Connection>,
 }
 
+/// Why the approvals database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("approvals database {}: {source}", path.display())]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("approvals database {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("approvals database: {0}")]
+    File(#[from] crate::tls::TlsError),
+}
+
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let io = |source| OpenError::Io {
+            path: path.into(),
+            source,
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(io)?;
         }
-        owner_only(path).map_err(|e| format!("{}: {e:#}", path.display()))?;
-        let db = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
+        owner_only(path)?;
+        let err = |source| OpenError::Database {
+            path: path.into(),
+            source,
+        };
+        let db = Connection::open(path).map_err(err)?;
         db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         db.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
@@ -80,7 +107,7 @@ impl Store {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn insert(&self, r: &Row, uids: &[u32]) -> Result<(), String> {
+    pub fn insert(&self, r: &Row, uids: &[u32]) -> rusqlite::Result<()> {
         let uids = uids
             .iter()
             .map(u32::to_string)
@@ -96,7 +123,6 @@ impl Store {
                         r.connection, r.rule, r.method, r.url, r.body_sha256, r.body],
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     /// Moves a pending row to its outcome; false if it was not pending.
@@ -107,7 +133,7 @@ impl Store {
         by: Option<&str>,
         reason: Option<&str>,
         grant_until_ms: Option<u64>,
-    ) -> Result<bool, String> {
+    ) -> rusqlite::Result<bool> {
         self.db
             .lock()
             .unwrap()
@@ -117,11 +143,10 @@ impl Store {
                 params![id, status, by, reason, grant_until_ms.map(|g| g as i64)],
             )
             .map(|n| n == 1)
-            .map_err(|e| e.to_string())
     }
 
     /// Pending rows left by a previous daemon: nobody waits for them now.
-    pub fn abandon_pending(&self) -> Result<usize, String> {
+    pub fn abandon_pending(&self) -> rusqlite::Result<usize> {
         self.db
             .lock()
             .unwrap()
@@ -129,10 +154,9 @@ impl Store {
                 "UPDATE approvals SET status = 'abandoned', reason = 'the daemon restarted' WHERE status = 'pending'",
                 [],
             )
-            .map_err(|e| e.to_string())
     }
 
-    pub fn get(&self, id: &str) -> Result<Option<Row>, String> {
+    pub fn get(&self, id: &str) -> rusqlite::Result<Option<Row>> {
         self.db
             .lock()
             .unwrap()
@@ -142,20 +166,17 @@ impl Store {
                 row,
             )
             .optional()
-            .map_err(|e| e.to_string())
     }
 
     /// Pending first, then the most recent others.
-    pub fn list(&self, limit: usize) -> Result<Vec<Row>, String> {
+    pub fn list(&self, limit: usize) -> rusqlite::Result<Vec<Row>> {
         let db = self.db.lock().unwrap();
         let mut st = db
             .prepare(&format!(
                 "SELECT {COLUMNS} FROM approvals ORDER BY status = 'pending' DESC, created_ms DESC LIMIT ?1"
-            ))
-            .map_err(|e| e.to_string())?;
+            ))?;
         st.query_map([limit as i64], row)
             .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -184,7 +205,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 /// must not read. SQLite gives the WAL and its index the database file's
 /// mode; files an earlier hoop left readable (it didn't set one) are
 /// tightened.
-fn owner_only(path: &Path) -> anyhow::Result<()> {
+fn owner_only(path: &Path) -> Result<(), OpenError> {
     use std::os::unix::fs::PermissionsExt;
     if !path.exists() {
         crate::tls::ca::write_new(path, b"", 0o600)?;
@@ -194,7 +215,12 @@ fn owner_only(path: &Path) -> anyhow::Result<()> {
         if let Ok(m) = std::fs::metadata(&p)
             && m.permissions().mode() & 0o077 != 0
         {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| OpenError::Io {
+                    path: p.into(),
+                    source,
+                },
+            )?;
         }
     }
     Ok(())

@@ -34,6 +34,39 @@ pub enum AuditError {
     Stopped,
 }
 
+/// Why the audit service could not start (the daemon then does not).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("audit database {}: {source}", path.display())]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "audit database {}: the chain is broken ({broken}); refusing to extend it. Run `hoop audit verify --db {}` and move the file aside to start a new log",
+        path.display(),
+        path.display()
+    )]
+    Broken { path: PathBuf, broken: String },
+    #[error(
+        "audit database {} was signed with another key than {}; restore that key, or move the database aside to start a new log",
+        db.display(),
+        key.display()
+    )]
+    OtherKey { db: PathBuf, key: PathBuf },
+    #[error("audit key {}: {detail}", path.display())]
+    Key { path: PathBuf, detail: String },
+    #[error(transparent)]
+    File(#[from] crate::tls::TlsError),
+    #[error("audit: {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
 type Reply = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
 
 enum Cmd {
@@ -78,7 +111,7 @@ impl Audit {
     /// Opens the database, loads (or creates) the signing key and starts
     /// the writer thread. Any problem here stops the daemon from starting:
     /// it must not serve without its record.
-    pub fn start(cfg: &AuditConfig, state_dir: &Path) -> anyhow::Result<Self> {
+    pub fn start(cfg: &AuditConfig, state_dir: &Path) -> Result<Self, StartError> {
         if !cfg.enabled {
             tracing::warn!("audit disabled ([audit] enabled = false): nothing is recorded");
             return Ok(Self::disabled());
@@ -88,14 +121,19 @@ impl Audit {
         let db = store::open_writer(&path, cfg.sync, max)?;
         let key = load_or_create_key(&state_dir.join(KEY_FILE))?;
         let pubkey = encode_key(&chain::public_key(&key));
-        match store::meta(&db, "public_key")? {
-            Some(k) if k != pubkey => anyhow::bail!(
-                "audit database {} was signed with another key than {}; restore that key, or move the database aside to start a new log",
-                path.display(),
-                state_dir.join(KEY_FILE).display()
-            ),
+        let database = |source| StartError::Database {
+            path: path.clone(),
+            source,
+        };
+        match store::meta(&db, "public_key").map_err(database)? {
+            Some(k) if k != pubkey => {
+                return Err(StartError::OtherKey {
+                    db: path,
+                    key: state_dir.join(KEY_FILE),
+                });
+            }
             Some(_) => {}
-            None => store::set_meta(&db, "public_key", &pubkey)?,
+            None => store::set_meta(&db, "public_key", &pubkey).map_err(database)?,
         }
         let stats = Arc::new(Stats::default());
         let w = writer::Writer::resume(
@@ -105,12 +143,15 @@ impl Audit {
             stats.clone(),
             cfg.checkpoint_interval(),
             cfg.retention(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("hoop-audit".into())
-            .spawn(move || w.run(rx))?;
+            .spawn(move || w.run(rx))
+            .map_err(|source| StartError::Io {
+                what: "starting the writer thread",
+                source,
+            })?;
         tracing::info!(db = %path.display(), public_key = %pubkey, sync = ?cfg.sync, "audit log");
         Ok(Self {
             tx: Some(tx),
@@ -156,25 +197,27 @@ impl Audit {
     }
 }
 
-fn load_or_create_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
-    use anyhow::Context;
+fn load_or_create_key(path: &Path) -> Result<Ed25519KeyPair, StartError> {
+    let key = |detail: String| StartError::Key {
+        path: path.into(),
+        detail,
+    };
     let pkcs8 = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let rng = ring::rand::SystemRandom::new();
             let doc = Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|_| anyhow::anyhow!("cannot generate an Ed25519 key"))?;
+                .map_err(|_| key("cannot generate an Ed25519 key".into()))?;
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(|e| key(e.to_string()))?;
             }
             crate::tls::ca::write_new(path, doc.as_ref(), 0o600)?;
             tracing::info!(key = %path.display(), "audit signing key created");
             doc.as_ref().to_vec()
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(key(format!("cannot read it: {e}"))),
     };
-    Ed25519KeyPair::from_pkcs8(&pkcs8)
-        .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 PKCS#8 key ({e})", path.display()))
+    Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| key(format!("not an Ed25519 PKCS#8 key ({e})")))
 }
 
 /// The public key as printed and accepted by `--pubkey`: base64.
@@ -184,11 +227,15 @@ pub fn encode_key(k: &[u8]) -> String {
 }
 
 /// The public key of the signing key in `state_dir`.
-pub fn public_key_of(state_dir: &Path) -> anyhow::Result<String> {
-    use anyhow::Context;
-    let b = std::fs::read(state_dir.join(KEY_FILE))
-        .with_context(|| format!("reading {}", state_dir.join(KEY_FILE).display()))?;
-    let k = Ed25519KeyPair::from_pkcs8(&b).map_err(|e| anyhow::anyhow!("bad audit key: {e}"))?;
+pub fn public_key_of(state_dir: &Path) -> Result<String, StartError> {
+    let path = state_dir.join(KEY_FILE);
+    let key = |detail: String| StartError::Key {
+        path: path.clone(),
+        detail,
+    };
+    let b = std::fs::read(&path).map_err(|e| key(format!("cannot read it: {e}")))?;
+    let k = Ed25519KeyPair::from_pkcs8(&b)
+        .map_err(|e| key(format!("not an Ed25519 PKCS#8 key ({e})")))?;
     Ok(encode_key(&chain::public_key(&k)))
 }
 

@@ -98,11 +98,15 @@ pub struct Anchor {
     pub hash: [u8; 32],
 }
 
-impl FromStr for Anchor {
-    type Err = String;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: an anchor is SEQ:HASH, the hash as 64 hex digits")]
+pub struct BadAnchor(String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: an anchor is SEQ:HASH, the hash as 64 hex digits");
+impl FromStr for Anchor {
+    type Err = BadAnchor;
+
+    fn from_str(s: &str) -> Result<Self, BadAnchor> {
+        let bad = || BadAnchor(s.into());
         let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
         let seq = seq.trim().parse().map_err(|_| bad())?;
         let hash = hex::decode(hash.trim())

@@ -19,7 +19,7 @@ use ring::signature::Ed25519KeyPair;
 use rusqlite::Connection;
 
 use super::{
-    AuditError, Cmd, Entry, Stats,
+    AuditError, Cmd, Entry, StartError, Stats,
     chain::{self, GENESIS, Record},
     store,
 };
@@ -64,8 +64,11 @@ impl Writer {
         stats: Arc<Stats>,
         checkpoint_every: Duration,
         retain: Option<Duration>,
-    ) -> Result<Self, String> {
-        let fail = |e: rusqlite::Error| format!("audit database {}: {e}", path.display());
+    ) -> Result<Self, StartError> {
+        let fail = |source| StartError::Database {
+            path: path.clone(),
+            source,
+        };
         let head = store::head(&db).map_err(fail)?;
         let signed_through = store::last_checkpoint_seq(&db).map_err(fail)?;
         let (next, prev) = match head {
@@ -90,7 +93,10 @@ impl Writer {
             stats,
             checkpoint_every,
             retain,
-            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| format!("zstd: {e}"))?,
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|source| StartError::Io {
+                what: "zstd",
+                source,
+            })?,
             next,
             last_ts,
             prev,
@@ -101,17 +107,18 @@ impl Writer {
         Ok(w)
     }
 
-    fn check_unsigned_tail(&self) -> Result<(), String> {
+    fn check_unsigned_tail(&self) -> Result<(), StartError> {
         let pubkey = chain::public_key(&self.key);
-        let report = super::verify::verify_from_last_checkpoint(&self.db, &pubkey)
-            .map_err(|e| format!("audit database {}: {e}", self.path.display()))?;
-        report.map_err(|b| {
-            format!(
-                "audit database {}: the chain is broken ({b}); refusing to extend it. \
-                 Run `hoop audit verify --db {}` and move the file aside to start a new log",
-                self.path.display(),
-                self.path.display()
-            )
+        let report =
+            super::verify::verify_from_last_checkpoint(&self.db, &pubkey).map_err(|source| {
+                StartError::Database {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+        report.map_err(|b| StartError::Broken {
+            path: self.path.clone(),
+            broken: b.to_string(),
         })
     }
 

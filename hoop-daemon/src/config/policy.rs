@@ -216,17 +216,26 @@ pub struct SecretSource {
     pub credential: Option<String>,
 }
 
-/// A located problem: the key path, what is wrong, and a hint.
+/// A located problem: the key path (relative to where it was found, until
+/// the caller places it), and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
 pub struct Problem {
     pub key: String,
     pub problem: String,
 }
 
-fn problem(key: String, problem: impl Into<String>) -> Problem {
-    Problem {
-        key,
-        problem: problem.into(),
+impl Problem {
+    pub fn at(key: impl Into<String>, problem: impl std::fmt::Display) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.to_string(),
+        }
     }
+}
+
+fn problem(key: String, problem: impl std::fmt::Display) -> Problem {
+    Problem::at(key, problem)
 }
 
 /// Syntax checks that need no IO (secrets are read when compiling).
@@ -354,15 +363,17 @@ pub fn check(identity: &IdentityConfig, connections: &[ConnectionConfig]) -> Res
     Ok(())
 }
 
-fn check_name(n: &str) -> Result<(), String> {
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} must be non-empty and use only letters, digits, '-', '_' and '.'")]
+struct BadName(String);
+
+fn check_name(n: &str) -> Result<(), BadName> {
     if n.is_empty()
         || !n
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Err(format!(
-            "{n:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
-        ));
+        return Err(BadName(n.into()));
     }
     Ok(())
 }

@@ -94,6 +94,29 @@ struct Issuer {
     last_fetch: tokio::sync::Mutex<Option<Fetched>>,
 }
 
+/// Why an issuer's keys could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error(transparent)]
+    Call(#[from] fetch::CallError),
+    #[error("discovery document {url}: {source}")]
+    Discovery {
+        url: String,
+        source: serde_json::Error,
+    },
+    #[error("discovery at {url} names issuer {found:?}, not {expected:?}")]
+    IssuerMismatch {
+        url: String,
+        found: String,
+        expected: String,
+    },
+    #[error("JWKS {url}: {source}")]
+    Jwks {
+        url: String,
+        source: serde_json::Error,
+    },
+}
+
 /// When the keys were last fetched, and why that failed if it did.
 struct Fetched {
     at: Instant,
@@ -331,15 +354,15 @@ impl Issuer {
         let fetched = self.fetch().await;
         *last = Some(Fetched {
             at: Instant::now(),
-            error: fetched.as_ref().err().cloned(),
+            error: fetched.as_ref().err().map(ToString::to_string),
         });
-        let keys = Arc::new(fetched.map_err(TokenError::Fetch)?);
+        let keys = Arc::new(fetched.map_err(|e| TokenError::Fetch(e.to_string()))?);
         tracing::info!(issuer = %self.cfg.issuer, keys = keys.keys().len(), "OIDC keys fetched");
         *self.keys.write().unwrap() = Some(keys.clone());
         Ok(keys)
     }
 
-    async fn fetch(&self) -> Result<CoreJsonWebKeySet, String> {
+    async fn fetch(&self) -> Result<CoreJsonWebKeySet, KeysError> {
         #[derive(serde::Deserialize)]
         struct Discovery {
             issuer: String,
@@ -349,15 +372,22 @@ impl Issuer {
         let url = format!("{base}/.well-known/openid-configuration");
         let body = fetch::get(&url, &self.tls, FETCH_TIMEOUT).await?;
         let d: Discovery =
-            serde_json::from_slice(&body).map_err(|e| format!("discovery document {url}: {e}"))?;
+            serde_json::from_slice(&body).map_err(|source| KeysError::Discovery {
+                url: url.clone(),
+                source,
+            })?;
         if d.issuer != self.cfg.issuer {
-            return Err(format!(
-                "discovery at {url} names issuer {:?}, not {:?}",
-                d.issuer, self.cfg.issuer
-            ));
+            return Err(KeysError::IssuerMismatch {
+                url,
+                found: d.issuer,
+                expected: self.cfg.issuer.clone(),
+            });
         }
         let body = fetch::get(&d.jwks_uri, &self.tls, FETCH_TIMEOUT).await?;
-        serde_json::from_slice(&body).map_err(|e| format!("JWKS {}: {e}", d.jwks_uri))
+        serde_json::from_slice(&body).map_err(|source| KeysError::Jwks {
+            url: d.jwks_uri,
+            source,
+        })
     }
 }
 

@@ -92,10 +92,10 @@ impl Gateway {
             )),
             None => None,
         };
-        let approvals = Arc::new(
-            crate::approval::Approvals::open(&cfg.daemon.state_dir.join("approvals.db"), notifier)
-                .map_err(|e| anyhow::anyhow!("approvals store: {e}"))?,
-        );
+        let approvals = Arc::new(crate::approval::Approvals::open(
+            &cfg.daemon.state_dir.join("approvals.db"),
+            notifier,
+        )?);
         let audit = crate::audit::Audit::start(&cfg.audit, &cfg.daemon.state_dir)?;
         let ca = Arc::new(Ca::load_or_create(&cfg.daemon.state_dir)?);
         let leaves = Arc::new(Leaves::new(ca.clone())?);

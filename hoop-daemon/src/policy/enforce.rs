@@ -239,7 +239,7 @@ impl Phases for Enforce {
         let decoded = match decode(&codings.join(", "), &body, m.max_body) {
             Ok(Decoded::Body(b)) => b,
             Ok(Decoded::TooLarge) => return over_limit(flow, conn, m, resp, body),
-            Err(e) => return Err(uninspectable(e)),
+            Err(e) => return Err(uninspectable(e.to_string())),
         };
         resp.headers.remove(header::CONTENT_ENCODING);
         let ctype = resp

@@ -79,7 +79,7 @@ impl Body {
                     return body;
                 }
                 Err(e) => {
-                    body.decode_error = Some(e);
+                    body.decode_error = Some(e.to_string());
                     return body;
                 }
             }
@@ -254,6 +254,17 @@ enum Op {
     Lt,
 }
 
+/// Why a `body.json` condition was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadCondition {
+    #[error("{0:?}: {1}")]
+    Path(String, super::mask::scan::BadFieldPath),
+    #[error("{0:?}: {1:?} is not a number")]
+    Number(String, String),
+    #[error("{0:?} is not a valid glob: {1}")]
+    Glob(String, globset::Error),
+}
+
 #[derive(Debug)]
 pub struct FieldCond {
     path: FieldPath,
@@ -264,13 +275,13 @@ impl FieldCond {
     /// `path` is a JSONPath (`$.amount`, `$..iban`, `$.items[*].qty`);
     /// `spec` is `>= 100000`, `> 5`, `<= 5`, `< 5`, `== x`, `!= x`, or a
     /// glob for the value's text.
-    pub fn parse(path: &str, spec: &str) -> Result<Self, String> {
-        let path = FieldPath::parse(path).map_err(|e| format!("{path:?}: {e}"))?;
+    pub fn parse(path: &str, spec: &str) -> Result<Self, BadCondition> {
+        let path = FieldPath::parse(path).map_err(|e| BadCondition::Path(path.into(), e))?;
         let s = spec.trim();
         let num = |r: &str| {
             r.trim()
                 .parse::<f64>()
-                .map_err(|_| format!("{spec:?}: {r:?} is not a number"))
+                .map_err(|_| BadCondition::Number(spec.into(), r.trim().into()))
         };
         let cond = if let Some(r) = s.strip_prefix(">=") {
             Cond::Cmp(Op::Ge, num(r)?)
@@ -288,7 +299,7 @@ impl FieldCond {
             Cond::Glob(
                 GlobBuilder::new(s)
                     .build()
-                    .map_err(|e| format!("{spec:?} is not a valid glob: {e}"))?
+                    .map_err(|e| BadCondition::Glob(spec.into(), e))?
                     .compile_matcher(),
             )
         };

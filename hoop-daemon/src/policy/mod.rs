@@ -179,23 +179,25 @@ impl Policy {
                 .iter()
                 .enumerate()
                 .map(|(j, r)| {
-                    rules::Rule::compile(r)
-                        .map_err(|(k, e)| cfg.invalid(&format!("connection[{i}].deny[{j}].{k}"), e))
+                    rules::Rule::compile(r).map_err(|p| {
+                        cfg.invalid(&format!("connection[{i}].deny[{j}].{}", p.key), p.problem)
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let mask = c
                 .mask
                 .as_ref()
                 .map(|m| {
-                    mask::Masker::compile(m)
-                        .map_err(|(k, e)| cfg.invalid(&format!("connection[{i}].mask.{k}"), e))
+                    mask::Masker::compile(m).map_err(|p| {
+                        cfg.invalid(&format!("connection[{i}].mask.{}", p.key), p.problem)
+                    })
                 })
                 .transpose()?;
             let mut approve = Vec::new();
             for (j, a) in c.approve.iter().enumerate() {
                 let key = |k: &str| format!("connection[{i}].approve[{j}].{k}");
                 let matcher = rules::Rule::compile(&a.matcher())
-                    .map_err(|(k, e)| cfg.invalid(&key(&k), e))?;
+                    .map_err(|p| cfg.invalid(&key(&p.key), p.problem))?;
                 if a.approvers.is_empty() {
                     return Err(cfg.invalid(
                         &key("approvers"),

@@ -9,6 +9,8 @@
 use globset::{GlobBuilder, GlobMatcher};
 use http::{HeaderMap, HeaderName, Method};
 
+use crate::config::policy::Problem as ConfigProblem;
+
 use super::{
     fields::{self, Body, FieldCond, Problem},
     readings::Readings,
@@ -71,7 +73,7 @@ impl Seen {
 
 impl Rule {
     /// Compiles `c`; errors name the offending field (relative key).
-    pub fn compile(c: &RuleConfig) -> Result<Self, (String, String)> {
+    pub fn compile(c: &RuleConfig) -> Result<Self, ConfigProblem> {
         let methods = match &c.method {
             OneOrMany::None => vec![],
             OneOrMany::One(m) => vec![m.clone()],
@@ -82,7 +84,7 @@ impl Rule {
             let up = m.to_ascii_uppercase();
             Method::from_bytes(up.as_bytes())
                 .map(|_| up)
-                .map_err(|_| ("method".to_string(), format!("{m:?} is not an HTTP method")))
+                .map_err(|_| ConfigProblem::at("method", format!("{m:?} is not an HTTP method")))
         })
         .collect::<Result<Vec<_>, _>>()?;
         let glob_case = |key: String, g: &str, sep: bool, nocase: bool| {
@@ -91,14 +93,14 @@ impl Rule {
                 .case_insensitive(nocase)
                 .build()
                 .map(|g| g.compile_matcher())
-                .map_err(|e| (key, format!("is not a valid glob: {e}")))
+                .map_err(|e| ConfigProblem::at(key, format!("is not a valid glob: {e}")))
         };
         let glob = |key: String, g: &str, sep: bool| glob_case(key, g, sep, false);
         let path = match &c.path {
             Some(p) if !p.starts_with('/') => {
-                return Err((
-                    "path".into(),
-                    "must start with '/', like \"/v1/prod/**\"".into(),
+                return Err(ConfigProblem::at(
+                    "path",
+                    "must start with '/', like \"/v1/prod/**\"",
                 ));
             }
             Some(p) => Some((
@@ -111,16 +113,17 @@ impl Rule {
             .query
             .iter()
             .map(|(k, v)| Ok((k.clone(), glob(format!("query.{k}"), v, false)?)))
-            .collect::<Result<Vec<_>, (String, String)>>()?;
-        let headers = c
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| (format!("headers.{k}"), "is not a header name".to_string()))?;
-                Ok((name, glob(format!("headers.{k}"), v, false)?))
-            })
-            .collect::<Result<Vec<_>, (String, String)>>()?;
+            .collect::<Result<Vec<_>, ConfigProblem>>()?;
+        let headers =
+            c.headers
+                .iter()
+                .map(|(k, v)| {
+                    let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(
+                        |_| ConfigProblem::at(format!("headers.{k}"), "is not a header name"),
+                    )?;
+                    Ok((name, glob(format!("headers.{k}"), v, false)?))
+                })
+                .collect::<Result<Vec<_>, ConfigProblem>>()?;
         let body = match &c.body {
             None => None,
             Some(b) => Some(body_pattern(b)?),
@@ -131,8 +134,8 @@ impl Rule {
             && headers.is_empty()
             && body.is_none()
         {
-            return Err((
-                "name".into(),
+            return Err(ConfigProblem::at(
+                "name",
                 format!(
                     "rule {:?} matches nothing in particular: give a method, path, query, headers or body",
                     c.name
@@ -245,7 +248,7 @@ fn body_matches(
     }
 }
 
-fn body_pattern(b: &BodyConfig) -> Result<BodyPattern, (String, String)> {
+fn body_pattern(b: &BodyConfig) -> Result<BodyPattern, ConfigProblem> {
     match (&b.contains, &b.regex, b.json.is_empty()) {
         (Some(s), None, true) if !s.is_empty() => Ok(BodyPattern::Contains(s.as_bytes().to_vec())),
         (None, Some(r), true) => Ok(BodyPattern::Regex(
@@ -253,10 +256,7 @@ fn body_pattern(b: &BodyConfig) -> Result<BodyPattern, (String, String)> {
                 .size_limit(1 << 20)
                 .build()
                 .map_err(|e| {
-                    (
-                        "body.regex".to_string(),
-                        format!("is not a valid regex: {e}"),
-                    )
+                    ConfigProblem::at("body.regex", format!("is not a valid regex: {e}"))
                 })?,
         )),
         (None, None, false) => b
@@ -264,13 +264,13 @@ fn body_pattern(b: &BodyConfig) -> Result<BodyPattern, (String, String)> {
             .iter()
             .map(|(path, spec)| {
                 FieldCond::parse(path, spec)
-                    .map_err(|e| (format!("body.json.{path:?}"), e))
+                    .map_err(|e| ConfigProblem::at(format!("body.json.{path:?}"), e))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(BodyPattern::Fields),
-        _ => Err((
-            "body".into(),
-            "needs exactly one of { contains = \"…\" }, { regex = \"…\" } or { json = { \"$.field\" = \">= 100\" } }".into(),
+        _ => Err(ConfigProblem::at(
+            "body",
+            "needs exactly one of { contains = \"…\" }, { regex = \"…\" } or { json = { \"$.field\" = \">= 100\" } }",
         )),
     }
 }
@@ -557,7 +557,7 @@ mod tests {
             let e = Rule::compile(&c)
                 .err()
                 .unwrap_or_else(|| panic!("accepted {text}"));
-            assert_eq!(e.0, key, "{text}: {e:?}");
+            assert_eq!(e.key, key, "{text}: {e:?}");
         }
     }
 

@@ -8,14 +8,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData,
 };
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use sha2::{Digest, Sha256};
+
+use super::error::{Result, TlsError};
 
 pub const CERT_FILE: &str = "ca.pem";
 pub const KEY_FILE: &str = "ca.key";
@@ -37,42 +38,35 @@ impl Ca {
                 Self::create(&cert_path, &key_path)?;
                 Self::load(&cert_path, &key_path)
             }
-            (true, false) | (false, true) => bail!(
-                "incomplete CA in {}: {} and {} must both exist. Restore the missing file, or \
-                 remove both to generate a new CA (jobs must then trust the new one)",
-                dir.display(),
-                CERT_FILE,
-                KEY_FILE
-            ),
+            (true, false) | (false, true) => Err(TlsError::IncompleteCa { dir: dir.into() }),
         }
     }
 
     /// Loads an existing CA; only `load_or_create` may decide to make one.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self> {
-        let cert_pem = fs::read_to_string(cert_path).with_context(|| {
-            format!(
-                "cannot read the hoop CA certificate {}",
-                cert_path.display()
-            )
-        })?;
+        let cert_pem = fs::read_to_string(cert_path).map_err(TlsError::io(
+            "cannot read the hoop CA certificate",
+            cert_path,
+        ))?;
         let key_pem = fs::read_to_string(key_path)
-            .with_context(|| format!("cannot read the hoop CA key {}", key_path.display()))?;
-        let key = KeyPair::from_pem(&key_pem).with_context(|| {
-            format!(
-                "invalid CA key {} (not a PEM private key)",
-                key_path.display()
-            )
+            .map_err(TlsError::io("cannot read the hoop CA key", key_path))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::CaKey {
+            path: key_path.into(),
+            source,
         })?;
-        let cert_der = pem_to_der(&cert_pem)
-            .with_context(|| format!("invalid CA certificate {}", cert_path.display()))?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
-            .with_context(|| format!("invalid CA certificate {}", cert_path.display()))?;
+        let bad_cert = |detail: String| TlsError::CaCert {
+            path: cert_path.into(),
+            detail,
+        };
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| bad_cert(format!("{e:?}")))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| bad_cert(e.to_string()))?;
         if !cert_matches_key(&cert_der, issuer.key()) {
-            bail!(
-                "CA certificate {} does not belong to the key {}",
-                cert_path.display(),
-                key_path.display()
-            );
+            return Err(TlsError::CaMismatch {
+                cert: cert_path.into(),
+                key: key_path.into(),
+            });
         }
         Ok(Self {
             cert_pem,
@@ -84,7 +78,7 @@ impl Ca {
 
     fn create(cert_path: &Path, key_path: &Path) -> Result<()> {
         let dir = cert_path.parent().unwrap();
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(TlsError::io("creating", dir))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -125,16 +119,11 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .create_new(true)
         .mode(mode)
         .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| anyhow::anyhow!("{e:?}"))
+        .map_err(TlsError::io("creating", path))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+        .map_err(TlsError::io("writing", path))
 }
 
 fn cert_matches_key(cert: &CertificateDer<'_>, key: &KeyPair) -> bool {

@@ -3,7 +3,6 @@
 //! cached per name.
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use anyhow::Result;
 use moka::sync::Cache;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::{
@@ -11,7 +10,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use super::Ca;
+use super::{Ca, error::Result};
 
 /// Leaves live a day in the cache and are valid for two, starting an hour
 /// in the past so a job's slightly wrong clock still accepts them.
@@ -54,10 +53,7 @@ impl Leaves {
     pub fn new(ca: Arc<Ca>) -> Result<Self> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let signing_key = super::provider()
-            .key_provider
-            .load_private_key(der)
-            .map_err(|e| anyhow::anyhow!("loading the leaf key: {e}"))?;
+        let signing_key = super::provider().key_provider.load_private_key(der)?;
         let cache = Cache::builder()
             .max_capacity(10_000)
             .time_to_live(CACHE_TTL)

@@ -1,12 +1,14 @@
 //! TLS on both sides: the local CA and per-host leaves toward the job, and a
 //! verifying client toward the upstream.
 pub mod ca;
+pub mod error;
 pub mod leaf;
 pub mod upstream;
 
 use std::sync::Arc;
 
 pub use ca::Ca;
+pub use error::TlsError;
 pub use leaf::Leaves;
 pub use upstream::UpstreamTls;
 

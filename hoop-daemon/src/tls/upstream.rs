@@ -3,10 +3,12 @@
 //! files, to the name the job asked for (SNI) or the original IP.
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use anyhow::{Context, Result};
 use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
 
-use super::{H2, HTTP11};
+use super::{
+    H2, HTTP11,
+    error::{Result, TlsError},
+};
 
 pub struct UpstreamTls {
     /// One config per ALPN offer, so session resumption is shared.
@@ -24,17 +26,18 @@ impl UpstreamTls {
         let (added, _) = roots.add_parsable_certificates(native.certs);
         for f in extra_ca_files {
             use rustls::pki_types::pem::PemObject;
+            let bad = |detail: String| TlsError::UpstreamCa {
+                path: f.clone(),
+                detail,
+            };
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(f)
-                .with_context(|| format!("reading upstream CA file {}", f.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("upstream CA file {}: {e:?}", f.display()))?;
+                .and_then(|certs| certs.collect())
+                .map_err(|e| bad(format!("{e:?}")))?;
             if certs.is_empty() {
-                anyhow::bail!("upstream CA file {} holds no certificate", f.display());
+                return Err(bad("holds no certificate".into()));
             }
             for c in certs {
-                roots
-                    .add(c)
-                    .with_context(|| format!("upstream CA file {}", f.display()))?;
+                roots.add(c).map_err(|e| bad(e.to_string()))?;
             }
         }
         if roots.is_empty() {

@@ -10,8 +10,19 @@ pub enum Decoded {
     TooLarge,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported Content-Encoding {0:?}")]
+    Unsupported(String),
+    #[error("cannot decode {encoding}: {source}")]
+    Corrupt {
+        encoding: String,
+        source: std::io::Error,
+    },
+}
+
 /// Decodes `body` per `Content-Encoding` (a list, applied in order).
-pub fn decode(encoding: &str, body: &[u8], limit: usize) -> Result<Decoded, String> {
+pub fn decode(encoding: &str, body: &[u8], limit: usize) -> Result<Decoded, DecodeError> {
     let mut cur = body.to_vec();
     // Encodings are listed in the order they were applied: undo from the end.
     for enc in encoding.split(',').map(str::trim).rev() {
@@ -41,9 +52,12 @@ pub fn decode(encoding: &str, body: &[u8], limit: usize) -> Result<Decoded, Stri
                 .read_to_end(&mut out),
             "zstd" => zstd::stream::read::Decoder::new(&cur[..])
                 .and_then(|d| d.take(cap).read_to_end(&mut out)),
-            other => return Err(format!("unsupported Content-Encoding {other:?}")),
+            other => return Err(DecodeError::Unsupported(other.into())),
         };
-        r.map_err(|e| format!("cannot decode {enc}: {e}"))?;
+        r.map_err(|source| DecodeError::Corrupt {
+            encoding: enc.into(),
+            source,
+        })?;
         if out.len() > limit {
             return Ok(Decoded::TooLarge);
         }

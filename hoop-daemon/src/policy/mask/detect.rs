@@ -61,11 +61,8 @@ impl Detector {
         })
     }
 
-    pub fn custom(name: &str, re: &str) -> Result<Self, String> {
-        let re = regex::RegexBuilder::new(re)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| format!("is not a valid regex: {e}"))?;
+    pub fn custom(name: &str, re: &str) -> Result<Self, regex::Error> {
+        let re = regex::RegexBuilder::new(re).size_limit(1 << 20).build()?;
         Ok(Self::Pattern {
             name: name.into(),
             re,

@@ -17,6 +17,8 @@ use serde_json::Value;
 pub use detect::Detector;
 use scan::FieldPath;
 
+use crate::config::policy::Problem;
+
 pub use crate::config::mask::{CustomDetector, MaskConfig, OverLimit};
 
 /// What was masked, by rule. Never the values.
@@ -62,7 +64,7 @@ pub struct Masker {
 
 impl Masker {
     /// Compiles `c`; errors name the field (relative key) and the problem.
-    pub fn compile(c: &MaskConfig) -> Result<Self, (String, String)> {
+    pub fn compile(c: &MaskConfig) -> Result<Self, Problem> {
         let paths = c
             .json
             .iter()
@@ -71,7 +73,7 @@ impl Masker {
                 FieldPath::parse(p)
                     .map(|jp| (format!("json:{p}"), jp))
                     .map_err(|e| {
-                        (
+                        Problem::at(
                             format!("json[{i}]"),
                             format!("is not a supported JSONPath ({e})"),
                         )
@@ -81,7 +83,7 @@ impl Masker {
         let mut detectors = Vec::new();
         for (i, d) in c.detectors.iter().enumerate() {
             detectors.push(Detector::built_in(d, c.keep_last).ok_or_else(|| {
-                (
+                Problem::at(
                     format!("detectors[{i}]"),
                     format!(
                         "{d:?} is not a detector; there are: {}",
@@ -91,19 +93,21 @@ impl Masker {
             })?);
         }
         for (i, d) in c.custom.iter().enumerate() {
-            detectors.push(
-                Detector::custom(&d.name, &d.regex)
-                    .map_err(|e| (format!("custom[{i}].regex"), e))?,
-            );
+            detectors.push(Detector::custom(&d.name, &d.regex).map_err(|e| {
+                Problem::at(
+                    format!("custom[{i}].regex"),
+                    format!("is not a valid regex: {e}"),
+                )
+            })?);
         }
         if paths.is_empty() && detectors.is_empty() {
-            return Err((
-                "json".into(),
-                "a mask needs json paths, detectors or custom regexes".into(),
+            return Err(Problem::at(
+                "json",
+                "a mask needs json paths, detectors or custom regexes",
             ));
         }
         if c.max_body == 0 {
-            return Err(("max_body".into(), "must be at least 1".into()));
+            return Err(Problem::at("max_body", "must be at least 1"));
         }
         Ok(Self {
             paths,
@@ -380,7 +384,7 @@ mod tests {
             let e = Masker::compile(&c)
                 .err()
                 .unwrap_or_else(|| panic!("accepted {text}"));
-            assert_eq!(e.0, key, "{text}");
+            assert_eq!(e.key, key, "{text}");
         }
     }
 

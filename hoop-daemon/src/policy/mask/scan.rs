@@ -22,25 +22,65 @@ enum Seg {
     Descend(Vec<u8>),
 }
 
+/// Why a field path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadFieldPath {
+    #[error("must start with `$`")]
+    NoRoot,
+    #[error("empty name at byte {0}")]
+    EmptyName(usize),
+    #[error("unclosed `[`")]
+    UnclosedBracket,
+    #[error("`[{0}]` is not an index, `*` or a quoted name")]
+    Index(String),
+    #[error("unexpected `{1}` at byte {0}")]
+    Unexpected(usize, char),
+    #[error("`$` alone would mask the whole document")]
+    WholeDocument,
+}
+
+/// Where a body stopped being JSON as far as the scan can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotJson {
+    #[error("`,` outside a container at byte {0}")]
+    CommaOutside(usize),
+    #[error("unbalanced `{1}` at byte {0}")]
+    Unbalanced(usize, char),
+    #[error("expected a key at byte {0}")]
+    ExpectedKey(usize),
+    #[error("a value without a key at byte {0}")]
+    ValueWithoutKey(usize),
+    #[error("nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("unexpected token at byte {0}")]
+    UnexpectedToken(usize),
+    #[error("truncated document")]
+    Truncated,
+    #[error("unterminated string at byte {0}")]
+    UnterminatedString(usize),
+    #[error("unterminated container at byte {0}")]
+    UnterminatedContainer(usize),
+}
+
 /// A compiled field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldPath(Vec<Seg>);
 
 impl FieldPath {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, BadFieldPath> {
         let b = s.as_bytes();
         if b.first() != Some(&b'$') {
-            return Err("must start with `$`".into());
+            return Err(BadFieldPath::NoRoot);
         }
         let mut i = 1;
         let mut segs = Vec::new();
-        let ident = |i: &mut usize| -> Result<Vec<u8>, String> {
+        let ident = |i: &mut usize| -> Result<Vec<u8>, BadFieldPath> {
             let start = *i;
             while *i < b.len() && !matches!(b[*i], b'.' | b'[') {
                 *i += 1;
             }
             if *i == start {
-                return Err(format!("empty name at byte {start}"));
+                return Err(BadFieldPath::EmptyName(start));
             }
             Ok(b[start..*i].to_vec())
         };
@@ -59,7 +99,7 @@ impl FieldPath {
                     segs.push(Seg::Key(ident(&mut i)?));
                 }
                 b'[' => {
-                    let end = s[i..].find(']').ok_or("unclosed `[`")? + i;
+                    let end = s[i..].find(']').ok_or(BadFieldPath::UnclosedBracket)? + i;
                     let inner = s[i + 1..end].trim();
                     segs.push(if inner == "*" {
                         Seg::AnyIndex
@@ -70,17 +110,19 @@ impl FieldPath {
                     {
                         Seg::Key(q.as_bytes().to_vec())
                     } else {
-                        Seg::Index(inner.parse().map_err(|_| {
-                            format!("`[{inner}]` is not an index, `*` or a quoted name")
-                        })?)
+                        Seg::Index(
+                            inner
+                                .parse()
+                                .map_err(|_| BadFieldPath::Index(inner.into()))?,
+                        )
                     });
                     i = end + 1;
                 }
-                c => return Err(format!("unexpected `{}` at byte {i}", c as char)),
+                c => return Err(BadFieldPath::Unexpected(i, c as char)),
             }
         }
         if segs.is_empty() {
-            return Err("`$` alone would mask the whole document".into());
+            return Err(BadFieldPath::WholeDocument);
         }
         Ok(Self(segs))
     }
@@ -195,7 +237,7 @@ pub fn mask_json_in_place(
     detectors: &[Detector],
     keep_last: usize,
     counts: &mut Counts,
-) -> Result<(), String> {
+) -> Result<(), NotJson> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut path: Vec<Elem> = Vec::new();
     // Start of a container whose whole value a field path named.
@@ -214,7 +256,7 @@ pub fn mask_json_in_place(
                 match stack.last_mut() {
                     Some(Frame::Array { index }) => *index += 1,
                     Some(Frame::Object { key }) => *key = None,
-                    None => return Err(format!("`,` outside a container at byte {i}")),
+                    None => return Err(NotJson::CommaOutside(i)),
                 }
                 i += 1;
                 continue;
@@ -224,9 +266,7 @@ pub fn mask_json_in_place(
                 continue;
             }
             b'}' | b']' => {
-                stack
-                    .pop()
-                    .ok_or_else(|| format!("unbalanced `{}` at byte {i}", c as char))?;
+                stack.pop().ok_or(NotJson::Unbalanced(i, c as char))?;
                 i += 1;
                 continue;
             }
@@ -235,7 +275,7 @@ pub fn mask_json_in_place(
         // A key, or the start of a value.
         if let Some(Frame::Object { key: k @ None }) = stack.last_mut() {
             if c != b'"' {
-                return Err(format!("expected a key at byte {i}"));
+                return Err(NotJson::ExpectedKey(i));
             }
             let (end, esc) = string_end(buf, i)?;
             *k = Some(Elem::Key(i + 1, end, esc));
@@ -249,7 +289,7 @@ pub fn mask_json_in_place(
         path.clear();
         for f in &stack {
             path.push(match f {
-                Frame::Object { key } => key.ok_or("value without a key")?,
+                Frame::Object { key } => key.ok_or(NotJson::ValueWithoutKey(i))?,
                 Frame::Array { index } => Elem::Index(*index),
             });
         }
@@ -270,7 +310,7 @@ pub fn mask_json_in_place(
                     continue;
                 }
                 if stack.len() >= MAX_DEPTH {
-                    return Err(format!("nested deeper than {MAX_DEPTH}"));
+                    return Err(NotJson::TooDeep);
                 }
                 stack.push(if c == b'{' {
                     Frame::Object { key: None }
@@ -316,7 +356,7 @@ pub fn mask_json_in_place(
                     .first()
                     .is_some_and(|b| b.is_ascii_digit() || *b == b'-');
                 if !number && !matches!(&tok[..], b"true" | b"false" | b"null") {
-                    return Err(format!("unexpected token at byte {start}"));
+                    return Err(NotJson::UnexpectedToken(start));
                 }
                 if number {
                     if let Some(name) = named {
@@ -335,7 +375,7 @@ pub fn mask_json_in_place(
         }
     }
     if !stack.is_empty() || !seen_root {
-        return Err("truncated document".into());
+        return Err(NotJson::Truncated);
     }
     Ok(())
 }
@@ -427,18 +467,18 @@ fn detect_in_place(body: &mut [u8], detectors: &[Detector], counts: &mut Counts)
 
 /// The index of the closing quote of the string opening at `start`, and
 /// whether it holds escapes.
-fn string_end(buf: &[u8], start: usize) -> Result<(usize, bool), String> {
+fn string_end(buf: &[u8], start: usize) -> Result<(usize, bool), NotJson> {
     let mut i = start + 1;
     let mut esc = false;
     loop {
         match memchr::memchr2(b'"', b'\\', &buf[i..]) {
-            None => return Err(format!("unterminated string at byte {start}")),
+            None => return Err(NotJson::UnterminatedString(start)),
             Some(o) if buf[i + o] == b'"' => return Ok((i + o, esc)),
             Some(o) => {
                 esc = true;
                 i += o + 2;
                 if i > buf.len() {
-                    return Err(format!("unterminated string at byte {start}"));
+                    return Err(NotJson::UnterminatedString(start));
                 }
             }
         }
@@ -446,7 +486,7 @@ fn string_end(buf: &[u8], start: usize) -> Result<(usize, bool), String> {
 }
 
 /// The index of the bracket closing the container opening at `start`.
-fn container_end(buf: &[u8], start: usize) -> Result<usize, String> {
+fn container_end(buf: &[u8], start: usize) -> Result<usize, NotJson> {
     let mut depth = 0usize;
     let mut i = start;
     while i < buf.len() {
@@ -465,7 +505,7 @@ fn container_end(buf: &[u8], start: usize) -> Result<usize, String> {
         }
         i += 1;
     }
-    Err(format!("unterminated container at byte {start}"))
+    Err(NotJson::UnterminatedContainer(start))
 }
 
 #[cfg(test)]
