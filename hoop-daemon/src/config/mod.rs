@@ -186,14 +186,20 @@ impl Config {
         // Re-serialise so that serde reports unknown keys against the merged
         // table; locations come from the user's text when the error is there.
         let merged_text = toml::to_string(&merged).expect("merged config serialises");
-        let mut cfg: Config = match toml::from_str(&merged_text) {
+        let mut cfg: Config = match located(&merged_text) {
             Ok(c) => c,
-            Err(e) => {
-                // Point at the user's own text where possible.
-                return Err(match toml::from_str::<Config>(text) {
-                    Err(user_err) if !is_missing_field(&user_err) => parse_err(user_err),
-                    _ => parse_err(e),
-                });
+            Err((e, key)) => {
+                // Point at the user's own text where possible, and name
+                // the key (a typed value's own error doesn't).
+                let (e, key) = match located(text) {
+                    Err((user_err, key)) if !is_missing_field(&user_err) => (user_err, key),
+                    _ => (e, key),
+                };
+                let mut err = parse_err(e);
+                if let (ConfigError::Parse { message, .. }, Some(key)) = (&mut err, key) {
+                    *message = format!("`{key}`: {message}");
+                }
+                return Err(err);
             }
         };
         cfg.source = path.to_owned();
@@ -388,6 +394,16 @@ fn webhook_problem(url: &str) -> Option<String> {
     }
 }
 
+/// Deserialises a config; on error, also the dotted key it happened at.
+fn located(text: &str) -> Result<Config, (toml::de::Error, Option<String>)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| (e, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        (e.into_inner(), (key != ".").then_some(key))
+    })
+}
+
+// toml's errors carry no kind; a missing field is only told by its text.
 fn is_missing_field(e: &toml::de::Error) -> bool {
     e.message().starts_with("missing field")
 }
