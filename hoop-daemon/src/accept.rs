@@ -39,13 +39,9 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
-        use anyhow::Context;
+    pub async fn bind(cfg: &Config) -> std::io::Result<Self> {
         let c = &cfg.capture;
-        let a4 = SocketAddr::from((c.listen4, c.listen_port));
-        let v4 = TcpListener::bind(a4)
-            .await
-            .with_context(|| format!("binding the transparent listener {a4}"))?;
+        let v4 = crate::addr::bind("transparent", (c.listen4, c.listen_port).into()).await?;
         let a6 = SocketAddr::from((c.listen6, c.listen_port));
         // A host without IPv6 still serves IPv4 jobs; v6 connects then fail
         // (refused), which is closed, not open.

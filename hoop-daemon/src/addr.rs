@@ -1,7 +1,20 @@
 //! Host strings as URLs and authorities write them: IPv6 literals come in
 //! brackets (`[::1]`), everything else bare. One reading, used everywhere a
-//! host is compared or dialled.
-use std::net::IpAddr;
+//! host is compared or dialled. And the daemon's listeners, bound one way.
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+};
+
+use tokio::net::TcpListener;
+
+/// Binds one of the daemon's listeners; the error keeps its kind and
+/// names which listener and where.
+pub async fn bind(what: &str, addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("binding the {what} listener {addr}: {e}")))
+}
 
 /// The host without IPv6 brackets: `[::1]` → `::1`; others unchanged.
 pub fn unbracket(host: &str) -> &str {

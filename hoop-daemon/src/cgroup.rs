@@ -6,19 +6,41 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+/// Why the hoop root cgroup could not be found or made.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup2 filesystem is mounted: this host only has cgroup v1. hoop attaches its \
+         eBPF programs to a cgroup2 directory. Fix: boot with \
+         systemd.unified_cgroup_hierarchy=1, or mount the unified hierarchy with \
+         `mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NoCgroup2,
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "the daemon runs inside the hoop cgroup {} ({}); start it outside, e.g. as the \
+         hoop.service unit, or set capture.cgroup to another cgroup",
+        root.display(),
+        own.display()
+    )]
+    DaemonInside { root: PathBuf, own: PathBuf },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { what, path, source }
+}
 
 /// Where cgroup2 is mounted on this host.
-pub fn discover_mount() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    find_cgroup2(&mounts).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no cgroup2 filesystem is mounted: this host only has cgroup v1. hoop attaches its \
-             eBPF programs to a cgroup2 directory. Fix: boot with \
-             systemd.unified_cgroup_hierarchy=1, or mount the unified hierarchy with \
-             `mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified`"
-        )
-    })
+pub fn discover_mount() -> Result<PathBuf, CgroupError> {
+    let p = Path::new("/proc/self/mounts");
+    let mounts = fs::read_to_string(p).map_err(io_err("reading", p))?;
+    find_cgroup2(&mounts).ok_or(CgroupError::NoCgroup2)
 }
 
 /// Picks the cgroup2 mount from /proc/mounts text: `/sys/fs/cgroup` on pure
@@ -119,26 +141,21 @@ pub fn find_by_id(root: &Path, id: u64) -> Option<PathBuf> {
 
 /// The hoop root cgroup, created if needed. The daemon itself must not live
 /// inside it: its own connects would be redirected to itself.
-pub fn ensure_root(mount: &Path, relative: &Path) -> Result<Cgroup> {
+pub fn ensure_root(mount: &Path, relative: &Path) -> Result<Cgroup, CgroupError> {
     let path = mount.join(relative);
-    let root = Cgroup::create(&path)
-        .with_context(|| format!("creating the hoop root cgroup {}", path.display()))?;
+    let root = Cgroup::create(&path).map_err(io_err("creating the hoop root cgroup", &path))?;
     if let Some(own) = own_cgroup(mount)?
         && own.starts_with(&path)
     {
-        bail!(
-            "the daemon runs inside the hoop cgroup {} ({}); start it outside, e.g. as the \
-             hoop.service unit, or set capture.cgroup to another cgroup",
-            path.display(),
-            own.display()
-        );
+        return Err(CgroupError::DaemonInside { root: path, own });
     }
     Ok(root)
 }
 
 /// This process's cgroup2 directory, if it is in the cgroup2 hierarchy.
-fn own_cgroup(mount: &Path) -> Result<Option<PathBuf>> {
-    let text = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+fn own_cgroup(mount: &Path) -> Result<Option<PathBuf>, CgroupError> {
+    let p = Path::new("/proc/self/cgroup");
+    let text = fs::read_to_string(p).map_err(io_err("reading", p))?;
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))

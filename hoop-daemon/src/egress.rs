@@ -95,6 +95,6 @@ mod tests {
         assert_eq!(check(&allow, "127.0.0.1:443".parse().unwrap()), Ok(()));
         let dst = "10.0.0.1:443".parse().unwrap();
         assert_eq!(check(&allow, dst), Err(EgressDenied { dst }));
-        assert_eq!(check(&[], "127.0.0.1:1".parse().unwrap()).is_err(), true);
+        assert!(check(&[], "127.0.0.1:1".parse().unwrap()).is_err());
     }
 }

@@ -50,11 +50,8 @@ fn pending(gw: &Gateway) -> u64 {
 }
 
 /// Serves `GET /metrics` on `addr` until the daemon exits.
-pub async fn serve(addr: SocketAddr, gw: Arc<Gateway>) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics listener {addr}"))?;
+pub async fn serve(addr: SocketAddr, gw: Arc<Gateway>) -> std::io::Result<()> {
+    let l = crate::addr::bind("metrics", addr).await?;
     tracing::info!(%addr, "metrics at http://{addr}/metrics");
     tokio::spawn(async move {
         loop {

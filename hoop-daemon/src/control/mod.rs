@@ -1,11 +1,13 @@
 //! The control socket: a Unix socket (mode 0660, root and the control group)
 //! speaking one JSON request and one JSON response per line.
+pub mod error;
 pub mod metrics;
 pub mod peer;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+pub use error::ControlError;
 pub use server::{Server, client_request};
 
 use crate::{

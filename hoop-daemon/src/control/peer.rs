@@ -6,9 +6,9 @@
 //! cgroup, is done with that pid pinned.
 use std::os::fd::{AsFd, OwnedFd};
 
-use anyhow::{Result, bail};
 use nix::{sys::ptrace, unistd::Pid};
 
+use super::error::PeerError;
 use crate::cgroup::Cgroup;
 
 pub struct Peer {
@@ -52,30 +52,20 @@ impl Peer {
     /// the peer is still alive once seized, the seized process is the peer,
     /// and the pid written is its own. The tracing thread then exits, which
     /// detaches.
-    pub fn move_into(self, cg: &Cgroup) -> Result<()> {
+    pub fn move_into(self, cg: &Cgroup) -> Result<(), PeerError> {
         let (Some(pid), Some(pidfd)) = (self.pid, self.pidfd) else {
-            bail!("the caller's process is unknown (no SO_PEERPIDFD); refusing to move a pid")
+            return Err(PeerError::NoPidfd);
         };
         let cg = cg.clone();
-        let moved = std::thread::spawn(move || -> Result<()> {
-            if let Err(e) = ptrace::seize(Pid::from_raw(pid as i32), ptrace::Options::empty()) {
-                bail!(
-                    "cannot pin the caller (pid {pid}) to move it: ptrace: {e} (is `hoop run` \
-                     itself being traced, or does the daemon lack CAP_SYS_PTRACE?)"
-                );
-            }
+        let moved = std::thread::spawn(move || {
+            ptrace::seize(Pid::from_raw(pid as i32), ptrace::Options::empty())
+                .map_err(|errno| PeerError::Pin { pid, errno })?;
             if !crate::sys::pidfd_alive(pidfd.as_fd()) {
-                bail!(
-                    "the caller exited before it was moved; its pid may be another process's now"
-                );
+                return Err(PeerError::Exited);
             }
-            cg.add_process(pid)?;
-            Ok(())
+            cg.add_process(pid).map_err(PeerError::Write)
         })
         .join();
-        match moved {
-            Ok(r) => r,
-            Err(_) => bail!("the thread moving the caller panicked"),
-        }
+        moved.unwrap_or(Err(PeerError::Panicked))
     }
 }

@@ -4,7 +4,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::{Context, Result, bail};
+use super::error::ControlError;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -40,20 +40,24 @@ pub type Reload = Box<dyn Fn() -> Result<String, crate::config::ConfigError> + S
 
 impl Server {
     /// Binds the socket, refusing to steal it from a running daemon.
-    pub async fn bind(path: &Path, control_gid: Option<u32>) -> Result<UnixListener> {
+    pub async fn bind(path: &Path, control_gid: Option<u32>) -> Result<UnixListener, ControlError> {
+        let socket = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ControlError::Socket { what, path, source }
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(socket("creating", dir))?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
-                bail!("another hoop daemon is serving {}", path.display());
+                return Err(ControlError::InUse(path.into()));
             }
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing stale {}", path.display()))?;
+            std::fs::remove_file(path).map_err(socket("removing stale", path))?;
         }
-        let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        std::os::unix::fs::chown(path, Some(0), control_gid)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        let l = UnixListener::bind(path).map_err(socket("binding", path))?;
+        std::os::unix::fs::chown(path, Some(0), control_gid)
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)))
+            .map_err(socket("setting the owner and mode of", path))?;
         Ok(l)
     }
 
@@ -78,7 +82,7 @@ impl Server {
         });
     }
 
-    async fn handle(&self, s: UnixStream) -> Result<()> {
+    async fn handle(&self, s: UnixStream) -> Result<(), ControlError> {
         let peer = Peer::of(&s)?;
         let (r, mut w) = s.into_split();
         let mut line = String::new();
@@ -115,13 +119,13 @@ impl Server {
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::Reload => (self.reload)()
                 .map(|message| Response::Reloaded { message })
-                .map_err(anyhow::Error::from),
+                .map_err(ControlError::from),
             Request::ApprovalsList => self
                 .gw
                 .approvals
                 .list()
                 .map(|rows| Response::Approvals { rows })
-                .map_err(anyhow::Error::msg),
+                .map_err(ControlError::from),
             Request::ApprovalsApprove { id, for_secs } => {
                 self.decide(&id, &peer, crate::approval::Decision::Approve { for_secs })
             }
@@ -130,7 +134,7 @@ impl Server {
             }
         };
         result.unwrap_or_else(|e| Response::Error {
-            message: format!("{e:#}"),
+            message: e.to_string(),
         })
     }
 
@@ -139,11 +143,9 @@ impl Server {
         token: Option<String>,
         command: Vec<String>,
         peer: Peer,
-    ) -> Result<Response> {
-        let (uid, pid) = (peer.uid, peer.pid.context("peer pid unknown")?);
-        let capture = self.capture.as_ref().context(
-            "capture is disabled on this daemon (capture.enabled = false); point the job at the explicit proxy instead",
-        )?;
+    ) -> Result<Response, ControlError> {
+        let (uid, pid) = (peer.uid, peer.pid.ok_or(ControlError::PeerPidUnknown)?);
+        let capture = self.capture.as_ref().ok_or(ControlError::CaptureDisabled)?;
         let id = Jobs::new_job_id();
         let path = capture.root.path.join(format!("job-{id}"));
         // Identity first: a job that can't be named gets no cgroup.
@@ -153,7 +155,7 @@ impl Server {
                 Ok(i) => Some(i),
                 Err(e) => {
                     tracing::warn!(pid, uid, reason = e.reason(), error = %e, "job token rejected");
-                    bail!("token rejected ({}): {e}", e.reason());
+                    return Err(ControlError::TokenRejected { token: e });
                 }
             },
             None => None,
@@ -162,16 +164,17 @@ impl Server {
         let identity = match (identity, policy.static_identity(&rel)) {
             (Some(i), _) => i,
             (None, Some(s)) => s,
-            (None, None) => bail!(
-                "no identity for this job: pass an OIDC token (--token-file FILE or --token-env VAR), \
-                 or give cgroups like {rel} a static identity ([[identity.static]] in the config)"
-            ),
+            (None, None) => return Err(ControlError::NoIdentity(rel)),
         };
         let name = identity.name.clone();
-        let cg = Cgroup::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        if let Err(e) = peer.move_into(&cg) {
+        let cg = Cgroup::create(&path).map_err(|source| ControlError::Socket {
+            what: "creating the job cgroup",
+            path: path.clone(),
+            source,
+        })?;
+        if let Err(source) = peer.move_into(&cg) {
             let _ = cg.remove();
-            return Err(e).with_context(|| format!("moving pid {pid} into {}", path.display()));
+            return Err(ControlError::Move { pid, path, source });
         }
         let job = Job {
             id: id.clone(),
@@ -183,13 +186,20 @@ impl Server {
             command,
             started_unix_ms: Jobs::now_ms(),
         };
-        let job = self.jobs.insert(job).context("recording the job")?;
+        let job = self
+            .jobs
+            .insert(job)
+            .map_err(|source| ControlError::Socket {
+                what: "recording the job in",
+                path: self.jobs.dir().to_path_buf(),
+                source,
+            })?;
         // The session is on record before the job runs a single command.
         let start = crate::audit::Entry::of(&crate::audit::entry::SessionData::of(&job));
         if let Err(e) = self.gw.audit.commit(start).await {
             self.jobs.remove(job.cgroup_id);
             let _ = self.watch_job.send(job);
-            bail!("{e}; the job was not started");
+            return Err(ControlError::Audit(e));
         }
         tracing::info!(
             job = %job.id, pid, uid, identity = %name, cgroup = %path.display(),
@@ -206,9 +216,14 @@ impl Server {
 
     /// An approver's decision: who they are comes from SO_PEERCRED (uid)
     /// and the user database (groups), for a peer that is still there.
-    fn decide(&self, id: &str, peer: &Peer, d: crate::approval::Decision) -> Result<Response> {
+    fn decide(
+        &self,
+        id: &str,
+        peer: &Peer,
+        d: crate::approval::Decision,
+    ) -> Result<Response, ControlError> {
         if !peer.alive() {
-            bail!("the process that asked is gone; no decision is taken for it");
+            return Err(ControlError::PeerGone);
         }
         let caller = crate::approval::Caller {
             uid: peer.uid,
@@ -218,7 +233,7 @@ impl Server {
             .approvals
             .decide(id, &caller, d)
             .map(|message| Response::Decided { message })
-            .map_err(anyhow::Error::msg)
+            .map_err(ControlError::from)
     }
 
     fn status(&self) -> Status {
@@ -288,14 +303,13 @@ impl Server {
 }
 
 /// Sends one request to the daemon and reads its answer.
-pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response> {
-    let s = UnixStream::connect(socket).await.with_context(|| {
-        format!(
-            "cannot reach the hoop daemon at {}; is it running? (systemctl start hoop, or \
-             `hoop daemon`)",
-            socket.display()
-        )
-    })?;
+pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response, ControlError> {
+    let s = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ControlError::Unreachable {
+            socket: socket.clone(),
+            source,
+        })?;
     let (r, mut w) = s.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
@@ -303,7 +317,7 @@ pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response>
     let mut answer = String::new();
     BufReader::new(r).read_line(&mut answer).await?;
     if answer.is_empty() {
-        bail!("the daemon closed the control connection without answering");
+        return Err(ControlError::NoAnswer);
     }
-    serde_json::from_str(&answer).context("malformed answer from the daemon")
+    Ok(serde_json::from_str(&answer)?)
 }

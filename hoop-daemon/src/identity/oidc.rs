@@ -130,7 +130,7 @@ impl Issuers {
         cfgs: &[OidcConfig],
         upstream_ca_files: &[std::path::PathBuf],
         previous: Option<&Issuers>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, crate::tls::TlsError> {
         let mut by_url = HashMap::new();
         for c in cfgs {
             if let Some(old) = previous

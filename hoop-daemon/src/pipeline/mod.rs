@@ -18,7 +18,6 @@ pub mod websocket;
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Result;
 use rustls::{
     ServerConfig,
     pki_types::{DnsName, ServerName},
@@ -82,8 +81,19 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Why the gateway's services could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Approvals(#[from] crate::approval::ApprovalError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::StartError),
+}
+
 impl Gateway {
-    pub fn new(cfg: Arc<Config>, phases: SharedPhases, policy: Policy) -> Result<Self> {
+    pub fn new(cfg: Arc<Config>, phases: SharedPhases, policy: Policy) -> Result<Self, StartError> {
         let notifier = match &cfg.approvals.webhook {
             Some(url) => Some(crate::approval::Notifier::new(
                 url.clone(),
@@ -100,7 +110,7 @@ impl Gateway {
         let ca = Arc::new(Ca::load_or_create(&cfg.daemon.state_dir)?);
         let leaves = Arc::new(Leaves::new(ca.clone())?);
         let upstream_tls = UpstreamTls::new(&cfg.tls.upstream_ca_files)?;
-        let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>> {
+        let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, crate::tls::TlsError> {
             let mut c = ServerConfig::builder_with_provider(tls::provider())
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
@@ -164,24 +174,20 @@ impl Gateway {
             .map_err(PipelineError::NoRoute)
     }
 
-    fn server_config(
-        &self,
-        alpn: Option<&[u8]>,
-        no_sni_ip: Option<LeafName>,
-    ) -> Result<Arc<ServerConfig>> {
+    fn server_config(&self, alpn: Option<&[u8]>, no_sni_ip: Option<LeafName>) -> Arc<ServerConfig> {
         let shared = match alpn {
             Some(p) if p == tls::H2 => &self.server_h2,
             Some(_) => &self.server_h1,
             None => &self.server_none,
         };
         let Some(ip) = no_sni_ip else {
-            return Ok(shared.clone());
+            return shared.clone();
         };
         // No SNI: the leaf is for the original IP, which the shared resolver
         // can't know; a per-connection config is rare and cheap enough.
         let mut c = (**shared).clone();
         c.cert_resolver = Arc::new(SniResolver(self.leaves.clone(), Some(ip)));
-        Ok(Arc::new(c))
+        Arc::new(c)
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -379,11 +385,7 @@ where
         Err(_) if offered(tls::H2) => Some(tls::H2),
         Err(_) => None,
     };
-    let config = gw
-        .server_config(job_alpn, no_sni_leaf)
-        .map_err(|e| PipelineError::Internal {
-            detail: e.to_string(),
-        })?;
+    let config = gw.server_config(job_alpn, no_sni_leaf);
     let stream = tokio::time::timeout(gw.cfg.handshake_timeout(), start.into_stream(config))
         .await
         .map_err(|_| bad("TLS handshake with the job timed out".into()))?

@@ -106,7 +106,7 @@ impl Policy {
             &cfg.tls.upstream_ca_files,
             previous.map(|p| &p.issuers),
         )
-        .map_err(|e| cfg.invalid("identity.oidc", format!("{e:#}")))?;
+        .map_err(|e| cfg.invalid("identity.oidc", e))?;
         let mut statics = Vec::new();
         for (i, s) in cfg.identity.statics.iter().enumerate() {
             let g = GlobBuilder::new(&s.cgroup)

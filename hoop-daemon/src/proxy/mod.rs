@@ -59,15 +59,10 @@ pub struct Client {
     pub captured: Option<Arc<Flow>>,
 }
 
-pub async fn bind(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
-    use anyhow::Context;
+pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     let mut v = Vec::new();
     for a in addrs {
-        v.push(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding the proxy listener {a}"))?,
-        );
+        v.push(crate::addr::bind("proxy", *a).await?);
     }
     Ok(v)
 }
