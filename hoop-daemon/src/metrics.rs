@@ -71,6 +71,7 @@ pub struct Totals {
 pub struct Metrics {
     registry: Registry,
     pub connections: Counter,
+    connections_refused: Family<ReasonLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     upstream_errors: Family<ReasonLabel, Counter>,
     masked: Family<RuleLabel, Counter>,
@@ -87,6 +88,7 @@ impl Default for Metrics {
         let mut m = Self {
             registry: Registry::with_prefix("hoop"),
             connections: Counter::default(),
+            connections_refused: Family::default(),
             requests: Family::default(),
             upstream_errors: Family::default(),
             masked: Family::default(),
@@ -101,6 +103,11 @@ impl Default for Metrics {
             "connections",
             "Job connections served (transparent and proxy)",
             m.connections.clone(),
+        );
+        m.registry.register(
+            "connections_refused",
+            "Connections refused before any request, by reason (connection-limit, destination-not-allowed, no-identity, ...)",
+            m.connections_refused.clone(),
         );
         m.registry.register(
             "requests",
@@ -154,6 +161,12 @@ impl Metrics {
                 outcome: outcome.as_str(),
                 connection: connection.unwrap_or("-").to_string(),
             })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

@@ -255,6 +255,18 @@ async fn a_job_over_its_cap_is_refused_and_another_job_gets_through() {
         assert!(Instant::now() < deadline, "the place was not freed: {head}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Counted for the operator, by reason.
+    let scraped = env.gw.metrics.render(&Default::default());
+    let refused = scraped
+        .lines()
+        .find(|l| l.starts_with("hoop_connections_refused_total{reason=\"connection-limit\"}"))
+        .unwrap_or_else(|| panic!("no connection-limit counter:\n{scraped}"));
+    let n: u64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 2, "{refused}");
+    assert!(
+        !scraped.contains("reason=\"destination-not-allowed\""),
+        "only what happened is counted:\n{scraped}"
+    );
     let denied = connect_denied(&env);
     let limited: Vec<&str> = denied
         .iter()

@@ -107,6 +107,22 @@ impl From<crate::policy::phases::Refusal> for PipelineError {
     }
 }
 
+/// Who ended a connection that ended in an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    Job,
+    Gateway,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Job => "job",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
 impl PipelineError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -201,16 +217,17 @@ impl PipelineError {
     }
 
     /// Logs how a connection ended with this error, and says who ended
-    /// it: "job" (it hung up, at info) or "gateway" (a refusal, a warning).
-    pub fn log_connection_end(&self, flow: u64) -> &'static str {
+    /// it: the job (it hung up, at info) or the gateway (a refusal, a
+    /// warning).
+    pub fn log_connection_end(&self, flow: u64) -> EndedBy {
         match self {
             Self::JobClosed { .. } => {
                 tracing::info!(flow, detail = %self, "the job closed the connection");
-                "job"
+                EndedBy::Job
             }
             _ => {
                 tracing::warn!(flow, error = %self, reason = self.reason(), "connection refused");
-                "gateway"
+                EndedBy::Gateway
             }
         }
     }

@@ -211,8 +211,7 @@ pub async fn serve_recorded<IO>(
 {
     let _live = live;
     if let Err(e) = serve(gw.clone(), io, flow.clone()).await {
-        let by = e.log_connection_end(flow.id);
-        record_refusal(&gw, &flow, Some(flow.orig_dst), &e, by);
+        record_refusal(&gw, &flow, Some(flow.orig_dst), &e);
     }
 }
 
@@ -230,20 +229,23 @@ pub fn admit(
     )
     .map_err(|e| {
         let e = PipelineError::ConnectionLimit(e);
-        let by = e.log_connection_end(flow.id);
-        record_refusal(gw, flow, Some(flow.orig_dst), &e, by);
+        record_refusal(gw, flow, Some(flow.orig_dst), &e);
         e
     })
 }
 
-/// A connection refused (or ended) before any request: on record.
+/// A connection refused (or ended) before any request: logged, counted
+/// when hoop refused it, and on record.
 pub fn record_refusal(
     gw: &Gateway,
     flow: &Flow,
     dst: Option<std::net::SocketAddr>,
     e: &PipelineError,
-    by: &str,
 ) {
+    let by = e.log_connection_end(flow.id);
+    if by == error::EndedBy::Gateway {
+        gw.metrics.connection_refused(e.reason());
+    }
     gw.audit.record(crate::audit::Entry::of(
         &crate::audit::entry::ConnectDeniedData {
             session: crate::audit::entry::session_of(flow),
@@ -252,7 +254,7 @@ pub fn record_refusal(
             pid: flow.pid,
             dst: dst.map(|d| d.to_string()),
             reason: format!("{}: {e}", e.reason()),
-            by: by.into(),
+            by: by.as_str().into(),
         },
     ));
 }

@@ -287,8 +287,7 @@ fn refuse(
         client,
         client.captured.as_ref().and_then(|f| f.identity.clone()),
     );
-    let by = e.log_connection_end(flow.id);
-    pipeline::record_refusal(gw, &flow, dst, &e, by);
+    pipeline::record_refusal(gw, &flow, dst, &e);
     e
 }
 
