@@ -16,7 +16,7 @@ use crate::{
     config::{Config, ConfigError},
     control::Server,
     jobs::{Job, Jobs},
-    pipeline::Gateway,
+    pipeline::{Gateway, Services},
     policy::{Policy, enforce::Enforce},
     proxy,
 };
@@ -43,7 +43,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             .with_limits(crate::jobs::ConnectionLimits::of(&cfg.limits)),
     );
     let policy = Policy::compile(&cfg, None)?;
-    let gw = Arc::new(Gateway::new(cfg.clone(), Arc::new(Enforce), policy)?);
+    let services = start_services(&cfg)?;
+    let gw = Arc::new(Gateway::new(
+        cfg.clone(),
+        Arc::new(Enforce),
+        policy,
+        services,
+    )?);
     tracing::info!(
         connections = cfg.connections.len(),
         issuers = cfg.identity.oidc.len(),
@@ -285,4 +291,40 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, state) {
         tracing::warn!(error = %e, "cannot notify the service manager");
     }
+}
+
+/// Why a service the gateway needs could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Approvals(#[from] crate::approval::ApprovalError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::StartError),
+}
+
+/// Starts what the data path uses beside it: the approvals store (with its
+/// webhook), the audit writer, the local CA.
+pub fn start_services(cfg: &Config) -> Result<Services, ServicesError> {
+    let notifier = match &cfg.approvals.webhook {
+        Some(url) => Some(crate::approval::Notifier::new(
+            url.clone(),
+            cfg.approvals.slack,
+            crate::tls::UpstreamTls::new(&cfg.tls.upstream_ca_files)?
+                .config_for(&[crate::tls::HTTP11.to_vec()]),
+        )),
+        None => None,
+    };
+    let approvals = Arc::new(crate::approval::Approvals::open(
+        &cfg.daemon.state_dir.join("approvals.db"),
+        notifier,
+    )?);
+    let audit = crate::audit::Audit::start(&cfg.audit, &cfg.daemon.state_dir)?;
+    let ca = Arc::new(crate::tls::Ca::load_or_create(&cfg.daemon.state_dir)?);
+    Ok(Services {
+        ca,
+        approvals,
+        audit,
+    })
 }

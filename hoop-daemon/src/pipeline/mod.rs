@@ -81,33 +81,26 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Why the gateway's services could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    #[error(transparent)]
-    Approvals(#[from] crate::approval::ApprovalError),
-    #[error(transparent)]
-    Audit(#[from] crate::audit::StartError),
+/// What the gateway uses but does not own: the services beside the data
+/// path and the CA, started by the daemon.
+pub struct Services {
+    pub ca: Arc<Ca>,
+    pub approvals: Arc<crate::approval::Approvals>,
+    pub audit: crate::audit::Audit,
 }
 
 impl Gateway {
-    pub fn new(cfg: Arc<Config>, phases: SharedPhases, policy: Policy) -> Result<Self, StartError> {
-        let notifier = match &cfg.approvals.webhook {
-            Some(url) => Some(crate::approval::Notifier::new(
-                url.clone(),
-                cfg.approvals.slack,
-                UpstreamTls::new(&cfg.tls.upstream_ca_files)?.config_for(&[tls::HTTP11.to_vec()]),
-            )),
-            None => None,
-        };
-        let approvals = Arc::new(crate::approval::Approvals::open(
-            &cfg.daemon.state_dir.join("approvals.db"),
-            notifier,
-        )?);
-        let audit = crate::audit::Audit::start(&cfg.audit, &cfg.daemon.state_dir)?;
-        let ca = Arc::new(Ca::load_or_create(&cfg.daemon.state_dir)?);
+    pub fn new(
+        cfg: Arc<Config>,
+        phases: SharedPhases,
+        policy: Policy,
+        services: Services,
+    ) -> Result<Self, crate::tls::TlsError> {
+        let Services {
+            ca,
+            approvals,
+            audit,
+        } = services;
         let leaves = Arc::new(Leaves::new(ca.clone())?);
         let upstream_tls = UpstreamTls::new(&cfg.tls.upstream_ca_files)?;
         let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, crate::tls::TlsError> {

@@ -74,7 +74,8 @@ pub async fn env_full(response_timeout_ms: u64, policy: &str, alg: Alg) -> Env {
     let cfg = Config::parse(&text, &dir.path().join("hoop.toml")).unwrap();
     let policy = Policy::compile(&cfg, None).unwrap();
     let jobs = Jobs::new(dir.path().join("jobs")).with_limits(ConnectionLimits::of(&cfg.limits));
-    let gw = Arc::new(Gateway::new(Arc::new(cfg), Arc::new(Enforce), policy).unwrap());
+    let services = hoop::daemon::start_services(&cfg).unwrap();
+    let gw = Arc::new(Gateway::new(Arc::new(cfg), Arc::new(Enforce), policy, services).unwrap());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap();
     proxy::spawn(vec![l], gw.clone(), Arc::new(jobs));
