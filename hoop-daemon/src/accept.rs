@@ -2,13 +2,7 @@
 //! kernel record tells where it was going and who made it. The connection
 //! then goes through the pipeline (or the explicit proxy, when the job was
 //! itself configured to use it).
-use std::{
-    io,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -98,14 +92,9 @@ impl Ctx {
         let path = self.cgroup_paths.get_with(cgroup_id, || {
             crate::cgroup::find_by_id(&self.capture.root.path, cgroup_id).map(Arc::new)
         })?;
-        let rel = relative(&self.cgroup_mount, &path)?;
+        let rel = crate::cgroup::relative(&self.cgroup_mount, &path)?;
         self.gw.policy().static_identity(&rel).map(Arc::new)
     }
-}
-
-/// `path` relative to the cgroup2 mount, as static identity globs see it.
-pub fn relative(mount: &Path, path: &Path) -> Option<String> {
-    path.strip_prefix(mount).ok()?.to_str().map(str::to_owned)
 }
 
 pub fn spawn(listeners: Listeners, ctx: Arc<Ctx>) {

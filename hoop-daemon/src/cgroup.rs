@@ -139,6 +139,11 @@ pub fn find_by_id(root: &Path, id: u64) -> Option<PathBuf> {
     None
 }
 
+/// `path` relative to the cgroup2 mount, as static identity globs see it.
+pub fn relative(mount: &Path, path: &Path) -> Option<String> {
+    path.strip_prefix(mount).ok()?.to_str().map(str::to_owned)
+}
+
 /// The hoop root cgroup, created if needed. The daemon itself must not live
 /// inside it: its own connects would be redirected to itself.
 pub fn ensure_root(mount: &Path, relative: &Path) -> Result<Cgroup, CgroupError> {

@@ -160,7 +160,7 @@ impl Server {
             },
             None => None,
         };
-        let rel = crate::accept::relative(&self.cgroup_mount, &path).unwrap_or_default();
+        let rel = crate::cgroup::relative(&self.cgroup_mount, &path).unwrap_or_default();
         let identity = match (identity, policy.static_identity(&rel)) {
             (Some(i), _) => i,
             (None, Some(s)) => s,
