@@ -15,7 +15,6 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData,
 };
 use rustls::pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
 
 pub const CERT_FILE: &str = "ca.pem";
 pub const KEY_FILE: &str = "ca.key";
@@ -115,7 +114,8 @@ impl Ca {
     /// `--ignore-certificate-errors-spki-list`.
     pub fn spki_sha256_base64(&self) -> String {
         let spki = self.issuer.key().subject_public_key_info();
-        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki))
+        base64::engine::general_purpose::STANDARD
+            .encode(ring::digest::digest(&ring::digest::SHA256, &spki))
     }
 }
 
