@@ -228,6 +228,20 @@ pub fn async_ring(
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// Registers the kernel programs' log (aya-log's ring buffer) with tokio's
+/// reactor for readability.
+pub fn async_kernel_log<T>(
+    logger: aya_log::EbpfLogger<T>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya_log::EbpfLogger<T>>> {
+    // SAFETY: the logger owns its ring buffer's fd for its whole lifetime
+    // (closed only when the logger drops, which the AsyncFd controls), and
+    // flushing never closes or replaces it.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
 /// The pidfd of a Unix socket's peer (`SO_PEERPIDFD`): the process that
 /// connected, for as long as it lives, never a later owner of its pid.
 pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
