@@ -7,6 +7,9 @@
 use std::path::PathBuf;
 
 fn main() {
+    // A GNU build-id whatever the linker's default: `cargo xtask install`
+    // files the debug info under it (/usr/lib/debug/.build-id/).
+    println!("cargo:rustc-link-arg-bins=-Wl,--build-id");
     println!("cargo:rerun-if-env-changed=HOOP_EBPF_OBJECT");
     let path = match std::env::var_os("HOOP_EBPF_OBJECT") {
         Some(p) => PathBuf::from(p),

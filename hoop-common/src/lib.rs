@@ -95,6 +95,20 @@ pub mod deny {
     /// A bind to an address other than loopback (or the wildcard with
     /// port 0): a listener others could reach without the daemon.
     pub const BIND: u32 = 5;
+
+    /// The reason's name, as the daemon's log, status and the kernel
+    /// programs' debug log spell it.
+    #[inline(always)]
+    pub const fn name(kind: u32) -> &'static str {
+        match kind {
+            UDP => "udp-not-dns",
+            SOCKET => "socket-type",
+            UNRECORDED => "unrecorded",
+            NO_CONFIG => "no-config",
+            BIND => "bind-not-loopback",
+            _ => "unknown",
+        }
+    }
 }
 
 /// A refused operation, reported through the `HOOP_EVENTS` ring buffer.

@@ -166,6 +166,7 @@ async fn start_capture(
     }
     capture::spawn_event_reader(capture.take_events()?, jobs.clone(), audit.clone())
         .context("watching the kernel's event ring buffer")?;
+    capture.spawn_kernel_log();
     Ok((Arc::new(capture), listeners, mount))
 }
 

@@ -1,7 +1,9 @@
-//! The raw syscalls hoop needs that aya and nix don't expose: atomically
-//! taking a map entry, swapping the program behind a pinned link, reading
-//! link info, the filesystem checks around bpffs and cgroup2, and a control
-//! peer's pidfd. All of hoop's unsafe code lives in this file.
+//! The system calls hoop makes itself. Through nix where nix has them (the
+//! filesystem checks around bpffs, the bpffs mount, a control peer's pidfd);
+//! raw where nix 0.32 has no wrapper: the bpf(2) commands aya doesn't expose
+//! (atomically taking a map entry, swapping the program behind a pinned
+//! link, reading link info) and `pidfd_send_signal`. All of hoop's unsafe
+//! code lives in this file.
 #![allow(unsafe_code)]
 
 use std::{
@@ -22,9 +24,9 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
-pub const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-pub const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+pub use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, FsType};
 
+/// Raw: nix has no bpf(2), and aya keeps its wrapper private.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, correctly sized prefix of `union bpf_attr`
     // for `cmd`; the kernel reads/writes only within `size_of::<T>()`.
@@ -199,40 +201,20 @@ pub fn cgroup_links(cgroup_id: u64) -> io::Result<Vec<LinkInfo>> {
 }
 
 /// The filesystem magic of the filesystem holding `path`.
-pub fn fs_magic(path: &Path) -> io::Result<i64> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    let mut st = MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: valid C string and a statfs buffer the kernel fills.
-    let r = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statfs succeeded and filled the struct.
-    #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
-    Ok(unsafe { st.assume_init() }.f_type as i64)
+pub fn fs_magic(path: &Path) -> io::Result<FsType> {
+    Ok(nix::sys::statfs::statfs(path)?.filesystem_type())
 }
 
 /// `mount -t bpf bpf <path>`.
 pub fn mount_bpffs(path: &Path) -> io::Result<()> {
-    let target = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    let src = c"bpf";
-    // SAFETY: all pointers are valid NUL-terminated strings; no data arg.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )?;
+    Ok(())
 }
 
 /// Registers the event ring buffer with tokio's reactor for readability.
@@ -246,32 +228,34 @@ pub fn async_ring(
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// Registers the kernel programs' log (aya-log's ring buffer) with tokio's
+/// reactor for readability.
+pub fn async_kernel_log<T>(
+    logger: aya_log::EbpfLogger<T>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya_log::EbpfLogger<T>>> {
+    // SAFETY: the logger owns its ring buffer's fd for its whole lifetime
+    // (closed only when the logger drops, which the AsyncFd controls), and
+    // flushing never closes or replaces it.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
 /// The pidfd of a Unix socket's peer (`SO_PEERPIDFD`): the process that
 /// connected, for as long as it lives, never a later owner of its pid.
 pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let mut fd: libc::c_int = -1;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes one int (the new fd) into `fd`.
-    let r = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERPIDFD,
-            &mut fd as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(nix::sys::socket::getsockopt(
+        &sock,
+        nix::sys::socket::sockopt::PeerPidfd,
+    )?)
 }
 
 /// Whether the process behind a pidfd is still running (signal 0: checks
 /// without sending). A pidfd never refers to another process, so "alive"
 /// also means "still the one that connected".
 pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // Raw: nix 0.32 has no pidfd_send_signal.
     // SAFETY: pidfd_send_signal with signal 0 and no siginfo only checks.
     let r = unsafe {
         libc::syscall(
@@ -306,6 +290,7 @@ mod tests {
         assert!(pidfd_alive(fd.as_fd()));
         // A child that has exited (and been reaped) is not alive.
         let mut child = std::process::Command::new("true").spawn().unwrap();
+        // Raw: nix 0.32 has no pidfd_open.
         // SAFETY: pidfd_open on our own child's pid, before reaping it.
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) } as i32;
         assert!(raw >= 0);
@@ -316,7 +301,9 @@ mod tests {
 
     #[test]
     fn fs_magic_reads_proc() {
-        const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+        use nix::sys::statfs::PROC_SUPER_MAGIC;
         assert_eq!(fs_magic(Path::new("/proc")).unwrap(), PROC_SUPER_MAGIC);
+        // Positive control: bpffs is not /proc.
+        assert_ne!(PROC_SUPER_MAGIC, BPF_FS_MAGIC);
     }
 }

@@ -16,7 +16,11 @@
 //!   port 0), so nothing outside reaches a job without the daemon.
 //!
 //! Every refusal is reported through a ring buffer. Anything unexpected
-//! (no config, a full map) refuses: hoop fails closed.
+//! (no config, a full map) refuses: hoop fails closed. Each refusal is also
+//! logged at debug level (aya-log): which program, why, the cgroup and the
+//! destination. The daemon loads the programs with that level switched off
+//! unless its own log asks for debug, and the verifier then drops the log
+//! writes: only refusal paths carry the (untaken) check.
 #![no_std]
 #![no_main]
 
@@ -32,6 +36,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, RingBuf},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
+use aya_log_ebpf::debug;
 use hoop_common::{
     Config, DenyEvent, EVENTS_BYTES, LocalKey, MAX_CONNECTIONS, MAX_RESOLVERS, Origin,
     bind_allowed, deny, is_v4_mapped, v4_mapped,
@@ -83,17 +88,52 @@ fn current_pid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
+/// The address words as the 16 bytes of an IPv6 address (v4-mapped for
+/// IPv4), for the log's `{:i}`.
 #[inline(always)]
-fn report(kind: u32, sa: *const bpf_sock_addr, addr: [u32; 4], port: u16) {
+fn ip_bytes(a: [u32; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = a[i].to_ne_bytes();
+        b[i * 4] = w[0];
+        b[i * 4 + 1] = w[1];
+        b[i * 4 + 2] = w[2];
+        b[i * 4 + 3] = w[3];
+        i += 1;
+    }
+    b
+}
+
+#[inline(always)]
+fn report(
+    ctx: &SockAddrContext,
+    prog: &str,
+    kind: u32,
+    sa: *const bpf_sock_addr,
+    addr: [u32; 4],
+    port: u16,
+) {
     let (family, sock_type, protocol) = if sa.is_null() {
         (0, 0, 0)
     } else {
         unsafe { ((*sa).family, (*sa).type_, (*sa).protocol) }
     };
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    debug!(
+        ctx,
+        target: "hoop::capture",
+        "kernel: {} refused ({}) cgroup {} dst [{:i}]:{}",
+        prog,
+        deny::name(kind),
+        cgroup_id,
+        ip_bytes(addr),
+        port
+    );
     let ev = DenyEvent {
         kind,
         pid: current_pid(),
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
         addr,
         port,
         family: family as u16,
@@ -146,6 +186,7 @@ fn udp_allowed(addr: &[u32; 4], port: u16) -> bool {
 
 #[inline(always)]
 fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let prog = if v6 { "connect6" } else { "connect4" };
     let sa = ctx.sock_addr;
     let (addr, port) = user_dst(sa, v6);
     let sock_type = unsafe { (*sa).type_ };
@@ -153,15 +194,15 @@ fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         if udp_allowed(&addr, port) {
             return ALLOW;
         }
-        report(deny::UDP, sa, addr, port);
+        report(ctx, prog, deny::UDP, sa, addr, port);
         return REFUSE;
     }
     if sock_type != SOCK_STREAM {
-        report(deny::SOCKET, sa, addr, port);
+        report(ctx, prog, deny::SOCKET, sa, addr, port);
         return REFUSE;
     }
     let Some(cfg) = config() else {
-        report(deny::NO_CONFIG, sa, addr, port);
+        report(ctx, prog, deny::NO_CONFIG, sa, addr, port);
         return REFUSE;
     };
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
@@ -174,7 +215,7 @@ fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         cookie,
     };
     if ORIG_BY_COOKIE.insert(&cookie, &origin, 0).is_err() {
-        report(deny::UNRECORDED, sa, addr, port);
+        report(ctx, prog, deny::UNRECORDED, sa, addr, port);
         return REFUSE;
     }
     if !v6 {
@@ -206,7 +247,14 @@ fn on_bind(ctx: &SockAddrContext, v6: bool) -> i32 {
     if bind_allowed(&addr, port) {
         return ALLOW;
     }
-    report(deny::BIND, sa, addr, port);
+    report(
+        ctx,
+        if v6 { "bind6" } else { "bind4" },
+        deny::BIND,
+        sa,
+        addr,
+        port,
+    );
     REFUSE
 }
 
@@ -227,7 +275,8 @@ fn on_sendmsg(ctx: &SockAddrContext, v6: bool) -> i32 {
     if udp_allowed(&addr, port) {
         return ALLOW;
     }
-    report(deny::UDP, sa, addr, port);
+    let prog = if v6 { "sendmsg6" } else { "sendmsg4" };
+    report(ctx, prog, deny::UDP, sa, addr, port);
     REFUSE
 }
 
@@ -358,10 +407,21 @@ pub fn hoop_sock_create(ctx: SockContext) -> i32 {
         }
         return ALLOW;
     }
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    debug!(
+        &ctx,
+        target: "hoop::capture",
+        "kernel: sock_create refused ({}) cgroup {} family {} type {} protocol {}",
+        deny::name(deny::SOCKET),
+        cgroup_id,
+        family,
+        ty,
+        proto
+    );
     let ev = DenyEvent {
         kind: deny::SOCKET,
         pid: current_pid(),
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
         family: family as u16,
         sock_type: ty,
         protocol: proto,

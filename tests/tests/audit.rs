@@ -398,23 +398,22 @@ fn verify_code(env: &TestEnv, extra: &[&str]) -> (Option<i32>, String) {
 /// The chain hash as the daemon computes it (audit/chain.rs), written out
 /// again here so that the test forges the way an outsider would.
 fn record_hash(prev: &[u8], seq: u64, ts: u64, fields: &[Option<Vec<u8>>]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     h.update(prev);
     h.update(b"hoop-audit-record-v1");
-    h.update(seq.to_be_bytes());
-    h.update(ts.to_be_bytes());
+    h.update(&seq.to_be_bytes());
+    h.update(&ts.to_be_bytes());
     for f in fields {
         match f {
             Some(b) => {
-                h.update([1]);
-                h.update((b.len() as u64).to_be_bytes());
+                h.update(&[1]);
+                h.update(&(b.len() as u64).to_be_bytes());
                 h.update(b);
             }
-            None => h.update([0]),
+            None => h.update(&[0]),
         }
     }
-    h.finalize().to_vec()
+    h.finish().as_ref().to_vec()
 }
 
 fn unhex(s: &str) -> Vec<u8> {

@@ -518,3 +518,55 @@ fn a_job_cannot_use_a_socket_without_the_daemon_even_via_loopback_services() {
         "loopback connect was not captured"
     );
 }
+
+/// With `HOOP_LOG` at debug for `hoop::capture`, the kernel programs log
+/// each refusal themselves (aya-log): which program, why, the cgroup and
+/// the destination. By default the same refusal leaves no kernel line (the
+/// programs were loaded with their log off), only the daemon's warning,
+/// which is the positive control that the refusal happened both times.
+#[test]
+fn the_kernel_logs_its_decision_only_under_debug() {
+    for debug in [false, true] {
+        let name = if debug { "klog-debug" } else { "klog" };
+        let mut env = TestEnv::new(name, PROBE, "");
+        let log_env: &[(&str, &str)] = if debug {
+            &[("HOOP_LOG", "info,hoop::capture=debug")]
+        } else {
+            &[]
+        };
+        env.start_daemon_env(log_env);
+        let target = UdpCounter::start("127.0.0.2:0");
+        let (ok, line) = env.probe(true, &["udp-connect", &target.addr.to_string()]);
+        assert!(!ok && line.contains(EPERM), "{name}: {line}");
+        let warned = env
+            .wait_log(
+                &[
+                    "kernel refused",
+                    "udp-not-dns",
+                    &format!("dst={}", target.addr),
+                ],
+                Duration::from_secs(2),
+            )
+            .unwrap_or_else(|| panic!("{name}: no refusal warning:\n{}", env.log()));
+        let cgroup = warned
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("cgroup="))
+            .expect("the warning names the cgroup")
+            .to_string();
+        let kernel = [
+            "connect4 refused (udp-not-dns)".to_string(),
+            format!("cgroup {cgroup} "),
+            format!("dst [::ffff:{}]:{}", target.addr.ip(), target.addr.port()),
+        ];
+        let needles: Vec<&str> = kernel.iter().map(String::as_str).collect();
+        let found = env.wait_log(&needles, Duration::from_secs(if debug { 2 } else { 1 }));
+        if debug {
+            let found = found.unwrap_or_else(|| panic!("no kernel-side line:\n{}", env.log()));
+            eprintln!("kernel: {found}");
+        } else {
+            assert_eq!(found, None, "the kernel logged without debug");
+            assert!(!env.log().contains("connect4 refused"), "{}", env.log());
+        }
+        assert_eq!(target.hits(), 0, "{name}: UDP reached the target");
+    }
+}

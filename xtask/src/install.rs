@@ -2,7 +2,9 @@
 //! expect it. `--root` stages into a directory instead (packaging, tests);
 //! only an install into `/` touches the running system (sysusers, a
 //! daemon-reload), and nothing is enabled or started: that stays the
-//! operator's `systemctl enable --now hoop`.
+//! operator's `systemctl enable --now hoop`. The binary is installed
+//! without its debug info, which goes to `/usr/lib/debug/.build-id/`
+//! (see `debuginfo`).
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -12,7 +14,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    ebpf,
+    debuginfo, ebpf,
     sh::{self, root_dir, step},
 };
 
@@ -86,8 +88,25 @@ pub fn run(root: &Path, bin: Option<&Path>) -> Result<()> {
             root_dir().join("target/release/hoop")
         }
     };
+    sh::apt_install(&debuginfo::PACKAGES)?;
+    step("splitting the debug info off the binary");
+    let work = tempfile::tempdir()?;
+    let split = debuginfo::split(&bin, root, work.path())?;
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len() / 1_000_000)
+            .unwrap_or(0)
+    };
+    println!(
+        "{} MB → {} MB installed, {} MB of debug info in {} (build-id {})",
+        size(&bin),
+        size(&split.stripped),
+        size(&split.debug_file),
+        split.debug_file.display(),
+        split.build_id
+    );
     step(&format!("installing into {}", root.display()));
-    for line in place(root, &bin)? {
+    for line in place(root, &split.stripped)? {
         println!("{line}");
     }
     if root == Path::new("/") {

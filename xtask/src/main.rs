@@ -13,6 +13,7 @@
 //! - `bench`: hoop against the direct path and mitmproxy, into BENCHMARKS.md.
 mod bench;
 mod bench_idle;
+mod debuginfo;
 mod demo;
 mod ebpf;
 mod fuzz;

@@ -3,7 +3,6 @@
 //! a deletion or a reordering anywhere is found by walking it, offline.
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The hash before the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -29,11 +28,11 @@ impl Record {
     /// column with its length (a missing body differs from an empty one),
     /// so hashing the stored bytes needs no JSON re-serialisation.
     pub fn hash(&self, prev: &[u8; 32]) -> [u8; 32] {
-        let mut h = Sha256::new();
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
         h.update(prev);
         h.update(b"hoop-audit-record-v1");
-        h.update(self.seq.to_be_bytes());
-        h.update(self.ts_ms.to_be_bytes());
+        h.update(&self.seq.to_be_bytes());
+        h.update(&self.ts_ms.to_be_bytes());
         for field in [
             Some(self.kind.as_bytes()),
             Some(self.session.as_bytes()),
@@ -43,14 +42,14 @@ impl Record {
         ] {
             match field {
                 Some(b) => {
-                    h.update([1]);
-                    h.update((b.len() as u64).to_be_bytes());
+                    h.update(&[1]);
+                    h.update(&(b.len() as u64).to_be_bytes());
                     h.update(b);
                 }
-                None => h.update([0]),
+                None => h.update(&[0]),
             }
         }
-        h.finalize().into()
+        h.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
     }
 }
 

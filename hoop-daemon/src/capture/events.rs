@@ -21,14 +21,7 @@ pub struct DenyReport {
 
 impl From<&DenyEvent> for DenyReport {
     fn from(e: &DenyEvent) -> Self {
-        let reason = match e.kind {
-            deny::UDP => "udp-not-dns",
-            deny::SOCKET => "socket-type",
-            deny::UNRECORDED => "unrecorded",
-            deny::NO_CONFIG => "no-config",
-            deny::BIND => "bind-not-loopback",
-            _ => "unknown",
-        };
+        let reason = deny::name(e.kind);
         let dst = (e.kind != deny::SOCKET).then(|| SocketAddr::new(words_ip(e.addr), e.port));
         Self {
             reason,

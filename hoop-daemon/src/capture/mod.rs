@@ -4,6 +4,7 @@
 //! restarted daemon swaps its programs into the existing links instead of
 //! attaching again.
 mod events;
+mod kernel_log;
 
 use std::{
     fs,
@@ -87,8 +88,12 @@ impl Capture {
         for d in [&map_dir, &link_dir] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        // Fixed at load: the verifier drops the programs' logging when off.
+        // Not required to exist, so an object built without aya-log loads.
+        let log_level = kernel_log::level();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
+            .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .with_context(|| {
                 format!(
@@ -135,6 +140,13 @@ impl Capture {
             pid: o.pid,
             cgroup_id: o.cgroup_id,
         }))
+    }
+
+    /// Forwards the kernel programs' debug log into the daemon's log, if
+    /// `HOOP_LOG` enables debug for `hoop::capture`; otherwise the programs
+    /// were loaded with it off and nothing runs.
+    pub fn spawn_kernel_log(&mut self) {
+        kernel_log::spawn(&mut self.ebpf);
     }
 
     /// The ring buffer of refusals, for [`spawn_event_reader`].

@@ -9,7 +9,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
 use crate::{config::Config, tls::ca::CERT_FILE, users::Account};
 
@@ -35,7 +34,8 @@ pub fn spki(pem: &str) -> Result<String> {
         .parse_x509()
         .map_err(|e| anyhow::anyhow!("invalid CA certificate: {e}"))?;
     let spki = cert.tbs_certificate.subject_pki.raw;
-    Ok(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki)))
+    Ok(base64::engine::general_purpose::STANDARD
+        .encode(ring::digest::digest(&ring::digest::SHA256, spki)))
 }
 
 /// Adds the CA to an NSS database (Chromium, Firefox) with certutil,
@@ -146,4 +146,42 @@ pub fn add_to_nss(db: &Path, pem: &str) -> Result<()> {
         &["-d", &sql, "-A", "-a", "-t", "C,,", "-n", "hoop local CA"],
         Some(pem),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use crate::tls::ca::{CERT_FILE, Ca};
+
+    /// The pin Chromium is given: the CLI (from the PEM) and the daemon
+    /// (from the loaded key) agree with openssl's own computation.
+    #[test]
+    fn the_spki_pin_matches_openssl() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(d.path()).unwrap();
+        let pem = std::fs::read_to_string(d.path().join(CERT_FILE)).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "openssl x509 -pubkey -noout -in \"$1\" | openssl pkey -pubin -outform der \
+                 | openssl dgst -sha256 -binary | base64",
+            )
+            .arg("sh")
+            .arg(d.path().join(CERT_FILE))
+            .output()
+            .unwrap();
+        let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(want.len(), 44, "openssl: {out:?}");
+        assert_eq!(super::spki(&pem).unwrap(), want);
+        assert_eq!(ca.spki_sha256_base64(), want);
+        // Positive control: another CA has another pin.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(
+            Ca::load_or_create(other.path())
+                .unwrap()
+                .spki_sha256_base64(),
+            want
+        );
+    }
 }

@@ -14,6 +14,7 @@
 //! kill the job: the filter can't vouch for them.
 use anyhow::{Context, Result};
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use nix::{errno::Errno, sched::CloneFlags, sys::socket::AddressFamily};
 
 use crate::users::Account;
 
@@ -21,10 +22,10 @@ use crate::users::Account;
 /// programs' to redirect or refuse; Unix and netlink sockets stay on the
 /// host.
 const FAMILIES: [u64; 4] = [
-    libc::AF_UNIX as u64,
-    libc::AF_INET as u64,
-    libc::AF_INET6 as u64,
-    libc::AF_NETLINK as u64,
+    AddressFamily::Unix as u64,
+    AddressFamily::Inet as u64,
+    AddressFamily::Inet6 as u64,
+    AddressFamily::Netlink as u64,
 ];
 
 /// Refused outright. The first group is what reaches around the cgroup;
@@ -95,18 +96,18 @@ const REFUSED: &[&str] = &[
 
 /// clone(2) flags that make a namespace: refused like unshare.
 const NAMESPACE_FLAGS: [u64; 7] = [
-    libc::CLONE_NEWNS as u64,
-    libc::CLONE_NEWUTS as u64,
-    libc::CLONE_NEWIPC as u64,
-    libc::CLONE_NEWUSER as u64,
-    libc::CLONE_NEWPID as u64,
-    libc::CLONE_NEWNET as u64,
-    libc::CLONE_NEWCGROUP as u64,
+    CloneFlags::CLONE_NEWNS.bits() as u64,
+    CloneFlags::CLONE_NEWUTS.bits() as u64,
+    CloneFlags::CLONE_NEWIPC.bits() as u64,
+    CloneFlags::CLONE_NEWUSER.bits() as u64,
+    CloneFlags::CLONE_NEWPID.bits() as u64,
+    CloneFlags::CLONE_NEWNET.bits() as u64,
+    CloneFlags::CLONE_NEWCGROUP.bits() as u64,
 ];
 
 /// The job's filter, built but not loaded.
 pub fn filter() -> Result<ScmpFilterContext> {
-    let eperm = ScmpAction::Errno(libc::EPERM);
+    let eperm = ScmpAction::Errno(Errno::EPERM as i32);
     let mut f = ScmpFilterContext::new(ScmpAction::Allow)?;
     // Another ABI's numbers mean other calls: refuse them all.
     f.set_act_badarch(ScmpAction::KillProcess)?;
@@ -153,7 +154,7 @@ pub fn filter() -> Result<ScmpFilterContext> {
     }
     // clone3 passes its flags in memory the filter can't read.
     f.add_rule(
-        ScmpAction::Errno(libc::ENOSYS),
+        ScmpAction::Errno(Errno::ENOSYS as i32),
         ScmpSyscall::from_name("clone3")?,
     )?;
     Ok(f)

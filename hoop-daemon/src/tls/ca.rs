@@ -14,7 +14,6 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData,
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use sha2::{Digest, Sha256};
 
 use super::error::{Result, TlsError};
 
@@ -109,7 +108,8 @@ impl Ca {
     /// `--ignore-certificate-errors-spki-list`.
     pub fn spki_sha256_base64(&self) -> String {
         let spki = self.issuer.key().subject_public_key_info();
-        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki))
+        base64::engine::general_purpose::STANDARD
+            .encode(ring::digest::digest(&ring::digest::SHA256, &spki))
     }
 }
 
