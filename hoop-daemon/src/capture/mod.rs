@@ -3,6 +3,7 @@
 //! so that jobs stay refused (never free) while the daemon is down. A
 //! restarted daemon swaps its programs into the existing links instead of
 //! attaching again.
+mod error;
 mod events;
 mod kernel_log;
 
@@ -13,7 +14,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData},
@@ -23,6 +23,7 @@ use hoop_common::{LocalKey, Origin, maps, progs};
 use serde::{Deserialize, Serialize};
 
 pub use crate::cgroup::Cgroup;
+pub use error::{AttachError, CaptureError};
 pub use events::{DenyReport, spawn_event_reader};
 
 use crate::{config::Config, sys};
@@ -75,18 +76,15 @@ pub struct CapturedOrigin {
 impl Capture {
     /// Loads the programs and attaches them to `root`, reusing pinned links
     /// and maps under `capture.bpf_pin_dir` if a previous daemon left them.
-    pub fn attach(cfg: &Config, root: Cgroup) -> Result<Self> {
+    pub fn attach(cfg: &Config, root: Cgroup) -> Result<Self, CaptureError> {
         if EBPF_OBJECT.is_empty() {
-            bail!(
-                "this hoop was built without its eBPF programs (the object was missing at build time); \
-                 run `cargo xtask build-ebpf`, then build hoop again"
-            );
+            return Err(CaptureError::NoObject);
         }
         let pin_dir = cfg.capture.bpf_pin_dir.clone();
         ensure_bpffs(&pin_dir)?;
         let (map_dir, link_dir) = (pin_dir.join("maps"), pin_dir.join("links"));
         for d in [&map_dir, &link_dir] {
-            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            fs::create_dir_all(d).map_err(CaptureError::io("creating", d))?;
         }
         // Fixed at load: the verifier drops the programs' logging when off.
         // Not required to exist, so an object built without aya-log loads.
@@ -95,29 +93,33 @@ impl Capture {
             .default_map_pin_directory(&map_dir)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
-            .with_context(|| {
-                format!(
-                    "loading hoop's eBPF programs (pinned maps in {}; if they come from an \
-                     incompatible hoop version, run `hoop detach` first)",
-                    map_dir.display()
-                )
+            .map_err(|source| CaptureError::Load {
+                map_dir: map_dir.clone(),
+                source: Box::new(source),
             })?;
         write_config(&mut ebpf, cfg)?;
 
-        let root_dir = fs::File::open(&root.path)
-            .with_context(|| format!("opening cgroup {}", root.path.display()))?;
+        let root_dir =
+            fs::File::open(&root.path).map_err(CaptureError::io("opening cgroup", &root.path))?;
         let mut links = Vec::new();
         for name in PROGRAMS {
             let link_pin = link_dir.join(name);
             let prog = ebpf
                 .program_mut(name)
-                .with_context(|| format!("eBPF object has no program {name}"))?;
-            let state = link_program(prog, name, &root_dir, &root, &link_pin)
-                .with_context(|| format!("attaching {name} to {}", root.path.display()))?;
+                .ok_or_else(|| CaptureError::Missing(format!("program {name}")))?;
+            let state =
+                link_program(prog, name, &root_dir, &root, &link_pin).map_err(|source| {
+                    CaptureError::Attach {
+                        program: name.to_string(),
+                        cgroup: root.path.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
             links.push(state);
         }
-        let orig_by_local = sys::obj_get(&map_dir.join(maps::ORIG_BY_LOCAL))
-            .context("opening the pinned origin map")?;
+        let pinned = map_dir.join(maps::ORIG_BY_LOCAL);
+        let orig_by_local = sys::obj_get(&pinned)
+            .map_err(CaptureError::io("opening the pinned origin map", &pinned))?;
         Ok(Self {
             root,
             pin_dir,
@@ -150,26 +152,42 @@ impl Capture {
     }
 
     /// The ring buffer of refusals, for [`spawn_event_reader`].
-    pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
-        let map = self.ebpf.take_map(maps::EVENTS).context("no events map")?;
-        Ok(aya::maps::RingBuf::try_from(map)?)
+    pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or_else(|| CaptureError::Missing(format!("map {}", maps::EVENTS)))?;
+        aya::maps::RingBuf::try_from(map).map_err(|source| CaptureError::Map {
+            map: maps::EVENTS,
+            source,
+        })
     }
 }
 
-fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> Result<()> {
+fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> Result<(), CaptureError> {
     let c = &cfg.capture;
-    let mut resolvers: HashMap<_, [u32; 4], u8> =
-        HashMap::try_from(ebpf.map_mut(maps::RESOLVERS).context("no resolvers map")?)?;
+    let map = |map: &'static str| move |source| CaptureError::Map { map, source };
+    let missing = |map: &str| CaptureError::Missing(format!("map {map}"));
+    let mut resolvers: HashMap<_, [u32; 4], u8> = HashMap::try_from(
+        ebpf.map_mut(maps::RESOLVERS)
+            .ok_or_else(|| missing(maps::RESOLVERS))?,
+    )
+    .map_err(map(maps::RESOLVERS))?;
     // Pinned maps survive restarts: drop resolvers no longer configured.
     let stale: Vec<[u32; 4]> = resolvers.keys().filter_map(|k| k.ok()).collect();
     for k in stale {
-        resolvers.remove(&k)?;
+        resolvers.remove(&k).map_err(map(maps::RESOLVERS))?;
     }
     for ip in cfg.resolvers() {
-        resolvers.insert(&ip_words(ip), &1, 0)?;
+        resolvers
+            .insert(&ip_words(ip), &1, 0)
+            .map_err(map(maps::RESOLVERS))?;
     }
-    let mut config: Array<_, hoop_common::Config> =
-        Array::try_from(ebpf.map_mut(maps::CONFIG).context("no config map")?)?;
+    let mut config: Array<_, hoop_common::Config> = Array::try_from(
+        ebpf.map_mut(maps::CONFIG)
+            .ok_or_else(|| missing(maps::CONFIG))?,
+    )
+    .map_err(map(maps::CONFIG))?;
     let value = hoop_common::Config {
         listen4: u32::from_ne_bytes(c.listen4.octets()),
         listen6: ip_words(IpAddr::V6(c.listen6)),
@@ -178,8 +196,7 @@ fn write_config(ebpf: &mut Ebpf, cfg: &Config) -> Result<()> {
         enabled: 1,
         abi: hoop_common::ABI_VERSION,
     };
-    config.set(0, &value, 0)?;
-    Ok(())
+    config.set(0, &value, 0).map_err(map(maps::CONFIG))
 }
 
 /// Loads one program and links it to the root cgroup: into the pinned link if
@@ -190,31 +207,35 @@ fn link_program(
     root_dir: &fs::File,
     root: &Cgroup,
     link_pin: &Path,
-) -> Result<LinkState> {
+) -> Result<LinkState, AttachError> {
     macro_rules! link {
         ($p:expr) => {{
             $p.load()?;
             if link_pin.exists() {
-                let link = sys::obj_get(link_pin)
-                    .with_context(|| format!("opening pinned link {}", link_pin.display()))?;
-                let info = sys::link_info(link.as_fd())?;
+                let link =
+                    sys::obj_get(link_pin).map_err(AttachError::sys("opening its pinned link"))?;
+                let info = sys::link_info(link.as_fd())
+                    .map_err(AttachError::sys("BPF_OBJ_GET_INFO_BY_FD"))?;
                 if info.cgroup_id != root.id {
-                    bail!(
-                        "pinned link {} is attached to another cgroup (id {}, expected {}); \
-                         run `hoop detach` to remove the old attachment",
-                        link_pin.display(),
-                        info.cgroup_id,
-                        root.id
-                    );
+                    return Err(AttachError::OtherCgroup {
+                        pin: link_pin.to_path_buf(),
+                        found: info.cgroup_id,
+                        expected: root.id,
+                    });
                 }
-                sys::link_update(link.as_fd(), $p.fd()?.as_fd()).context("BPF_LINK_UPDATE")?;
-                let info = sys::link_info(link.as_fd())?;
+                sys::link_update(link.as_fd(), $p.fd()?.as_fd())
+                    .map_err(AttachError::sys("BPF_LINK_UPDATE"))?;
+                let info = sys::link_info(link.as_fd())
+                    .map_err(AttachError::sys("BPF_OBJ_GET_INFO_BY_FD"))?;
                 (info, true)
             } else {
                 let id = $p.attach(root_dir, CgroupAttachMode::Single)?;
                 let link = FdLink::try_from($p.take_link(id)?)?;
                 link.pin(link_pin)?;
-                let info = sys::link_info(sys::obj_get(link_pin)?.as_fd())?;
+                let pinned =
+                    sys::obj_get(link_pin).map_err(AttachError::sys("opening its pinned link"))?;
+                let info = sys::link_info(pinned.as_fd())
+                    .map_err(AttachError::sys("BPF_OBJ_GET_INFO_BY_FD"))?;
                 (info, false)
             }
         }};
@@ -223,7 +244,7 @@ fn link_program(
         Program::CgroupSockAddr(p) => link!(p),
         Program::SockOps(p) => link!(p),
         Program::CgroupSock(p) => link!(p),
-        other => bail!("unexpected program type {:?}", other.prog_type()),
+        other => return Err(AttachError::ProgramType(format!("{:?}", other.prog_type()))),
     };
     Ok(LinkState {
         program: name.to_string(),
@@ -234,13 +255,10 @@ fn link_program(
 }
 
 /// Makes sure `pin_dir` is on bpffs, mounting /sys/fs/bpf if it is absent.
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), CaptureError> {
     let std_mount = Path::new("/sys/fs/bpf");
     if pin_dir.starts_with(std_mount) && sys::fs_magic(std_mount).ok() != Some(sys::BPF_FS_MAGIC) {
-        sys::mount_bpffs(std_mount).with_context(|| {
-            "bpffs is not mounted at /sys/fs/bpf and mounting it failed; mount it with \
-             `mount -t bpf bpf /sys/fs/bpf` (needs root / CAP_SYS_ADMIN)"
-        })?;
+        sys::mount_bpffs(std_mount).map_err(CaptureError::MountBpffs)?;
         tracing::info!("mounted bpffs at /sys/fs/bpf");
     }
     // Check the nearest existing ancestor: pin_dir itself may not exist yet.
@@ -249,19 +267,17 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
     if sys::fs_magic(existing).ok() != Some(sys::BPF_FS_MAGIC) {
-        bail!(
-            "capture.bpf_pin_dir {} is not on a bpf filesystem ({} is not bpffs). Mount one \
-             with `mount -t bpf bpf <dir>` or use a directory under /sys/fs/bpf",
-            pin_dir.display(),
-            existing.display()
-        );
+        return Err(CaptureError::NotBpffs {
+            pin_dir: pin_dir.into(),
+            existing: existing.into(),
+        });
     }
     Ok(())
 }
 
 /// Removes every pin hoop made: links (which detaches the programs once no
 /// daemon holds them) and maps.
-pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, CaptureError> {
     let mut removed = Vec::new();
     for sub in ["links", "maps"] {
         let dir = pin_dir.join(sub);
@@ -269,14 +285,14 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         };
         for e in entries {
-            let p = e?.path();
-            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            let p = e.map_err(CaptureError::io("reading", &dir))?.path();
+            fs::remove_file(&p).map_err(CaptureError::io("removing", &p))?;
             removed.push(p);
         }
-        fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        fs::remove_dir(&dir).map_err(CaptureError::io("removing", &dir))?;
     }
     if pin_dir.exists() {
-        fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+        fs::remove_dir(pin_dir).map_err(CaptureError::io("removing", pin_dir))?;
     }
     Ok(removed)
 }
