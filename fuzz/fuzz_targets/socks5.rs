@@ -24,7 +24,7 @@ fn check<T: PartialEq + std::fmt::Debug>(data: &[u8], parse: fn(&[u8]) -> Parsed
             }
         }
         Err(e) => {
-            let _ = e.reply_code();
+            let _ = e.reply();
             assert!(!e.to_string().is_empty());
         }
     }
