@@ -48,13 +48,16 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A leaf name and the one ALPN protocol a job-side config offers.
+type ServerKey = (String, Option<Vec<u8>>);
+
 struct Peer {
     ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
     /// One leaf key for the run, as hoop's.
     leaf_key: KeyPair,
     /// Job-side configs per (leaf name, ALPN), so each is minted once.
-    servers: Mutex<HashMap<(String, Option<Vec<u8>>), Arc<ServerConfig>>>,
+    servers: Mutex<HashMap<ServerKey, Arc<ServerConfig>>>,
     /// Upstream configs per ALPN offer, so session resumption is shared.
     clients: HashMap<Vec<Vec<u8>>, Arc<ClientConfig>>,
 }
@@ -95,7 +98,7 @@ impl Peer {
     /// The job-side config for `name`, offering only `alpn` (what the
     /// upstream chose).
     fn server(&self, name: &str, alpn: Option<&[u8]>) -> Result<Arc<ServerConfig>> {
-        let key = (name.to_string(), alpn.map(<[u8]>::to_vec));
+        let key: ServerKey = (name.to_string(), alpn.map(<[u8]>::to_vec));
         if let Some(c) = self.servers.lock().unwrap().get(&key) {
             return Ok(c.clone());
         }
