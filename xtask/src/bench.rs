@@ -1,15 +1,16 @@
-//! `cargo xtask bench`: hoop side by side with the direct path and with
-//! mitmproxy, in one run, on loopback only.
+//! `cargo xtask bench`: hoop side by side with the direct path, a no-op
+//! MITM peer (`hoop-noop-proxy`) and mitmproxy, in one run, on loopback only.
 //!
 //! Layout: the origin (`hoop-origin`, one tokio worker, TLS) and the load
-//! tool share core 1; the proxy under test (hoop or mitmdump) gets core 0 to
-//! itself. The direct path leaves core 0 idle, so "% of direct" is what a
-//! proxy costs in latency and throughput when it has its own core.
+//! tool share core 1; the proxy under test (hoop, the peer or mitmdump) gets
+//! core 0 to itself. The direct path leaves core 0 idle, so "% of direct" is
+//! what a proxy costs in latency and throughput when it has its own core.
+//! Each proxy row also charges the proxy process's CPU time over the run to
+//! the requests completed (proc_cpu), the measure that holds on any machine.
 //!
-//! Every figure is checked: a run with errors or non-2xx answers is reported
-//! as failed, never as a fast number.
+//! Every figure is checked: a run with errors or non-2xx answers, or whose
+//! CPU cannot be read, is reported as failed, never as a fast number.
 use std::{
-    fmt::Write as _,
     io::{BufRead, BufReader},
     net::TcpListener,
     path::{Path, PathBuf},
@@ -21,6 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    bench_report::{Figure, PEER, Report, Sample},
     ebpf,
     sh::{self, root_dir, step},
 };
@@ -58,8 +60,8 @@ pub fn run(o: &Opts) -> Result<()> {
         "python3-venv",
         "cmake",
     ])?;
-    ebpf::build()?;
-    step("building hoop and hoop-origin (release)");
+    ebpf::prebuilt_or_build()?;
+    step("building hoop, hoop-origin and hoop-noop-proxy (release)");
     sh::cargo(&[
         "build",
         "--release",
@@ -110,7 +112,7 @@ pub fn run(o: &Opts) -> Result<()> {
     );
     let hoop = Hoop::start(&rel.join("hoop"), &dir, &origin_ca, &pin, &policy)?;
 
-    let mut r = Report::new(o, &pin);
+    let mut r = report(o, &pin);
     let secs = o.seconds.to_string();
     let conns = o.connections.to_string();
     let wrk_args = |extra: &[&str]| -> Vec<String> {
@@ -163,74 +165,102 @@ pub fn run(o: &Opts) -> Result<()> {
         a
     };
     let explicit = format!("http://{}", hoop.proxy_addr);
+    let hp = Some(hoop.pid());
 
     // mitmproxy in reverse mode stands where the origin is for tools that
     // cannot use a proxy (wrk, h2load); in regular mode for oha -x.
+    // mitmproxy and the no-op peer in reverse mode stand where the origin
+    // is for tools that cannot use a proxy (wrk, h2load); as explicit
+    // proxies for oha -x. Both live on core 0 as hoop does.
+    let peer_log = dir.join("noop-proxy.log");
+    let peer_rev = Noop::start(&rel, &pin, &origin_ca, Some(&origin_addr), &peer_log)?;
     let mitm_rev = Mitm::start(&tools, &pin, &format!("reverse:https://{origin_addr}"))?;
-    let mitm_url = format!("https://{}/hello", mitm_rev.addr);
-    let via_mitm = |a: Vec<String>| -> Vec<String> {
-        a.into_iter()
-            .map(|s| if s == url { mitm_url.clone() } else { s })
-            .collect()
+    let (pp, mp) = (Some(peer_rev.p.0.id()), Some(mitm_rev.p.0.id()));
+    let to = |addr: &str| {
+        let u = format!("https://{addr}/hello");
+        let url = url.clone();
+        move |a: Vec<String>| -> Vec<String> {
+            a.into_iter()
+                .map(|s| if s == url { u.clone() } else { s })
+                .collect()
+        }
     };
+    let (via_peer, via_mitm) = (to(&peer_rev.addr), to(&mitm_rev.addr));
 
     let w = "HTTP/1.1 keep-alive, req/s (wrk)";
-    r.run(w, "direct", || Wrk.run(&pin, None, &wrk_args(&[])));
-    r.run(w, "hoop transparent", || {
+    r.run(w, "direct", None, || Wrk.run(&pin, None, &wrk_args(&[])));
+    r.run(w, "hoop transparent", hp, || {
         Wrk.run(&pin, Some(&hoop), &wrk_args(&[]))
     });
-    r.run(w, "mitmproxy", || {
+    r.run(w, PEER, pp, || {
+        Wrk.run(&pin, None, &via_peer(wrk_args(&[])))
+    });
+    r.run(w, "mitmproxy", mp, || {
         Wrk.run(&pin, None, &via_mitm(wrk_args(&[])))
     });
 
     let w = "HTTP/2, req/s (h2load, 8 conns × 16 streams)";
-    r.run(w, "direct", || H2load.run(&pin, None, &h2_args()));
-    r.run(w, "hoop transparent", || {
+    r.run(w, "direct", None, || H2load.run(&pin, None, &h2_args()));
+    r.run(w, "hoop transparent", hp, || {
         H2load.run(&pin, Some(&hoop), &h2_args())
     });
-    r.run(w, "mitmproxy", || {
+    r.run(w, PEER, pp, || H2load.run(&pin, None, &via_peer(h2_args())));
+    r.run(w, "mitmproxy", mp, || {
         H2load.run(&pin, None, &via_mitm(h2_args()))
     });
 
     let w = "new TLS connections/s (wrk, Connection: close)";
     let close = ["-H", "Connection: close"];
-    r.run(w, "direct", || Wrk.run(&pin, None, &wrk_args(&close)));
-    r.run(w, "hoop transparent", || {
+    r.run(w, "direct", None, || Wrk.run(&pin, None, &wrk_args(&close)));
+    r.run(w, "hoop transparent", hp, || {
         Wrk.run(&pin, Some(&hoop), &wrk_args(&close))
     });
-    r.run(w, "mitmproxy", || {
+    r.run(w, PEER, pp, || {
+        Wrk.run(&pin, None, &via_peer(wrk_args(&close)))
+    });
+    r.run(w, "mitmproxy", mp, || {
         Wrk.run(&pin, None, &via_mitm(wrk_args(&close)))
     });
     drop(mitm_rev);
 
+    let peer_fwd = Noop::start(&rel, &pin, &origin_ca, None, &peer_log)?;
     let mitm_fwd = Mitm::start(&tools, &pin, "regular")?;
+    let (pp, mp) = (Some(peer_fwd.p.0.id()), Some(mitm_fwd.p.0.id()));
+    let peer_proxy = format!("http://{}", peer_fwd.addr);
     let mitm_proxy = format!("http://{}", mitm_fwd.addr);
     let w = "explicit proxy (CONNECT), HTTP/1.1 keep-alive, req/s (oha -x)";
-    r.run(w, "direct", || {
+    r.run(w, "direct", None, || {
         Oha::Rps.run(&pin, None, &oha_args(None, None))
     });
-    r.run(w, "hoop explicit proxy", || {
+    r.run(w, "hoop explicit proxy", hp, || {
         Oha::Rps.run(&pin, None, &oha_args(Some(&explicit), None))
     });
-    r.run(w, "mitmproxy", || {
+    r.run(w, PEER, pp, || {
+        Oha::Rps.run(&pin, None, &oha_args(Some(&peer_proxy), None))
+    });
+    r.run(w, "mitmproxy", mp, || {
         Oha::Rps.run(&pin, None, &oha_args(Some(&mitm_proxy), None))
     });
 
     let w = &format!("latency at {} req/s, p50 / p99 ms (oha -q)", o.rate);
     let q = Some(o.rate);
-    r.run(w, "direct", || {
+    r.run(w, "direct", None, || {
         Oha::Latency.run(&pin, None, &oha_args(None, q))
     });
-    r.run(w, "hoop transparent", || {
+    r.run(w, "hoop transparent", hp, || {
         Oha::Latency.run(&pin, Some(&hoop), &oha_args(None, q))
     });
-    r.run(w, "hoop explicit proxy", || {
+    r.run(w, "hoop explicit proxy", hp, || {
         Oha::Latency.run(&pin, None, &oha_args(Some(&explicit), q))
     });
-    r.run(w, "mitmproxy", || {
+    r.run(w, PEER, pp, || {
+        Oha::Latency.run(&pin, None, &oha_args(Some(&peer_proxy), q))
+    });
+    r.run(w, "mitmproxy", mp, || {
         Oha::Latency.run(&pin, None, &oha_args(Some(&mitm_proxy), q))
     });
     drop(mitm_fwd);
+    drop(peer_fwd);
 
     hoop.stop()?;
 
@@ -243,6 +273,15 @@ pub fn run(o: &Opts) -> Result<()> {
     ];
     let w1 = "audit cost: HTTP/1.1 keep-alive, req/s (wrk), hoop transparent";
     let w2 = "audit cost: HTTP/2, req/s (h2load), hoop transparent";
+    // The peer in these tables too, so each carries its own reference.
+    let pp = Some(peer_rev.p.0.id());
+    r.run(w1, PEER, pp, || {
+        Wrk.run(&pin, None, &via_peer(wrk_args(&[])))
+    });
+    r.run(w2, PEER, pp, || {
+        H2load.run(&pin, None, &via_peer(h2_args()))
+    });
+    drop(peer_rev);
     for (label, audit) in variants {
         if !r.wanted(w1) && !r.wanted(w2) {
             break;
@@ -252,8 +291,9 @@ pub fn run(o: &Opts) -> Result<()> {
         std::fs::create_dir_all(&d)?;
         let p = format!("{policy}\n[audit]\n{audit}\n");
         let h = Hoop::start(&rel.join("hoop"), &d, &origin_ca, &pin, &p)?;
-        r.run(w1, label, || Wrk.run(&pin, Some(&h), &wrk_args(&[])));
-        r.run(w2, label, || H2load.run(&pin, Some(&h), &h2_args()));
+        let hp = Some(h.pid());
+        r.run(w1, label, hp, || Wrk.run(&pin, Some(&h), &wrk_args(&[])));
+        r.run(w2, label, hp, || H2load.run(&pin, Some(&h), &h2_args()));
         h.stop()?;
     }
     r.baseline(w1, "audit off");
@@ -265,7 +305,7 @@ pub fn run(o: &Opts) -> Result<()> {
         .ok()
         .and_then(|t| t.split_once(NOTES_MARKER).map(|(_, n)| n.to_string()))
         .unwrap_or_else(|| "\n".into());
-    let md = format!("{}{NOTES_MARKER}{notes}", r.markdown());
+    let md = format!("{}{NOTES_MARKER}{notes}", r.markdown(MITMPROXY));
     std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
     println!("\n{}", r.table());
     eprintln!("wrote {}", out.display());
@@ -273,6 +313,43 @@ pub fn run(o: &Opts) -> Result<()> {
         bail!("{} measurement(s) failed; see the report", r.failed);
     }
     Ok(())
+}
+
+/// The report, headed with the command that made it and the machine.
+fn report(o: &Opts, pin: &Pin) -> Report {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = sh::output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let command = format!(
+        "cargo xtask bench --seconds {} --rate {} --connections {}{}{}",
+        o.seconds,
+        o.rate,
+        o.connections,
+        o.only
+            .as_ref()
+            .map(|w| format!(" --only {w:?}"))
+            .unwrap_or_default(),
+        if o.out == Path::new("BENCHMARKS.md") {
+            String::new()
+        } else {
+            format!(" --out {}", o.out.display())
+        }
+    );
+    let setup = format!(
+        "{} × {cpu}, Linux {}; {}; {} s per measurement, {} connections for throughput",
+        pin.cores,
+        kernel.trim(),
+        pin.describe(),
+        o.seconds,
+        o.connections
+    );
+    Report::new(command, setup, o.only.clone())
 }
 
 /// Core assignment: the proxy alone on core 0, origin and load on core 1.
@@ -316,7 +393,9 @@ impl Pin {
         if self.cores < 2 {
             "not pinned (fewer than 2 cores)".into()
         } else {
-            "proxy (hoop or mitmdump) on core 0; origin and load tool on core 1 (taskset)".into()
+            "proxy (hoop, the no-op peer or mitmdump) on core 0; origin and load tool on core 1 \
+             (taskset)"
+                .into()
         }
     }
 }
@@ -444,6 +523,11 @@ impl Hoop {
         Ok(h)
     }
 
+    /// The daemon's pid: taskset execs it, so the child is hoop itself.
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |p| p.0.id())
+    }
+
     fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--config")
@@ -475,7 +559,7 @@ impl Drop for Hoop {
 }
 
 struct Mitm {
-    _p: Proc,
+    p: Proc,
     addr: String,
 }
 
@@ -497,18 +581,41 @@ impl Mitm {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        Ok(Self { _p: p, addr })
+        Ok(Self { p, addr })
     }
 }
 
-/// One measured figure (or two, for latency).
-#[derive(Clone, Copy)]
-enum Figure {
-    Rate(f64),
-    Latency { p50_ms: f64, p99_ms: f64, rps: f64 },
+/// The no-op MITM peer (`hoop-noop-proxy`), reverse to `reverse` or an
+/// explicit proxy, pinned as hoop is; its errors go to `log`.
+struct Noop {
+    p: Proc,
+    addr: String,
 }
 
-type Outcome = Result<Figure>;
+impl Noop {
+    fn start(
+        rel: &Path,
+        pin: &Pin,
+        origin_ca: &Path,
+        reverse: Option<&str>,
+        log: &Path,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(rel.join("hoop-noop-proxy"));
+        cmd.args(["--bind", "127.0.0.1:0", "--upstream-ca"])
+            .arg(origin_ca);
+        if let Some(r) = reverse {
+            cmd.args(["--reverse", r]);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let (p, addr) = Proc::spawn_listening(pin.proxy(cmd).stderr(log), "no-op peer")?;
+        Ok(Self { p, addr })
+    }
+}
+
+type Outcome = Result<Sample>;
 
 /// Runs a load tool, through `hoop run` when `via` is set.
 fn load(pin: &Pin, via: Option<&Hoop>, args: &[String]) -> Result<String> {
@@ -551,7 +658,10 @@ impl Wrk {
             .lines()
             .find_map(|l| l.strip_prefix("Requests/sec:"))
             .context("wrk printed no Requests/sec")?;
-        Ok(Figure::Rate(rps.trim().parse()?))
+        Ok(Sample {
+            figure: Figure::Rate(rps.trim().parse()?),
+            requests: wrk_requests(&out)?,
+        })
     }
 }
 
@@ -582,7 +692,14 @@ impl H2load {
             .split(',')
             .find_map(|p| p.trim().strip_suffix(" req/s"))
             .context("h2load printed no req/s")?;
-        Ok(Figure::Rate(rps.trim().parse()?))
+        let requests = n(&reqs, " succeeded");
+        if requests == u64::MAX {
+            bail!("h2load printed no succeeded count: {reqs}");
+        }
+        Ok(Sample {
+            figure: Figure::Rate(rps.trim().parse()?),
+            requests,
+        })
     }
 }
 
@@ -610,201 +727,50 @@ impl Oha {
         if ok == 0 || ok != all || !errors.is_empty() {
             bail!("oha: status codes {codes}, errors {errors:?}");
         }
-        match self {
-            Oha::Rps => Ok(Figure::Rate(
+        let figure = match self {
+            Oha::Rps => Figure::Rate(
                 v["summary"]["requestsPerSec"]
                     .as_f64()
                     .context("oha requestsPerSec")?,
-            )),
+            ),
             Oha::Latency => {
                 let p = &v["latencyPercentiles"];
                 let ms = |k: &str| p[k].as_f64().map(|s| s * 1000.0).context("oha percentiles");
-                Ok(Figure::Latency {
+                Figure::Latency {
                     p50_ms: ms("p50")?,
                     p99_ms: ms("p99")?,
                     rps: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
-                })
-            }
-        }
-    }
-}
-
-struct Report {
-    rows: Vec<(String, String, std::result::Result<Figure, String>)>,
-    /// Workloads compared against another path than "direct".
-    baselines: Vec<(String, String)>,
-    /// `--only`: the workloads whose name contains this.
-    only: Option<String>,
-    failed: usize,
-    command: String,
-    setup: String,
-}
-
-impl Report {
-    fn new(o: &Opts, pin: &Pin) -> Self {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("model name"))
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-            .unwrap_or_else(|| "unknown CPU".into());
-        let kernel = sh::output(Command::new("uname").arg("-r")).unwrap_or_default();
-        Self {
-            rows: Vec::new(),
-            baselines: Vec::new(),
-            only: o.only.clone(),
-            failed: 0,
-            command: format!(
-                "cargo xtask bench --seconds {} --rate {} --connections {}{}",
-                o.seconds,
-                o.rate,
-                o.connections,
-                o.only
-                    .as_ref()
-                    .map(|w| format!(" --only {w:?}"))
-                    .unwrap_or_default()
-            ),
-            setup: format!(
-                "{} × {cpu}, Linux {}; {}; {} s per measurement, {} connections for throughput",
-                pin.cores,
-                kernel.trim(),
-                pin.describe(),
-                o.seconds,
-                o.connections
-            ),
-        }
-    }
-
-    /// Measures `path` under `workload`, unless `--only` leaves it out.
-    fn run(&mut self, workload: &str, path: &str, measure: impl FnOnce() -> Outcome) {
-        if !self.wanted(workload) {
-            return;
-        }
-        let r = measure().map_err(|e| {
-            self.failed += 1;
-            eprintln!("  ! {workload} / {path}: {e:#}");
-            format!("{e:#}")
-        });
-        if let Ok(f) = &r {
-            eprintln!("  = {path}: {}", fmt(f));
-        }
-        self.rows.push((workload.into(), path.into(), r));
-    }
-
-    fn wanted(&self, workload: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| workload.contains(o))
-    }
-
-    fn baseline(&mut self, workload: &str, path: &str) {
-        self.baselines.push((workload.into(), path.into()));
-    }
-
-    fn get(&self, workload: &str, path: &str) -> Option<Figure> {
-        self.rows
-            .iter()
-            .find(|(w, p, _)| w == workload && p == path)
-            .and_then(|(_, _, r)| r.as_ref().ok().copied())
-    }
-
-    /// Markdown tables: one per workload, each path against direct and
-    /// against mitmproxy.
-    fn table(&self) -> String {
-        let mut s = String::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for (w, _, _) in &self.rows {
-            if seen.contains(&w.as_str()) {
-                continue;
-            }
-            seen.push(w);
-            let _ = writeln!(s, "### {w}\n");
-            let base = self
-                .baselines
-                .iter()
-                .find(|(x, _)| x == w)
-                .map_or("direct", |(_, p)| p.as_str());
-            let _ = writeln!(s, "| path | figure | vs {base} | vs mitmproxy |");
-            let _ = writeln!(s, "|---|---:|---:|---:|");
-            let direct = self.get(w, base);
-            let mitm = self.get(w, "mitmproxy");
-            for (_, p, r) in self.rows.iter().filter(|(x, _, _)| x == w) {
-                match r {
-                    Ok(f) => {
-                        let _ = writeln!(
-                            s,
-                            "| {p} | {} | {} | {} |",
-                            fmt(f),
-                            ratio(f, direct),
-                            ratio(f, mitm)
-                        );
-                    }
-                    Err(e) => {
-                        let _ = writeln!(s, "| {p} | failed: {} | | |", e.replace('|', "/"));
-                    }
                 }
             }
-            s.push('\n');
-        }
-        s
-    }
-
-    fn markdown(&self) -> String {
-        let date = sh::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
-            .unwrap_or_default();
-        let rev = sh::output(Command::new("git").args(["-C"]).arg(root_dir()).args([
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ]))
-        .unwrap_or_default();
-        format!(
-            "# Benchmarks\n\n\
-             Generated by `{}` (as root) on {} at commit {}.\n\n\
-             Setup: {}. Origin: `hoop-origin` (hyper, one tokio worker, TLS with its own CA), \
-             `GET /hello` (small body) on 127.0.0.2. hoop: release build, `HOOP_LOG=warn`, \
-             full TLS interception (leaf minted per host, upstream verified against the origin's CA). \
-             mitmproxy: `mitmdump` ({MITMPROXY}) with `--ssl-insecure -q`, reverse mode for wrk/h2load, \
-             regular mode for oha. A run with any error or non-2xx answer is reported as failed.\n\n\
-             Ratios: \"vs direct\" is the path's figure over the direct path's (for latency, \
-             direct's over the path's, so higher is better everywhere); \"vs mitmproxy\" likewise \
-             against mitmproxy. Targets, measured from now on: hoop ≥ 50% of direct req/s and \
-             ≥ 50× mitmproxy.\n\n{}",
-            self.command,
-            date.trim(),
-            rev.trim(),
-            self.setup,
-            self.table()
-        )
+        };
+        Ok(Sample {
+            figure,
+            requests: ok,
+        })
     }
 }
 
-fn fmt(f: &Figure) -> String {
-    match f {
-        Figure::Rate(r) => format!("{r:.0}"),
-        // The rate achieved shows a path that could not keep up.
-        Figure::Latency {
-            p50_ms,
-            p99_ms,
-            rps,
-        } => format!("{p50_ms:.2} / {p99_ms:.2} (at {rps:.0} req/s)"),
-    }
+/// The requests wrk completed: "  123456 requests in 10.00s, 14.07MB read".
+fn wrk_requests(out: &str) -> Result<u64> {
+    let line = out
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .context("wrk printed no request count")?;
+    let n = line.split_whitespace().next().unwrap_or_default();
+    n.parse()
+        .with_context(|| format!("wrk's request count {n:?} in {line:?}"))
 }
 
-/// `f` relative to `base`, higher is better (latency inverted), using p99
-/// for latency: the tail is what a proxy hurts.
-fn ratio(f: &Figure, base: Option<Figure>) -> String {
-    let Some(b) = base else { return "–".into() };
-    let x = match (f, b) {
-        (Figure::Rate(a), Figure::Rate(b)) => a / b,
-        (Figure::Latency { p99_ms: a, .. }, Figure::Latency { p99_ms: b, .. }) => b / a,
-        _ => return "–".into(),
-    };
-    if x >= 10.0 {
-        format!("{x:.0}×")
-    } else if x >= 1.5 {
-        format!("{x:.1}×")
-    } else {
-        format!("{:.0}%", x * 100.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_request_count_is_read_from_its_summary() {
+        let out = "Running 3s test @ https://127.0.0.2:4443/hello\n  1 threads and 32 connections\n\
+                   \x20 55812 requests in 3.00s, 6.87MB read\nRequests/sec:  18597.61\n";
+        assert_eq!(wrk_requests(out).unwrap(), 55812);
+        assert!(wrk_requests("Requests/sec: 1\n").is_err());
+        assert!(wrk_requests("  many requests in 3.00s\n").is_err());
     }
 }

@@ -175,6 +175,18 @@ fn nightly_cargo(channel: &str, linker: &Path) -> Command {
 }
 
 /// Builds hoop-ebpf; returns the object's path.
+/// The object hoop-daemon's build embeds: `HOOP_EBPF_OBJECT` when it names
+/// a file (a prebuilt object, as build.rs takes it), else built here.
+pub fn prebuilt_or_build() -> Result<PathBuf> {
+    if let Some(obj) = std::env::var_os("HOOP_EBPF_OBJECT").map(PathBuf::from)
+        && obj.is_file()
+    {
+        eprintln!("eBPF object: {} (HOOP_EBPF_OBJECT)", obj.display());
+        return Ok(obj);
+    }
+    build()
+}
+
 pub fn build() -> Result<PathBuf> {
     let channel = nightly()?;
     let sysroot = ensure_nightly(&channel)?;

@@ -10,15 +10,18 @@
 //! - `demo`: the seed scenario, step by step, through the real gateway.
 //! - `install`: the release binary, units and a starter config in place.
 //! - `fuzz`: libFuzzer runs of the parsers (cargo-fuzz, nightly).
-//! - `bench`: hoop against the direct path and mitmproxy, into BENCHMARKS.md.
+//! - `bench`: hoop against the direct path, a no-op MITM peer and mitmproxy,
+//!   throughput, latency and proxy CPU per request, into BENCHMARKS.md.
 mod bench;
 mod bench_idle;
+mod bench_report;
 mod debuginfo;
 mod demo;
 mod ebpf;
 mod fuzz;
 mod install;
 mod layers;
+mod proc_cpu;
 mod sh;
 
 use anyhow::Result;
@@ -53,7 +56,7 @@ enum Cmd {
         #[arg(long)]
         bin: Option<std::path::PathBuf>,
     },
-    /// Benchmark hoop against the direct path and mitmproxy; writes BENCHMARKS.md (as root).
+    /// Benchmark hoop against the direct path, a no-op MITM peer and mitmproxy; writes BENCHMARKS.md (as root).
     Bench(bench::Opts),
     /// Memory per idle job connection: N held through hoop vs straight to the origin (as root).
     BenchIdle(bench_idle::Opts),

@@ -1,0 +1,144 @@
+//! Proxy CPU per request: the proxy process's user + system CPU time (all
+//! its threads, exited ones included: /proc/PID/stat's utime and stime)
+//! over a measured run, divided by the requests the load tool completed.
+//! The kernel reports both in clock ticks (1/100 s here), so a reading is
+//! exact to a tick: a 10 s run at thousands of requests per second is
+//! measured to well under 1%.
+use anyhow::{Context, Result, bail};
+
+/// A CPU reading of one process, taken when a measured run starts.
+pub struct Meter {
+    pid: u32,
+    start: u64,
+}
+
+impl Meter {
+    pub fn start(pid: u32) -> Result<Self> {
+        Ok(Self {
+            pid,
+            start: ticks_of(pid)?,
+        })
+    }
+
+    /// CPU µs per request since `start`, for `requests` completed.
+    pub fn per_request_us(&self, requests: u64) -> Result<f64> {
+        let end = ticks_of(self.pid)?;
+        let used = end
+            .checked_sub(self.start)
+            .with_context(|| format!("process {}'s CPU time went back", self.pid))?;
+        per_request_us(used, clock_ticks()?, requests)
+    }
+}
+
+fn ticks_of(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}: has the proxy exited?"))?;
+    stat_ticks(&stat).with_context(|| format!("parsing {path}"))
+}
+
+fn clock_ticks() -> Result<u64> {
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) gave {hz}");
+    }
+    Ok(hz as u64)
+}
+
+/// utime + stime (fields 14 and 15, clock ticks) from /proc/PID/stat.
+pub fn stat_ticks(stat: &str) -> Result<u64> {
+    // Field 2 is the command name in parentheses, which may itself hold
+    // spaces and parentheses: the fields after the last ')' are fixed,
+    // starting with field 3 (the state).
+    let (_, rest) = stat.rsplit_once(')').context("no command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize, what: &str| -> Result<u64> {
+        let v = fields
+            .get(n - 3)
+            .with_context(|| format!("no field {n} ({what})"))?;
+        v.parse()
+            .with_context(|| format!("field {n} ({what}) is {v:?}"))
+    };
+    Ok(field(14, "utime")? + field(15, "stime")?)
+}
+
+/// µs of CPU per request. No request, or no CPU at all for a proxy that
+/// carried requests, is a broken measurement, never a zero.
+pub fn per_request_us(ticks: u64, ticks_per_sec: u64, requests: u64) -> Result<f64> {
+    if requests == 0 {
+        bail!("the load tool completed no request");
+    }
+    if ticks == 0 {
+        bail!(
+            "the proxy used no measurable CPU (less than 1/{ticks_per_sec} s) for {requests} \
+             requests: the wrong process, or a run too short"
+        );
+    }
+    Ok(ticks as f64 * 1e6 / ticks_per_sec as f64 / requests as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A real line's shape (kernel 6.x, 52 fields), with a command name
+    // that holds a space and a ')' to trip a naive split.
+    const STAT: &str = "4242 (tokio) w0)) S 1 4242 4242 0 -1 4194560 9321 0 0 0 \
+                        1234 567 0 0 20 0 3 0 81234 1056768000 5120 18446744073709551615 \
+                        1 1 0 0 0 0 0 4096 17926 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+
+    #[test]
+    fn utime_and_stime_are_fields_14_and_15_after_the_command_name() {
+        assert_eq!(stat_ticks(STAT).unwrap(), 1234 + 567);
+    }
+
+    #[test]
+    fn a_truncated_or_garbled_stat_is_an_error() {
+        let cut = &STAT[..STAT.find(" 1234").unwrap()];
+        let e = stat_ticks(cut).unwrap_err();
+        assert!(format!("{e:#}").contains("field 14 (utime)"), "{e:#}");
+        let bad = STAT.replace(" 567 ", " x ");
+        let e = stat_ticks(&bad).unwrap_err();
+        assert!(format!("{e:#}").contains("field 15 (stime)"), "{e:#}");
+        assert!(stat_ticks("4242 tokio S 1").is_err());
+    }
+
+    #[test]
+    fn cpu_per_request_in_microseconds() {
+        // 250 ticks at 100 Hz = 2.5 s of CPU over 100 000 requests.
+        assert_eq!(per_request_us(250, 100, 100_000).unwrap(), 25.0);
+        assert_eq!(per_request_us(1, 1000, 1).unwrap(), 1000.0);
+    }
+
+    #[test]
+    fn no_requests_or_no_cpu_fail_instead_of_reading_zero() {
+        let e = per_request_us(250, 100, 0).unwrap_err();
+        assert!(e.to_string().contains("no request"), "{e}");
+        let e = per_request_us(0, 100, 5000).unwrap_err();
+        assert!(e.to_string().contains("no measurable CPU"), "{e}");
+    }
+
+    #[test]
+    fn this_process_is_measured_and_its_cpu_grows() {
+        let pid = std::process::id();
+        let m = Meter::start(pid).unwrap();
+        // Spin until the kernel has charged this process 3 ticks (however
+        // busy the machine), then the meter must read at least that.
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while ticks_of(pid).unwrap() < m.start + 3 {
+            assert!(t.elapsed().as_secs() < 20, "no CPU charged in 20 s");
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        let us = m.per_request_us(1).unwrap();
+        let tick_us = 1e6 / clock_ticks().unwrap() as f64;
+        assert!(us >= 3.0 * tick_us, "3 ticks of spinning read as {us} µs");
+        assert!(
+            Meter::start(u32::MAX).is_err(),
+            "a missing process is an error"
+        );
+    }
+}
