@@ -393,15 +393,13 @@ pub fn headers(h: &HeaderMap, credential_header: Option<&str>) -> Vec<[String; 2
 
 /// A recorded body, decompressed. Bounded: a forged blob can't exhaust
 /// memory.
-pub fn body(blob: &[u8]) -> Result<Vec<u8>, String> {
+pub fn body(blob: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     const MAX: u64 = 256 << 20;
     let mut out = Vec::new();
-    zstd::stream::Decoder::new(blob)
-        .map_err(|e| e.to_string())?
+    zstd::stream::Decoder::new(blob)?
         .take(MAX)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("recorded body: {e}"))?;
+        .read_to_end(&mut out)?;
     Ok(out)
 }
 

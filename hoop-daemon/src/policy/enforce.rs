@@ -227,7 +227,8 @@ impl Phases for Enforce {
                 conn.name
             ),
         };
-        let codings = content_codings(&resp.headers).map_err(uninspectable)?;
+        let codings =
+            content_codings(&resp.headers).map_err(|e| uninspectable(e.to_string()))?;
         // hoop asked for identity: a stack of codings is an upstream
         // ignoring that, and one layer left undone would hide the secret.
         if conn.credential.is_some() && codings.len() > 1 {
@@ -342,16 +343,18 @@ fn require_identity_encoding(resp: &response::Parts) -> Result<(), Refusal> {
     })
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("its Content-Encoding is not text")]
+struct EncodingNotText;
+
 /// Every content coding the response names, in order, across all its
 /// Content-Encoding fields (a second field is as binding as the first),
 /// without `identity`. A value that isn't text is an error, never a
 /// reason to read the body as plain.
-fn content_codings(h: &http::HeaderMap) -> Result<Vec<String>, String> {
+fn content_codings(h: &http::HeaderMap) -> Result<Vec<String>, EncodingNotText> {
     let mut out = Vec::new();
     for v in h.get_all(header::CONTENT_ENCODING) {
-        let v = v
-            .to_str()
-            .map_err(|_| "its Content-Encoding is not text".to_string())?;
+        let v = v.to_str().map_err(|_| EncodingNotText)?;
         out.extend(
             v.split(',')
                 .map(|c| c.trim().to_ascii_lowercase())

@@ -19,6 +19,12 @@ use scan::FieldPath;
 
 use crate::config::policy::Problem;
 
+/// A body that must be masked as JSON (JSON paths are configured, and its
+/// type or first byte says JSON) but does not scan as JSON.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the body should be JSON and is not ({0})")]
+pub struct ShouldBeJson(pub scan::NotJson);
+
 pub use crate::config::mask::{CustomDetector, MaskConfig, OverLimit};
 
 /// What was masked, by rule. Never the values.
@@ -160,7 +166,7 @@ impl Masker {
         content_type: Option<&str>,
         body: &[u8],
         counts: &mut Counts,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, ShouldBeJson> {
         let first = body
             .iter()
             .find(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t' | 0x1e));
@@ -186,7 +192,7 @@ impl Masker {
                     return Ok(changed.then_some(buf));
                 }
                 Err(e) if !self.paths.is_empty() && (looks || declared) => {
-                    return Err(format!("the body should be JSON and is not ({e})"));
+                    return Err(ShouldBeJson(e));
                 }
                 Err(_) => {}
             }
