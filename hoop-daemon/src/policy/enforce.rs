@@ -227,8 +227,7 @@ impl Phases for Enforce {
                 conn.name
             ),
         };
-        let codings =
-            content_codings(&resp.headers).map_err(|e| uninspectable(e.to_string()))?;
+        let codings = content_codings(&resp.headers).map_err(|e| uninspectable(e.to_string()))?;
         // hoop asked for identity: a stack of codings is an upstream
         // ignoring that, and one layer left undone would hide the secret.
         if conn.credential.is_some() && codings.len() > 1 {
