@@ -152,7 +152,15 @@ pub fn decode(d: Decoder, input: &[u8], parent: Option<&View>, plus: bool) -> Op
             }
         }
     }
-    if !changed {
+    // Nothing decoded, but the input ends in what may begin an escape (a
+    // chunk cut inside `\/` or `%2F`): the view is kept, so its margin
+    // holds back the bytes a hit through that escape may start in.
+    let open_tail = input
+        .iter()
+        .rev()
+        .take(d.token())
+        .any(|&b| d.starts_escape(b));
+    if !changed && !open_tail {
         return None;
     }
     let (reach_below, margin_below, folded_below) =
