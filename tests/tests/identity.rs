@@ -415,8 +415,17 @@ fn a_job_as_nobody_gets_every_encoded_echo_of_the_credential_masked() {
     }
 
     // The record: one response, each echo masked (headers, body, trailers).
-    let record = p.env.hoop().args(["export", "jsonl"]).output().unwrap();
-    let record = String::from_utf8_lossy(&record.stdout).into_owned();
+    // The response's record is written after the body went back to the
+    // job, without a durable wait: read until it is there.
+    let export = || {
+        let out = p.env.hoop().args(["export", "jsonl"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut record = String::new();
+    hoop_tests::eventually(Duration::from_secs(10), || {
+        record = export();
+        record.contains("\"kind\":\"response\"")
+    });
     let masked: Vec<u64> = record
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
