@@ -16,12 +16,8 @@ pub enum CgroupError {
          `mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_error::PathError),
     #[error(
         "the daemon runs inside the hoop cgroup {} ({}); start it outside, e.g. as the \
          hoop.service unit, or set capture.cgroup to another cgroup",
@@ -31,15 +27,10 @@ pub enum CgroupError {
     DaemonInside { root: PathBuf, own: PathBuf },
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
-    let path = path.to_path_buf();
-    move |source| CgroupError::Io { what, path, source }
-}
-
 /// Where cgroup2 is mounted on this host.
 pub fn discover_mount() -> Result<PathBuf, CgroupError> {
     let p = Path::new("/proc/self/mounts");
-    let mounts = fs::read_to_string(p).map_err(io_err("reading", p))?;
+    let mounts = fs::read_to_string(p).map_err(crate::path_error::at("reading", p))?;
     find_cgroup2(&mounts).ok_or(CgroupError::NoCgroup2)
 }
 
@@ -148,7 +139,10 @@ pub fn relative(mount: &Path, path: &Path) -> Option<String> {
 /// inside it: its own connects would be redirected to itself.
 pub fn ensure_root(mount: &Path, relative: &Path) -> Result<Cgroup, CgroupError> {
     let path = mount.join(relative);
-    let root = Cgroup::create(&path).map_err(io_err("creating the hoop root cgroup", &path))?;
+    let root = Cgroup::create(&path).map_err(crate::path_error::at(
+        "creating the hoop root cgroup",
+        &path,
+    ))?;
     if let Some(own) = own_cgroup(mount)?
         && own.starts_with(&path)
     {
@@ -160,7 +154,7 @@ pub fn ensure_root(mount: &Path, relative: &Path) -> Result<Cgroup, CgroupError>
 /// This process's cgroup2 directory, if it is in the cgroup2 hierarchy.
 fn own_cgroup(mount: &Path) -> Result<Option<PathBuf>, CgroupError> {
     let p = Path::new("/proc/self/cgroup");
-    let text = fs::read_to_string(p).map_err(io_err("reading", p))?;
+    let text = fs::read_to_string(p).map_err(crate::path_error::at("reading", p))?;
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))

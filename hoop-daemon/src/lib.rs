@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod path_error;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

@@ -14,7 +14,10 @@ use crate::sh::root_dir;
 
 /// Bottom to top. Keep in step with docs/architecture.md.
 pub const LAYERS: &[(&str, &[&str])] = &[
-    ("platform", &["sys", "cgroup", "users", "logging", "addr"]),
+    (
+        "platform",
+        &["sys", "cgroup", "users", "logging", "addr", "path_error"],
+    ),
     (
         "schema",
         &["config", "egress", "tls", "outbound", "metrics"],

@@ -8,12 +8,8 @@ pub enum CaptureError {
         "this hoop was built without its eBPF programs (the object was missing at build time); run `cargo xtask build-ebpf`, then build hoop again"
     )]
     NoObject,
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_error::PathError),
     #[error(
         "loading hoop's eBPF programs (pinned maps in {}; if they come from an incompatible hoop version, run `hoop detach` first): {source}",
         map_dir.display()
@@ -73,13 +69,6 @@ pub enum AttachError {
     },
     #[error("unexpected program type {0}")]
     ProgramType(String),
-}
-
-impl CaptureError {
-    pub(super) fn io(what: &'static str, path: &std::path::Path) -> impl FnOnce(io::Error) -> Self {
-        let path = path.to_path_buf();
-        move |source| Self::Io { what, path, source }
-    }
 }
 
 impl AttachError {

@@ -84,7 +84,7 @@ impl Capture {
         ensure_bpffs(&pin_dir)?;
         let (map_dir, link_dir) = (pin_dir.join("maps"), pin_dir.join("links"));
         for d in [&map_dir, &link_dir] {
-            fs::create_dir_all(d).map_err(CaptureError::io("creating", d))?;
+            fs::create_dir_all(d).map_err(crate::path_error::at("creating", d))?;
         }
         // Fixed at load: the verifier drops the programs' logging when off.
         // Not required to exist, so an object built without aya-log loads.
@@ -99,8 +99,8 @@ impl Capture {
             })?;
         write_config(&mut ebpf, cfg)?;
 
-        let root_dir =
-            fs::File::open(&root.path).map_err(CaptureError::io("opening cgroup", &root.path))?;
+        let root_dir = fs::File::open(&root.path)
+            .map_err(crate::path_error::at("opening cgroup", &root.path))?;
         let mut links = Vec::new();
         for name in PROGRAMS {
             let link_pin = link_dir.join(name);
@@ -118,8 +118,10 @@ impl Capture {
             links.push(state);
         }
         let pinned = map_dir.join(maps::ORIG_BY_LOCAL);
-        let orig_by_local = sys::obj_get(&pinned)
-            .map_err(CaptureError::io("opening the pinned origin map", &pinned))?;
+        let orig_by_local = sys::obj_get(&pinned).map_err(crate::path_error::at(
+            "opening the pinned origin map",
+            &pinned,
+        ))?;
         Ok(Self {
             root,
             pin_dir,
@@ -285,14 +287,14 @@ pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, CaptureError> {
             continue;
         };
         for e in entries {
-            let p = e.map_err(CaptureError::io("reading", &dir))?.path();
-            fs::remove_file(&p).map_err(CaptureError::io("removing", &p))?;
+            let p = e.map_err(crate::path_error::at("reading", &dir))?.path();
+            fs::remove_file(&p).map_err(crate::path_error::at("removing", &p))?;
             removed.push(p);
         }
-        fs::remove_dir(&dir).map_err(CaptureError::io("removing", &dir))?;
+        fs::remove_dir(&dir).map_err(crate::path_error::at("removing", &dir))?;
     }
     if pin_dir.exists() {
-        fs::remove_dir(pin_dir).map_err(CaptureError::io("removing", pin_dir))?;
+        fs::remove_dir(pin_dir).map_err(crate::path_error::at("removing", pin_dir))?;
     }
     Ok(removed)
 }

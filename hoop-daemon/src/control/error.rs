@@ -5,12 +5,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     // The socket.
-    #[error("{what} {}: {source}", path.display())]
-    Socket {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Path(#[from] crate::path_error::PathError),
     #[error("another hoop daemon is serving {}", .0.display())]
     InUse(PathBuf),
     #[error("control connection: {0}")]

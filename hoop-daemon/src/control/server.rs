@@ -41,10 +41,7 @@ pub type Reload = Box<dyn Fn() -> Result<String, crate::config::ConfigError> + S
 impl Server {
     /// Binds the socket, refusing to steal it from a running daemon.
     pub async fn bind(path: &Path, control_gid: Option<u32>) -> Result<UnixListener, ControlError> {
-        let socket = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ControlError::Socket { what, path, source }
-        };
+        use crate::path_error::at as socket;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(socket("creating", dir))?;
         }
@@ -167,11 +164,8 @@ impl Server {
             (None, None) => return Err(ControlError::NoIdentity(rel)),
         };
         let name = identity.name.clone();
-        let cg = Cgroup::create(&path).map_err(|source| ControlError::Socket {
-            what: "creating the job cgroup",
-            path: path.clone(),
-            source,
-        })?;
+        let cg = Cgroup::create(&path)
+            .map_err(crate::path_error::at("creating the job cgroup", &path))?;
         if let Err(source) = peer.move_into(&cg) {
             let _ = cg.remove();
             return Err(ControlError::Move { pid, path, source });
@@ -186,14 +180,10 @@ impl Server {
             command,
             started_unix_ms: Jobs::now_ms(),
         };
-        let job = self
-            .jobs
-            .insert(job)
-            .map_err(|source| ControlError::Socket {
-                what: "recording the job in",
-                path: self.jobs.dir().to_path_buf(),
-                source,
-            })?;
+        let job = self.jobs.insert(job).map_err(crate::path_error::at(
+            "recording the job in",
+            self.jobs.dir(),
+        ))?;
         // The session is on record before the job runs a single command.
         let start = crate::audit::Entry::of(&crate::audit::entry::SessionData::of(&job));
         if let Err(e) = self.gw.audit.commit(start).await {

@@ -43,12 +43,14 @@ impl Ca {
 
     /// Loads an existing CA; only `load_or_create` may decide to make one.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self> {
-        let cert_pem = fs::read_to_string(cert_path).map_err(TlsError::io(
+        let cert_pem = fs::read_to_string(cert_path).map_err(crate::path_error::at(
             "cannot read the hoop CA certificate",
             cert_path,
         ))?;
-        let key_pem = fs::read_to_string(key_path)
-            .map_err(TlsError::io("cannot read the hoop CA key", key_path))?;
+        let key_pem = fs::read_to_string(key_path).map_err(crate::path_error::at(
+            "cannot read the hoop CA key",
+            key_path,
+        ))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::CaKey {
             path: key_path.into(),
             source,
@@ -77,7 +79,7 @@ impl Ca {
 
     fn create(cert_path: &Path, key_path: &Path) -> Result<()> {
         let dir = cert_path.parent().unwrap();
-        fs::create_dir_all(dir).map_err(TlsError::io("creating", dir))?;
+        fs::create_dir_all(dir).map_err(crate::path_error::at("creating", dir))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -119,11 +121,12 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(TlsError::io("creating", path))?;
+        .map_err(crate::path_error::at("creating", path))?;
     f.write_all(data)
         .and_then(|()| f.sync_all())
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
-        .map_err(TlsError::io("writing", path))
+        .map_err(crate::path_error::at("writing", path))?;
+    Ok(())
 }
 
 fn cert_matches_key(cert: &CertificateDer<'_>, key: &KeyPair) -> bool {

@@ -10,12 +10,8 @@ pub enum TlsError {
         dir.display()
     )]
     IncompleteCa { dir: PathBuf },
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_error::PathError),
     #[error("invalid CA key {} (not a PEM private key): {source}", path.display())]
     CaKey { path: PathBuf, source: rcgen::Error },
     #[error("invalid CA certificate {}: {detail}", path.display())]
@@ -28,13 +24,6 @@ pub enum TlsError {
     Rcgen(#[from] rcgen::Error),
     #[error(transparent)]
     Rustls(#[from] rustls::Error),
-}
-
-impl TlsError {
-    pub fn io(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.to_path_buf();
-        move |source| Self::Io { what, path, source }
-    }
 }
 
 pub type Result<T> = std::result::Result<T, TlsError>;
