@@ -20,6 +20,8 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod forge;
+
 pub fn require_root() {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()

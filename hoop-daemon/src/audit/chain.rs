@@ -1,6 +1,12 @@
-//! The audit log's hash chain: every record stores `sha256(previous hash ‖ canonical bytes)`,
-//! and signed checkpoints (Ed25519) pin the chain's head, so that an edit,
-//! a deletion or a reordering anywhere is found by walking it, offline.
+//! The audit log's hash chain: every record's hash covers the one before
+//! it and the record's bytes, and signatures (Ed25519) pin the chain's
+//! head, so that an edit, a deletion or a reordering anywhere is found by
+//! walking it, offline.
+//!
+//! Two record layouts share the chain: the first (a row per record, its
+//! hash stored, [`Record::hash`]) and the batched one (a row per commit,
+//! [`link`] over each record's [`super::seal::digest`]). A log started
+//! with the first goes on in the second after an upgrade.
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -53,11 +59,25 @@ impl Record {
     }
 }
 
+/// The batched layout's link: `sha256(prev ‖ "hoop-audit-link-v2" ‖ seq ‖
+/// ts_ms ‖ digest)`, the digest made on the request's task.
+pub fn link(prev: &[u8; 32], seq: u64, ts_ms: u64, digest: &[u8; 32]) -> [u8; 32] {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    h.update(prev);
+    h.update(b"hoop-audit-link-v2");
+    h.update(&seq.to_be_bytes());
+    h.update(&ts_ms.to_be_bytes());
+    h.update(digest);
+    h.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
 /// Where a walk found the chain broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Broken {
     #[error("record {seq}: its hash does not match its content (edited)")]
     Hash { seq: u64 },
+    #[error("records {first}..={last}: their hash does not match their content (edited)")]
+    BatchHash { first: u64, last: u64 },
     #[error("record {found} follows record {after}: records are missing or reordered")]
     Sequence { after: u64, found: u64 },
     #[error("checkpoint at record {seq}: bad signature")]

@@ -2,11 +2,13 @@
 //! approval and refused connect becomes a hash-chained record in SQLite
 //! (`<state_dir>/audit.db`), each commit's head signed. A request goes
 //! upstream only once its record is durable ([`Audit::commit`]); a failed
-//! write fails the request.
+//! write fails the request. Records are encoded, compressed and hashed on
+//! the caller's task ([`seal`]); the writer thread only chains and appends.
 pub mod chain;
 pub mod entry;
 pub mod har;
 pub mod query;
+pub mod seal;
 pub mod store;
 pub mod verify;
 mod writer;
@@ -70,7 +72,7 @@ pub enum StartError {
 type Reply = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
 
 enum Cmd {
-    Append(Entry, Option<Reply>),
+    Append(seal::Sealed, Option<Reply>),
     Shutdown(std::sync::mpsc::Sender<()>),
 }
 
@@ -167,9 +169,10 @@ impl Audit {
     /// Appends `e` and waits until it is durable: its sequence number.
     pub async fn commit(&self, e: Entry) -> Result<u64, AuditError> {
         let Some(tx) = &self.tx else { return Ok(0) };
+        let sealed = seal::Sealed::of(e);
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if tx.send(Cmd::Append(e, Some(reply))).is_err() {
+        if tx.send(Cmd::Append(sealed, Some(reply))).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(AuditError::Stopped);
         }
@@ -180,8 +183,9 @@ impl Audit {
     /// response, decisions, refusals). A failure is logged by the writer.
     pub fn record(&self, e: Entry) {
         let Some(tx) = &self.tx else { return };
+        let sealed = seal::Sealed::of(e);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if tx.send(Cmd::Append(e, None)).is_err() {
+        if tx.send(Cmd::Append(sealed, None)).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("audit writer stopped: a record was lost");
         }

@@ -7,11 +7,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
+    chain::{self, Record},
     entry::{
         self, ApprovalData, ConnectDeniedData, MessagesData, RefusedData, RequestData,
         ResponseData, kind,
     },
-    store::{self, ROW_COLUMNS},
+    seal, store,
 };
 
 /// A record as read back, its data parsed and bodies decompressed.
@@ -41,35 +42,100 @@ pub struct Select {
 }
 
 pub fn records(db: &Connection, sel: &Select) -> rusqlite::Result<Vec<Stored>> {
-    let mut sql = format!("SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1");
-    if sel.session.is_some() {
-        sql.push_str(" AND session = ?2");
-    }
-    sql.push_str(" ORDER BY seq");
-    let mut st = db.prepare(&sql)?;
-    let since = match sel.since_ms {
-        None => 0,
-        Some(t) => match store::first_seq_since(db, t)? {
-            Some(s) => s as i64,
-            None => return Ok(Vec::new()),
-        },
-    };
-    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Stored> {
-        let (rec, hash) = store::row(r)?;
-        Ok(Stored {
+    let mut out = Vec::new();
+    scan(db, sel, |rec, hash| {
+        out.push(Stored {
             seq: rec.seq,
             ts_ms: rec.ts_ms,
             kind: rec.kind,
             session: rec.session,
             data: serde_json::from_str(&rec.data).unwrap_or(Value::String(rec.data)),
             hash,
-            req_body: rec.req_body.and_then(|b| entry::body(&b).ok()),
-            resp_body: rec.resp_body.and_then(|b| entry::body(&b).ok()),
+            req_body: rec.req_body,
+            resp_body: rec.resp_body,
         })
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every selected record, in order, its bodies
+/// decompressed, and its chain hash. A record whose bytes do not parse
+/// (only an edit makes one; `hoop audit verify` names it) is skipped.
+fn scan(
+    db: &Connection,
+    sel: &Select,
+    mut f: impl FnMut(Record, [u8; 32]),
+) -> rusqlite::Result<()> {
+    let since = match sel.since_ms {
+        None => 0,
+        Some(t) => match store::first_seq_since(db, t)? {
+            Some(s) => s,
+            None => return Ok(()),
+        },
     };
-    match &sel.session {
-        Some(s) => st.query_map(rusqlite::params![since, s], map)?.collect(),
-        None => st.query_map([since], map)?.collect(),
+    let min_ts = sel.since_ms.unwrap_or(0);
+    let session = sel.session.as_deref();
+    let mut failed = None;
+    store::each_row(db, since, session, |row| match row {
+        Ok((mut rec, hash)) => {
+            rec.req_body = rec.req_body.and_then(|b| entry::body(&b).ok());
+            rec.resp_body = rec.resp_body.and_then(|b| entry::body(&b).ok());
+            f(rec, hash);
+            true
+        }
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    // The hash after the last batch read: contiguous batches need no
+    // lookup of the one before.
+    let mut head: Option<(u64, [u8; 32])> = None;
+    store::each_batch(db, since, session, |b| {
+        let b = match b {
+            Ok(b) => b,
+            Err(e) => {
+                failed = Some(e);
+                return false;
+            }
+        };
+        let mut prev = match head {
+            Some((last, h)) if last + 1 == b.first_seq => h,
+            _ => match store::hash_before(db, b.first_seq) {
+                Ok(h) => h,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            },
+        };
+        for (seq, rec) in (b.first_seq..).zip(seal::split(&b.records)) {
+            let Ok((ts, bytes)) = rec else { break };
+            prev = chain::link(&prev, seq, ts, &seal::digest(bytes));
+            if seq < since || ts < min_ts {
+                continue;
+            }
+            let Ok(x) = seal::fields(bytes) else { continue };
+            if session.is_some_and(|s| s != x.session) {
+                continue;
+            }
+            let rec = Record {
+                seq,
+                ts_ms: ts,
+                kind: x.kind,
+                session: x.session,
+                data: x.data,
+                req_body: x.req_body,
+                resp_body: x.resp_body,
+            };
+            f(rec, prev);
+        }
+        head = Some((b.last_seq, prev));
+        true
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -94,55 +160,88 @@ pub struct Filter {
     pub since_ms: Option<u64>,
 }
 
+/// The few fields of a record's data that a session's summary shows.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Facts {
+    identity: Option<Name>,
+    job: Option<String>,
+    host: Option<String>,
+    by: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Name {
+    name: String,
+}
+
 pub fn sessions(db: &Connection, f: &Filter) -> rusqlite::Result<Vec<SessionSummary>> {
-    let mut st = db.prepare(
-        "SELECT session, MIN(ts_ms), MAX(ts_ms),
-                SUM(kind = 'request'), SUM(kind = 'refused'), SUM(kind = 'connect-denied' AND json_extract(data, '$.by') != 'job'),
-                MAX(json_extract(data, '$.identity.name')), MAX(json_extract(data, '$.job')),
-                group_concat(DISTINCT json_extract(data, '$.host'))
-         FROM records WHERE seq >= ?1 AND session != ''
-         GROUP BY session ORDER BY MIN(seq)",
-    )?;
-    let since = match f.since_ms {
-        None => 0,
-        Some(t) => match store::first_seq_since(db, t)? {
-            Some(s) => s as i64,
-            None => return Ok(Vec::new()),
-        },
+    let sel = Select {
+        session: None,
+        since_ms: f.since_ms,
     };
-    let rows = st.query_map([since], |r| {
-        let hosts: Option<String> = r.get(8)?;
-        Ok(SessionSummary {
-            session: r.get(0)?,
-            first_ms: r.get::<_, i64>(1)? as u64,
-            last_ms: r.get::<_, i64>(2)? as u64,
-            requests: r.get::<_, i64>(3)? as u64,
-            refused: r.get::<_, i64>(4)? as u64,
-            connects_denied: r.get::<_, i64>(5)? as u64,
-            identity: r.get(6)?,
-            job: r.get(7)?,
-            hosts: hosts
-                .map(|h| h.split(',').map(str::to_owned).collect())
-                .unwrap_or_default(),
-        })
-    })?;
-    let mut out = Vec::new();
-    for s in rows {
-        let s = s?;
-        let keep = f
-            .identity
-            .as_ref()
-            .is_none_or(|g| s.identity.as_deref().is_some_and(|i| g.is_match(i)))
-            && f.job
-                .as_ref()
-                .is_none_or(|j| s.job.as_deref() == Some(j.as_str()))
-            && f.host
-                .as_ref()
-                .is_none_or(|g| s.hosts.iter().any(|h| g.is_match(h)));
-        if keep {
-            out.push(s);
+    let mut order: Vec<String> = Vec::new();
+    let mut by_id: HashMap<String, SessionSummary> = HashMap::new();
+    scan(db, &sel, |r, _| {
+        if r.session.is_empty() {
+            return;
         }
-    }
+        let s = by_id.entry(r.session.clone()).or_insert_with(|| {
+            order.push(r.session.clone());
+            SessionSummary {
+                session: r.session.clone(),
+                identity: None,
+                job: None,
+                first_ms: r.ts_ms,
+                last_ms: r.ts_ms,
+                requests: 0,
+                refused: 0,
+                connects_denied: 0,
+                hosts: Vec::new(),
+            }
+        });
+        s.last_ms = s.last_ms.max(r.ts_ms);
+        // Responses and WebSocket messages (most records) add nothing
+        // here: their data is not parsed.
+        if !matches!(
+            r.kind.as_str(),
+            kind::REQUEST | kind::REFUSED | kind::CONNECT_DENIED | kind::SESSION_START
+        ) {
+            return;
+        }
+        let facts: Facts = serde_json::from_str(&r.data).unwrap_or_default();
+        match r.kind.as_str() {
+            kind::REQUEST => s.requests += 1,
+            kind::REFUSED => s.refused += 1,
+            kind::CONNECT_DENIED if facts.by.as_deref() != Some("job") => s.connects_denied += 1,
+            _ => {}
+        }
+        if let Some(i) = facts.identity {
+            s.identity = s.identity.take().max(Some(i.name));
+        }
+        if facts.job.is_some() {
+            s.job = s.job.take().max(facts.job);
+        }
+        if let Some(h) = facts.host
+            && !s.hosts.contains(&h)
+        {
+            s.hosts.push(h);
+        }
+    })?;
+    let out = order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
+        .filter(|s| {
+            f.identity
+                .as_ref()
+                .is_none_or(|g| s.identity.as_deref().is_some_and(|i| g.is_match(i)))
+                && f.job
+                    .as_ref()
+                    .is_none_or(|j| s.job.as_deref() == Some(j.as_str()))
+                && f.host
+                    .as_ref()
+                    .is_none_or(|g| s.hosts.iter().any(|h| g.is_match(h)))
+        })
+        .collect();
     Ok(out)
 }
 

@@ -1,17 +1,25 @@
-//! The audit database (SQLite, WAL): the chained records, the signed
-//! checkpoints and a little metadata. The daemon's writer thread is the
-//! only writer; the CLI and exports open their own read-only connections,
-//! which WAL lets run beside the writer without blocking it.
+//! The audit database (SQLite, WAL). A commit of the writer is one row of
+//! `batches`: its records' bytes ([`super::seal`]), the chain's head after
+//! them and the head's signature, so that a commit costs one insert
+//! whatever it holds. `batch_sessions` indexes which sessions a batch
+//! holds; `checkpoints` keeps the signatures kept apart (one per interval,
+//! at stop, and the anchor retention leaves). `records` holds the records
+//! of logs begun before batches, a row each; the chain goes on from them.
+//!
+//! The daemon's writer thread is the only writer; the CLI and exports open
+//! their own read-only connections, which WAL lets run beside the writer.
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::chain::{Checkpoint, Record};
+use super::chain::{Checkpoint, GENESIS, Record};
 
 /// Schema migrations, applied in order; `user_version` is the count done.
 /// Every column of `records` but `hash` is covered by the hash, so
-/// nothing outside the hashed bytes decides what `hoop sessions` shows.
-const MIGRATIONS: [&str; 1] = ["CREATE TABLE records (
+/// nothing outside the hashed bytes decides what `hoop sessions` shows;
+/// in `batches`, the seqs and times are checked against the records'.
+const MIGRATIONS: [&str; 2] = [
+    "CREATE TABLE records (
         seq INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
         kind TEXT NOT NULL,
@@ -28,7 +36,32 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE records (
         hash BLOB NOT NULL,
         sig BLOB NOT NULL
     );
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"];
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    "CREATE TABLE batches (
+        first_seq INTEGER PRIMARY KEY,
+        last_seq INTEGER NOT NULL,
+        first_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        records BLOB NOT NULL,
+        head BLOB NOT NULL,
+        sig BLOB
+    );
+    CREATE TABLE batch_sessions (
+        session TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        PRIMARY KEY (session, first_seq)
+    ) WITHOUT ROWID;",
+];
+
+/// A database as hoops before batches left it (for the migration test).
+#[cfg(test)]
+pub fn create_first_layout(db: &Connection) -> rusqlite::Result<()> {
+    db.execute_batch(MIGRATIONS[0])?;
+    db.pragma_update(None, "user_version", 1)
+}
+
+/// The schema this hoop writes.
+pub const VERSION: usize = MIGRATIONS.len();
 
 #[derive(Debug, thiserror::Error)]
 #[error("audit database {path}: {message}")]
@@ -131,8 +164,158 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
     Ok(db)
 }
 
+/// True once the database has the batched layout (a database only a
+/// hoop before it wrote, read by the CLI, has not).
+pub fn batched(db: &Connection) -> rusqlite::Result<bool> {
+    let v: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok(v >= 2)
+}
+
+/// One commit as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// The records, as [`super::seal::append`] lays them out.
+    pub records: Vec<u8>,
+    /// The chain's hash after `last_seq`.
+    pub head: [u8; 32],
+    /// The head's signature; none where something other than a hoop
+    /// daemon appended.
+    pub sig: Option<Vec<u8>>,
+}
+
+impl Batch {
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            seq: self.last_seq,
+            hash: self.head,
+            sig: self.sig.clone()?,
+        })
+    }
+}
+
+const BATCH_COLUMNS: &str = "first_seq, last_seq, first_ts, last_ts, records, head, sig";
+
+fn batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<Batch> {
+    Ok(Batch {
+        first_seq: r.get::<_, i64>(0)? as u64,
+        last_seq: r.get::<_, i64>(1)? as u64,
+        first_ts: r.get::<_, i64>(2)? as u64,
+        last_ts: r.get::<_, i64>(3)? as u64,
+        records: r.get(4)?,
+        head: hash32(r.get(5)?),
+        sig: r.get(6)?,
+    })
+}
+
+pub fn insert_batch(db: &Connection, b: &Batch) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "INSERT INTO batches (first_seq, last_seq, first_ts, last_ts, records, head, sig)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        b.first_seq as i64,
+        b.last_seq as i64,
+        b.first_ts as i64,
+        b.last_ts as i64,
+        b.records,
+        &b.head[..],
+        b.sig
+    ])?;
+    Ok(())
+}
+
+/// Notes that the batch at `first_seq` holds records of `session`.
+pub fn insert_session(db: &Connection, session: &str, first_seq: u64) -> rusqlite::Result<()> {
+    db.prepare_cached("INSERT OR IGNORE INTO batch_sessions (session, first_seq) VALUES (?1, ?2)")?
+        .execute(params![session, first_seq as i64])?;
+    Ok(())
+}
+
+/// Calls `f` with every batch that holds records from `from` on (those of
+/// `session` only, if given), in order, until it returns false.
+pub fn each_batch(
+    db: &Connection,
+    from: u64,
+    session: Option<&str>,
+    mut f: impl FnMut(rusqlite::Result<Batch>) -> bool,
+) -> rusqlite::Result<()> {
+    if !batched(db)? {
+        return Ok(());
+    }
+    let mut st;
+    let mut rows = match session {
+        None => {
+            st = db.prepare(&format!(
+                "SELECT {BATCH_COLUMNS} FROM batches WHERE last_seq >= ?1 ORDER BY first_seq"
+            ))?;
+            st.query(params![from as i64])?
+        }
+        Some(s) => {
+            st = db.prepare(&format!(
+                "SELECT {BATCH_COLUMNS} FROM batches WHERE first_seq IN
+                   (SELECT first_seq FROM batch_sessions WHERE session = ?2)
+                 AND last_seq >= ?1 ORDER BY first_seq"
+            ))?;
+            st.query(params![from as i64, s])?
+        }
+    };
+    while let Some(r) = rows.next()? {
+        if !f(batch(r)) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with every record of the first layout from `from` on (those
+/// of `session` only, if given), with its stored hash, until it returns
+/// false.
+pub fn each_row(
+    db: &Connection,
+    from: u64,
+    session: Option<&str>,
+    mut f: impl FnMut(rusqlite::Result<(Record, [u8; 32])>) -> bool,
+) -> rusqlite::Result<()> {
+    let mut st;
+    let mut rows = match session {
+        None => {
+            st = db.prepare(&format!(
+                "SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1 ORDER BY seq"
+            ))?;
+            st.query(params![from as i64])?
+        }
+        Some(s) => {
+            st = db.prepare(&format!(
+                "SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1 AND session = ?2 ORDER BY seq"
+            ))?;
+            st.query(params![from as i64, s])?
+        }
+    };
+    while let Some(r) = rows.next()? {
+        if !f(row(r)) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The chain's head: the last record's seq and hash.
 pub fn head(db: &Connection) -> rusqlite::Result<Option<(u64, [u8; 32])>> {
+    if batched(db)?
+        && let Some(h) = db
+            .query_row(
+                "SELECT last_seq, head FROM batches ORDER BY first_seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
+            )
+            .optional()?
+    {
+        return Ok(Some(h));
+    }
     db.query_row(
         "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
         [],
@@ -141,21 +324,60 @@ pub fn head(db: &Connection) -> rusqlite::Result<Option<(u64, [u8; 32])>> {
     .optional()
 }
 
-pub fn last_ts(db: &Connection) -> rusqlite::Result<u64> {
-    db.query_row(
-        "SELECT ts_ms FROM records ORDER BY seq DESC LIMIT 1",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|t| t.unwrap_or(0) as u64)
+/// The hash the chain has just before record `seq` (the first of a batch):
+/// the batch before's head, the record before's hash, the checkpoint
+/// retention left there, or the genesis.
+pub fn hash_before(db: &Connection, seq: u64) -> rusqlite::Result<[u8; 32]> {
+    let Some(before) = seq.checked_sub(1) else {
+        return Ok(GENESIS);
+    };
+    let one = |sql: &str| {
+        db.query_row(sql, [before as i64], |r| r.get::<_, Vec<u8>>(0))
+            .optional()
+    };
+    let found = match batched(db)? {
+        true => one("SELECT head FROM batches WHERE last_seq = ?1")?,
+        false => None,
+    };
+    let found = match found {
+        Some(h) => Some(h),
+        None => one("SELECT hash FROM records WHERE seq = ?1")?,
+    };
+    let found = match found {
+        Some(h) => Some(h),
+        None => one("SELECT hash FROM checkpoints WHERE seq = ?1")?,
+    };
+    Ok(found.map_or(GENESIS, hash32))
 }
 
-/// The first record at or after `ts_ms`. Times never decrease along the
-/// chain (the writer sees to it), so this bisects on the primary key: no
-/// time index for every commit to update.
+pub fn last_ts(db: &Connection) -> rusqlite::Result<u64> {
+    let batch = match batched(db)? {
+        true => db
+            .query_row(
+                "SELECT last_ts FROM batches ORDER BY first_seq DESC LIMIT 1",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?,
+        false => None,
+    };
+    let row = db
+        .query_row(
+            "SELECT ts_ms FROM records ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?;
+    Ok(batch.or(row).unwrap_or(0) as u64)
+}
+
+/// A seq from which the records at or after `ts_ms` start: the first
+/// such record, or the first of the batch that holds it (readers skip the
+/// older ones before it). Times never decrease along the chain (the
+/// writer sees to it), so this bisects on the primary keys: no time index
+/// for every commit to update.
 pub fn first_seq_since(db: &Connection, ts_ms: u64) -> rusqlite::Result<Option<u64>> {
-    let at = |seq: i64| -> rusqlite::Result<Option<(i64, u64)>> {
+    let rows = |seq: i64| -> rusqlite::Result<Option<(i64, u64)>> {
         db.query_row(
             "SELECT seq, ts_ms FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 1",
             [seq],
@@ -163,18 +385,38 @@ pub fn first_seq_since(db: &Connection, ts_ms: u64) -> rusqlite::Result<Option<u
         )
         .optional()
     };
+    if let Some(s) = bisect(rows, ts_ms)? {
+        return Ok(Some(s));
+    }
+    if !batched(db)? {
+        return Ok(None);
+    }
+    let batches = |seq: i64| -> rusqlite::Result<Option<(i64, u64)>> {
+        db.query_row(
+            "SELECT first_seq, last_ts FROM batches WHERE first_seq >= ?1 ORDER BY first_seq LIMIT 1",
+            [seq],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()
+    };
+    bisect(batches, ts_ms)
+}
+
+/// The first key whose time is at or after `ts_ms`, `at(k)` giving the
+/// first key ≥ k and its time.
+fn bisect(
+    at: impl Fn(i64) -> rusqlite::Result<Option<(i64, u64)>>,
+    ts_ms: u64,
+) -> rusqlite::Result<Option<u64>> {
     let Some((first, t)) = at(i64::MIN)? else {
         return Ok(None);
     };
     if t >= ts_ms {
         return Ok(Some(first as u64));
     }
-    let Some((last, _)) = head(db)?.map(|(s, h)| (s as i64, h)) else {
-        return Ok(None);
-    };
-    // Invariant: the record at or after `lo` is older than ts_ms; `hi` is
+    // Invariant: the key at or after `lo` is older than ts_ms; `hi` is
     // past every candidate.
-    let (mut lo, mut hi) = (first, last + 1);
+    let (mut lo, mut hi) = (first, i64::MAX);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         match at(mid)? {
@@ -185,6 +427,7 @@ pub fn first_seq_since(db: &Connection, ts_ms: u64) -> rusqlite::Result<Option<u
     Ok(at(hi)?.map(|(s, _)| s as u64))
 }
 
+/// A record of the first layout (tests build such logs).
 pub fn insert(db: &Connection, r: &Record, hash: &[u8; 32]) -> rusqlite::Result<()> {
     db.prepare_cached(
         "INSERT INTO records (seq, ts_ms, kind, session, data, req_body, resp_body, hash)
@@ -211,18 +454,15 @@ pub fn insert_checkpoint(db: &Connection, c: &Checkpoint, ts_ms: u64) -> rusqlit
     Ok(())
 }
 
-/// Removes the signature at `seq`: the writer's previous head signature,
-/// which the next commit's signature (over a chain that includes it)
-/// replaces.
-pub fn delete_checkpoint(db: &Connection, seq: u64) -> rusqlite::Result<()> {
-    db.prepare_cached("DELETE FROM checkpoints WHERE seq = ?1")?
-        .execute([seq as i64])?;
-    Ok(())
-}
-
 /// The first record still in the log.
 pub fn first_seq(db: &Connection) -> rusqlite::Result<Option<u64>> {
-    db.query_row("SELECT MIN(seq) FROM records", [], |r| {
+    let row = db.query_row("SELECT MIN(seq) FROM records", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    })?;
+    if row.is_some() || !batched(db)? {
+        return Ok(row.map(|s| s as u64));
+    }
+    db.query_row("SELECT MIN(first_seq) FROM batches", [], |r| {
         r.get::<_, Option<i64>>(0)
     })
     .map(|s| s.map(|s| s as u64))
@@ -240,11 +480,26 @@ pub fn checkpoints(db: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
     .collect()
 }
 
-pub fn last_checkpoint_seq(db: &Connection) -> rusqlite::Result<Option<u64>> {
-    db.query_row("SELECT MAX(seq) FROM checkpoints", [], |r| {
-        r.get::<_, Option<i64>>(0)
-    })
-    .map(|s| s.map(|s| s as u64))
+/// The last record a signature was made at: a kept checkpoint, or a
+/// batch's own.
+pub fn last_signed_seq(db: &Connection) -> rusqlite::Result<Option<u64>> {
+    let kept = db
+        .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
+        .map(|s| s as u64);
+    let batch = match batched(db)? {
+        true => db
+            .query_row(
+                "SELECT last_seq FROM batches WHERE sig IS NOT NULL ORDER BY first_seq DESC LIMIT 1",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|s| s as u64),
+        false => None,
+    };
+    Ok(kept.max(batch))
 }
 
 pub fn meta(db: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -260,7 +515,7 @@ pub fn set_meta(db: &Connection, key: &str, value: &str) -> rusqlite::Result<()>
     Ok(())
 }
 
-/// A stored record and its stored hash, as read back.
+/// A stored record of the first layout and its stored hash.
 pub fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Record, [u8; 32])> {
     Ok((
         Record {
@@ -284,23 +539,40 @@ fn hash32(v: Vec<u8>) -> [u8; 32] {
     v.try_into().unwrap_or([0xff; 32])
 }
 
-/// Removes the records up to and including `seq` (a checkpoint that stays
-/// as the anchor of what remains) and the checkpoints before it.
-pub fn prune_through(db: &mut Connection, seq: u64) -> rusqlite::Result<usize> {
+/// Removes the records up to and including `seq` (a kept checkpoint,
+/// always at a batch's end, that stays as the anchor of what remains) and
+/// the checkpoints before it. Returns how many records went.
+pub fn prune_through(db: &mut Connection, seq: u64) -> rusqlite::Result<u64> {
     let tx = db.transaction()?;
-    let n = tx.execute("DELETE FROM records WHERE seq <= ?1", [seq as i64])?;
+    let mut n = tx.execute("DELETE FROM records WHERE seq <= ?1", [seq as i64])? as u64;
+    if batched(&tx)? {
+        n += tx
+            .query_row(
+                "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM batches WHERE last_seq <= ?1",
+                [seq as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|c| c as u64)?;
+        tx.execute("DELETE FROM batches WHERE last_seq <= ?1", [seq as i64])?;
+        tx.execute(
+            "DELETE FROM batch_sessions WHERE first_seq <= ?1",
+            [seq as i64],
+        )?;
+    }
     tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [seq as i64])?;
     tx.commit()?;
     Ok(n)
 }
 
-/// The oldest checkpoint whose record is still there and older than
-/// `cutoff_ms`: retention prunes through it.
+/// The oldest kept checkpoint older than `cutoff_ms` with records still
+/// at or before it: retention prunes through it.
 pub fn oldest_checkpoint_before(db: &Connection, cutoff_ms: u64) -> rusqlite::Result<Option<u64>> {
+    let Some(first) = first_seq(db)? else {
+        return Ok(None);
+    };
     db.query_row(
-        "SELECT MIN(c.seq) FROM checkpoints c JOIN records r ON r.seq = c.seq
-         WHERE r.ts_ms < ?1",
-        [cutoff_ms as i64],
+        "SELECT MIN(seq) FROM checkpoints WHERE ts_ms < ?1 AND seq >= ?2",
+        params![cutoff_ms as i64, first as i64],
         |r| r.get::<_, Option<i64>>(0),
     )
     .map(|s| s.map(|s| s as u64))

@@ -8,8 +8,10 @@
 //! "audit checkpoint signed" lines, or the head `verify` prints), given
 //! back as `--anchor SEQ:HASH`, must still be in the chain.
 //!
-//! The daemon signs every commit, so the records it wrote are all covered
-//! by a signature. Records after the last signature (at the end, or
+//! The daemon signs every commit (in its batch's row), so the records it
+//! wrote are all covered by a signature. Each signature covers the whole
+//! chain before it, so the walk checks the newest batch signature and every
+//! kept checkpoint; older batch signatures are implied by the newest. Records after the last signature (at the end, or
 //! declared by a later run's `unvouched` record) were written by someone
 //! else, or by a run killed before it could sign them: they are reported
 //! apart, as intact but not vouched for.
@@ -20,8 +22,8 @@ use serde::Serialize;
 
 use super::{
     chain::{self, Broken, Checkpoint, GENESIS},
-    entry,
-    store::{self, ROW_COLUMNS, StoreError},
+    entry, seal,
+    store::{self, StoreError},
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -162,14 +164,118 @@ pub fn verify_from_last_checkpoint(
     db: &Connection,
     pubkey: &[u8],
 ) -> rusqlite::Result<Result<(), Broken>> {
-    let from = store::last_checkpoint_seq(db)?;
+    let from = store::last_signed_seq(db)?;
     Ok(match walk(db, pubkey, from, &BTreeMap::new())?.error {
         Some(b) => Err(b),
         None => Ok(()),
     })
 }
 
-/// Walks the records (all of them, or those after checkpoint `from`).
+/// What the walk has seen so far.
+struct Walk<'a> {
+    pubkey: &'a [u8],
+    cps: BTreeMap<u64, Checkpoint>,
+    anchors: &'a BTreeMap<u64, [u8; 32]>,
+    report: Report,
+    prev: [u8; 32],
+    next: u64,
+    /// The last signature passed (a checkpoint or a batch's).
+    last_signed: Option<u64>,
+    /// An `unvouched` record waiting for the next signature.
+    declared: Option<Span>,
+    /// The newest batch signature seen, checked at the end.
+    newest_sig: Option<Checkpoint>,
+}
+
+impl Walk<'_> {
+    /// One record, already chained into `self.prev`.
+    fn visit(
+        &mut self,
+        seq: u64,
+        kind: &str,
+        data: impl FnOnce() -> Option<String>,
+    ) -> Result<(), Broken> {
+        let first = *self.report.first.get_or_insert(seq);
+        if kind == entry::kind::UNVOUCHED {
+            // It must name exactly the records since the last signature.
+            let from = self.last_signed.map_or(first, |s| s + 1);
+            let d = data().and_then(|d| serde_json::from_str::<entry::UnvouchedData>(&d).ok());
+            match d {
+                Some(d) if d.from == from && d.to + 1 == seq && d.from <= d.to => {
+                    self.declared = Some(Span {
+                        from,
+                        to: d.to,
+                        declared_at: Some(seq),
+                    });
+                }
+                _ => return Err(Broken::Declaration { seq }),
+            }
+        }
+        self.report.last = Some(seq);
+        self.report.records += 1;
+        if let Some(want) = self.anchors.get(&seq) {
+            if *want != self.prev {
+                return Err(Broken::AnchorMismatch { seq });
+            }
+            self.report.anchors_checked += 1;
+        }
+        if let Some(c) = self.cps.get(&seq) {
+            chain::check(self.pubkey, c, Some(self.prev))?;
+            self.signed(seq);
+        }
+        self.next = seq + 1;
+        Ok(())
+    }
+
+    fn signed(&mut self, seq: u64) {
+        self.report.signed_through = Some(seq);
+        self.last_signed = Some(seq);
+        self.report.unvouched.extend(self.declared.take());
+    }
+
+    /// A batch of the batched layout: its records chain on from `prev`,
+    /// and its columns agree with them.
+    fn batch(&mut self, b: store::Batch) -> Result<(), Broken> {
+        if b.first_seq != self.next {
+            return Err(Broken::Sequence {
+                after: self.next.wrapping_sub(1),
+                found: b.first_seq,
+            });
+        }
+        let edited = || match b.first_seq == b.last_seq {
+            true => Broken::Hash { seq: b.first_seq },
+            false => Broken::BatchHash {
+                first: b.first_seq,
+                last: b.last_seq,
+            },
+        };
+        let mut times = None;
+        for (seq, rec) in (b.first_seq..).zip(seal::split(&b.records)) {
+            let (ts, bytes) = rec.map_err(|_| Broken::UnreadableRecord { seq })?;
+            let kind = seal::kind(bytes).map_err(|_| Broken::UnreadableRecord { seq })?;
+            if seq > b.last_seq {
+                return Err(edited());
+            }
+            self.prev = chain::link(&self.prev, seq, ts, &seal::digest(bytes));
+            times = Some((times.map_or(ts, |(f, _)| f), ts));
+            self.visit(seq, kind, || seal::fields(bytes).ok().map(|f| f.data))?;
+        }
+        if self.next != b.last_seq + 1
+            || times != Some((b.first_ts, b.last_ts))
+            || self.prev != b.head
+        {
+            return Err(edited());
+        }
+        if let Some(c) = b.checkpoint() {
+            self.signed(b.last_seq);
+            self.newest_sig = Some(c);
+        }
+        Ok(())
+    }
+}
+
+/// Walks the records (all of them, or those after the signature at
+/// `from`): the first layout's rows, then the batches.
 fn walk(
     db: &Connection,
     pubkey: &[u8],
@@ -185,137 +291,152 @@ fn walk(
         }
         Err(e) => return Err(e),
     };
-    let mut report = Report {
-        checkpoints: cps.len(),
-        ..Report::default()
+    let mut w = Walk {
+        pubkey,
+        report: Report {
+            checkpoints: cps.len(),
+            ..Report::default()
+        },
+        cps,
+        anchors,
+        prev: GENESIS,
+        next: 0,
+        last_signed: None,
+        declared: None,
+        newest_sig: None,
     };
-    let result = (|| -> rusqlite::Result<Result<(), Broken>> {
-        // Every signature first: a forged checkpoint is named as such.
-        for c in cps.values() {
-            if let Err(b) = chain::check(pubkey, c, None) {
-                return Ok(Err(b));
-            }
-        }
-        let first: Option<i64> = match from {
-            Some(s) => Some(s as i64 + 1),
-            None => db.query_row("SELECT MIN(seq) FROM records", [], |r| r.get(0))?,
-        };
-        let (mut prev, mut next) = match first {
-            // Retention pruned every record through the newest checkpoint
-            // and kept that one alone: the log goes on from there. (More
-            // than one checkpoint and no records: the records were cut.)
-            None if from.is_none() && cps.len() == 1 => {
-                let (&seq, c) = cps.iter().next().expect("one");
-                (c.hash, seq + 1)
-            }
-            None => (GENESIS, 0),
-            Some(0) => (GENESIS, 0),
-            Some(f) => match cps.get(&(f as u64 - 1)) {
-                Some(c) => (c.hash, f as u64),
-                None => return Ok(Err(Broken::Unanchored { first: f as u64 })),
-            },
-        };
-        let mut st = db.prepare(&format!(
-            "SELECT {ROW_COLUMNS} FROM records WHERE seq >= ?1 ORDER BY seq"
-        ))?;
-        // Anchors before the first record: the one the walk starts from
-        // (the checkpoint retention keeps) is checked, older ones are gone.
-        for (&seq, want) in anchors.range(..next) {
-            if seq + 1 == next {
-                if *want != prev {
-                    return Ok(Err(Broken::AnchorMismatch { seq }));
-                }
-                report.anchors_checked += 1;
-            } else {
-                report.anchors_pruned.push(seq);
-            }
-        }
-        // The last signature passed (the checkpoint the walk starts from,
-        // if any), and an `unvouched` record waiting for the next one.
-        let mut last_signed = next.checked_sub(1);
-        let mut declared: Option<Span> = None;
-        let mut rows = st.query([next as i64])?;
-        while let Some(row) = rows.next()? {
-            let (rec, stored) = match store::row(row) {
-                Ok(r) => r,
-                Err(e) if edited(&e) => {
-                    return Ok(Err(Broken::UnreadableRecord { seq: next }));
-                }
-                Err(e) => return Err(e),
-            };
-            prev = match chain::step(&prev, next, &rec, &stored) {
-                Ok(h) => h,
-                Err(b) => return Ok(Err(b)),
-            };
-            let first = *report.first.get_or_insert(rec.seq);
-            if rec.kind == entry::kind::UNVOUCHED {
-                // It must name exactly the records since the last signature.
-                let from = last_signed.map_or(first, |s| s + 1);
-                match serde_json::from_str::<entry::UnvouchedData>(&rec.data) {
-                    Ok(d) if d.from == from && d.to + 1 == rec.seq && d.from <= d.to => {
-                        declared = Some(Span {
-                            from,
-                            to: d.to,
-                            declared_at: Some(rec.seq),
-                        });
-                    }
-                    _ => return Ok(Err(Broken::Declaration { seq: rec.seq })),
-                }
-            }
-            report.last = Some(rec.seq);
-            report.records += 1;
-            if let Some(want) = anchors.get(&rec.seq) {
-                if *want != prev {
-                    return Ok(Err(Broken::AnchorMismatch { seq: rec.seq }));
-                }
-                report.anchors_checked += 1;
-            }
-            if let Some(c) = cps.get(&rec.seq) {
-                if let Err(b) = chain::check(pubkey, c, Some(prev)) {
-                    return Ok(Err(b));
-                }
-                report.signed_through = Some(rec.seq);
-                last_signed = Some(rec.seq);
-                report.unvouched.extend(declared.take());
-            }
-            next += 1;
-        }
-        // A checkpoint or anchor beyond the last record: the tail was cut off.
-        if let Some((&seq, _)) = cps.range(next..).next() {
-            return Ok(Err(Broken::Truncated {
-                seq,
-                last: report.last,
-            }));
-        }
-        if let Some((&seq, _)) = anchors.range(next..).next() {
-            return Ok(Err(Broken::AnchorBeyondEnd {
-                seq,
-                last: report.last,
-            }));
-        }
-        if report.signed_through.is_none() && from.is_some() {
-            report.signed_through = from;
-        }
-        // What follows the last signature (an unsigned declaration
-        // included: nothing vouches for it either).
-        if let (Some(last), Some(first)) = (report.last, report.first) {
-            let from = last_signed.map_or(first, |s| s + 1);
-            if from <= last {
-                report.unsigned_tail = Some(Span {
-                    from,
-                    to: last,
-                    declared_at: None,
-                });
-            }
-        }
-        // Only an intact chain has a head worth keeping as an anchor.
-        report.head_hash = report.last.map(|_| hex::encode(prev));
-        Ok(Ok(()))
-    })()?;
+    let result = walk_rows(db, from, &mut w)?;
+    let report = std::mem::take(&mut w.report);
     Ok(match result {
         Err(b) => report.broken_at(b),
         Ok(()) => report,
     })
+}
+
+fn walk_rows(
+    db: &Connection,
+    from: Option<u64>,
+    w: &mut Walk<'_>,
+) -> rusqlite::Result<Result<(), Broken>> {
+    // Every signature first: a forged checkpoint is named as such.
+    for c in w.cps.values() {
+        if let Err(b) = chain::check(w.pubkey, c, None) {
+            return Ok(Err(b));
+        }
+    }
+    let first = match from {
+        Some(s) => Some(s + 1),
+        None => store::first_seq(db)?,
+    };
+    (w.prev, w.next) = match first {
+        // Retention pruned every record through the newest checkpoint
+        // and kept that one alone: the log goes on from there. (More
+        // than one checkpoint and no records: the records were cut.)
+        None if from.is_none() && w.cps.len() == 1 => {
+            let (&seq, c) = w.cps.iter().next().expect("one");
+            (c.hash, seq + 1)
+        }
+        None => (GENESIS, 0),
+        Some(0) => (GENESIS, 0),
+        Some(f) if from.is_some() => (store::hash_before(db, f)?, f),
+        Some(f) => match w.cps.get(&(f - 1)) {
+            Some(c) => (c.hash, f),
+            None => return Ok(Err(Broken::Unanchored { first: f })),
+        },
+    };
+    // Anchors before the first record: the one the walk starts from
+    // (the checkpoint retention keeps) is checked, older ones are gone.
+    for (&seq, want) in w.anchors.range(..w.next) {
+        if seq + 1 == w.next {
+            if *want != w.prev {
+                return Ok(Err(Broken::AnchorMismatch { seq }));
+            }
+            w.report.anchors_checked += 1;
+        } else {
+            w.report.anchors_pruned.push(seq);
+        }
+    }
+    w.last_signed = w.next.checked_sub(1);
+    let mut outcome = Ok(());
+    let mut failed = None;
+    store::each_row(db, w.next, None, |row| {
+        let (rec, stored) = match row {
+            Ok(r) => r,
+            Err(e) if edited(&e) => {
+                outcome = Err(Broken::UnreadableRecord { seq: w.next });
+                return false;
+            }
+            Err(e) => {
+                failed = Some(e);
+                return false;
+            }
+        };
+        outcome = chain::step(&w.prev, w.next, &rec, &stored).and_then(|h| {
+            w.prev = h;
+            w.visit(rec.seq, &rec.kind, || Some(rec.data.clone()))
+        });
+        outcome.is_ok()
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if outcome.is_ok() {
+        store::each_batch(db, w.next, None, |b| {
+            outcome = match b {
+                Ok(b) => w.batch(b),
+                Err(e) if edited(&e) => Err(Broken::UnreadableRecord { seq: w.next }),
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
+            outcome.is_ok()
+        })?;
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Err(b) = outcome {
+        return Ok(Err(b));
+    }
+    // The newest batch signature vouches for everything before it.
+    if let Some(c) = &w.newest_sig
+        && let Err(b) = chain::check(w.pubkey, c, None)
+    {
+        return Ok(Err(b));
+    }
+    let next = w.next;
+    // A checkpoint or anchor beyond the last record: the tail was cut off.
+    if let Some((&seq, _)) = w.cps.range(next..).next() {
+        return Ok(Err(Broken::Truncated {
+            seq,
+            last: w.report.last,
+        }));
+    }
+    if let Some((&seq, _)) = w.anchors.range(next..).next() {
+        return Ok(Err(Broken::AnchorBeyondEnd {
+            seq,
+            last: w.report.last,
+        }));
+    }
+    if w.report.signed_through.is_none() && from.is_some() {
+        w.report.signed_through = from;
+    }
+    // What follows the last signature (an unsigned declaration
+    // included: nothing vouches for it either).
+    if let (Some(last), Some(first)) = (w.report.last, w.report.first) {
+        let from = w.last_signed.map_or(first, |s| s + 1);
+        if from <= last {
+            w.report.unsigned_tail = Some(Span {
+                from,
+                to: last,
+                declared_at: None,
+            });
+        }
+    }
+    // Only an intact chain has a head worth keeping as an anchor.
+    w.report.head_hash = w.report.last.map(|_| hex::encode(w.prev));
+    Ok(Ok(()))
 }
 
 /// SQLite keeps whatever is written to a column; a value of another type

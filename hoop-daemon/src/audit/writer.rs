@@ -1,10 +1,12 @@
 //! The audit writer thread: the only writer of the database. It takes
-//! entries over a channel, chains and commits them in groups (one
-//! transaction, one sync for everything that queued meanwhile), answers
-//! each waiter once its entry is durable, and prunes. Every commit signs
-//! the head it makes durable, in the same transaction, so the log never
-//! has an unsigned tail of this daemon's; records after the last signature
-//! at start were written by someone else, and are marked so, never signed.
+//! sealed records over a channel (encoded and hashed on the request's
+//! task), numbers and chains them, and commits them in groups: one row,
+//! one transaction and one sync for everything that queued meanwhile. It
+//! answers each waiter once its record is durable, and prunes. Every
+//! commit's row carries the signature of the head it makes durable, so the
+//! log never has an unsigned tail of this daemon's; records after the last
+//! signature at start were written by someone else, and are marked so,
+//! never signed.
 use std::{
     path::PathBuf,
     sync::{
@@ -19,9 +21,10 @@ use ring::signature::Ed25519KeyPair;
 use rusqlite::Connection;
 
 use super::{
-    AuditError, Cmd, Entry, StartError, Stats,
-    chain::{self, GENESIS, Record},
-    store,
+    AuditError, Cmd, StartError, Stats,
+    chain::{self, Checkpoint, GENESIS},
+    seal::{self, Sealed},
+    store::{self, Batch},
 };
 use crate::jobs::Jobs;
 
@@ -29,8 +32,6 @@ use crate::jobs::Jobs;
 const MAX_BATCH: usize = 1024;
 /// How often retention looks for records to prune.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// Bodies are stored zstd-compressed; level 1 keeps the writer fast.
-const ZSTD_LEVEL: i32 = 1;
 
 pub struct Writer {
     pub db: Connection,
@@ -39,16 +40,15 @@ pub struct Writer {
     pub stats: Arc<Stats>,
     pub checkpoint_every: Duration,
     pub retain: Option<Duration>,
-    zstd: zstd::bulk::Compressor<'static>,
     /// Where the next record goes.
     next: u64,
     /// The last record's time: records never go back in time.
     last_ts: u64,
     prev: [u8; 32],
-    /// This run's latest head signature, if no checkpoint keeps it yet:
-    /// the next commit's signature replaces it. Kept signatures (one per
-    /// `checkpoint_every`, at stop, retention's anchors) stay.
-    unkept: Option<u64>,
+    /// This run's latest head signature and its time, if no checkpoint
+    /// keeps it yet. Kept ones (one per `checkpoint_every`, at stop,
+    /// retention's anchors) stay when their batch is pruned.
+    unkept: Option<(Checkpoint, u64)>,
     /// Records after the last signature at start: not ours to sign.
     tail: Option<(u64, u64)>,
 }
@@ -70,7 +70,7 @@ impl Writer {
             source,
         };
         let head = store::head(&db).map_err(fail)?;
-        let signed_through = store::last_checkpoint_seq(&db).map_err(fail)?;
+        let signed_through = store::last_signed_seq(&db).map_err(fail)?;
         let (next, prev) = match head {
             None => (0, GENESIS),
             Some((seq, hash)) => (seq + 1, hash),
@@ -93,10 +93,6 @@ impl Writer {
             stats,
             checkpoint_every,
             retain,
-            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|source| StartError::Io {
-                what: "zstd",
-                source,
-            })?,
             next,
             last_ts,
             prev,
@@ -166,7 +162,7 @@ impl Writer {
             // itself, yielding returns at once.
             while let Some(c) = next.take() {
                 match c {
-                    Cmd::Append(e, reply) => batch.push((e, reply)),
+                    Cmd::Append(s, reply) => batch.push((s, reply)),
                     Cmd::Shutdown(done) => stop = Some(done),
                 }
                 if batch.len() < MAX_BATCH && stop.is_none() {
@@ -186,7 +182,7 @@ impl Writer {
                 let rest: Vec<_> = rx
                     .try_iter()
                     .filter_map(|c| match c {
-                        Cmd::Append(e, r) => Some((e, r)),
+                        Cmd::Append(s, r) => Some((s, r)),
                         Cmd::Shutdown(_) => None,
                     })
                     .collect();
@@ -232,63 +228,71 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole batch; every waiter learns the outcome.
-    fn commit(&mut self, mut batch: Vec<(Entry, Option<super::Reply>)>) {
+    /// One row and one transaction for the whole batch; every waiter
+    /// learns the outcome.
+    fn commit(&mut self, mut batch: Vec<(Sealed, Option<super::Reply>)>) {
         let started = Instant::now();
         let n = batch.len() as u64;
         // Until the tail's marker is durable nothing else may be signed: a
         // signature without it before would vouch for the tail.
         let marker = self.tail.is_some();
         if let Some((from, to)) = self.tail {
-            batch.insert(0, (super::entry::UnvouchedData::entry(from, to), None));
+            let e = super::entry::UnvouchedData::entry(from, to);
+            batch.insert(0, (Sealed::of(e), None));
         }
-        let (mut next, mut prev, mut ts) = (self.next, self.prev, self.last_ts);
-        let result = (|| -> rusqlite::Result<Vec<u64>> {
+        if batch.is_empty() {
+            return;
+        }
+        let first_seq = self.next;
+        let (mut prev, mut ts) = (self.prev, self.last_ts);
+        let first_ts = ts.max(Jobs::now_ms());
+        let size: usize = batch.iter().map(|(s, _)| s.bytes.len() + 12).sum();
+        let mut records = Vec::with_capacity(size);
+        for (seq, (s, _)) in (first_seq..).zip(&batch) {
+            // Never backwards (a clock step): `--since` bisects on it.
+            ts = ts.max(Jobs::now_ms());
+            seal::append(&mut records, ts, &s.bytes);
+            prev = chain::link(&prev, seq, ts, &s.digest);
+        }
+        let last_seq = first_seq + batch.len() as u64 - 1;
+        // The head this commit makes durable, signed in the same row: no
+        // moment where it is on disk unsigned.
+        let c = chain::sign(&self.key, last_seq, prev);
+        let row = Batch {
+            first_seq,
+            last_seq,
+            first_ts,
+            last_ts: ts,
+            records,
+            head: prev,
+            sig: Some(c.sig.clone()),
+        };
+        let result = (|| -> rusqlite::Result<()> {
             let tx = self.db.transaction()?;
-            let mut seqs = Vec::with_capacity(batch.len());
-            let zstd = &mut self.zstd;
-            for (e, _) in batch.iter_mut() {
-                // Never backwards (a clock step): `--since` bisects on it.
-                ts = ts.max(Jobs::now_ms());
-                let r = Record {
-                    seq: next,
-                    ts_ms: ts,
-                    kind: e.kind.to_string(),
-                    session: std::mem::take(&mut e.session),
-                    data: std::mem::take(&mut e.data),
-                    req_body: e.req_body.as_deref().map(|b| compress(zstd, b)),
-                    resp_body: e.resp_body.as_deref().map(|b| compress(zstd, b)),
-                };
-                let h = r.hash(&prev);
-                store::insert(&tx, &r, &h)?;
-                seqs.push(next);
-                prev = h;
-                next += 1;
+            store::insert_batch(&tx, &row)?;
+            let mut sessions: Vec<&str> = batch
+                .iter()
+                .map(|(s, _)| s.session.as_str())
+                .filter(|s| !s.is_empty())
+                .collect();
+            sessions.sort_unstable();
+            sessions.dedup();
+            for s in sessions {
+                store::insert_session(&tx, s, first_seq)?;
             }
-            // The head this commit makes durable, signed in the same
-            // transaction: no moment where it is on disk unsigned. The
-            // previous head signature is implied by this one and goes,
-            // unless a checkpoint keeps it.
-            let c = chain::sign(&self.key, next - 1, prev);
-            store::insert_checkpoint(&tx, &c, ts)?;
-            if let Some(old) = self.unkept {
-                store::delete_checkpoint(&tx, old)?;
-            }
-            tx.commit()?;
-            Ok(seqs)
+            tx.commit()
         })();
         self.stats.queued.fetch_sub(n, Ordering::Relaxed);
         match result {
-            Ok(mut seqs) => {
+            Ok(()) => {
                 if marker {
                     self.tail = None;
-                    seqs.remove(0);
                     batch.remove(0);
                 }
-                self.next = next;
+                self.next = last_seq + 1;
                 self.prev = prev;
                 self.last_ts = ts;
-                self.unkept = Some(next - 1);
+                self.unkept = Some((c, ts));
                 self.stats
                     .records
                     .fetch_add(n + marker as u64, Ordering::Relaxed);
@@ -296,7 +300,8 @@ impl Writer {
                 let us = started.elapsed().as_micros() as u64;
                 self.stats.last_commit_us.store(us, Ordering::Relaxed);
                 self.stats.commit_us.fetch_add(us, Ordering::Relaxed);
-                for ((_, reply), seq) in batch.into_iter().zip(seqs) {
+                let first = first_seq + marker as u64;
+                for (seq, (_, reply)) in (first..).zip(batch) {
                     if let Some(r) = reply {
                         let _ = r.send(Ok(seq));
                     }
@@ -318,16 +323,20 @@ impl Writer {
         }
     }
 
-    /// Keeps the current head's signature as a checkpoint (no later commit
-    /// removes it) and logs its hash: the journal's copy is an anchor
-    /// outside the database.
+    /// Keeps the current head's signature as a checkpoint (retention never
+    /// removes it with its batch) and logs its hash: the journal's copy is
+    /// an anchor outside the database.
     fn keep_head(&mut self) {
-        let Some(seq) = self.unkept.take() else {
+        let Some((c, ts)) = self.unkept.take() else {
             return;
         };
+        if let Err(e) = store::insert_checkpoint(&self.db, &c, ts) {
+            tracing::error!(error = %e, seq = c.seq, "audit checkpoint not kept");
+            return;
+        }
         tracing::info!(
             target: "hoop::audit",
-            seq, hash = %hex::encode(self.prev), "audit checkpoint signed"
+            seq = c.seq, hash = %hex::encode(c.hash), "audit checkpoint signed"
         );
     }
 
@@ -355,8 +364,4 @@ impl Writer {
             }
         }
     }
-}
-
-fn compress(z: &mut zstd::bulk::Compressor<'static>, b: &[u8]) -> Vec<u8> {
-    z.compress(b).expect("zstd compresses into memory")
 }
