@@ -129,6 +129,15 @@ fn decode(mut b: &[u8]) -> Vec<Rec> {
     out
 }
 
+/// A record as a batch's blob holds it.
+pub fn encode(r: &Rec) -> Vec<u8> {
+    let bytes = r.bytes();
+    let mut out = r.ts_ms.to_be_bytes().to_vec();
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    out
+}
+
 /// Every batch from `from` on, in order.
 pub fn batches(db: &Path, from: u64) -> Vec<Batch> {
     let rows = sqlite(
@@ -201,10 +210,7 @@ pub fn rechain(db: &Path, from: u64, edit: impl Fn(u64, &mut Rec)) {
                 edit(seq, r);
             }
             prev = link(&prev, seq, r);
-            let bytes = r.bytes();
-            blob.extend_from_slice(&r.ts_ms.to_be_bytes());
-            blob.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            blob.extend_from_slice(&bytes);
+            blob.extend(encode(r));
         }
         sql += &format!(
             "UPDATE batches SET records = X'{}', head = X'{}' WHERE first_seq = {};",

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use hoop_tests::{Partner, TestEnv, Value, eventually};
+use hoop_tests::{
+    Partner, TestEnv, Value, eventually,
+    forge::{self, sqlite},
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
 
@@ -143,20 +146,6 @@ fn a_killed_daemon_loses_no_forwarded_request() {
     assert!(ok && !out.contains("not covered"), "{out}");
 }
 
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("the sqlite3 CLI is installed");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A recorded session: masked cards, a denied DELETE, a POST with a body.
 fn record_session(env: &mut TestEnv, partner: &Partner) -> String {
     env.start_daemon();
@@ -201,7 +190,7 @@ fn a_job_can_neither_read_nor_change_the_record() {
     let script = format!(
         "cd {} || exit 9
          for f in * ../run/jobs/*; do cat \"$f\" > /dev/null 2>&1 && echo \"READ $f\"; done
-         sqlite3 audit.db 'DELETE FROM records' 2> /dev/null && echo WROTE
+         sqlite3 audit.db 'DELETE FROM batches' 2> /dev/null && echo WROTE
          touch planted 2> /dev/null && echo PLANTED
          true",
         state.display()
@@ -258,61 +247,125 @@ fn tampering_with_a_copy_is_named_by_verify() {
         .unwrap_or_else(|| panic!("no head in {out}"))
         .to_string();
 
-    let response = sqlite(
-        &db,
-        "SELECT seq FROM records WHERE kind = 'response' AND resp_body IS NOT NULL LIMIT 1",
-    );
-    let refused = sqlite(
-        &db,
-        "SELECT seq FROM records WHERE kind = 'refused' LIMIT 1",
-    );
-    let last = sqlite(&db, "SELECT MAX(seq) FROM records");
+    let batches = forge::batches(&db, 0);
+    // The batch a record is in, and how verify names an edit in it.
+    let named = |first: u64, last: u64| match first == last {
+        true => format!("record {first}: its hash does not match"),
+        false => format!("records {first}..={last}: their hash does not match"),
+    };
+    let edited = |seq: u64| {
+        let b = batches
+            .iter()
+            .find(|b| (b.first_seq..=b.last_seq).contains(&seq))
+            .unwrap();
+        named(b.first_seq, b.last_seq)
+    };
+    let records = forge::records(&db);
+    let response = records
+        .iter()
+        .find(|(_, r)| r.kind() == "response" && r.fields[4].is_some())
+        .expect("a response with a body")
+        .0;
+    let refused = records
+        .iter()
+        .find(|(_, r)| r.kind() == "refused")
+        .expect("a refused request")
+        .0;
+    let last = sqlite(&db, "SELECT MAX(last_seq) FROM batches");
     let last_cp = sqlite(&db, "SELECT MAX(seq) FROM checkpoints");
-    assert_eq!(last, last_cp, "a clean stop signs the head");
+    assert_eq!(last, last_cp, "a clean stop keeps the head's signature");
     let n: u64 = last.parse().unwrap();
-    let cases = [
+    let second = &batches[1];
+    let third = &batches[2];
+    // Raw edits of a copy: in the record bytes (no re-chaining), or rows.
+    type Edit = Box<dyn Fn(&Path)>;
+    let blob_edit = |seq: u64, edit: fn(&mut forge::Rec)| -> Edit {
+        Box::new(move |copy: &Path| {
+            let b = forge::batches(copy, seq).into_iter().next().unwrap();
+            let mut sql = String::new();
+            let mut blob = Vec::new();
+            for (s, mut r) in (b.first_seq..).zip(b.records) {
+                if s == seq {
+                    edit(&mut r);
+                }
+                blob.extend(forge::encode(&r));
+            }
+            sql += &format!(
+                "UPDATE batches SET records = X'{}' WHERE first_seq = {}",
+                forge::hex(&blob),
+                b.first_seq
+            );
+            sqlite(copy, &sql);
+        })
+    };
+    let sql = |q: String| -> Edit { Box::new(move |copy: &Path| drop(sqlite(copy, &q))) };
+    let cases: Vec<(&str, Edit, String)> = vec![
         (
             "edit a body",
-            format!("UPDATE records SET resp_body = zeroblob(16) WHERE seq = {response}"),
-            format!("record {response}: its hash does not match"),
+            blob_edit(response, |r| {
+                let (_, b) = r.fields[4].as_mut().unwrap();
+                let end = b.len() - 1;
+                b[end] ^= 1;
+            }),
+            edited(response),
         ),
         (
             "edit a status",
+            blob_edit(refused, |r| {
+                let d = r.data().replace("\"status\":403", "\"status\":200");
+                assert!(d.contains("\"status\":200"), "{d}");
+                r.set_data(&d);
+            }),
+            edited(refused),
+        ),
+        (
+            "delete a batch",
+            sql(format!(
+                "DELETE FROM batches WHERE first_seq = {}",
+                second.first_seq
+            )),
             format!(
-                "UPDATE records SET data = json_set(data, '$.status', 200) WHERE seq = {refused}"
+                "record {} follows record {}",
+                third.first_seq,
+                second.first_seq - 1
             ),
-            format!("record {refused}: its hash does not match"),
         ),
         (
-            "delete a row",
-            "DELETE FROM records WHERE seq = 2".to_string(),
-            "record 3 follows record 1".to_string(),
-        ),
-        (
-            "reorder two rows",
-            "UPDATE records SET seq = -1 WHERE seq = 1; UPDATE records SET seq = 1 WHERE seq = 2; \
-             UPDATE records SET seq = 2 WHERE seq = -1"
-                .to_string(),
-            "record 1: its hash does not match".to_string(),
+            "reorder two batches",
+            sql(format!(
+                "UPDATE batches SET first_seq = -1 WHERE first_seq = {a}; \
+                 UPDATE batches SET first_seq = {a} WHERE first_seq = {b}; \
+                 UPDATE batches SET first_seq = {b} WHERE first_seq = -1",
+                a = second.first_seq,
+                b = third.first_seq
+            )),
+            // The row now at the second's place claims the third's end.
+            named(second.first_seq, third.last_seq),
         ),
         (
             "truncate the tail",
-            format!("DELETE FROM records WHERE seq > {}", n - 2),
-            format!(
-                "checkpoint at record {n}, but the log ends at record {}: records after it were removed",
-                n - 2
-            ),
+            sql(format!("DELETE FROM batches WHERE last_seq > {}", n - 2)),
+            format!("checkpoint at record {n}, but the log ends at record "),
         ),
         (
-            "replace the checkpoint signature",
-            format!("UPDATE checkpoints SET sig = randomblob(64) WHERE seq = {n}"),
+            "replace the kept signature",
+            sql(format!(
+                "UPDATE checkpoints SET sig = randomblob(64) WHERE seq = {n}"
+            )),
+            format!("checkpoint at record {n}: bad signature"),
+        ),
+        (
+            "replace the head's signature",
+            sql(format!(
+                "UPDATE batches SET sig = randomblob(64) WHERE last_seq = {n}"
+            )),
             format!("checkpoint at record {n}: bad signature"),
         ),
     ];
-    for (what, sql, expect) in cases {
+    for (what, edit, expect) in cases {
         let copy = env.dir.path().join("copy.db");
         std::fs::copy(&db, &copy).unwrap();
-        sqlite(&copy, &sql);
+        edit(&copy);
         let (ok, out) = verify(&copy);
         assert!(!ok, "{what}: verify passed:\n{out}");
         assert!(out.contains(&expect), "{what}: want {expect:?}:\n{out}");
@@ -347,13 +400,14 @@ fn tampering_with_a_copy_is_named_by_verify() {
     let seq: u64 = anchor.split(':').next().unwrap().parse().unwrap();
     let cut = env.dir.path().join("cut.db");
     std::fs::copy(&db, &cut).unwrap();
-    let kept = seq - 3;
     sqlite(
         &cut,
         &format!(
-            "DELETE FROM records WHERE seq > {kept}; DELETE FROM checkpoints WHERE seq > {kept}"
+            "DELETE FROM batches WHERE last_seq > {k}; DELETE FROM checkpoints WHERE seq > {k}",
+            k = seq - 3
         ),
     );
+    let kept = sqlite(&cut, "SELECT MAX(last_seq) FROM batches");
     // Intact (0, or 3 when no kept checkpoint is left at the cut: the
     // remaining records are then reported unsigned), not broken.
     let cut_code = code(&cut);
@@ -395,77 +449,6 @@ fn verify_code(env: &TestEnv, extra: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-/// The chain hash as the daemon computes it (audit/chain.rs), written out
-/// again here so that the test forges the way an outsider would.
-fn record_hash(prev: &[u8], seq: u64, ts: u64, fields: &[Option<Vec<u8>>]) -> Vec<u8> {
-    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
-    h.update(prev);
-    h.update(b"hoop-audit-record-v1");
-    h.update(&seq.to_be_bytes());
-    h.update(&ts.to_be_bytes());
-    for f in fields {
-        match f {
-            Some(b) => {
-                h.update(&[1]);
-                h.update(&(b.len() as u64).to_be_bytes());
-                h.update(b);
-            }
-            None => h.update(&[0]),
-        }
-    }
-    h.finish().as_ref().to_vec()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02X}")).collect()
-}
-
-/// Rewrites the JSON of records from `from` on with `edit` and re-chains
-/// them with the sqlite3 CLI: what someone who can write the file, but
-/// does not hold the key, can do.
-fn rechain(db: &Path, from: u64, edit: impl Fn(&str) -> String) {
-    let mut prev = unhex(&sqlite(
-        db,
-        &format!("SELECT hex(hash) FROM records WHERE seq = {}", from - 1),
-    ));
-    let rows = sqlite(
-        db,
-        &format!(
-            "SELECT seq, ts_ms, hex(kind), hex(session), hex(data), req_body IS NULL, hex(req_body), \
-             resp_body IS NULL, hex(resp_body) FROM records WHERE seq >= {from} ORDER BY seq"
-        ),
-    );
-    let mut sql = String::from("BEGIN;");
-    for row in rows.lines() {
-        let c: Vec<&str> = row.split('|').collect();
-        let (seq, ts): (u64, u64) = (c[0].parse().unwrap(), c[1].parse().unwrap());
-        let data = edit(&String::from_utf8(unhex(c[4])).unwrap()).into_bytes();
-        let body = |null: &str, hex: &str| (null == "0").then(|| unhex(hex));
-        let fields = [
-            Some(unhex(c[2])),
-            Some(unhex(c[3])),
-            Some(data.clone()),
-            body(c[5], c[6]),
-            body(c[7], c[8]),
-        ];
-        prev = record_hash(&prev, seq, ts, &fields);
-        sql += &format!(
-            "UPDATE records SET data = CAST(X'{}' AS TEXT), hash = X'{}' WHERE seq = {seq};",
-            hex(&data),
-            hex(&prev)
-        );
-    }
-    sql += "COMMIT;";
-    sqlite(db, &sql);
-}
-
 /// Every commit is signed, so a SIGKILL leaves nothing unsigned. A tail
 /// after the last signature (here: what an older hoop killed before its
 /// checkpoint left, edited and re-chained) is reported by verify as
@@ -492,16 +475,26 @@ fn a_previous_runs_unsigned_tail_is_reported_and_never_signed() {
     let (code, out) = verify_code(&env, &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("every record is signed"), "{out}");
-    let last: u64 = sqlite(&db, "SELECT MAX(seq) FROM records").parse().unwrap();
+    let last: u64 = sqlite(&db, "SELECT MAX(last_seq) FROM batches")
+        .parse()
+        .unwrap();
     assert!(last > kept + 3, "the second run recorded its requests");
 
-    sqlite(&db, &format!("DELETE FROM checkpoints WHERE seq > {kept}"));
-    rechain(&db, kept + 1, |d| d.replace("run=2", "run=9"));
-    let forged = sqlite(
+    sqlite(
         &db,
-        "SELECT COUNT(*) FROM records WHERE json_extract(data, '$.url') LIKE '%run=9'",
+        &format!(
+            "DELETE FROM checkpoints WHERE seq > {kept}; UPDATE batches SET sig = NULL WHERE first_seq > {kept}"
+        ),
     );
-    assert_eq!(forged, "3", "the forgery took");
+    forge::rechain(&db, kept + 1, |_, r| {
+        let d = r.data().replace("run=2", "run=9");
+        r.set_data(&d);
+    });
+    let forged = forge::records(&db)
+        .iter()
+        .filter(|(_, r)| r.kind() == "request" && r.data().contains("run=9"))
+        .count();
+    assert_eq!(forged, 3, "the forgery took");
     let n = last - kept;
     let (code, out) = verify_code(&env, &[]);
     assert_eq!(code, Some(3), "{out}");
@@ -520,17 +513,25 @@ fn a_previous_runs_unsigned_tail_is_reported_and_never_signed() {
     env.stop_daemon();
     let signed_tail = sqlite(
         &db,
-        &format!("SELECT COUNT(*) FROM checkpoints WHERE seq > {kept} AND seq <= {last}"),
-    );
-    assert_eq!(signed_tail, "0", "the next start signed the tail");
-    let declared = sqlite(
-        &db,
         &format!(
-            "SELECT kind, json_extract(data, '$.from'), json_extract(data, '$.to') FROM records WHERE seq = {}",
-            last + 1
+            "SELECT (SELECT COUNT(*) FROM checkpoints WHERE seq > {kept} AND seq <= {last}) + \
+             (SELECT COUNT(*) FROM batches WHERE sig IS NOT NULL AND last_seq > {kept} AND last_seq <= {last})"
         ),
     );
-    assert_eq!(declared, format!("unvouched|{}|{last}", kept + 1));
+    assert_eq!(signed_tail, "0", "the next start signed the tail");
+    let (_, declared) = forge::records(&db)
+        .into_iter()
+        .find(|(seq, _)| *seq == last + 1)
+        .unwrap();
+    let d: Value = serde_json::from_str(&declared.data()).unwrap();
+    assert_eq!(
+        (
+            declared.kind().as_str(),
+            d["from"].as_u64(),
+            d["to"].as_u64()
+        ),
+        ("unvouched", Some(kept + 1), Some(last))
+    );
     let (code, out) = verify_code(&env, &[]);
     assert_eq!(code, Some(3), "{out}");
     assert!(
@@ -543,7 +544,9 @@ fn a_previous_runs_unsigned_tail_is_reported_and_never_signed() {
     );
     let (_, json) = verify_code(&env, &["--json"]);
     let r: Value = serde_json::from_str(&json).unwrap();
-    let end: u64 = sqlite(&db, "SELECT MAX(seq) FROM records").parse().unwrap();
+    let end: u64 = sqlite(&db, "SELECT MAX(last_seq) FROM batches")
+        .parse()
+        .unwrap();
     assert!(end > last + 1, "the third run recorded");
     assert_eq!(r["signed_through"], end, "{json}");
     assert_eq!(r["unsigned_tail"], Value::Null, "{json}");

@@ -2,7 +2,7 @@
 //! them: under `hoop run`, a job holding its share of connections has its
 //! next connect reset before a byte is read, on record with the reason
 //! `connection-limit`, while another job still gets through.
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use hoop_tests::{TestEnv, Upstream, eventually};
 
@@ -48,15 +48,16 @@ fn a_job_over_its_cap_is_reset_and_another_job_gets_through() {
     // On record, with its reason.
     let db = env.dir.path().join("state/audit.db");
     let recorded = eventually(Duration::from_secs(3), || {
-        let out = Command::new("sqlite3")
-            .arg(&db)
-            .arg(
-                "select count(*) from records where kind = 'connect-denied' \
-                 and data like '%connection-limit%'",
-            )
+        let out = env
+            .hoop()
+            .args(["export", "jsonl", "--db", db.to_str().unwrap()])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "1"
+        let refused = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"connect-denied\"") && l.contains("connection-limit"))
+            .count();
+        refused == 1
     });
     assert!(recorded, "the refusal is not on record once");
 }

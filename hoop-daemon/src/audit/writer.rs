@@ -245,12 +245,12 @@ impl Writer {
         }
         let first_seq = self.next;
         let (mut prev, mut ts) = (self.prev, self.last_ts);
-        let first_ts = ts.max(Jobs::now_ms());
+        // One clock reading for the batch: its records were committed
+        // together. Never backwards (a clock step): `--since` bisects on it.
+        ts = ts.max(Jobs::now_ms());
         let size: usize = batch.iter().map(|(s, _)| s.bytes.len() + 12).sum();
         let mut records = Vec::with_capacity(size);
         for (seq, (s, _)) in (first_seq..).zip(&batch) {
-            // Never backwards (a clock step): `--since` bisects on it.
-            ts = ts.max(Jobs::now_ms());
             seal::append(&mut records, ts, &s.bytes);
             prev = chain::link(&prev, seq, ts, &s.digest);
         }
@@ -261,7 +261,7 @@ impl Writer {
         let row = Batch {
             first_seq,
             last_seq,
-            first_ts,
+            first_ts: ts,
             last_ts: ts,
             records,
             head: prev,
