@@ -7,7 +7,8 @@ use std::{
     process::{Command, Stdio},
 };
 
-/// One row of `batches`, its records decoded.
+/// One row of `batches`, its records unpacked and decoded; edits are
+/// written back unpacked (codec 0).
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub first_seq: u64,
@@ -18,11 +19,11 @@ pub struct Batch {
 }
 
 /// A record: its time and its five fields (kind, session, data, request
-/// body, response body) as stored: `(tag, bytes)`, tag 1 raw, 2 zstd.
+/// body, response body).
 #[derive(Debug, Clone)]
 pub struct Rec {
     pub ts_ms: u64,
-    pub fields: Vec<Option<(u8, Vec<u8>)>>,
+    pub fields: Vec<Option<Vec<u8>>>,
 }
 
 impl Rec {
@@ -34,18 +35,13 @@ impl Rec {
         self.text(2)
     }
 
-    /// Field `i` as text, decompressed.
+    /// Field `i` as text.
     pub fn text(&self, i: usize) -> String {
-        match &self.fields[i] {
-            Some((1, b)) => String::from_utf8(b.clone()).unwrap(),
-            Some((2, b)) => String::from_utf8(zstd::decode_all(&b[..]).unwrap()).unwrap(),
-            other => panic!("field {i}: {other:?}"),
-        }
+        String::from_utf8(self.fields[i].clone().expect("a field")).unwrap()
     }
 
-    /// Replaces the data, stored raw.
     pub fn set_data(&mut self, data: &str) {
-        self.fields[2] = Some((1, data.as_bytes().to_vec()));
+        self.fields[2] = Some(data.as_bytes().to_vec());
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -53,8 +49,8 @@ impl Rec {
         for f in &self.fields {
             match f {
                 None => out.push(0),
-                Some((tag, b)) => {
-                    out.push(*tag);
+                Some(b) => {
+                    out.push(1);
                     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
                     out.extend_from_slice(b);
                 }
@@ -120,7 +116,7 @@ fn decode(mut b: &[u8]) -> Vec<Rec> {
                 r = &r[1..];
             } else {
                 let n = be(&r[1..5]) as usize;
-                fields.push(Some((tag, r[5..5 + n].to_vec())));
+                fields.push(Some(r[5..5 + n].to_vec()));
                 r = &r[5 + n..];
             }
         }
@@ -143,7 +139,7 @@ pub fn batches(db: &Path, from: u64) -> Vec<Batch> {
     let rows = sqlite(
         db,
         &format!(
-            "SELECT first_seq, last_seq, hex(records), hex(head), sig IS NOT NULL FROM batches \
+            "SELECT first_seq, last_seq, codec, hex(records), hex(head), sig IS NOT NULL FROM batches \
              WHERE last_seq >= {from} ORDER BY first_seq"
         ),
     );
@@ -151,12 +147,19 @@ pub fn batches(db: &Path, from: u64) -> Vec<Batch> {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let c: Vec<&str> = l.split('|').collect();
+            // Codec 1: the batch's records zstd-compressed together.
+            let stored = unhex(c[3]);
+            let records = match c[2] {
+                "0" => stored,
+                "1" => zstd::decode_all(&stored[..]).unwrap(),
+                other => panic!("codec {other}"),
+            };
             Batch {
                 first_seq: c[0].parse().unwrap(),
                 last_seq: c[1].parse().unwrap(),
-                records: decode(&unhex(c[2])),
-                head: unhex(c[3]),
-                signed: c[4] == "1",
+                records: decode(&records),
+                head: unhex(c[4]),
+                signed: c[5] == "1",
             }
         })
         .collect()
@@ -213,7 +216,7 @@ pub fn rechain(db: &Path, from: u64, edit: impl Fn(u64, &mut Rec)) {
             blob.extend(encode(r));
         }
         sql += &format!(
-            "UPDATE batches SET records = X'{}', head = X'{}' WHERE first_seq = {};",
+            "UPDATE batches SET codec = 0, records = X'{}', head = X'{}' WHERE first_seq = {};",
             hex(&blob),
             hex(&prev),
             b.first_seq

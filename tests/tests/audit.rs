@@ -291,7 +291,7 @@ fn tampering_with_a_copy_is_named_by_verify() {
                 blob.extend(forge::encode(&r));
             }
             sql += &format!(
-                "UPDATE batches SET records = X'{}' WHERE first_seq = {}",
+                "UPDATE batches SET codec = 0, records = X'{}' WHERE first_seq = {}",
                 forge::hex(&blob),
                 b.first_seq
             );
@@ -303,7 +303,7 @@ fn tampering_with_a_copy_is_named_by_verify() {
         (
             "edit a body",
             blob_edit(response, |r| {
-                let (_, b) = r.fields[4].as_mut().unwrap();
+                let b = r.fields[4].as_mut().unwrap();
                 let end = b.len() - 1;
                 b[end] ^= 1;
             }),

@@ -109,7 +109,11 @@ fn scan(
                 }
             },
         };
-        for (seq, rec) in (b.first_seq..).zip(seal::split(&b.records)) {
+        let Ok(records) = seal::unpack(b.codec, &b.records) else {
+            head = None;
+            return true;
+        };
+        for (seq, rec) in (b.first_seq..).zip(seal::split(&records)) {
             let Ok((ts, bytes)) = rec else { break };
             prev = chain::link(&prev, seq, ts, &seal::digest(bytes));
             if seq < since || ts < min_ts {

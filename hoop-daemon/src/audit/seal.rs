@@ -1,30 +1,34 @@
-//! A record's stored bytes, made on the request's task: the writer only
-//! numbers, chains and appends them. The bytes are also what the chain
-//! hashes, so reading a record back never re-serialises anything.
+//! A record's stored bytes, made and hashed on the request's task: the
+//! writer only numbers, chains and appends them. The bytes are also what
+//! the chain hashes, so reading a record back never re-serialises anything.
 //!
 //! A record is five fields in order (kind, session, data, request body,
 //! response body), each `tag: u8` then, unless the tag is 0 (absent),
-//! `len: u32 BE` and `len` bytes. Tag 1 is the value as it is; tag 2 is
-//! the value zstd-compressed (only when that is smaller: tiny values are
-//! never compressed). In a batch, each record is `ts_ms: u64 BE`,
-//! `len: u32 BE`, then its bytes; its seq is the batch's first plus its
-//! place. `docs/audit.md` has the same, for tools outside hoop.
-use std::{cell::RefCell, io::Read};
+//! `len: u32 BE` and `len` bytes (tag 1). In a batch, each record is
+//! `ts_ms: u64 BE`, `len: u32 BE`, then its bytes; its seq is the batch's
+//! first plus its place. A batch's records are compressed together
+//! ([`pack`]): records of one commit share most of their keys, headers and
+//! identities, which compressing each value alone could not exploit.
+//! `docs/audit.md` has the same, for tools outside hoop.
+use std::{borrow::Cow, io::Read};
 
 use super::Entry;
 
-/// Smaller values are stored as they are: zstd's frame would outweigh
-/// what it saves, and the call costs more than the copy.
-const MIN_COMPRESS: usize = 128;
-/// Fast: compression runs on the request's task.
+/// Smaller batches are stored as they are: zstd's frame would outweigh
+/// what it saves.
+const MIN_COMPRESS: usize = 256;
+/// Fast: the writer compresses every batch.
 const ZSTD_LEVEL: i32 = 1;
-/// A decompressed value never exceeds this: a forged blob can't exhaust
+/// A decompressed batch never exceeds this: a forged blob can't exhaust
 /// memory.
-const MAX_VALUE: u64 = 256 << 20;
+const MAX_BATCH_BYTES: u64 = 1 << 30;
 
 const ABSENT: u8 = 0;
-const RAW: u8 = 1;
-const ZSTD: u8 = 2;
+const PRESENT: u8 = 1;
+
+/// How a batch's records are stored (`batches.codec`).
+pub const CODEC_RAW: u8 = 0;
+pub const CODEC_ZSTD: u8 = 1;
 
 /// One record, ready to append: its bytes and their digest.
 #[derive(Debug)]
@@ -34,10 +38,6 @@ pub struct Sealed {
     pub session: String,
     pub bytes: Vec<u8>,
     pub digest: [u8; 32],
-}
-
-thread_local! {
-    static ZSTD_CX: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
 impl Sealed {
@@ -81,30 +81,47 @@ fn put(out: &mut Vec<u8>, field: Option<&[u8]>) {
         out.push(ABSENT);
         return;
     };
-    if v.len() >= MIN_COMPRESS
-        && let Some(z) = compress(v)
-        && z.len() < v.len()
-    {
-        frame(out, ZSTD, &z);
-    } else {
-        frame(out, RAW, v);
-    }
-}
-
-fn frame(out: &mut Vec<u8>, tag: u8, v: &[u8]) {
-    out.push(tag);
+    out.push(PRESENT);
     out.extend_from_slice(&(v.len() as u32).to_be_bytes());
     out.extend_from_slice(v);
 }
 
-fn compress(v: &[u8]) -> Option<Vec<u8>> {
-    ZSTD_CX.with(|cx| {
-        let mut cx = cx.borrow_mut();
-        if cx.is_none() {
-            *cx = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+/// The writer's compressor, kept across batches.
+pub struct Packer(zstd::bulk::Compressor<'static>);
+
+impl Packer {
+    pub fn new() -> std::io::Result<Self> {
+        zstd::bulk::Compressor::new(ZSTD_LEVEL).map(Self)
+    }
+
+    /// A batch's records as stored: `(codec, bytes)`, compressed when that
+    /// is smaller.
+    pub fn pack(&mut self, records: Vec<u8>) -> (u8, Vec<u8>) {
+        if records.len() >= MIN_COMPRESS
+            && let Ok(z) = self.0.compress(&records)
+            && z.len() < records.len()
+        {
+            return (CODEC_ZSTD, z);
         }
-        cx.as_mut()?.compress(v).ok()
-    })
+        (CODEC_RAW, records)
+    }
+}
+
+/// A batch's records as [`append`] laid them out.
+pub fn unpack(codec: u8, stored: &[u8]) -> Result<Cow<'_, [u8]>, Malformed> {
+    match codec {
+        CODEC_RAW => Ok(Cow::Borrowed(stored)),
+        CODEC_ZSTD => {
+            let mut out = Vec::new();
+            zstd::stream::Decoder::new(stored)
+                .map_err(|_| Malformed)?
+                .take(MAX_BATCH_BYTES)
+                .read_to_end(&mut out)
+                .map_err(|_| Malformed)?;
+            Ok(Cow::Owned(out))
+        }
+        _ => Err(Malformed),
+    }
 }
 
 /// A stored record that does not parse: only an edit makes one.
@@ -112,7 +129,7 @@ fn compress(v: &[u8]) -> Option<Vec<u8>> {
 #[error("malformed record bytes")]
 pub struct Malformed;
 
-/// A record's fields, decoded (decompressed).
+/// A record's fields, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fields {
     pub kind: String,
@@ -123,7 +140,7 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// The stored bytes of these fields (compressed where worth it).
+    /// The stored bytes of these fields.
     pub fn encode(&self) -> Vec<u8> {
         encode([
             Some(self.kind.as_bytes()),
@@ -147,8 +164,7 @@ pub fn fields(mut b: &[u8]) -> Result<Fields, Malformed> {
         let v = rest.get(..len).ok_or(Malformed)?;
         b = &rest[len..];
         match tag {
-            RAW => Ok(Some(v.to_vec())),
-            ZSTD => decompress(v).map(Some),
+            PRESENT => Ok(Some(v.to_vec())),
             _ => Err(Malformed),
         }
     };
@@ -166,8 +182,8 @@ pub fn fields(mut b: &[u8]) -> Result<Fields, Malformed> {
     Ok(f)
 }
 
-/// The kind alone (the first field, never compressed): what a walk over
-/// the chain needs without decoding the rest.
+/// The kind alone (the first field): what a walk over the chain needs
+/// without decoding the rest.
 pub fn kind(b: &[u8]) -> Result<&str, Malformed> {
     let (&tag, rest) = b.split_first().ok_or(Malformed)?;
     let (len, rest) = rest.split_first_chunk::<4>().ok_or(Malformed)?;
@@ -175,19 +191,9 @@ pub fn kind(b: &[u8]) -> Result<&str, Malformed> {
         .get(..u32::from_be_bytes(*len) as usize)
         .ok_or(Malformed)?;
     match tag {
-        RAW => std::str::from_utf8(v).map_err(|_| Malformed),
+        PRESENT => std::str::from_utf8(v).map_err(|_| Malformed),
         _ => Err(Malformed),
     }
-}
-
-fn decompress(v: &[u8]) -> Result<Vec<u8>, Malformed> {
-    let mut out = Vec::new();
-    zstd::stream::Decoder::new(v)
-        .map_err(|_| Malformed)?
-        .take(MAX_VALUE)
-        .read_to_end(&mut out)
-        .map_err(|_| Malformed)?;
-    Ok(out)
 }
 
 /// Appends a numbered record to a batch's blob.
@@ -260,14 +266,34 @@ mod tests {
     }
 
     #[test]
-    fn only_values_worth_it_are_compressed() {
-        let data = "{\"status\":200}";
-        let small = Sealed::of(entry(data, Some(b"ok")));
-        let raw = (5 + "response".len()) + (5 + "job-1".len()) + (5 + data.len()) + 1 + (5 + 2);
-        assert_eq!(small.bytes.len(), raw, "tiny values stay raw");
-        let big = "{\"k\":\"".to_string() + &"v".repeat(2000) + "\"}";
-        let s = Sealed::of(entry(&big, None));
-        assert!(s.bytes.len() < 200, "{} bytes", s.bytes.len());
+    fn a_batch_is_compressed_when_worth_it() {
+        let mut p = Packer::new().unwrap();
+        let mut blob = Vec::new();
+        append(&mut blob, 1, &Sealed::of(entry("{}", None)).bytes);
+        let (codec, small) = p.pack(blob.clone());
+        assert_eq!((codec, &small), (CODEC_RAW, &blob), "tiny batches stay raw");
+        for n in 0..50 {
+            let data = format!("{{\"status\":200,\"n\":{n},\"host\":\"api.partner.example\"}}");
+            append(
+                &mut blob,
+                n,
+                &Sealed::of(entry(&data, Some(b"hello"))).bytes,
+            );
+        }
+        let (codec, packed) = p.pack(blob.clone());
+        assert_eq!(codec, CODEC_ZSTD);
+        assert!(
+            packed.len() * 4 < blob.len(),
+            "{} of {}",
+            packed.len(),
+            blob.len()
+        );
+        assert_eq!(unpack(codec, &packed).unwrap(), &blob[..]);
+        assert_eq!(
+            unpack(CODEC_ZSTD, &packed[..packed.len() / 2]),
+            Err(Malformed)
+        );
+        assert_eq!(unpack(7, &packed), Err(Malformed));
     }
 
     #[test]

@@ -42,6 +42,7 @@ const MIGRATIONS: [&str; 2] = [
         last_seq INTEGER NOT NULL,
         first_ts INTEGER NOT NULL,
         last_ts INTEGER NOT NULL,
+        codec INTEGER NOT NULL,
         records BLOB NOT NULL,
         head BLOB NOT NULL,
         sig BLOB
@@ -178,7 +179,9 @@ pub struct Batch {
     pub last_seq: u64,
     pub first_ts: u64,
     pub last_ts: u64,
-    /// The records, as [`super::seal::append`] lays them out.
+    /// How `records` is stored ([`super::seal::unpack`]).
+    pub codec: u8,
+    /// The records, as [`super::seal::append`] lays them out, packed.
     pub records: Vec<u8>,
     /// The chain's hash after `last_seq`.
     pub head: [u8; 32],
@@ -197,7 +200,7 @@ impl Batch {
     }
 }
 
-const BATCH_COLUMNS: &str = "first_seq, last_seq, first_ts, last_ts, records, head, sig";
+const BATCH_COLUMNS: &str = "first_seq, last_seq, first_ts, last_ts, codec, records, head, sig";
 
 fn batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<Batch> {
     Ok(Batch {
@@ -205,22 +208,24 @@ fn batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<Batch> {
         last_seq: r.get::<_, i64>(1)? as u64,
         first_ts: r.get::<_, i64>(2)? as u64,
         last_ts: r.get::<_, i64>(3)? as u64,
-        records: r.get(4)?,
-        head: hash32(r.get(5)?),
-        sig: r.get(6)?,
+        codec: r.get(4)?,
+        records: r.get(5)?,
+        head: hash32(r.get(6)?),
+        sig: r.get(7)?,
     })
 }
 
 pub fn insert_batch(db: &Connection, b: &Batch) -> rusqlite::Result<()> {
     db.prepare_cached(
-        "INSERT INTO batches (first_seq, last_seq, first_ts, last_ts, records, head, sig)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO batches (first_seq, last_seq, first_ts, last_ts, codec, records, head, sig)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         b.first_seq as i64,
         b.last_seq as i64,
         b.first_ts as i64,
         b.last_ts as i64,
+        b.codec,
         b.records,
         &b.head[..],
         b.sig
@@ -500,6 +505,25 @@ pub fn last_signed_seq(db: &Connection) -> rusqlite::Result<Option<u64>> {
         false => None,
     };
     Ok(kept.max(batch))
+}
+
+/// The signature a batch ending at `seq` carries, if any.
+pub fn batch_signature(db: &Connection, seq: u64) -> rusqlite::Result<Option<Checkpoint>> {
+    if !batched(db)? {
+        return Ok(None);
+    }
+    db.query_row(
+        "SELECT head, sig FROM batches WHERE last_seq = ?1 AND sig IS NOT NULL",
+        [seq as i64],
+        |r| {
+            Ok(Checkpoint {
+                seq,
+                hash: hash32(r.get(0)?),
+                sig: r.get(1)?,
+            })
+        },
+    )
+    .optional()
 }
 
 pub fn meta(db: &Connection, key: &str) -> rusqlite::Result<Option<String>> {

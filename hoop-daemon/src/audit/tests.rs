@@ -48,16 +48,17 @@ fn exec(db: &Path, sql: &str) {
 /// without touching its head or signature: a raw edit of the file.
 fn edit_blob(db: &Path, first_seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let mut blob: Vec<u8> = conn
+    let (codec, stored): (u8, Vec<u8>) = conn
         .query_row(
-            "SELECT records FROM batches WHERE first_seq = ?1",
+            "SELECT codec, records FROM batches WHERE first_seq = ?1",
             [first_seq as i64],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
+    let mut blob = seal::unpack(codec, &stored).unwrap().into_owned();
     edit(&mut blob);
     conn.execute(
-        "UPDATE batches SET records = ?1 WHERE first_seq = ?2",
+        "UPDATE batches SET codec = 0, records = ?1 WHERE first_seq = ?2",
         rusqlite::params![blob, first_seq as i64],
     )
     .unwrap();
@@ -449,7 +450,9 @@ fn rechain(db: &Path, from: u64, edit: impl Fn(u64, &mut seal::Fields)) {
     .unwrap();
     for b in batches {
         let mut blob = Vec::new();
-        for (seq, r) in (b.first_seq..).zip(seal::split(&b.records)) {
+        for (seq, r) in
+            (b.first_seq..).zip(seal::split(&seal::unpack(b.codec, &b.records).unwrap()))
+        {
             let (ts, bytes) = r.unwrap();
             let mut f = seal::fields(bytes).unwrap();
             edit(seq, &mut f);
@@ -458,7 +461,7 @@ fn rechain(db: &Path, from: u64, edit: impl Fn(u64, &mut seal::Fields)) {
             prev = chain::link(&prev, seq, ts, &seal::digest(&bytes));
         }
         conn.execute(
-            "UPDATE batches SET records = ?1, head = ?2 WHERE first_seq = ?3",
+            "UPDATE batches SET codec = 0, records = ?1, head = ?2 WHERE first_seq = ?3",
             rusqlite::params![blob, &prev[..], b.first_seq as i64],
         )
         .unwrap();
@@ -618,6 +621,7 @@ fn plant_declaration(db: &Path, from: u64) {
         last_seq: seq + 1,
         first_ts: ts,
         last_ts: ts,
+        codec: seal::CODEC_RAW,
         records,
         head: chain::link(&prev, seq + 1, ts, &s.digest),
         sig: None,
@@ -636,6 +640,7 @@ fn since_bisects_batches_too() {
             last_seq: last,
             first_ts,
             last_ts,
+            codec: seal::CODEC_RAW,
             records: Vec::new(),
             head: [0; 32],
             sig: None,
@@ -800,12 +805,17 @@ proptest::proptest! {
         }
         drop(conn);
         if n > 0 {
-            // Flip one byte of one batch's record bytes.
+            // Flip one byte of one batch's records (as stored once
+            // unpacked: a change of zstd's framing that decodes to the same
+            // records changes no record).
             let conn = rusqlite::Connection::open(&db).unwrap();
             let blobs: Vec<(i64, Vec<u8>)> = conn
-                .prepare("SELECT first_seq, records FROM batches ORDER BY first_seq")
+                .prepare("SELECT first_seq, codec, records FROM batches ORDER BY first_seq")
                 .unwrap()
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map([], |r| {
+                    let b: Vec<u8> = r.get(2)?;
+                    Ok((r.get(0)?, seal::unpack(r.get(1)?, &b).unwrap().into_owned()))
+                })
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
@@ -820,7 +830,7 @@ proptest::proptest! {
             }).unwrap();
             blob[at] ^= 0x20;
             conn.execute(
-                "UPDATE batches SET records = ?1 WHERE first_seq = ?2",
+                "UPDATE batches SET codec = 0, records = ?1 WHERE first_seq = ?2",
                 rusqlite::params![blob, first],
             ).unwrap();
             drop(conn);
@@ -828,4 +838,23 @@ proptest::proptest! {
             proptest::prop_assert!(!r.ok(), "a flipped byte at {} of batch {} passed", at, first);
         }
     }
+}
+
+/// An appended batch with a signature that is not the key's: the next
+/// start refuses to sign over it.
+#[tokio::test]
+async fn a_writer_refuses_to_go_on_from_a_forged_signature() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "", 0..3).await;
+    let db = d.path().join(DB_FILE);
+    plant_declaration(&db, 0);
+    exec(
+        &db,
+        "UPDATE batches SET sig = zeroblob(64) WHERE first_seq = 3",
+    );
+    let e = Audit::start(&config(""), d.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("checkpoint at record 3: bad signature"), "{e}");
 }

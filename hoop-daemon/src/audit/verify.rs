@@ -249,8 +249,10 @@ impl Walk<'_> {
                 last: b.last_seq,
             },
         };
+        let records = seal::unpack(b.codec, &b.records)
+            .map_err(|_| Broken::UnreadableRecord { seq: b.first_seq })?;
         let mut times = None;
-        for (seq, rec) in (b.first_seq..).zip(seal::split(&b.records)) {
+        for (seq, rec) in (b.first_seq..).zip(seal::split(&records)) {
             let (ts, bytes) = rec.map_err(|_| Broken::UnreadableRecord { seq })?;
             let kind = seal::kind(bytes).map_err(|_| Broken::UnreadableRecord { seq })?;
             if seq > b.last_seq {
@@ -338,7 +340,16 @@ fn walk_rows(
         }
         None => (GENESIS, 0),
         Some(0) => (GENESIS, 0),
-        Some(f) if from.is_some() => (store::hash_before(db, f)?, f),
+        Some(f) if from.is_some() => {
+            // The writer's start: the signature it goes on from must be
+            // its key's, or it would sign over whatever precedes it.
+            if let Some(c) = store::batch_signature(db, f - 1)?
+                && let Err(b) = chain::check(w.pubkey, &c, None)
+            {
+                return Ok(Err(b));
+            }
+            (store::hash_before(db, f)?, f)
+        }
         Some(f) => match w.cps.get(&(f - 1)) {
             Some(c) => (c.hash, f),
             None => return Ok(Err(Broken::Unanchored { first: f })),

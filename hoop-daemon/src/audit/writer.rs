@@ -23,13 +23,16 @@ use rusqlite::Connection;
 use super::{
     AuditError, Cmd, StartError, Stats,
     chain::{self, Checkpoint, GENESIS},
-    seal::{self, Sealed},
+    seal::{self, Packer, Sealed},
     store::{self, Batch},
 };
 use crate::jobs::Jobs;
 
 /// At most this many entries per transaction: bounds a commit's latency.
 const MAX_BATCH: usize = 1024;
+/// How long a record nobody waits on may wait for company before it is
+/// committed alone.
+const LAZY: Duration = Duration::from_millis(10);
 /// How often retention looks for records to prune.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -40,6 +43,7 @@ pub struct Writer {
     pub stats: Arc<Stats>,
     pub checkpoint_every: Duration,
     pub retain: Option<Duration>,
+    packer: Packer,
     /// Where the next record goes.
     next: u64,
     /// The last record's time: records never go back in time.
@@ -86,7 +90,12 @@ impl Writer {
             }
             _ => None,
         };
+        let packer = Packer::new().map_err(|source| StartError::Io {
+            what: "zstd",
+            source,
+        })?;
         let w = Self {
+            packer,
             db,
             path,
             key,
@@ -160,9 +169,18 @@ impl Writer {
             // request tasks, that lets them queue theirs (batches grew ten
             // times, commits per record fell as much); with a core to
             // itself, yielding returns at once.
+            //
+            // Records nobody waits on (responses, decisions, refusals) ride
+            // with the next waited one, or go after LAZY: alone, each would
+            // cost a commit, a signature and a sync of its own.
+            let mut waited = false;
+            let mut deadline = None;
             while let Some(c) = next.take() {
                 match c {
-                    Cmd::Append(s, reply) => batch.push((s, reply)),
+                    Cmd::Append(s, reply) => {
+                        waited |= reply.is_some();
+                        batch.push((s, reply));
+                    }
                     Cmd::Shutdown(done) => stop = Some(done),
                 }
                 if batch.len() < MAX_BATCH && stop.is_none() {
@@ -171,6 +189,12 @@ impl Writer {
                         yields += 1;
                         std::thread::yield_now();
                         next = rx.try_recv().ok();
+                    }
+                    if next.is_none() && !waited {
+                        let d = *deadline.get_or_insert_with(|| Instant::now() + LAZY);
+                        next = rx
+                            .recv_timeout(d.saturating_duration_since(Instant::now()))
+                            .ok();
                     }
                 }
             }
@@ -258,11 +282,13 @@ impl Writer {
         // The head this commit makes durable, signed in the same row: no
         // moment where it is on disk unsigned.
         let c = chain::sign(&self.key, last_seq, prev);
+        let (codec, records) = self.packer.pack(records);
         let row = Batch {
             first_seq,
             last_seq,
             first_ts: ts,
             last_ts: ts,
+            codec,
             records,
             head: prev,
             sig: Some(c.sig.clone()),
