@@ -76,7 +76,7 @@ fn request(n: u64, task: u64) -> Entry {
 
 fn body(n: u64) -> String {
     let mut items = Vec::new();
-    for i in 0..5 {
+    for i in 0..8 {
         let x = n.wrapping_mul(2654435761).wrapping_add(i * 7919);
         items.push(format!(
             "{{\"sku\":\"SKU-{:05}\",\"name\":\"Item {}\",\"qty\":{},\"price_cents\":{},\"currency\":\"EUR\"}}",

@@ -10,7 +10,7 @@
 //! ([`pack`]): records of one commit share most of their keys, headers and
 //! identities, which compressing each value alone could not exploit.
 //! `docs/audit.md` has the same, for tools outside hoop.
-use std::{borrow::Cow, io::Read};
+use std::{borrow::Cow, cell::RefCell};
 
 use super::Entry;
 
@@ -21,7 +21,7 @@ const MIN_COMPRESS: usize = 256;
 const ZSTD_LEVEL: i32 = 1;
 /// A decompressed batch never exceeds this: a forged blob can't exhaust
 /// memory.
-const MAX_BATCH_BYTES: u64 = 1 << 30;
+const MAX_BATCH_BYTES: usize = 256 << 20;
 
 const ABSENT: u8 = 0;
 const PRESENT: u8 = 1;
@@ -107,19 +107,29 @@ impl Packer {
     }
 }
 
+thread_local! {
+    /// Readers unpack batch after batch: one context each, not one per
+    /// batch (its allocation cost more than a small batch's decoding).
+    static UNPACKER: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
 /// A batch's records as [`append`] laid them out.
 pub fn unpack(codec: u8, stored: &[u8]) -> Result<Cow<'_, [u8]>, Malformed> {
     match codec {
         CODEC_RAW => Ok(Cow::Borrowed(stored)),
-        CODEC_ZSTD => {
-            let mut out = Vec::new();
-            zstd::stream::Decoder::new(stored)
-                .map_err(|_| Malformed)?
-                .take(MAX_BATCH_BYTES)
-                .read_to_end(&mut out)
-                .map_err(|_| Malformed)?;
-            Ok(Cow::Owned(out))
-        }
+        CODEC_ZSTD => UNPACKER.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = zstd::bulk::Decompressor::new().ok();
+            }
+            let d = d.as_mut().ok_or(Malformed)?;
+            // The frame records its size (the writer's compressor does):
+            // the buffer is that, up to the cap.
+            d.decompress(stored, MAX_BATCH_BYTES)
+                .map(Cow::Owned)
+                .map_err(|_| Malformed)
+        }),
         _ => Err(Malformed),
     }
 }

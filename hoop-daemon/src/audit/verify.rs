@@ -235,38 +235,29 @@ impl Walk<'_> {
 
     /// A batch of the batched layout: its records chain on from `prev`,
     /// and its columns agree with them.
-    fn batch(&mut self, b: store::Batch) -> Result<(), Broken> {
+    fn batch(&mut self, o: Opened) -> Result<(), Broken> {
+        let b = &o.batch;
         if b.first_seq != self.next {
             return Err(Broken::Sequence {
                 after: self.next.wrapping_sub(1),
                 found: b.first_seq,
             });
         }
-        let edited = || match b.first_seq == b.last_seq {
-            true => Broken::Hash { seq: b.first_seq },
-            false => Broken::BatchHash {
-                first: b.first_seq,
-                last: b.last_seq,
-            },
-        };
-        let records = seal::unpack(b.codec, &b.records)
-            .map_err(|_| Broken::UnreadableRecord { seq: b.first_seq })?;
         let mut times = None;
-        for (seq, rec) in (b.first_seq..).zip(seal::split(&records)) {
-            let (ts, bytes) = rec.map_err(|_| Broken::UnreadableRecord { seq })?;
-            let kind = seal::kind(bytes).map_err(|_| Broken::UnreadableRecord { seq })?;
-            if seq > b.last_seq {
-                return Err(edited());
-            }
-            self.prev = chain::link(&self.prev, seq, ts, &seal::digest(bytes));
-            times = Some((times.map_or(ts, |(f, _)| f), ts));
-            self.visit(seq, kind, || seal::fields(bytes).ok().map(|f| f.data))?;
+        for r in o.records? {
+            self.prev = chain::link(&self.prev, r.seq, r.ts, &r.digest);
+            times = Some((times.map_or(r.ts, |(f, _)| f), r.ts));
+            let kind = match r.unvouched {
+                Some(_) => entry::kind::UNVOUCHED,
+                None => "",
+            };
+            self.visit(r.seq, kind, || r.unvouched.flatten())?;
         }
         if self.next != b.last_seq + 1
             || times != Some((b.first_ts, b.last_ts))
             || self.prev != b.head
         {
-            return Err(edited());
+            return Err(edited(b));
         }
         if let Some(c) = b.checkpoint() {
             self.signed(b.last_seq);
@@ -274,6 +265,87 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// How an edit inside a batch is named: by its records.
+fn edited(b: &store::Batch) -> Broken {
+    match b.first_seq == b.last_seq {
+        true => Broken::Hash { seq: b.first_seq },
+        false => Broken::BatchHash {
+            first: b.first_seq,
+            last: b.last_seq,
+        },
+    }
+}
+
+/// A batch's records decoded and hashed, apart from the chain: the bulk of
+/// a walk's work, done for many batches at once on every core. Only the
+/// links over the digests are sequential.
+struct Opened {
+    /// Its columns (the records' bytes dropped).
+    batch: store::Batch,
+    records: Result<Vec<Item>, Broken>,
+}
+
+struct Item {
+    seq: u64,
+    ts: u64,
+    digest: [u8; 32],
+    /// An `unvouched` declaration: its data, if it reads.
+    unvouched: Option<Option<String>>,
+}
+
+fn open(mut batch: store::Batch) -> Opened {
+    let records = (|| {
+        let first = batch.first_seq;
+        let packed = std::mem::take(&mut batch.records);
+        let records = seal::unpack(batch.codec, &packed)
+            .map_err(|_| Broken::UnreadableRecord { seq: first })?;
+        let mut out = Vec::new();
+        for (seq, rec) in (first..).zip(seal::split(&records)) {
+            let (ts, bytes) = rec.map_err(|_| Broken::UnreadableRecord { seq })?;
+            let kind = seal::kind(bytes).map_err(|_| Broken::UnreadableRecord { seq })?;
+            if seq > batch.last_seq {
+                return Err(edited(&batch));
+            }
+            out.push(Item {
+                seq,
+                ts,
+                digest: seal::digest(bytes),
+                unvouched: (kind == entry::kind::UNVOUCHED)
+                    .then(|| seal::fields(bytes).ok().map(|f| f.data)),
+            });
+        }
+        Ok(out)
+    })();
+    Opened { batch, records }
+}
+
+/// Batches opened per round: bounds the memory a walk holds.
+const ROUND: usize = 512;
+
+/// Opens `batches` on up to every core, in order.
+fn open_all(batches: Vec<store::Batch>) -> Vec<Opened> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if cores == 1 || batches.len() < 2 * cores {
+        return batches.into_iter().map(open).collect();
+    }
+    let per = batches.len().div_ceil(cores);
+    let mut parts: Vec<Vec<store::Batch>> = Vec::new();
+    let mut rest = batches.into_iter().peekable();
+    while rest.peek().is_some() {
+        parts.push(rest.by_ref().take(per).collect());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|p| s.spawn(move || p.into_iter().map(open).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("opening batches does not panic"))
+            .collect()
+    })
 }
 
 /// Walks the records (all of them, or those after the signature at
@@ -288,7 +360,7 @@ fn walk(
     // edit, not a failure to read the log.
     let cps: BTreeMap<u64, Checkpoint> = match store::checkpoints(db) {
         Ok(cps) => cps.into_iter().map(|c| (c.seq, c)).collect(),
-        Err(e) if edited(&e) => {
+        Err(e) if unreadable(&e) => {
             return Ok(Report::default().broken_at(Broken::UnreadableCheckpoint));
         }
         Err(e) => return Err(e),
@@ -373,7 +445,7 @@ fn walk_rows(
     store::each_row(db, w.next, None, |row| {
         let (rec, stored) = match row {
             Ok(r) => r,
-            Err(e) if edited(&e) => {
+            Err(e) if unreadable(&e) => {
                 outcome = Err(Broken::UnreadableRecord { seq: w.next });
                 return false;
             }
@@ -392,17 +464,35 @@ fn walk_rows(
         return Err(e);
     }
     if outcome.is_ok() {
+        let mut round = Vec::with_capacity(ROUND);
+        let apply = |w: &mut Walk<'_>, round: &mut Vec<store::Batch>| {
+            open_all(std::mem::take(round))
+                .into_iter()
+                .try_for_each(|o| w.batch(o))
+        };
         store::each_batch(db, w.next, None, |b| {
-            outcome = match b {
-                Ok(b) => w.batch(b),
-                Err(e) if edited(&e) => Err(Broken::UnreadableRecord { seq: w.next }),
+            match b {
+                Ok(b) => round.push(b),
+                Err(e) if unreadable(&e) => {
+                    // What came before is walked first: the row is named
+                    // by the seq the chain expects there.
+                    outcome =
+                        apply(w, &mut round).and(Err(Broken::UnreadableRecord { seq: w.next }));
+                    return false;
+                }
                 Err(e) => {
                     failed = Some(e);
                     return false;
                 }
-            };
+            }
+            if round.len() == ROUND {
+                outcome = apply(w, &mut round);
+            }
             outcome.is_ok()
         })?;
+        if outcome.is_ok() && failed.is_none() {
+            outcome = apply(w, &mut round);
+        }
     }
     if let Some(e) = failed {
         return Err(e);
@@ -452,7 +542,7 @@ fn walk_rows(
 
 /// SQLite keeps whatever is written to a column; a value of another type
 /// than the writer's can only come from an edit.
-fn edited(e: &rusqlite::Error) -> bool {
+fn unreadable(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::InvalidColumnType(..)
