@@ -39,3 +39,40 @@ fn the_chain_hash_is_the_documented_encoding() {
         b
     );
 }
+
+/// The batched layout: a record's bytes (five framed fields), their
+/// digest, and the link that chains it, as `docs/audit.md` gives them.
+#[test]
+fn the_batched_layout_is_the_documented_encoding() {
+    use hoop::audit::{
+        Entry,
+        chain::link,
+        seal::{Sealed, digest},
+    };
+    let entry = |kind: &'static str, data: &str, req: Option<&[u8]>, resp: Option<&[u8]>| Entry {
+        kind,
+        session: "s".into(),
+        data: data.into(),
+        req_body: req.map(bytes::Bytes::copy_from_slice),
+        resp_body: resp.map(bytes::Bytes::copy_from_slice),
+    };
+    let r0 = Sealed::of(entry("response", r#"{"status":200}"#, None, Some(b"body")));
+    assert_eq!(
+        hex(&r0.bytes),
+        "0100000008726573706f6e7365010000000173010000000e7b22737461747573223a3230307d000100000004626f6479"
+    );
+    assert_eq!(r0.digest, digest(&r0.bytes));
+    let a = link(&GENESIS, 0, 1000, &r0.digest);
+    assert_eq!(
+        hex(&a),
+        "6a74315476bd23a759ea4ca2837b7412c2ab89ce3bd2ac648ea516c5773dca12"
+    );
+    let r1 = Sealed::of(entry("request", "{}", Some(b""), None));
+    let b = link(&a, 1, 1001, &r1.digest);
+    assert_eq!(
+        hex(&b),
+        "a5fc74b030e8aacc237eaf15ecc2276c72a181d8962c08bb7df6d8e1060a9594"
+    );
+    // Positive control: another time at the same place differs.
+    assert_ne!(link(&a, 1, 1002, &r1.digest), b);
+}
