@@ -12,13 +12,14 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "classify",
     "socks5",
     "config",
     "matchers",
     "mask",
     "websocket",
+    "audit_batch",
 ];
 
 pub fn run(seconds: u32, only: Option<&str>) -> Result<()> {

@@ -1,5 +1,5 @@
 //! A record's stored bytes, made and hashed on the request's task: the
-//! writer only numbers, chains and appends them. The bytes are also what
+//! writer only numbers, chains, packs and appends them. The bytes are also what
 //! the chain hashes, so reading a record back never re-serialises anything.
 //!
 //! A record is five fields in order (kind, session, data, request body,
@@ -7,7 +7,7 @@
 //! `len: u32 BE` and `len` bytes (tag 1). In a batch, each record is
 //! `ts_ms: u64 BE`, `len: u32 BE`, then its bytes; its seq is the batch's
 //! first plus its place. A batch's records are compressed together
-//! ([`pack`]): records of one commit share most of their keys, headers and
+//! ([`Packer::pack`]): records of one commit share most of their keys, headers and
 //! identities, which compressing each value alone could not exploit.
 //! `docs/audit.md` has the same, for tools outside hoop.
 use std::{borrow::Cow, cell::RefCell};
