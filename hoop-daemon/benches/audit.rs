@@ -17,7 +17,7 @@ use hoop::{
 
 fn request() -> RequestData {
     RequestData {
-        origin: Origin {
+        origin: std::sync::Arc::new(Origin {
             session: "18ec8582b452cab1".into(),
             job: Some("18ec8582b452cab1".into()),
             identity: Some(Identity::local("bench:local", "hoop-bench.slice/job-1")),
@@ -27,7 +27,7 @@ fn request() -> RequestData {
             via: "transparent".into(),
             flow: 77,
             dst: "127.0.0.2:443".into(),
-        },
+        }),
         method: "GET".into(),
         url: "https://127.0.0.2/hello".into(),
         host: "127.0.0.2".into(),

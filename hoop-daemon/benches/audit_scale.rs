@@ -31,7 +31,7 @@ fn env(name: &str, default: u64) -> u64 {
 fn request(n: u64, task: u64) -> Entry {
     let h = |k: &str, v: &str| [k.to_string(), v.to_string()];
     let mut e = Entry::of(&RequestData {
-        origin: Origin {
+        origin: std::sync::Arc::new(Origin {
             session: format!("18ec8582b452ca{task:02x}"),
             job: Some(format!("18ec8582b452ca{task:02x}")),
             identity: Some(Identity::local("ci:checkout-e2e", "hoop.slice/job-1")),
@@ -41,7 +41,7 @@ fn request(n: u64, task: u64) -> Entry {
             via: "transparent".into(),
             flow: 77 + task,
             dst: "127.0.0.2:443".into(),
-        },
+        }),
         method: "GET".into(),
         url: format!("https://api.partner.example/v2/orders/{n}?expand=items"),
         host: "api.partner.example".into(),

@@ -2,7 +2,7 @@
 //! readers (sessions, HAR, JSONL, policy dry-run) read the same types back.
 //! Headers and bodies are what the job sent and saw, after masking, with
 //! credentials redacted.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -143,7 +143,8 @@ impl Origin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestData {
     #[serde(flatten)]
-    pub origin: Origin,
+    /// Shared by every request of the connection: built once per flow.
+    pub origin: Arc<Origin>,
     pub method: String,
     pub url: String,
     pub host: String,

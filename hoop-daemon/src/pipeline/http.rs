@@ -22,7 +22,10 @@ use super::{
     websocket,
 };
 use crate::{
-    audit::{Entry, entry::ApprovalData},
+    audit::{
+        Entry,
+        entry::{ApprovalData, Origin},
+    },
     flow::Flow,
     policy::Connection,
 };
@@ -41,6 +44,10 @@ pub enum Tls {
 struct Conn {
     gw: Arc<Gateway>,
     flow: Arc<Flow>,
+    /// Who and where, for every request's record: the same for the whole
+    /// connection, so built once (cloning it per request showed up in the
+    /// profile).
+    origin: Arc<Origin>,
     up: UpstreamConn,
     tls: Tls,
     /// Why the upstream can't be reached, if the predial already failed.
@@ -66,6 +73,7 @@ pub async fn forward_plain(
     handle(
         Arc::new(Conn {
             gw,
+            origin: Arc::new(Origin::of(&flow)),
             flow,
             up,
             tls: Tls::Plain,
@@ -91,6 +99,7 @@ where
     let t = Timeouts::of(&gw.cfg);
     let conn = Arc::new(Conn {
         gw,
+        origin: Arc::new(Origin::of(&flow)),
         flow,
         up,
         tls,
@@ -104,7 +113,10 @@ where
             // In flight from its head to the end of its response body.
             let active = watch.enter();
             async move {
-                let resp = handle(conn, req).await;
+                // Boxed: hyper's HTTP/2 server spawns a task per stream,
+                // and moving this large future into it by value was a
+                // visible memcpy per request in the profile.
+                let resp = Box::pin(handle(conn, req)).await;
                 Ok::<_, Infallible>(resp.map(|b| active.hold(b)))
             }
         })
@@ -212,7 +224,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     };
     let mut x = Exchange::new(
         &conn.gw,
-        &conn.flow,
+        conn.origin.clone(),
         &req,
         conn.scheme(),
         &authority,

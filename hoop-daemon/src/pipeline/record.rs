@@ -19,7 +19,6 @@ use crate::{
         Audit, Entry,
         entry::{self, BodyInfo, Origin, RefusedData, RequestData, ResponseData},
     },
-    flow::Flow,
     jobs::Jobs,
     metrics::Outcome,
     policy::{Connection, mask::Counts},
@@ -44,7 +43,7 @@ pub struct Exchange {
 impl Exchange {
     pub fn new<B>(
         gw: &super::Gateway,
-        flow: &Flow,
+        origin: Arc<Origin>,
         req: &Request<B>,
         scheme: &str,
         authority: &str,
@@ -62,7 +61,7 @@ impl Exchange {
             audit: audit.clone(),
             metrics: gw.metrics.clone(),
             data: RequestData {
-                origin: Origin::of(flow),
+                origin,
                 method: req.method().to_string(),
                 url: format!("{scheme}://{authority}{path}"),
                 host: super::http::host_of(authority),
@@ -166,7 +165,7 @@ impl Exchange {
             })
         };
         let data = ResponseData {
-            session: self.data.origin.session,
+            session: self.data.origin.session.clone(),
             request_seq,
             status: status.map(|s| s.as_u16()),
             reason: reason.map(str::to_owned),
