@@ -536,8 +536,16 @@ impl Hoop {
         c
     }
 
-    /// SIGTERM, then remove the bench cgroup's programs and pins.
+    /// SIGTERM, then remove the bench cgroup's programs and pins. The
+    /// audit line of `hoop status` goes to the log first: records per
+    /// commit explain most of the audit's cost per request.
     fn stop(mut self) -> Result<()> {
+        if let Ok(out) = self.cmd().arg("status").output() {
+            let status = String::from_utf8_lossy(&out.stdout);
+            if let Some(line) = status.lines().find(|l| l.starts_with("audit")) {
+                eprintln!("  {}", line.trim());
+            }
+        }
         if let Some(mut p) = self.child.take() {
             sh::run(Command::new("kill").arg(p.0.id().to_string()))?;
             p.0.wait()?;

@@ -149,7 +149,12 @@ impl Audit {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("hoop-audit".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || {
+                if let Err(e) = crate::sys::sched_batch_self() {
+                    tracing::debug!(error = %e, "audit writer: SCHED_BATCH not set");
+                }
+                w.run(rx)
+            })
             .map_err(|source| StartError::Io {
                 what: "starting the writer thread",
                 source,
