@@ -270,9 +270,9 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
 }
 
 /// Marks the calling thread SCHED_BATCH: its wake-ups do not preempt
-/// the thread running on its core. For the audit writer, which shares a
-/// core with the request tasks it serves: preempting them at each wake-up
-/// committed groups of one or two records.
+/// the thread running on its core. For the audit writer where it shares a
+/// core with the request tasks it serves: they keep running and queue more
+/// records for its next commit (BENCHMARKS.md, 2026-12-03).
 pub fn sched_batch_self() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // pid 0: the calling thread (Linux schedules threads, not processes).

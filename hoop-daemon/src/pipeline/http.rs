@@ -55,6 +55,23 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(
+        gw: Arc<Gateway>,
+        flow: Arc<Flow>,
+        up: UpstreamConn,
+        tls: Tls,
+        broken: Option<PipelineError>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            gw,
+            origin: Arc::new(Origin::of(&flow)),
+            flow,
+            up,
+            tls,
+            broken,
+        })
+    }
+
     fn scheme(&self) -> &'static str {
         match self.tls {
             Tls::Plain => "http",
@@ -70,18 +87,7 @@ pub async fn forward_plain(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let up = UpstreamConn::new(flow.orig_dst, None, gw.limits());
-    handle(
-        Arc::new(Conn {
-            gw,
-            origin: Arc::new(Origin::of(&flow)),
-            flow,
-            up,
-            tls: Tls::Plain,
-            broken: None,
-        }),
-        req,
-    )
-    .await
+    handle(Conn::new(gw, flow, up, Tls::Plain, None), req).await
 }
 
 pub async fn serve<IO>(
@@ -97,14 +103,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let t = Timeouts::of(&gw.cfg);
-    let conn = Arc::new(Conn {
-        gw,
-        origin: Arc::new(Origin::of(&flow)),
-        flow,
-        up,
-        tls,
-        broken,
-    });
+    let conn = Conn::new(gw, flow, up, tls, broken);
     let watch = Watch::new(!h2);
     let svc = {
         let (conn, watch) = (conn.clone(), watch.clone());
