@@ -114,12 +114,9 @@ async fn a_job_ending_tls_without_close_notify_is_a_close_not_a_refusal() {
         cgroup_id: 0,
         exe: None,
         job: None,
-        identity: Some(Arc::new(hoop::identity::Identity {
-            name: "test:job".into(),
-            source: hoop::identity::Source::Static {
-                cgroup: "/test".into(),
-            },
-        })),
+        identity: Some(Arc::new(hoop::identity::Identity::local(
+            "test:job", "/test",
+        ))),
     });
     let r = pipeline::serve(env.gw.clone(), io, flow).await;
     client.await.unwrap();

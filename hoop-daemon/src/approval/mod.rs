@@ -2,8 +2,11 @@
 //! while a human decides. The pending approval is stored (SQLite), the
 //! approvers are notified (webhook), and the job's request waits for
 //! approve (forwarded), deny (403 with the reason) or expiry (403).
-//! Approvers act over the control socket; who they are comes from
-//! SO_PEERCRED, and the uids of the job itself can never approve.
+//! Approvers act over the control socket (who they are comes from
+//! SO_PEERCRED, and the uids of the job itself can never approve) or in
+//! the console (signed in; the person the job's token names as its actor
+//! can never approve it). Every change is also published as an [`Event`]
+//! for the console's live inbox.
 mod notify;
 pub mod store;
 
@@ -16,9 +19,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use crate::policy::approvers::{ApprovalRule, Approver, Caller};
+pub use crate::policy::approvers::{ApprovalRule, Approver, Caller, Person};
 pub use notify::Notifier;
-use store::{Row, Store};
+use store::Store;
+pub use store::{Context, Row};
 
 /// A request about to be held.
 pub struct Hold {
@@ -34,6 +38,17 @@ pub struct Hold {
     /// approver may see of it (masked, truncated).
     pub body_sha256: Option<String>,
     pub body: Option<String>,
+    /// Who started the job, per its token ([console] job_actor_claim).
+    pub actor: Option<String>,
+    pub context: Context,
+}
+
+/// A change the console shows live: a request held, or one decided (its
+/// row as it now stands), with the rule that says who may see it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Held(Row, Arc<ApprovalRule>),
+    Decided(Row, Arc<ApprovalRule>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +75,7 @@ struct Waiter {
     rule: Arc<ApprovalRule>,
     uids: Vec<u32>,
     grant_key: (String, String, String),
+    actor: Option<String>,
 }
 
 /// What `hoop approvals list` shows.
@@ -75,6 +91,7 @@ pub struct Approvals {
     /// (job or identity, connection, rule) → until.
     grants: Mutex<HashMap<(String, String, String), Instant>>,
     notifier: Option<Notifier>,
+    events: tokio::sync::broadcast::Sender<Event>,
 }
 
 use crate::jobs::Jobs;
@@ -96,6 +113,10 @@ pub enum ApprovalError {
         "refused: uid {0} belongs to the job that made this request; a job can't approve itself"
     )]
     SelfApproval(u32),
+    #[error(
+        "refused: {caller} started the job that made this request (its token's actor is {actor:?}); a person can't approve their own job"
+    )]
+    SelfApprovalPerson { caller: String, actor: String },
     #[error("refused: {caller} is not an approver for rule {rule}")]
     NotApprover { caller: String, rule: String },
 }
@@ -118,6 +139,7 @@ impl Approvals {
             waiters: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
             notifier,
+            events: tokio::sync::broadcast::channel(256).0,
         })
     }
 
@@ -155,6 +177,8 @@ impl Approvals {
             reason: None,
             body_sha256: h.body_sha256.clone(),
             body: h.body.clone(),
+            actor: h.actor.clone(),
+            context: h.context.clone(),
         };
         if let Err(e) = self.store.insert(&row, &h.uids) {
             // Without a record nobody could approve it: refuse now.
@@ -175,6 +199,7 @@ impl Approvals {
                 rule: h.rule.clone(),
                 uids: h.uids.clone(),
                 grant_key,
+                actor: h.actor.clone(),
             },
         );
         tracing::warn!(
@@ -185,6 +210,7 @@ impl Approvals {
         if let Some(n) = &self.notifier {
             n.send(&row);
         }
+        let _ = self.events.send(Event::Held(row, h.rule.clone()));
         // If the job goes away, its request future is dropped here: the
         // approval is abandoned at once, and can't be approved after.
         let mut guard = AbandonOnDrop {
@@ -198,6 +224,7 @@ impl Approvals {
             Err(_) => {
                 self.waiters.lock().unwrap().remove(&id);
                 let _ = self.store.decide(&id, "expired", None, None, None);
+                self.publish(&id, &h.rule);
                 tracing::warn!(target: "hoop::audit", approval = %id, "approval expired");
                 Outcome::Expired
             }
@@ -218,11 +245,21 @@ impl Approvals {
                 None => ApprovalError::Unknown(id.into()),
             });
         };
-        if w.uids.contains(&caller.uid) {
-            tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "self-approval refused");
-            return Err(ApprovalError::SelfApproval(caller.uid));
+        match caller {
+            Caller::Host { uid, .. } if w.uids.contains(uid) => {
+                tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "self-approval refused");
+                return Err(ApprovalError::SelfApproval(*uid));
+            }
+            Caller::Person(p) if w.actor.as_deref().is_some_and(|a| p.is(a)) => {
+                tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "self-approval refused: the job's actor");
+                return Err(ApprovalError::SelfApprovalPerson {
+                    caller: caller.label(),
+                    actor: w.actor.clone().unwrap_or_default(),
+                });
+            }
+            _ => {}
         }
-        if !w.rule.approvers.iter().any(|a| a.admits(caller)) {
+        if !w.rule.admits(caller) {
             tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "approval by a non-approver refused");
             return Err(ApprovalError::NotApprover {
                 caller: caller.label(),
@@ -267,11 +304,60 @@ impl Approvals {
             "approval decided"
         );
         let _ = w.tx.send(outcome);
+        drop(waiters);
+        self.publish(id, &w.rule);
         Ok(format!("approval {id} {status} by {by}"))
     }
 
     pub fn list(&self) -> Result<Vec<Row>, ApprovalError> {
         Ok(self.store.list(100)?)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Row>, ApprovalError> {
+        Ok(self.store.get(id)?)
+    }
+
+    /// Whether `caller` may see and decide `id`: an approver of its rule
+    /// while it is held. (Self-approval is refused at the decision, with
+    /// its own reason.)
+    pub fn may_decide(&self, id: &str, caller: &Caller) -> bool {
+        self.waiters
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|w| w.rule.admits(caller))
+    }
+
+    /// Every held and decided request from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Tells the console a row changed.
+    fn publish(&self, id: &str, rule: &Arc<ApprovalRule>) {
+        if let Ok(Some(r)) = self.store.get(id) {
+            let _ = self.events.send(Event::Decided(r, rule.clone()));
+        }
+    }
+
+    /// The held requests `caller` may decide, newest first.
+    pub fn pending_for(&self, caller: &Caller) -> Result<Vec<Row>, ApprovalError> {
+        let admitted: std::collections::HashSet<String> = self
+            .waiters
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, w)| w.rule.admits(caller))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut rows: Vec<Row> = self
+            .store
+            .list(1000)?
+            .into_iter()
+            .filter(|r| r.status == "pending" && admitted.contains(&r.id))
+            .collect();
+        rows.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        Ok(rows)
     }
 
     /// The daemon is stopping: every held request fails cleanly.
@@ -281,6 +367,7 @@ impl Approvals {
             let _ = self
                 .store
                 .decide(&id, "abandoned", None, Some("the daemon stopped"), None);
+            self.publish(&id, &w.rule);
             let _ = w.tx.send(Outcome::Abandoned);
         }
     }
@@ -295,17 +382,12 @@ struct AbandonOnDrop<'a> {
 
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
-        if !self.armed
-            || self
-                .approvals
-                .waiters
-                .lock()
-                .unwrap()
-                .remove(&self.id)
-                .is_none()
-        {
+        if !self.armed {
             return;
         }
+        let Some(w) = self.approvals.waiters.lock().unwrap().remove(&self.id) else {
+            return;
+        };
         let _ = self.approvals.store.decide(
             &self.id,
             "abandoned",
@@ -313,6 +395,7 @@ impl Drop for AbandonOnDrop<'_> {
             Some("the job went away before a decision"),
             None,
         );
+        self.approvals.publish(&self.id, &w.rule);
         tracing::warn!(target: "hoop::audit", approval = %self.id, "approval abandoned: the job went away");
     }
 }
@@ -355,7 +438,12 @@ mod tests {
         Hold {
             rule: Arc::new(ApprovalRule {
                 name: "prod".into(),
-                approvers: vec![Approver::Uid(0), Approver::Uid(1000)],
+                approvers: vec![
+                    Approver::Uid(0),
+                    Approver::Uid(1000),
+                    Approver::OidcGroup("leads".into()),
+                ],
+                message: None,
                 timeout,
             }),
             connection: "c".into(),
@@ -366,6 +454,8 @@ mod tests {
             url: "https://a/v1/prod/x".into(),
             body_sha256: None,
             body: None,
+            actor: Some("alice@acme.example".into()),
+            context: Context::default(),
         }
     }
 
@@ -388,15 +478,15 @@ mod tests {
     async fn approve_deny_expire_self_and_grants() {
         let (_d, a) = approvals();
         let a = Arc::new(a);
-        let root = Caller {
+        let root = Caller::Host {
             uid: 0,
             gids: vec![0],
         };
-        let job_user = Caller {
+        let job_user = Caller::Host {
             uid: 1000,
             gids: vec![1000],
         };
-        let stranger = Caller {
+        let stranger = Caller::Host {
             uid: 4242,
             gids: vec![4242],
         };

@@ -87,6 +87,8 @@ mod tests {
             reason: None,
             body_sha256: Some("00".repeat(32)),
             body: Some("{\"amount\":5}".into()),
+            actor: None,
+            context: Default::default(),
         };
         let plain = Notifier::new("http://h/".into(), false, tls.clone()).payload(&row);
         assert_eq!(plain["event"], "approval.pending");

@@ -2,6 +2,7 @@
 //! who decided it, so that a restart knows what was pending (and marks it
 //! abandoned) and `hoop approvals list` reads the truth.
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -10,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// Schema migrations, applied in order; `user_version` is the count done.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "CREATE TABLE approvals (
         id TEXT PRIMARY KEY,
         created_ms INTEGER NOT NULL,
@@ -31,6 +32,10 @@ const MIGRATIONS: [&str; 2] = [
     // The held request's body: its hash, and what the approver may see.
     "ALTER TABLE approvals ADD COLUMN body_sha256 TEXT;
     ALTER TABLE approvals ADD COLUMN body TEXT;",
+    // Who started the job (its token's actor claim), and what the console
+    // shows of the job: its claims, command line, the rule's message.
+    "ALTER TABLE approvals ADD COLUMN actor TEXT;
+    ALTER TABLE approvals ADD COLUMN context TEXT;",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +59,25 @@ pub struct Row {
     /// The body as the approver sees it: masked, the first bytes only.
     #[serde(default)]
     pub body: Option<String>,
+    /// The person who started the job, from its token: never its approver.
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub context: Context,
+}
+
+/// What an approver is shown about the job beside the request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    /// The job token's claims worth showing (repository, ref, actor…).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
+    /// The job's command line, masked as its records are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The approval rule's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 pub struct Store {
@@ -117,10 +141,11 @@ impl Store {
             .lock()
             .unwrap()
             .execute(
-                "INSERT INTO approvals (id, created_ms, expires_ms, status, job, identity, uids, connection, rule, method, url, body_sha256, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                "INSERT INTO approvals (id, created_ms, expires_ms, status, job, identity, uids, connection, rule, method, url, body_sha256, body, actor, context)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![r.id, r.created_ms as i64, r.expires_ms as i64, r.status, r.job, r.identity, uids,
-                        r.connection, r.rule, r.method, r.url, r.body_sha256, r.body],
+                        r.connection, r.rule, r.method, r.url, r.body_sha256, r.body, r.actor,
+                        serde_json::to_string(&r.context).expect("plain data serialises")],
             )
             .map(|_| ())
     }
@@ -180,7 +205,7 @@ impl Store {
     }
 }
 
-const COLUMNS: &str = "id, created_ms, expires_ms, status, job, identity, connection, rule, method, url, decided_by, reason, body_sha256, body";
+const COLUMNS: &str = "id, created_ms, expires_ms, status, job, identity, connection, rule, method, url, decided_by, reason, body_sha256, body, actor, context";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -198,6 +223,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         reason: r.get(11)?,
         body_sha256: r.get(12)?,
         body: r.get(13)?,
+        actor: r.get(14)?,
+        // Unreadable context (an edit) shows as none, not as an error.
+        context: r
+            .get::<_, Option<String>>(15)?
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -267,6 +298,12 @@ mod tests {
             reason: None,
             body_sha256: Some("ab".repeat(32)),
             body: Some("amount=5".into()),
+            actor: Some("alice".into()),
+            context: Context {
+                claims: [("repository".to_string(), "acme/pay".to_string())].into(),
+                command: Some("chromium --headless".into()),
+                message: None,
+            },
         }
     }
 
@@ -294,6 +331,14 @@ mod tests {
             Some("uid:0")
         );
         assert_eq!(s.list(10).unwrap().len(), 2);
+        assert_eq!(
+            s.get("b").unwrap().unwrap(),
+            Row {
+                status: "abandoned".into(),
+                reason: Some("the daemon restarted".into()),
+                ..row("b")
+            }
+        );
         assert_eq!(
             s.get("b").unwrap().unwrap().body.as_deref(),
             Some("amount=5")

@@ -1,6 +1,7 @@
 //! Configuration: embedded defaults, optionally overridden by a TOML file.
 //! Unknown keys are errors, and every error names the file, line and key.
 pub mod audit;
+pub mod console;
 pub mod duration;
 mod locate;
 pub mod mask;
@@ -60,6 +61,8 @@ pub struct Config {
     pub approvals: policy::ApprovalsConfig,
     pub audit: audit::AuditConfig,
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub console: console::ConsoleConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -305,6 +308,9 @@ impl Config {
                     l.max_connections_per_job
                 ),
             ));
+        }
+        if let Err((key, problem)) = self.console.check() {
+            return Err(bad(key, &problem));
         }
         if !self.metrics.listen.trim().is_empty() {
             match self.metrics.addr() {

@@ -151,8 +151,12 @@ pub struct ApproveConfig {
     pub headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub body: Option<super::rules::BodyConfig>,
-    /// `uid:N`, `user:NAME`, `group:NAME`.
+    /// `uid:N`, `user:NAME`, `group:NAME` (on the host); `oidc:email:…`,
+    /// `oidc:group:…`, `oidc:sub:…` (in the console).
     pub approvers: Vec<String>,
+    /// Shown to approvers beside the held request.
+    #[serde(default)]
+    pub message: Option<String>,
     /// How long a held request waits (`90s`, `10m`, `1h`); default 10m.
     #[serde(default)]
     pub timeout: Option<super::duration::Human>,

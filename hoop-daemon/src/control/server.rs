@@ -215,7 +215,7 @@ impl Server {
         if !peer.alive() {
             return Err(ControlError::PeerGone);
         }
-        let caller = crate::approval::Caller {
+        let caller = crate::approval::Caller::Host {
             uid: peer.uid,
             gids: peer.groups(),
         };

@@ -13,6 +13,11 @@ pub struct Identity {
     pub name: String,
     #[serde(flatten)]
     pub source: Source,
+    /// The token's other claims (strings and numbers), for approvers to see
+    /// who and what started the job, and to know its actor. Not recorded
+    /// with every request: the job's start names them once.
+    #[serde(skip)]
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +41,7 @@ impl Identity {
             source: Source::Static {
                 cgroup: cgroup.to_string(),
             },
+            claims: Default::default(),
         }
     }
 }

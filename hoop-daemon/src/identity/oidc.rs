@@ -255,6 +255,7 @@ impl Issuer {
                     .to_string(),
                 expires: payload.get("exp").and_then(Value::as_i64).unwrap_or(0),
             },
+            claims: shown_claims(&payload),
         })
     }
 
@@ -422,6 +423,24 @@ fn peek(token: &str) -> Result<(Json, Json), TokenError> {
             .map_err(|e| TokenError::Malformed(format!("{what} is not a JSON object: {e}")))
     };
     Ok((json(h, "header")?, json(p, "payload")?))
+}
+
+/// A token's claims as approvers are shown them: strings and numbers, not
+/// the ones every token has, bounded in count and length.
+fn shown_claims(payload: &Map<String, Value>) -> std::collections::BTreeMap<String, String> {
+    const SKIP: [&str; 6] = ["iss", "aud", "exp", "nbf", "iat", "jti"];
+    payload
+        .iter()
+        .filter(|(k, _)| !SKIP.contains(&k.as_str()))
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some((k.clone(), s.clone())),
+            Value::Number(n) => Some((k.clone(), n.to_string())),
+            Value::Bool(b) => Some((k.clone(), b.to_string())),
+            _ => None,
+        })
+        .filter(|(k, v)| k.len() <= 64 && v.len() <= 256)
+        .take(48)
+        .collect()
 }
 
 fn now() -> i64 {

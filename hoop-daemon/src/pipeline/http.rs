@@ -310,6 +310,13 @@ async fn response_phases(
     Ok((parts, super::body::full(out), None, masked))
 }
 
+/// Who started the job, per its token's claim that `[console]
+/// job_actor_claim` names: that person can't approve its requests.
+fn job_actor(conn: &Conn) -> Option<String> {
+    let claim = conn.gw.cfg.console.job_actor_claim.as_deref()?;
+    conn.flow.identity.as_deref()?.claims.get(claim).cloned()
+}
+
 /// Waits for a human's decision on this request, and records it.
 async fn hold(
     conn: &Conn,
@@ -348,6 +355,19 @@ async fn hold(
             url: x.data.url.clone(),
             body_sha256: body_sha256.clone(),
             body: shown,
+            actor: job_actor(conn),
+            context: crate::approval::Context {
+                claims: flow
+                    .identity
+                    .as_deref()
+                    .map(|i| i.claims.clone())
+                    .unwrap_or_default(),
+                command: flow
+                    .job
+                    .as_deref()
+                    .map(|j| crate::audit::entry::redact_args(&j.command).join(" ")),
+                message: rule.message.clone(),
+            },
         })
         .await;
     let (name, by, reason) = match &outcome {

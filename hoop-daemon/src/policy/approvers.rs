@@ -1,18 +1,31 @@
-//! Approval rules as policy compiles them: who may approve (`uid:N`,
-//! `user:NAME`, `group:NAME`, resolved through the user database) and how
-//! long a held request waits. The approval service holds and decides.
+//! Approval rules as policy compiles them: who may approve and how long a
+//! held request waits. Approvers on the host (`uid:N`, `user:NAME`,
+//! `group:NAME`, resolved through the user database) act over the control
+//! socket; people signed in to the console (`oidc:email:…`,
+//! `oidc:group:…`, `oidc:sub:…`) act through it. The approval service
+//! holds and decides.
 use std::time::Duration;
 
-/// Who may approve: `uid:N`, `user:NAME` or `group:NAME`.
+use serde::Serialize;
+
+/// Who may approve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Approver {
     Uid(u32),
     User(String),
     Group(String),
+    /// A console user whose verified e-mail is this (case-insensitive).
+    OidcEmail(String),
+    /// A console user whose groups claim lists this.
+    OidcGroup(String),
+    /// A console user with this `sub`.
+    OidcSub(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?}: use uid:N, user:NAME or group:NAME")]
+#[error(
+    "{0:?}: use uid:N, user:NAME, group:NAME, oidc:email:ADDRESS, oidc:group:NAME or oidc:sub:SUBJECT"
+)]
 pub struct BadApprover(String);
 
 impl Approver {
@@ -23,17 +36,30 @@ impl Approver {
             "uid" => v.parse().map(Self::Uid).map_err(|_| bad()),
             "user" if !v.is_empty() => Ok(Self::User(v.into())),
             "group" if !v.is_empty() => Ok(Self::Group(v.into())),
+            "oidc" => match v.split_once(':') {
+                Some(("email", e)) if e.contains('@') => Ok(Self::OidcEmail(e.to_lowercase())),
+                Some(("group", g)) if !g.is_empty() => Ok(Self::OidcGroup(g.into())),
+                Some(("sub", x)) if !x.is_empty() => Ok(Self::OidcSub(x.into())),
+                _ => Err(bad()),
+            },
             _ => Err(bad()),
         }
     }
 
+    /// Host approvers admit host callers, console approvers people.
     pub fn admits(&self, c: &Caller) -> bool {
-        match self {
-            Self::Uid(u) => c.uid == *u,
-            Self::User(name) => {
-                crate::users::Account::by_name(name).is_some_and(|a| a.uid == c.uid)
+        match (self, c) {
+            (Self::Uid(u), Caller::Host { uid, .. }) => uid == u,
+            (Self::User(name), Caller::Host { uid, .. }) => {
+                crate::users::Account::by_name(name).is_some_and(|a| a.uid == *uid)
             }
-            Self::Group(name) => crate::users::group_id(name).is_some_and(|g| c.gids.contains(&g)),
+            (Self::Group(name), Caller::Host { gids, .. }) => {
+                crate::users::group_id(name).is_some_and(|g| gids.contains(&g))
+            }
+            (Self::OidcEmail(e), Caller::Person(p)) => p.email.as_deref() == Some(e.as_str()),
+            (Self::OidcGroup(g), Caller::Person(p)) => p.groups.iter().any(|x| x == g),
+            (Self::OidcSub(s), Caller::Person(p)) => p.sub == *s,
+            _ => false,
         }
     }
 }
@@ -44,21 +70,135 @@ pub struct ApprovalRule {
     pub name: String,
     pub approvers: Vec<Approver>,
     pub timeout: Duration,
+    /// Shown to approvers beside the held request.
+    pub message: Option<String>,
 }
 
-/// Who asked: the uid from SO_PEERCRED, the groups from the user
-/// database for that uid.
+impl ApprovalRule {
+    pub fn admits(&self, c: &Caller) -> bool {
+        self.approvers.iter().any(|a| a.admits(c))
+    }
+}
+
+/// Who decides.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub uid: u32,
-    pub gids: Vec<u32>,
+pub enum Caller {
+    /// On the host, over the control socket: the uid from SO_PEERCRED, the
+    /// groups from the user database for that uid.
+    Host { uid: u32, gids: Vec<u32> },
+    /// Signed in to the console: the identity provider's verified claims.
+    Person(Person),
+}
+
+/// A console user, as their ID token said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Person {
+    pub issuer: String,
+    pub sub: String,
+    /// Lower-cased; only a verified address (`email_verified` not false).
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+}
+
+impl Person {
+    /// Whether `actor` (a job token's claim naming who started the job)
+    /// names this person: by e-mail, or by the e-mail's local part or
+    /// preferred name where the claim is a login.
+    pub fn is(&self, actor: &str) -> bool {
+        let a = actor.trim().to_lowercase();
+        if a.is_empty() {
+            return false;
+        }
+        self.email.as_deref() == Some(a.as_str())
+            || self.sub.to_lowercase() == a
+            || self.name.as_deref().is_some_and(|n| n.to_lowercase() == a)
+            || (!a.contains('@')
+                && self
+                    .email
+                    .as_deref()
+                    .and_then(|e| e.split_once('@'))
+                    .is_some_and(|(local, _)| local == a))
+    }
 }
 
 impl Caller {
     pub fn label(&self) -> String {
-        match crate::users::user_name(self.uid) {
-            Some(n) => format!("uid:{} ({n})", self.uid),
-            None => format!("uid:{}", self.uid),
+        match self {
+            Self::Host { uid, .. } => match crate::users::user_name(*uid) {
+                Some(n) => format!("uid:{uid} ({n})"),
+                None => format!("uid:{uid}"),
+            },
+            Self::Person(p) => match &p.email {
+                Some(e) => format!("oidc:{e}"),
+                None => format!("oidc:sub:{}", p.sub),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(email: &str, groups: &[&str]) -> Caller {
+        Caller::Person(Person {
+            issuer: "https://idp.example".into(),
+            sub: "u-1".into(),
+            email: Some(email.into()),
+            name: Some("Alice".into()),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn who_admits_whom() {
+        let host = Caller::Host {
+            uid: 1001,
+            gids: vec![1001],
+        };
+        let alice = person("alice@acme.example", &["payments-leads"]);
+        let table: [(&str, &Caller, bool); 9] = [
+            ("uid:1001", &host, true),
+            ("uid:1002", &host, false),
+            ("uid:1001", &alice, false),
+            ("oidc:email:Alice@Acme.example", &alice, true),
+            ("oidc:email:bob@acme.example", &alice, false),
+            ("oidc:email:alice@acme.example", &host, false),
+            ("oidc:group:payments-leads", &alice, true),
+            ("oidc:group:payments", &alice, false),
+            ("oidc:sub:u-1", &alice, true),
+        ];
+        for (a, c, want) in table {
+            assert_eq!(Approver::parse(a).unwrap().admits(c), want, "{a} {c:?}");
+        }
+        for bad in [
+            "oidc:email:",
+            "oidc:email:alice",
+            "oidc:group:",
+            "oidc:x:y",
+            "oidc:",
+        ] {
+            assert!(Approver::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_actor_is_recognised_by_any_of_their_names() {
+        let Caller::Person(p) = person("alice@acme.example", &[]) else {
+            unreachable!()
+        };
+        for yes in [
+            "alice@acme.example",
+            "ALICE@acme.example",
+            "alice",
+            "u-1",
+            "Alice",
+        ] {
+            assert!(p.is(yes), "{yes}");
+        }
+        for no in ["", "bob", "alice@other.example", "alic"] {
+            assert!(!p.is(no), "{no}");
         }
     }
 }

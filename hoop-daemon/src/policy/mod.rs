@@ -222,6 +222,7 @@ impl Policy {
                         name: a.name.clone(),
                         approvers,
                         timeout,
+                        message: a.message.clone(),
                     }),
                 ));
             }

@@ -1,0 +1,113 @@
+//! `[console]`: the approvers' web console, served by the daemon over
+//! HTTPS, with sign-in through the company's OpenID provider. Off unless
+//! `listen` is set.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{duration::Human, policy::SecretSource};
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Where the console listens (HTTPS). None: no console.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The console's own certificate chain and key (PEM). Without them it
+    /// serves a leaf from hoop's CA for `names`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// DNS names (or IPs) of the leaf from hoop's CA; default "localhost"
+    /// and the listen address.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// How long a sign-in lasts (default 1h).
+    #[serde(default)]
+    pub session_ttl: Option<Human>,
+    /// The job token's claim that names the person who started the job
+    /// (GitHub `actor`, GitLab `user_email`): that person can never
+    /// approve the job's requests, whichever identity they sign in with.
+    #[serde(default)]
+    pub job_actor_claim: Option<String>,
+    #[serde(default)]
+    pub oidc: Option<ConsoleOidcConfig>,
+}
+
+/// `[console.oidc]`: the approvers' identity provider (authorization code
+/// flow with PKCE).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleOidcConfig {
+    /// The issuer URL, as its ID tokens carry it in `iss` (https only).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretSource,
+    /// The console's `/callback`, as registered with the provider.
+    pub redirect_url: String,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID token claim listing the person's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Extra CA files (PEM) for the provider's HTTPS endpoints.
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+impl ConsoleConfig {
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl.map_or(DEFAULT_TTL, |h| h.0)
+    }
+
+    /// What is wrong, as (key, problem).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let Some(_) = self.listen else {
+            return Ok(());
+        };
+        let Some(o) = &self.oidc else {
+            return Err((
+                "console.oidc",
+                "the console needs an identity provider for sign-in ([console.oidc] issuer, client_id, client_secret, redirect_url)".into(),
+            ));
+        };
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err((
+                "console.cert_file",
+                "cert_file and key_file go together".into(),
+            ));
+        }
+        if !o.issuer.starts_with("https://") {
+            return Err(("console.oidc.issuer", "must be an https:// URL".into()));
+        }
+        match o.redirect_url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.path() == "/callback" => {}
+            _ => {
+                return Err((
+                    "console.oidc.redirect_url",
+                    "must be the console's https://HOST:PORT/callback".into(),
+                ));
+            }
+        }
+        if !o.scopes.iter().any(|s| s == "openid") {
+            return Err(("console.oidc.scopes", "must include \"openid\"".into()));
+        }
+        if self.session_ttl() < Duration::from_secs(60)
+            || self.session_ttl() > Duration::from_secs(86400)
+        {
+            return Err(("console.session_ttl", "must be between 1m and 1d".into()));
+        }
+        Ok(())
+    }
+}
