@@ -23,6 +23,8 @@ pub enum Refused {
     NoRecord(SocketAddr),
     #[error("destination {0} is the daemon's own listener")]
     Loop(SocketAddr),
+    #[error("destination {dst} is the daemon's {what}: jobs can't reach it")]
+    OwnService { what: &'static str, dst: SocketAddr },
     #[error("cannot read capture record: {0}")]
     Map(io::Error),
 }
@@ -142,6 +144,9 @@ fn classify(ctx: &Ctx, peer: SocketAddr) -> Result<Flow, Refused> {
     if is_own_listener(&ctx.cfg, dst) {
         return Err(Refused::Loop(dst));
     }
+    if let Some(what) = own_service(&ctx.cfg, dst) {
+        return Err(Refused::OwnService { what, dst });
+    }
     let job = ctx.jobs.by_cgroup(cgroup_id);
     Ok(Flow {
         id: Flow::next_id(),
@@ -155,6 +160,21 @@ fn classify(ctx: &Ctx, peer: SocketAddr) -> Result<Flow, Refused> {
         identity: ctx.identity(job.as_deref(), cgroup_id),
         job,
     })
+}
+
+/// The daemon's services a job must not reach even through the gateway
+/// (an approver's console reached as the daemon would be a job approving
+/// itself).
+fn own_service(cfg: &Config, dst: SocketAddr) -> Option<&'static str> {
+    let same =
+        |l: SocketAddr| l.port() == dst.port() && (l.ip() == dst.ip() || l.ip().is_unspecified());
+    if cfg.console.listen.is_some_and(same) {
+        return Some("approver console");
+    }
+    if cfg.metrics.addr().is_some_and(same) {
+        return Some("metrics endpoint");
+    }
+    None
 }
 
 /// True if `dst` is one of the explicit proxy listeners.

@@ -61,6 +61,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(addr) = cfg.metrics.addr() {
         crate::control::metrics::serve(addr, gw.clone()).await?;
     }
+    crate::console::start(&cfg, &gw.ca, gw.approvals.clone(), gw.audit.clone()).await?;
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let mut cgroup_mount = PathBuf::new();
@@ -193,6 +194,7 @@ pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
             ("[audit]", new.audit != cfg.audit),
             ("[metrics]", new.metrics != cfg.metrics),
             ("[approvals]", new.approvals != cfg.approvals),
+            ("[console]", new.console != cfg.console),
         ] {
             if changed {
                 restart.push(name);

@@ -14,6 +14,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod egress;

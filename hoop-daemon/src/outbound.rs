@@ -101,6 +101,70 @@ async fn call_inner(
     body: Option<Vec<u8>>,
 ) -> Result<Bytes, Failure> {
     let uri: Uri = url.parse()?;
+    let builder = match &body {
+        Some(_) => Request::post("/").header(header::CONTENT_TYPE, "application/json"),
+        None => Request::get("/").header(header::ACCEPT, "application/json"),
+    };
+    let req = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = roundtrip(&uri, req, tls).await?;
+    if !resp.status().is_success() {
+        return Err(Failure::Status(resp.status()));
+    }
+    collect(resp).await
+}
+
+/// Sends `req` as it is (https only) and returns the answer whatever its
+/// status: for a library that reads error bodies itself (the console's
+/// OAuth token exchange).
+pub async fn exchange(
+    req: Request<Vec<u8>>,
+    tls: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<http::Response<Vec<u8>>, CallError> {
+    let url = req.uri().to_string();
+    let method = if req.method() == http::Method::POST {
+        "POST"
+    } else {
+        "GET"
+    };
+    let fail = |failure| CallError {
+        method,
+        url: url.clone(),
+        failure,
+    };
+    if req.uri().scheme_str() != Some("https") {
+        return Err(fail(Failure::NotHttps));
+    }
+    let uri = req.uri().clone();
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, Full::new(Bytes::from(body)));
+    let run = async {
+        let resp = roundtrip(&uri, req, tls).await?;
+        let (parts, body) = resp.into_parts();
+        let body = collect(http::Response::new(body)).await?;
+        Ok(http::Response::from_parts(parts, body.to_vec()))
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or(Err(Failure::Timeout(timeout.as_millis())))
+        .map_err(fail)
+}
+
+async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes, Failure> {
+    Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(Failure::Body)
+}
+
+/// Connects to `uri`'s host (TLS for https, verified with `tls`) and sends
+/// `req` there, its target rewritten to origin form with a Host header.
+async fn roundtrip(
+    uri: &Uri,
+    mut req: Request<Full<Bytes>>,
+    tls: &Arc<ClientConfig>,
+) -> Result<http::Response<hyper::body::Incoming>, Failure> {
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -116,34 +180,26 @@ async fn call_inner(
         .map_err(Failure::Connect)?;
     let authority = uri.authority().map_or(host, |a| a.as_str()).to_string();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let builder = match &body {
-        Some(_) => Request::post(path).header(header::CONTENT_TYPE, "application/json"),
-        None => Request::get(path).header(header::ACCEPT, "application/json"),
-    }
-    .header(header::HOST, authority)
-    .header(
-        header::USER_AGENT,
-        concat!("hoop/", env!("CARGO_PKG_VERSION")),
+    *req.uri_mut() = path.parse()?;
+    let h = req.headers_mut();
+    h.insert(
+        header::HOST,
+        http::HeaderValue::from_str(&authority).map_err(|_| Failure::NoHost)?,
     );
-    let req = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-    let resp = if https {
+    h.insert(
+        header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("hoop/", env!("CARGO_PKG_VERSION"))),
+    );
+    if https {
         let name = ServerName::try_from(host.to_string())?;
         let stream = TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
             .map_err(Failure::Tls)?;
-        send(stream, req).await?
+        send(stream, req).await
     } else {
-        send(tcp, req).await?
-    };
-    if !resp.status().is_success() {
-        return Err(Failure::Status(resp.status()));
+        send(tcp, req).await
     }
-    Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(Failure::Body)
 }
 
 async fn send<IO>(

@@ -25,7 +25,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("domain", &["identity", "jobs", "flow", "policy"]),
     ("services", &["audit", "approval"]),
     ("data path", &["pipeline", "capture"]),
-    ("edges", &["accept", "proxy", "control"]),
+    ("edges", &["accept", "proxy", "control", "console"]),
     ("app", &["daemon", "cli"]),
 ];
 

@@ -356,7 +356,7 @@ impl Approvals {
             .into_iter()
             .filter(|r| r.status == "pending" && admitted.contains(&r.id))
             .collect();
-        rows.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
         Ok(rows)
     }
 

@@ -42,6 +42,9 @@ pub mod kind {
     /// last signature were written by a previous run (killed, or someone
     /// with write access to the file) and this run does not vouch for them.
     pub const UNVOUCHED: &str = "unvouched";
+    /// Something a person did in the approvers' console: signed in (or was
+    /// refused), viewed a held body, decided, was refused a decision.
+    pub const CONSOLE: &str = "console";
 }
 
 /// What can be recorded: its kind, and the session it belongs to.
@@ -71,6 +74,7 @@ recordable! {
     ApprovalData => kind::APPROVAL, |s| &s.session;
     ConnectDeniedData => kind::CONNECT_DENIED, |s| &s.session;
     MessagesData => kind::MESSAGES, |s| &s.session;
+    ConsoleData => kind::CONSOLE, |s| &s.session;
 }
 
 impl Entry {
@@ -215,6 +219,24 @@ pub struct ApprovalData {
     /// which was forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_sha256: Option<String>,
+}
+
+/// A console event, with the person's identity as their provider vouched
+/// for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleData {
+    /// The job session of the held request it concerns, else empty.
+    pub session: String,
+    /// sign-in, sign-in-refused, sign-out, view, decision, refused
+    pub event: String,
+    pub issuer: Option<String>,
+    pub sub: Option<String>,
+    pub email: Option<String>,
+    pub approval: Option<String>,
+    /// What happened, in words (the decision, the refusal's reason).
+    pub detail: String,
+    /// The browser's address.
+    pub peer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

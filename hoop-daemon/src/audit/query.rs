@@ -423,6 +423,18 @@ pub fn timeline(records: &[Stored]) -> String {
                 Some(m) => messages(&m),
                 None => continue,
             },
+            kind::CONSOLE => match r.parse::<entry::ConsoleData>() {
+                Some(c) => format!(
+                    "console {} by {}{}: {}",
+                    c.event,
+                    c.email.or(c.sub).unwrap_or_else(|| "-".into()),
+                    c.approval
+                        .map(|a| format!(" (approval {a})"))
+                        .unwrap_or_default(),
+                    c.detail
+                ),
+                None => continue,
+            },
             other => other.to_string(),
         };
         out.push_str(&format!("{}  #{:<6} {line}\n", iso(r.ts_ms), r.seq));

@@ -1,0 +1,215 @@
+//! The approvers' console: held requests reach people who never had a
+//! shell on the host. Served by the daemon over HTTPS (`[console]`), with
+//! sign-in through the company's OpenID provider ([`login`]), sessions
+//! kept in memory ([`session`]), a server-rendered page ([`page`]) that
+//! updates live over server-sent events, and decisions that go through
+//! the same approval service as the control socket's. Every sign-in, view
+//! of a held body and decision (or refusal) is an audit record.
+mod login;
+mod page;
+mod routes;
+mod session;
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use rustls::{
+    ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    approval::Approvals,
+    audit::Audit,
+    config::{Config, console::ConsoleConfig},
+    policy::credential::Secret,
+    tls::{Ca, Leaves, leaf::LeafName},
+};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the console could not start (the daemon then does not).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("console: listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("console: client_secret: {0}")]
+    Secret(#[from] crate::policy::credential::SecretError),
+    #[error("console: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("console: certificate {}: {detail}", path.display())]
+    Cert {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+}
+
+/// What the console's handlers share.
+pub struct Console {
+    cfg: ConsoleConfig,
+    /// `https://host:port` of the console, as the browser sees it: what
+    /// a state-changing request's Origin must be.
+    origin: String,
+    provider: login::Provider,
+    sessions: Arc<session::Sessions>,
+    approvals: Arc<Approvals>,
+    audit: Audit,
+}
+
+/// Binds the console if `[console] listen` is set, and serves it.
+pub async fn start(
+    cfg: &Config,
+    ca: &Arc<Ca>,
+    approvals: Arc<Approvals>,
+    audit: Audit,
+) -> Result<bool, StartError> {
+    let c = &cfg.console;
+    let (Some(addr), Some(oidc)) = (c.listen, c.oidc.clone()) else {
+        return Ok(false);
+    };
+    let tls = server_tls(c, addr, ca)?;
+    let secret = Secret::load(&oidc.client_secret)?;
+    let provider_tls =
+        crate::tls::UpstreamTls::new(&oidc.ca_files)?.config_for(&[crate::tls::HTTP11.to_vec()]);
+    let origin = oidc
+        .redirect_url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| Some(format!("https://{}", u.authority()?)))
+        .unwrap_or_default();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let console = Arc::new(Console {
+        cfg: c.clone(),
+        origin,
+        provider: login::Provider::new(oidc, secret, provider_tls),
+        sessions: Arc::default(),
+        approvals,
+        audit,
+    });
+    tracing::info!(listen = %addr, "approver console");
+    tokio::spawn(accept_loop(listener, tls, console));
+    Ok(true)
+}
+
+async fn accept_loop(l: TcpListener, tls: Arc<ServerConfig>, console: Arc<Console>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "console: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let console = console.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "console: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper::service::service_fn(move |req| {
+                let console = console.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(routes::handle(&console, peer, req).await)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// The console's own certificate, or leaves from hoop's CA for its names.
+fn server_tls(
+    c: &ConsoleConfig,
+    addr: SocketAddr,
+    ca: &Arc<Ca>,
+) -> Result<Arc<ServerConfig>, StartError> {
+    let builder = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(crate::tls::TlsError::from)?
+        .with_no_client_auth();
+    let mut cfg = match (&c.cert_file, &c.key_file) {
+        (Some(cert), Some(key)) => {
+            let bad = |path: &Path, e: &dyn std::fmt::Display| StartError::Cert {
+                path: path.into(),
+                detail: e.to_string(),
+            };
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad(cert, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(cert, &e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+            builder
+                .with_single_cert(chain, key)
+                .map_err(|e| bad(cert, &e))?
+        }
+        _ => {
+            let mut names: Vec<LeafName> = c
+                .names
+                .iter()
+                .map(|n| match n.parse() {
+                    Ok(ip) => LeafName::Ip(ip),
+                    Err(_) => LeafName::Dns(n.to_lowercase()),
+                })
+                .collect();
+            if names.is_empty() {
+                names = vec![LeafName::Dns("localhost".into()), LeafName::Ip(addr.ip())];
+            }
+            builder.with_cert_resolver(Arc::new(OwnNames {
+                leaves: Leaves::new(ca.clone())?,
+                names,
+            }))
+        }
+    };
+    cfg.alpn_protocols = vec![crate::tls::HTTP11.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Leaves for the console's names only: another SNI gets no certificate.
+struct OwnNames {
+    leaves: Leaves,
+    names: Vec<LeafName>,
+}
+
+impl std::fmt::Debug for OwnNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnNames")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for OwnNames {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = match hello.server_name() {
+            Some(sni) => LeafName::Dns(sni.to_lowercase()),
+            // Connected by IP: the first IP name.
+            None => self
+                .names
+                .iter()
+                .find(|n| matches!(n, LeafName::Ip(_)))?
+                .clone(),
+        };
+        if !self.names.contains(&name) {
+            return None;
+        }
+        self.leaves.get(&name).ok()
+    }
+}

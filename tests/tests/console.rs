@@ -1,0 +1,645 @@
+//! The approvers' console, end to end, with real parts: the seed
+//! scenario's CI job (a headless Chromium under `hoop run`, as nobody,
+//! with an OIDC token naming carol as its actor) makes a payout that is
+//! held; approvers sign in to hoop's console in their own Chromium through
+//! a real OpenID provider's login form (npm `oidc-provider`, authorization
+//! code flow with PKCE) and decide there. Checked:
+//! - the held POST appears on an approver's page without a reload, with
+//!   its masked body, and a second approver sees the decision live;
+//! - carol (the job's actor) is refused as a self-approver, dave (not in
+//!   the approvers' group) sees no held request and gets 403 for its body
+//!   and a decision; both refusals are recorded and the request stays held;
+//! - a POST without the CSRF token, with a wrong one, or from another
+//!   Origin is refused; a tampered session cookie is refused;
+//! - approve reaches the job's Chromium as 201, deny with a reason as 403
+//!   with that reason;
+//! - the job cannot reach the console, even through the gateway;
+//! - sign-ins, the body view and the decisions are in the verified audit
+//!   log with the approver's identity.
+//!
+//! A screenshot of the inbox is saved to target/test-artifacts/.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use hoop_testkit::{
+    Origin, OriginOpts, TestCa,
+    cdp::Browser,
+    oidc::{Alg, Issuer},
+    seed,
+};
+use hoop_tests::{TestEnv, Value, free_port};
+use serde_json::json;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
+const PARTNER_IP: &str = "127.0.0.19";
+const PROVIDER_IP: &str = "127.0.0.17";
+
+fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The approvers' identity provider: oidc-provider with a login client
+/// whose redirect URI is the console's callback.
+fn provider(dir: &Path, redirect: &str) -> (Kill, String, PathBuf) {
+    let ca = TestCa::new("hoop test console IdP CA");
+    let (cert, key) = ca.leaf_pem(&[PROVIDER_IP]);
+    let cert_file = write(dir, "idp-cert.pem", &cert, 0o644);
+    let key_file = write(dir, "idp-key.pem", &key, 0o600);
+    let ca_file = write(dir, "idp-ca.pem", &ca.cert_pem, 0o644);
+    let server_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc-provider");
+    assert!(
+        server_dir.join("node_modules/oidc-provider").exists(),
+        "oidc-provider is not installed in {}: `cargo xtask test` runs npm ci there",
+        server_dir.display()
+    );
+    let mut node = Command::new("node")
+        .arg(server_dir.join("server.mjs"))
+        .arg(PROVIDER_IP)
+        .arg(&cert_file)
+        .arg(&key_file)
+        .arg(redirect)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is installed");
+    let issuer = {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(node.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        // The provider logs to stdout later on: keep reading, or its next
+        // write would fail and end it.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        line.trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("oidc-provider: {line:?}"))
+            .to_string()
+    };
+    (Kill(node), issuer, ca_file)
+}
+
+/// Polls `cond` (a JS expression) in the page until it is true.
+fn wait_js(b: &mut Browser, cond: &str, what: &str) {
+    let t = Instant::now();
+    loop {
+        if let Ok(v) = b.eval(&format!("!!({cond})"))
+            && v == json!(true)
+        {
+            return;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let url = b.eval("location.href").unwrap_or_default();
+            let dom = b.dom().unwrap_or_default();
+            panic!("{what}: not within 30 s (at {url})\n{dom}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An approver's browser (not a job: started by the test, outside hoop),
+/// trusting hoop's CA (the console's certificate) and the provider's.
+fn approver_browser(env: &TestEnv, idp_ca: &Path, who: &str) -> Browser {
+    let home = env.dir.path().join(format!("approver-{who}"));
+    let nssdb = home.join(".pki/nssdb");
+    env.hoop_ok(&[
+        std::ffi::OsStr::new("ca"),
+        "install-nss".as_ref(),
+        "--dir".as_ref(),
+        nssdb.as_os_str(),
+    ]);
+    let st = Command::new("certutil")
+        .arg("-d")
+        .arg(format!("sql:{}", nssdb.display()))
+        .args(["-A", "-n", "console IdP CA", "-t", "C,,", "-i"])
+        .arg(idp_ca)
+        .status()
+        .unwrap();
+    assert!(st.success(), "certutil");
+    let mut cmd = Command::new("chromium");
+    cmd.env("HOME", &home);
+    Browser::launch(cmd, &[], &home.join("profile")).unwrap()
+}
+
+/// Signs `login` in through the provider's own login form; ends on the inbox.
+fn sign_in(b: &mut Browser, console: &str, login: &str) {
+    b.call("Network.clearBrowserCookies", json!({})).unwrap();
+    b.open(&format!("{console}/")).unwrap();
+    wait_js(b, "document.getElementById('sign-in')", "the sign-in page");
+    b.open(&format!("{console}/login")).unwrap();
+    wait_js(
+        b,
+        "document.querySelector('input[name=login]')",
+        "the provider's login form",
+    );
+    b.eval(&format!(
+        "document.querySelector('input[name=login]').value = '{login}';\
+         document.querySelector('input[name=password]').value = 'any';\
+         document.querySelector('form').submit(); true"
+    ))
+    .unwrap();
+    wait_js(
+        b,
+        &format!(
+            "location.origin === '{console}' && document.getElementById('who')?.textContent === '{login}@example.test'"
+        ),
+        &format!("{login}'s inbox"),
+    );
+}
+
+/// The console's session cookie in this browser (HttpOnly: read over
+/// DevTools, as only the test can).
+fn session_cookie(b: &mut Browser) -> String {
+    let c = b.call("Network.getAllCookies", json!({})).unwrap();
+    c["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "__Host-hoop-console")
+        .map(|c| c["value"].as_str().unwrap().to_string())
+        .expect("no console session cookie")
+}
+
+/// A POST from the page's own origin (fetch), answered as JSON.
+fn page_post(b: &mut Browser, path: &str, headers: Value, body: &str) -> Value {
+    b.eval(&format!(
+        "fetch('{path}', {{method: 'POST', headers: Object.assign({{accept: 'application/json', \
+         'content-type': 'application/x-www-form-urlencoded'}}, {headers}), body: {body:?}}})\
+         .then(async r => ({{status: r.status, reason: r.headers.get('x-hoop-reason'), text: await r.text()}}))"
+    ))
+    .unwrap()
+}
+
+/// curl to the console, outside any browser: what a forger could send.
+fn curl(console: &str, ca: &Path, args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-o", "-", "-D", "/dev/stderr", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(console)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        String::from_utf8_lossy(&out.stderr).to_lowercase(),
+    )
+}
+
+#[test]
+fn approvers_decide_in_the_console_and_nobody_else_can() {
+    let partner_ca = TestCa::new("Acme partner CA");
+    let origin = Origin::start_background(OriginOpts {
+        tls: Some(partner_ca.server_config(
+            &[seed::PARTNER_HOST, seed::QUIC_HOST, PARTNER_IP],
+            &[b"h2", b"http/1.1"],
+        )),
+        bind: Some(format!("{PARTNER_IP}:443").parse().unwrap()),
+        also_v6: false,
+    });
+    let issuer = Issuer::start_background("127.0.0.18", Alg::Es256);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let console = format!("https://127.0.0.1:{port}");
+    let (_idp, idp_url, idp_ca) = provider(dir.path(), &format!("{console}/callback"));
+    let console_secret = write(
+        dir.path(),
+        "console-secret",
+        "test-only-console-secret",
+        0o600,
+    );
+    let issuer_ca = write(dir.path(), "issuer-ca.pem", &issuer.ca.cert_pem, 0o644);
+    let partner_ca_file = write(dir.path(), "partner-ca.pem", &partner_ca.cert_pem, 0o644);
+    let secret_file = write(
+        dir.path(),
+        "partner.key",
+        "sk_live_console_0123456789abcdef",
+        0o600,
+    );
+    let policy = seed::policy(&seed::PolicyParts {
+        issuer_url: &issuer.url,
+        issuer_ca: &issuer_ca,
+        partner_ca: &partner_ca_file,
+        secret_file: &secret_file,
+    })
+    .replace(
+        "approvers = [\"uid:0\"]",
+        "approvers = [\"oidc:group:payments-leads\"]\nmessage = \"Payouts need a payments lead\"",
+    );
+    assert!(policy.contains("oidc:group:payments-leads"), "{policy}");
+    let console_cfg = format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\njob_actor_claim = \"actor\"\n\n\
+         [console.oidc]\nissuer = \"{idp_url}\"\nclient_id = \"hoop-console\"\n\
+         client_secret = {{ file = \"{}\" }}\nredirect_url = \"{console}/callback\"\n\
+         scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nca_files = [\"{}\"]\n",
+        console_secret.display(),
+        idp_ca.display()
+    );
+    let mut env = TestEnv::custom(
+        "console",
+        PROBE,
+        "control_group = \"nogroup\"",
+        &console_cfg,
+        "\"127.0.0.0/8\"",
+        Some(&policy),
+    );
+    env.start_daemon();
+    let hoop_ca = env.hoop_ca();
+
+    // The job: the seed's Chromium, with a token saying carol started it.
+    let mut claims = issuer.claims(seed::JOB_SUBJECT);
+    claims["actor"] = json!("carol");
+    claims["repository"] = json!("acme/scraper");
+    let token_file = write(
+        env.dir.path(),
+        "job-token",
+        &issuer.token_with(&claims),
+        0o644,
+    );
+    let hoop = hoop_tests::hoop_bin();
+    let mut job = seed::launch_browser(&seed::Job {
+        hoop: &hoop,
+        config: &env.config,
+        token: &token_file,
+        home: &env.dir.path().join("home"),
+        partner_ip: PARTNER_IP,
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\ndaemon log:\n{}", env.log()));
+    job.open(&format!("https://{}/console", seed::PARTNER_HOST))
+        .unwrap();
+
+    // The job can't reach the console: not directly (its connect goes to
+    // the gateway, which refuses the daemon's own services) ...
+    let r = job
+        .eval(&format!(
+            "fetch('{console}/').then(r => 'reached ' + r.status, e => 'failed: ' + e)"
+        ))
+        .unwrap();
+    assert_eq!(r, json!("failed: TypeError: Failed to fetch"), "{r}");
+    assert!(
+        env.wait_log(
+            &["is the daemon's approver console"],
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "{}",
+        env.log()
+    );
+
+    // Approvers sign in: alice and bob are payments leads.
+    let mut alice = approver_browser(&env, &idp_ca, "alice");
+    sign_in(&mut alice, &console, "alice");
+    wait_js(
+        &mut alice,
+        "document.getElementById('empty') && !document.getElementById('empty').hidden",
+        "an empty inbox",
+    );
+    alice.eval("window.__loaded_once = 42").unwrap();
+    let mut other = approver_browser(&env, &idp_ca, "other");
+
+    // The payout is held; it appears on alice's page without a reload.
+    let payout = job
+        .start(
+            "fetch('/v1/prod/payouts', {method: 'POST', headers: {'content-type': 'application/json'}, \
+             body: JSON.stringify({amount: 250, currency: 'EUR', beneficiary: 'ann.lee@example.com'})})\
+             .then(async r => ({status: r.status, text: await r.text()}))",
+        )
+        .unwrap();
+    let id = env.wait_pending(0);
+    wait_js(
+        &mut alice,
+        &format!("document.getElementById('a-{id}')"),
+        "the held payout on alice's page",
+    );
+    assert_eq!(
+        alice.eval("window.__loaded_once").unwrap(),
+        json!(42),
+        "the page reloaded"
+    );
+    let item = alice
+        .eval(&format!("document.getElementById('a-{id}').innerText"))
+        .unwrap();
+    let item = item.as_str().unwrap();
+    for want in [
+        "POST",
+        "/v1/prod/payouts",
+        "carol",
+        "acme/scraper",
+        "chromium",
+        "Payouts need a payments lead",
+    ] {
+        assert!(item.contains(want), "{want:?} not shown:\n{item}");
+    }
+    // Its body, masked, on request (and recorded as viewed).
+    alice
+        .eval(&format!(
+            "document.querySelector('#a-{id} button.show-body').click(); true"
+        ))
+        .unwrap();
+    wait_js(
+        &mut alice,
+        &format!(
+            "document.querySelector('#a-{id} pre.body:not([hidden])')?.textContent.length > 0"
+        ),
+        "the held body",
+    );
+    let body = alice
+        .eval(&format!(
+            "document.querySelector('#a-{id} pre.body').textContent"
+        ))
+        .unwrap();
+    let body = body.as_str().unwrap();
+    assert!(body.contains("\"amount\":250"), "{body}");
+    assert!(
+        !body.contains("ann.lee@example.com"),
+        "the e-mail was not masked: {body}"
+    );
+    let shot = alice
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .unwrap();
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    {
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(artifacts.join("console-inbox.png"), png).unwrap();
+    }
+
+    // carol started the job: she is a payments lead, and still refused.
+    sign_in(&mut other, &console, "carol");
+    wait_js(
+        &mut other,
+        &format!("document.getElementById('a-{id}')"),
+        "the payout on carol's page",
+    );
+    let csrf = other
+        .eval("document.querySelector('meta[name=csrf]').content")
+        .unwrap();
+    let csrf = csrf.as_str().unwrap().to_string();
+    let r = page_post(
+        &mut other,
+        &format!("/approvals/{id}/approve"),
+        json!({"x-hoop-csrf": csrf}),
+        "",
+    );
+    assert_eq!(
+        (r["status"].clone(), r["reason"].clone()),
+        (json!(403), json!("self-approval")),
+        "{r}"
+    );
+    assert!(
+        r["text"]
+            .as_str()
+            .unwrap()
+            .contains("can't approve their own job"),
+        "{r}"
+    );
+
+    // CSRF: no token, a wrong token, another origin; all refused.
+    for (headers, body, why) in [
+        (json!({}), "", "the CSRF token is missing"),
+        (
+            json!({"x-hoop-csrf": "forged"}),
+            "",
+            "the CSRF token is wrong",
+        ),
+        (json!({}), "csrf=forged", "the CSRF token is wrong"),
+    ] {
+        let r = page_post(
+            &mut other,
+            &format!("/approvals/{id}/deny"),
+            headers,
+            &format!("{body}&reason=x"),
+        );
+        assert_eq!(
+            (r["status"].clone(), r["reason"].clone()),
+            (json!(403), json!("csrf")),
+            "{r}"
+        );
+        assert!(r["text"].as_str().unwrap().contains(why), "{why}: {r}");
+    }
+    let carol_cookie = session_cookie(&mut other);
+    let (code, body, head) = curl(
+        &format!("{console}/approvals/{id}/deny"),
+        &hoop_ca,
+        &[
+            "-H",
+            &format!("cookie: __Host-hoop-console={carol_cookie}"),
+            "-H",
+            "origin: https://evil.example",
+            "-d",
+            &format!("csrf={csrf}&reason=forged"),
+        ],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        head.contains("x-hoop-reason: csrf") && body.contains("another origin"),
+        "{head}{body}"
+    );
+
+    // dave is not an approver: nothing shown, body and decision refused.
+    sign_in(&mut other, &console, "dave");
+    assert_eq!(
+        other
+            .eval("document.querySelectorAll('#inbox li').length")
+            .unwrap(),
+        json!(0)
+    );
+    let r = other
+        .eval(&format!(
+            "fetch('/approvals/{id}/body').then(async r => ({{status: r.status, reason: r.headers.get('x-hoop-reason'), text: await r.text()}}))"
+        ))
+        .unwrap();
+    assert_eq!(
+        (r["status"].clone(), r["reason"].clone()),
+        (json!(403), json!("not-approver")),
+        "{r}"
+    );
+    assert!(!r["text"].as_str().unwrap().contains("amount"), "{r}");
+    let csrf = other
+        .eval("document.querySelector('meta[name=csrf]').content")
+        .unwrap();
+    let r = page_post(
+        &mut other,
+        &format!("/approvals/{id}/approve"),
+        json!({"x-hoop-csrf": csrf}),
+        "",
+    );
+    assert_eq!(
+        (r["status"].clone(), r["reason"].clone()),
+        (json!(403), json!("not-approver")),
+        "{r}"
+    );
+
+    // A tampered session cookie is no session; the real one is (control).
+    let alice_cookie = session_cookie(&mut alice);
+    let mut tampered = alice_cookie.clone().into_bytes();
+    tampered[5] = if tampered[5] == b'x' { b'y' } else { b'x' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for (cookie, want) in [(&tampered, 401), (&alice_cookie, 200)] {
+        let (code, body, head) = curl(
+            &format!("{console}/approvals/{id}/body"),
+            &hoop_ca,
+            &["-H", &format!("cookie: __Host-hoop-console={cookie}")],
+        );
+        assert_eq!(code, want, "{head}{body}");
+        if want == 401 {
+            assert!(head.contains("x-hoop-reason: not-signed-in"), "{head}");
+        }
+    }
+    // Still held through all of that.
+    assert!(
+        !origin.seen().iter().any(|s| s.method == "POST"),
+        "a held payout reached the partner"
+    );
+
+    // bob watches; alice approves; bob sees it live, the job gets 201.
+    sign_in(&mut other, &console, "bob");
+    wait_js(
+        &mut other,
+        &format!("document.getElementById('a-{id}')"),
+        "the payout on bob's page",
+    );
+    other.eval("window.__loaded_once = 7").unwrap();
+    alice
+        .eval(&format!(
+            "document.querySelector('#a-{id} form.decide button.approve').click(); true"
+        ))
+        .unwrap();
+    let r = job.value(payout).unwrap();
+    assert_eq!(r["status"], 201, "{r}");
+    wait_js(
+        &mut other,
+        &format!("document.querySelector('#d-{id}[data-status=approved]')"),
+        "the decision on bob's page",
+    );
+    assert_eq!(
+        other.eval("window.__loaded_once").unwrap(),
+        json!(7),
+        "bob's page reloaded"
+    );
+    let done = other
+        .eval(&format!("document.getElementById('d-{id}').innerText"))
+        .unwrap();
+    assert!(
+        done.as_str().unwrap().contains("oidc:alice@example.test"),
+        "{done}"
+    );
+
+    // Deny with a reason: the job's Chromium reads it.
+    let payout = job
+        .start(
+            "fetch('/v1/prod/payouts', {method: 'POST', headers: {'content-type': 'application/json'}, \
+             body: JSON.stringify({amount: 990000, currency: 'EUR'})}).then(async r => ({status: r.status, text: await r.text()}))",
+        )
+        .unwrap();
+    let id2 = env.wait_pending(0);
+    wait_js(
+        &mut other,
+        &format!("document.getElementById('a-{id2}')"),
+        "the second payout",
+    );
+    other
+        .eval(&format!(
+            "const f = document.querySelector('#a-{id2} form[action$=deny]');\
+             f.querySelector('input[name=reason]').value = 'payouts are frozen today';\
+             f.querySelector('button.deny').click(); true"
+        ))
+        .unwrap();
+    let r = job.value(payout).unwrap();
+    assert_eq!(r["status"], 403, "{r}");
+    assert!(
+        r["text"]
+            .as_str()
+            .unwrap()
+            .contains("payouts are frozen today"),
+        "{r}"
+    );
+    wait_js(
+        &mut alice,
+        &format!("document.querySelector('#d-{id2}[data-status=denied]')"),
+        "the denial on alice's page",
+    );
+    assert_eq!(
+        origin.seen().iter().filter(|s| s.method == "POST").count(),
+        1,
+        "only the approved payout may reach the partner"
+    );
+
+    // Everything is on record, with the approvers' identities.
+    job.close();
+    let out = env.hoop().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.hoop().args(["export", "jsonl"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let console_events: Vec<Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["kind"] == "console")
+        .map(|r| r["data"].clone())
+        .collect();
+    let has = |event: &str, email: &str, detail: &str| {
+        console_events.iter().any(|e| {
+            e["event"] == event
+                && e["email"] == email
+                && e["detail"].as_str().unwrap_or("").contains(detail)
+        })
+    };
+    for (event, who, detail) in [
+        ("sign-in", "alice@example.test", "payments-leads"),
+        ("sign-in", "dave@example.test", "marketing"),
+        ("view", "alice@example.test", "viewed the held body"),
+        (
+            "refused",
+            "carol@example.test",
+            "can't approve their own job",
+        ),
+        ("refused", "dave@example.test", "not an approver"),
+        (
+            "decision",
+            "alice@example.test",
+            "approved by oidc:alice@example.test",
+        ),
+        (
+            "decision",
+            "bob@example.test",
+            "denied by oidc:bob@example.test",
+        ),
+    ] {
+        assert!(
+            has(event, who, detail),
+            "no {event} by {who} ({detail}) in:\n{console_events:#?}\n{}",
+            &lines[lines.len().saturating_sub(3000)..]
+        );
+    }
+    alice.close();
+    other.close();
+}
