@@ -243,6 +243,10 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         "approvers = [\"oidc:group:payments-leads\"]\nmessage = \"Payouts need a payments lead\"",
     );
     assert!(policy.contains("oidc:group:payments-leads"), "{policy}");
+    let policy = format!(
+        "{policy}\n[[connection.approve]]\nname = \"refunds\"\nmethod = \"POST\"\n\
+         path = \"/v1/prod/refunds\"\napprovers = [\"oidc:group:payments-leads\"]\ntimeout = \"2s\"\n"
+    );
     let console_cfg = format!(
         "[console]\nlisten = \"127.0.0.1:{port}\"\njob_actor_claim = \"actor\"\n\n\
          [console.oidc]\nissuer = \"{idp_url}\"\nclient_id = \"hoop-console\"\n\
@@ -370,6 +374,12 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         !body.contains("ann.lee@example.com"),
         "the e-mail was not masked: {body}"
     );
+    alice
+        .call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 1100, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .unwrap();
     let shot = alice
         .call("Page.captureScreenshot", json!({"format": "png"}))
         .unwrap();
@@ -578,6 +588,23 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         &mut alice,
         &format!("document.querySelector('#d-{id2}[data-status=denied]')"),
         "the denial on alice's page",
+    );
+    // Nobody decides: the expiry reaches the job and shows on the page.
+    let refund = job
+        .start(
+            "fetch('/v1/prod/refunds', {method: 'POST', body: 'r=1'})\
+             .then(async r => ({status: r.status, text: await r.text()}))",
+        )
+        .unwrap();
+    let id3 = env.wait_pending(0);
+    wait_js(&mut alice, &format!("document.getElementById('a-{id3}')"), "the refund");
+    let r = job.value(refund).unwrap();
+    assert_eq!(r["status"], 403, "{r}");
+    assert!(r["text"].as_str().unwrap().contains("expired"), "{r}");
+    wait_js(
+        &mut alice,
+        &format!("document.querySelector('#d-{id3}[data-status=expired]') && !document.getElementById('a-{id3}')"),
+        "the expiry on alice's page",
     );
     assert_eq!(
         origin.seen().iter().filter(|s| s.method == "POST").count(),
