@@ -310,14 +310,23 @@ pub enum ServicesError {
 /// Starts what the data path uses beside it: the approvals store (with its
 /// webhook), the audit writer, the local CA.
 pub fn start_services(cfg: &Config) -> Result<Services, ServicesError> {
-    let notifier = match &cfg.approvals.webhook {
-        Some(url) => Some(crate::approval::Notifier::new(
-            url.clone(),
-            cfg.approvals.slack,
-            crate::tls::UpstreamTls::new(&cfg.tls.upstream_ca_files)?
-                .config_for(&[crate::tls::HTTP11.to_vec()]),
+    use crate::{approval::notify::Shape, config::policy::SlackSetting};
+    let tls = || -> Result<_, ServicesError> {
+        Ok(crate::tls::UpstreamTls::new(&cfg.tls.upstream_ca_files)?
+            .config_for(&[crate::tls::HTTP11.to_vec()]))
+    };
+    let notifier = match (&cfg.approvals.webhook, &cfg.approvals.slack) {
+        (_, SlackSetting::Buttons(s)) => Some(crate::approval::Notifier::new(
+            s.webhook_url.clone(),
+            Shape::SlackButtons,
+            tls()?,
         )),
-        None => None,
+        (Some(url), SlackSetting::Text(text)) => Some(crate::approval::Notifier::new(
+            url.clone(),
+            if *text { Shape::SlackText } else { Shape::Hoop },
+            tls()?,
+        )),
+        (None, _) => None,
     };
     let approvals = Arc::new(crate::approval::Approvals::open(
         &cfg.daemon.state_dir.join("approvals.db"),

@@ -3,8 +3,6 @@
 //! job's own uid can't approve it; root approves (with `--for`, so the same
 //! job's next matching request goes through), denies, or lets it expire.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -12,40 +10,9 @@ use std::{
 };
 
 use hoop_testkit::{Origin, OriginOpts, TestCa};
-use hoop_tests::{TestEnv, Value, eventually};
+use hoop_tests::{TestEnv, Value, eventually, webhook};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
-
-/// A loopback webhook receiver: records each POST body, answers 200.
-fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            g.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-        }
-    });
-    (url, got)
-}
 
 struct Setup {
     env: TestEnv,

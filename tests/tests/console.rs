@@ -597,13 +597,19 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         )
         .unwrap();
     let id3 = env.wait_pending(0);
-    wait_js(&mut alice, &format!("document.getElementById('a-{id3}')"), "the refund");
+    wait_js(
+        &mut alice,
+        &format!("document.getElementById('a-{id3}')"),
+        "the refund",
+    );
     let r = job.value(refund).unwrap();
     assert_eq!(r["status"], 403, "{r}");
     assert!(r["text"].as_str().unwrap().contains("expired"), "{r}");
     wait_js(
         &mut alice,
-        &format!("document.querySelector('#d-{id3}[data-status=expired]') && !document.getElementById('a-{id3}')"),
+        &format!(
+            "document.querySelector('#d-{id3}[data-status=expired]') && !document.getElementById('a-{id3}')"
+        ),
         "the expiry on alice's page",
     );
     assert_eq!(
@@ -669,4 +675,260 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     }
     alice.close();
     other.close();
+}
+
+/// `v0=` HMAC-SHA256 as Slack signs a callback (computed here with ring,
+/// outside hoop's code).
+fn slack_sign(secret: &str, ts: &str, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("v0:{ts}:{body}").as_bytes());
+    format!("v0={}", hex::encode(tag.as_ref()))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Slack's buttons: the held request is posted with Approve and Deny; a
+/// click decides only when Slack signed it, recently, once, and for a
+/// mapped user who may approve. Every refusal is recorded.
+#[test]
+fn slack_buttons_decide_only_when_signed_fresh_and_once() {
+    let up_ca = TestCa::default();
+    let dir = tempfile::tempdir().unwrap();
+    let up_ca_file = write(dir.path(), "upstream-ca.pem", &up_ca.cert_pem, 0o644);
+    let signing = "test-only-slack-signing-secret";
+    let signing_file = write(dir.path(), "slack-secret", signing, 0o600);
+    let console_secret = write(
+        dir.path(),
+        "console-secret",
+        "test-only-console-secret",
+        0o600,
+    );
+    let (hook, hooks) = hoop_tests::webhook();
+    let port = free_port();
+    let console = format!("https://127.0.0.1:{port}");
+    let policy = format!(
+        r#"[approvals.slack]
+webhook_url = "{hook}"
+signing_secret = {{ file = "{signing}" }}
+users = {{ U1ALICE = "alice@acme.example", U2MALLORY = "mallory@acme.example" }}
+
+[[identity.static]]
+cgroup = "{{cgroup}}/**"
+name = "test:local"
+
+[[connection]]
+name = "partner"
+hosts = ["api.partner.test"]
+allow = ["test:*"]
+upstream_ca_files = ["{up}"]
+
+[[connection.approve]]
+name = "prod-writes"
+method = "POST"
+path = "/echo"
+approvers = ["oidc:email:alice@acme.example"]
+timeout = "30s"
+"#,
+        signing = signing_file.display(),
+        up = up_ca_file.display(),
+    );
+    // The provider is never asked here: only Slack's callbacks are.
+    let console_cfg = format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\n\n[console.oidc]\n\
+         issuer = \"https://{PROVIDER_IP}:9\"\nclient_id = \"hoop-console\"\n\
+         client_secret = {{ file = \"{}\" }}\nredirect_url = \"{console}/callback\"\n",
+        console_secret.display()
+    );
+    let mut env = TestEnv::custom(
+        "slack",
+        PROBE,
+        "control_group = \"nogroup\"",
+        &console_cfg,
+        "\"127.0.0.0/8\"",
+        Some(&policy),
+    );
+    env.start_daemon();
+    let origin = Origin::start_background(OriginOpts {
+        tls: Some(up_ca.server_config(&["api.partner.test"], &[b"http/1.1"])),
+        bind: Some("127.0.0.3:0".parse().unwrap()),
+        also_v6: false,
+    });
+    let hoop_ca = env.dir.path().join("hoop-ca.pem");
+    std::fs::copy(env.hoop_ca(), &hoop_ca).unwrap();
+    let port_up = origin.addr.port();
+    let job = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(hoop_tests::hoop_bin())
+        .arg("--config")
+        .arg(&env.config)
+        .args(["run", "--", "curl", "-sS", "--max-time", "30", "--cacert"])
+        .arg(&hoop_ca)
+        .args([
+            "--resolve",
+            &format!("api.partner.test:{port_up}:127.0.0.3"),
+            "-X",
+            "POST",
+            "-d",
+            "payload",
+            "-w",
+            "\n%{http_code}\n",
+            &format!("https://api.partner.test:{port_up}/echo"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = env.wait_pending(0);
+
+    // Slack got the message, with both buttons carrying the approval.
+    assert!(
+        hoop_tests::eventually(Duration::from_secs(5), || hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.contains(&id))),
+        "no Slack message: {:?}",
+        hooks.lock().unwrap()
+    );
+    let msg: Value = serde_json::from_str(
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|h| h.contains(&id))
+            .unwrap(),
+    )
+    .unwrap();
+    let buttons = &msg["blocks"][1]["elements"];
+    assert_eq!(
+        (buttons[0]["action_id"].clone(), buttons[0]["value"].clone()),
+        (json!("hoop_approve"), json!(id)),
+        "{msg}"
+    );
+    assert_eq!(buttons[1]["action_id"], "hoop_deny", "{msg}");
+
+    let click = |user: &str, action: &str| {
+        let payload = json!({"type": "block_actions", "user": {"id": user, "username": user},
+            "actions": [{"action_id": action, "value": id, "type": "button"}]});
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &payload.to_string())
+            .finish()
+    };
+    let post = |body: &str, ts: Option<&str>, sig: Option<&str>| {
+        let mut args = vec![
+            "-X".to_string(),
+            "POST".into(),
+            "--data-binary".into(),
+            body.into(),
+        ];
+        if let Some(ts) = ts {
+            args.extend(["-H".into(), format!("x-slack-request-timestamp: {ts}")]);
+        }
+        if let Some(sig) = sig {
+            args.extend(["-H".into(), format!("x-slack-signature: {sig}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&format!("{console}/slack/interactions"), &hoop_ca, &args)
+    };
+    let now = unix_now().to_string();
+    let good = click("U1ALICE", "hoop_approve");
+    let good_sig = slack_sign(signing, &now, &good);
+    let old = (unix_now() - 400).to_string();
+    let refusals = [
+        ("unsigned", post(&good, None, None), 401, "slack-signature"),
+        (
+            "wrong secret",
+            post(
+                &good,
+                Some(&now),
+                Some(&slack_sign("another-secret-entirely", &now, &good)),
+            ),
+            401,
+            "slack-signature",
+        ),
+        (
+            "edited body",
+            post(&click("U1ALICE", "hoop_deny"), Some(&now), Some(&good_sig)),
+            401,
+            "slack-signature",
+        ),
+        (
+            "old timestamp",
+            post(&good, Some(&old), Some(&slack_sign(signing, &old, &good))),
+            401,
+            "slack-stale",
+        ),
+        (
+            "unmapped user",
+            {
+                let b = click("U9UNKNOWN", "hoop_approve");
+                post(&b, Some(&now), Some(&slack_sign(signing, &now, &b)))
+            },
+            403,
+            "slack-user-unmapped",
+        ),
+        (
+            "mapped, not an approver",
+            {
+                let b = click("U2MALLORY", "hoop_approve");
+                post(&b, Some(&now), Some(&slack_sign(signing, &now, &b)))
+            },
+            403,
+            "not-approver",
+        ),
+    ];
+    for (what, (code, body, head), want, reason) in refusals {
+        assert_eq!(code, want, "{what}: {head}{body}");
+        assert!(
+            head.contains(&format!("x-hoop-reason: {reason}")),
+            "{what}: {head}"
+        );
+    }
+    assert_eq!(
+        env.approvals()
+            .iter()
+            .find(|a| a["id"] == json!(id))
+            .map(|a| a["status"].clone()),
+        Some(json!("pending")),
+        "a refused callback decided"
+    );
+
+    // The control: Slack's own, signed and fresh, approves.
+    let (code, body, head) = post(&good, Some(&now), Some(&good_sig));
+    assert_eq!(code, 200, "{head}{body}");
+    assert!(
+        body.contains("approved by oidc:alice@acme.example"),
+        "{body}"
+    );
+    let out = job.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.trim_end().ends_with("200"), "{stdout}");
+    // And once only: the same callback again is a replay.
+    let (code, _, head) = post(&good, Some(&now), Some(&good_sig));
+    assert_eq!(code, 401, "{head}");
+    assert!(head.contains("x-hoop-reason: slack-replay"), "{head}");
+
+    let out = env.hoop().args(["export", "jsonl"]).output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let events: Vec<Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["kind"] == "console")
+        .map(|r| r["data"].clone())
+        .collect();
+    let count = |event: &str| events.iter().filter(|e| e["event"] == event).count();
+    // Five refusals above and the replay.
+    assert_eq!(count("slack-refused"), 6, "{events:#?}");
+    assert_eq!(count("refused"), 1, "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["event"] == "decision"
+            && e["email"] == "alice@acme.example"
+            && e["detail"].as_str().unwrap().contains("in Slack")),
+        "{events:#?}"
+    );
 }

@@ -7,7 +7,7 @@
 //! the console (signed in; the person the job's token names as its actor
 //! can never approve it). Every change is also published as an [`Event`]
 //! for the console's live inbox.
-mod notify;
+pub mod notify;
 pub mod store;
 
 use std::{

@@ -1,28 +1,72 @@
-//! Tells approvers that a request waits: a JSON POST to a webhook, hoop's
-//! own shape or a Slack-compatible `{"text": …}`. Best effort, off the
-//! request's path: a failed notification is logged, the request still
-//! waits for its approval or its expiry.
+//! Tells approvers that a request waits: a JSON POST to a webhook, in
+//! hoop's own shape, as a Slack-compatible `{"text": …}`, or as a Slack
+//! message with Approve and Deny buttons (their clicks come back to the
+//! console, signed). Best effort, off the request's path: a failed
+//! notification is logged, the request still waits for its approval or
+//! its expiry.
 use std::{sync::Arc, time::Duration};
 
 use rustls::ClientConfig;
 
 use super::store::Row;
 
+/// What the webhook receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Hoop,
+    SlackText,
+    SlackButtons,
+}
+
+/// The buttons' `action_id`s, as the console's `/slack/interactions`
+/// reads them back.
+pub const SLACK_APPROVE: &str = "hoop_approve";
+pub const SLACK_DENY: &str = "hoop_deny";
+
 #[derive(Clone)]
 pub struct Notifier {
     url: String,
-    slack: bool,
+    shape: Shape,
     tls: Arc<ClientConfig>,
 }
 
 impl Notifier {
-    pub fn new(url: String, slack: bool, tls: Arc<ClientConfig>) -> Self {
-        Self { url, slack, tls }
+    pub fn new(url: String, shape: Shape, tls: Arc<ClientConfig>) -> Self {
+        Self { url, shape, tls }
     }
 
     pub fn payload(&self, r: &Row) -> serde_json::Value {
         let cmd = format!("hoop approvals approve {}", r.id);
-        if self.slack {
+        if self.shape == Shape::SlackButtons {
+            let mut text = format!(
+                "*{}* `{}`\nJob {} ({}), rule *{}* of connection {}",
+                r.method,
+                r.url,
+                r.job.as_deref().unwrap_or("-"),
+                r.identity,
+                r.rule,
+                r.connection
+            );
+            if let Some(m) = &r.context.message {
+                text.push_str(&format!(": {m}"));
+            }
+            if let Some(h) = &r.body_sha256 {
+                text.push_str(&format!("\nBody SHA-256 `{h}`"));
+            }
+            return serde_json::json!({
+                "text": format!("hoop: {} {} waits for approval", r.method, r.url),
+                "blocks": [
+                    {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                    {"type": "actions", "block_id": format!("hoop-{}", r.id), "elements": [
+                        {"type": "button", "action_id": SLACK_APPROVE, "style": "primary",
+                         "text": {"type": "plain_text", "text": "Approve"}, "value": r.id},
+                        {"type": "button", "action_id": SLACK_DENY, "style": "danger",
+                         "text": {"type": "plain_text", "text": "Deny"}, "value": r.id},
+                    ]},
+                ],
+            });
+        }
+        if self.shape == Shape::SlackText {
             serde_json::json!({
                 "text": format!(
                     "hoop: {} {} by {} (job {}) waits for approval under rule {} of connection {}. Approve: `{cmd}`; deny: `hoop approvals deny {} --reason …`",
@@ -90,12 +134,21 @@ mod tests {
             actor: None,
             context: Default::default(),
         };
-        let plain = Notifier::new("http://h/".into(), false, tls.clone()).payload(&row);
+        let plain = Notifier::new("http://h/".into(), Shape::Hoop, tls.clone()).payload(&row);
         assert_eq!(plain["event"], "approval.pending");
         assert_eq!(plain["approve"], "hoop approvals approve ab12");
         assert_eq!(plain["body"], "{\"amount\":5}");
         assert_eq!(plain["body_sha256"], "00".repeat(32));
-        let slack = Notifier::new("http://h/".into(), true, tls).payload(&row);
+        let buttons =
+            Notifier::new("http://h/".into(), Shape::SlackButtons, tls.clone()).payload(&row);
+        let actions = &buttons["blocks"][1]["elements"];
+        assert_eq!(actions[0]["action_id"], SLACK_APPROVE);
+        assert_eq!(
+            (actions[0]["value"].as_str(), actions[1]["value"].as_str()),
+            (Some("ab12"), Some("ab12"))
+        );
+        assert_eq!(actions[1]["action_id"], SLACK_DENY);
+        let slack = Notifier::new("http://h/".into(), Shape::SlackText, tls).payload(&row);
         let text = slack["text"].as_str().unwrap();
         assert_eq!(
             slack.as_object().unwrap().len(),

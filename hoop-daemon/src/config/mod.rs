@@ -312,6 +312,20 @@ impl Config {
         if let Err((key, problem)) = self.console.check() {
             return Err(bad(key, &problem));
         }
+        if let policy::SlackSetting::Buttons(_) = &self.approvals.slack {
+            if self.console.listen.is_none() {
+                return Err(bad(
+                    "approvals.slack",
+                    "Slack's buttons call back to the console's /slack/interactions: set [console] listen (and [console.oidc])",
+                ));
+            }
+            if self.approvals.webhook.is_some() {
+                return Err(bad(
+                    "approvals.webhook",
+                    "with [approvals.slack], the message goes to approvals.slack.webhook_url; remove approvals.webhook",
+                ));
+            }
+        }
         if !self.metrics.listen.trim().is_empty() {
             match self.metrics.addr() {
                 Some(a) if a.ip().is_loopback() => {}

@@ -183,9 +183,39 @@ pub struct ApprovalsConfig {
     /// A URL receiving a JSON POST per pending approval.
     #[serde(default)]
     pub webhook: Option<String>,
-    /// Send a Slack-compatible `{"text": …}` payload instead.
+    /// `slack = true`: send the webhook a Slack-compatible `{"text": …}`
+    /// instead. `[approvals.slack]`: post to Slack with Approve and Deny
+    /// buttons, whose clicks come back to the console.
     #[serde(default)]
-    pub slack: bool,
+    pub slack: SlackSetting,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum SlackSetting {
+    Text(bool),
+    Buttons(SlackConfig),
+}
+
+impl Default for SlackSetting {
+    fn default() -> Self {
+        Self::Text(false)
+    }
+}
+
+/// `[approvals.slack]`: held requests posted to a Slack incoming webhook
+/// with buttons; Slack's interaction callbacks reach the console's
+/// `/slack/interactions`, signed with the app's signing secret.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    pub webhook_url: String,
+    pub signing_secret: SecretSource,
+    /// Slack user id → the e-mail the approvers list names (`oidc:email:`).
+    /// A Slack user not in this table (nor carrying an e-mail in the
+    /// callback) can't decide.
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -9,6 +9,7 @@ mod login;
 mod page;
 mod routes;
 mod session;
+mod slack;
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -40,6 +41,8 @@ pub enum StartError {
     },
     #[error("console: client_secret: {0}")]
     Secret(#[from] crate::policy::credential::SecretError),
+    #[error("approvals.slack.signing_secret: {0}")]
+    SlackSecret(crate::policy::credential::SecretError),
     #[error("console: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("console: certificate {}: {detail}", path.display())]
@@ -59,6 +62,8 @@ pub struct Console {
     sessions: Arc<session::Sessions>,
     approvals: Arc<Approvals>,
     audit: Audit,
+    /// Slack's button callbacks, when `[approvals.slack]` is set.
+    slack: Option<slack::Slack>,
 }
 
 /// Binds the console if `[console] listen` is set, and serves it.
@@ -74,6 +79,13 @@ pub async fn start(
     };
     let tls = server_tls(c, addr, ca)?;
     let secret = Secret::load(&oidc.client_secret)?;
+    let slack = match &cfg.approvals.slack {
+        crate::config::policy::SlackSetting::Buttons(s) => Some(slack::Slack::new(
+            Secret::load(&s.signing_secret).map_err(StartError::SlackSecret)?,
+            s.users.clone(),
+        )),
+        crate::config::policy::SlackSetting::Text(_) => None,
+    };
     let provider_tls =
         crate::tls::UpstreamTls::new(&oidc.ca_files)?.config_for(&[crate::tls::HTTP11.to_vec()]);
     let origin = oidc
@@ -92,6 +104,7 @@ pub async fn start(
         sessions: Arc::default(),
         approvals,
         audit,
+        slack,
     });
     tracing::info!(listen = %addr, "approver console");
     tokio::spawn(accept_loop(listener, tls, console));

@@ -39,6 +39,8 @@ enum Refusal {
     Bad(String),
     #[error("not found")]
     NotFound,
+    #[error("Slack callback refused: {0}")]
+    Slack(#[from] super::slack::SlackRefusal),
 }
 
 impl Refusal {
@@ -59,6 +61,9 @@ impl Refusal {
             Self::Login(LoginError::Provider(_)) => StatusCode::BAD_GATEWAY,
             Self::Login(_) | Self::Bad(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Slack(super::slack::SlackRefusal::Unmapped(_)) => StatusCode::FORBIDDEN,
+            Self::Slack(super::slack::SlackRefusal::Payload(_)) => StatusCode::BAD_REQUEST,
+            Self::Slack(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -81,6 +86,7 @@ impl Refusal {
             Self::Login(e) => e.reason(),
             Self::Bad(_) => "bad-request",
             Self::NotFound => "not-found",
+            Self::Slack(e) => e.reason(),
         }
     }
 
@@ -185,6 +191,7 @@ async fn route(
         }
         (&Method::GET, ["events"]) => events(c, &req),
         (&Method::GET, ["approvals", id, "body"]) => body(c, peer, &req, id),
+        (&Method::POST, ["slack", "interactions"]) => slack(c, peer, req).await,
         (&Method::POST, ["approvals", id, verb @ ("approve" | "deny")]) => {
             let (id, verb) = (id.to_string(), verb.to_string());
             decide(c, peer, req, &id, &verb).await
@@ -378,6 +385,81 @@ async fn decide(
                 Some(&s.person),
                 row.as_ref().map(|r| (id, r)),
                 e.to_string(),
+                peer,
+            );
+            Err(e.into())
+        }
+    }
+}
+
+/// A click on a Slack message's button, as Slack's servers relay it.
+async fn slack(
+    c: &Console,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let Some(s) = &c.slack else {
+        return Err(Refusal::NotFound);
+    };
+    let header = |k: &str| {
+        req.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (ts, sig) = (
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+    );
+    let body = Limited::new(req.into_body(), MAX_FORM * 4)
+        .collect()
+        .await
+        .map_err(|e| Refusal::Bad(format!("body: {e}")))?
+        .to_bytes();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let click = match s.verify(ts.as_deref(), sig.as_deref(), &body, now) {
+        Ok(c) => c,
+        Err(e) => {
+            c.record("slack-refused", None, None, e.to_string(), peer);
+            tracing::warn!(target: "hoop::audit", peer = %peer, reason = e.reason(), error = %e, "Slack callback refused");
+            return Err(e.into());
+        }
+    };
+    let id = click.approval.as_str();
+    let d = match click.action.as_str() {
+        crate::approval::notify::SLACK_APPROVE => Decision::Approve { for_secs: None },
+        crate::approval::notify::SLACK_DENY => Decision::Deny {
+            reason: "denied in Slack".into(),
+        },
+        other => return Err(Refusal::Bad(format!("unknown action {other:?}"))),
+    };
+    let row = c.approvals.get(id).ok().flatten();
+    match c
+        .approvals
+        .decide(id, &Caller::Person(click.person.clone()), d)
+    {
+        Ok(message) => {
+            c.record(
+                "decision",
+                Some(&click.person),
+                row.as_ref().map(|r| (id, r)),
+                format!("{message} (in Slack)"),
+                peer,
+            );
+            Ok(respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::json!({"text": message}).to_string(),
+            ))
+        }
+        Err(e) => {
+            c.record(
+                "refused",
+                Some(&click.person),
+                row.as_ref().map(|r| (id, r)),
+                format!("{e} (in Slack)"),
                 peer,
             );
             Err(e.into())
