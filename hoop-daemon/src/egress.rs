@@ -19,11 +19,17 @@ pub struct Cidr(IpNet);
 #[error("{0:?} is not an IP network like 10.0.0.0/8 (or an address like 10.1.2.3)")]
 pub struct BadCidr(String);
 
-/// A destination outside `egress.allow`.
+/// A destination outside `egress.allow`, or one of the daemon's own
+/// services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("upstream {dst} is outside the networks this daemon may reach (egress.allow)")]
+#[error("{}", match .own {
+    Some(what) => format!("upstream {} is the daemon's {what}: jobs can't reach it", .dst),
+    None => format!("upstream {} is outside the networks this daemon may reach (egress.allow)", .dst),
+})]
 pub struct EgressDenied {
     pub dst: SocketAddr,
+    /// The daemon's service at `dst`, when that is why.
+    pub own: Option<&'static str>,
 }
 
 impl Cidr {
@@ -56,18 +62,79 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// The one egress check: every dial (captured, CONNECT, SOCKS5) asks it.
-pub fn check(allow: &[Cidr], dst: SocketAddr) -> Result<(), EgressDenied> {
-    if allow.iter().any(|c| c.contains(dst.ip())) {
-        Ok(())
-    } else {
-        Err(EgressDenied { dst })
+/// Where the daemon may dial: `egress.allow`, minus the daemon's own
+/// listeners (a job that reached the approver console or the metrics
+/// through the gateway would reach them as the daemon).
+#[derive(Debug, Clone)]
+pub struct Egress {
+    allow: std::sync::Arc<[Cidr]>,
+    own: std::sync::Arc<[(SocketAddr, &'static str)]>,
+}
+
+impl Egress {
+    pub fn new(allow: &[Cidr], own: Vec<(SocketAddr, &'static str)>) -> Self {
+        Self {
+            allow: allow.into(),
+            own: own.into(),
+        }
+    }
+
+    /// The one egress check: every dial (captured, CONNECT, SOCKS5) asks it.
+    pub fn check(&self, dst: SocketAddr) -> Result<(), EgressDenied> {
+        let ip = dst.ip().to_canonical();
+        // A wildcard listener is reached on loopback (other addresses of
+        // this host are not enumerated here).
+        let own = self.own.iter().find(|(l, _)| {
+            l.port() == dst.port()
+                && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+        });
+        if let Some((_, what)) = own {
+            return Err(EgressDenied {
+                dst,
+                own: Some(what),
+            });
+        }
+        if self.allow.iter().any(|c| c.contains(dst.ip())) {
+            Ok(())
+        } else {
+            Err(EgressDenied { dst, own: None })
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemons_own_listeners_are_never_upstreams() {
+        let all: Vec<Cidr> = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+        let e = Egress::new(
+            &all,
+            vec![
+                ("127.0.0.1:8443".parse().unwrap(), "approver console"),
+                ("0.0.0.0:9108".parse().unwrap(), "metrics endpoint"),
+            ],
+        );
+        for (dst, what) in [
+            ("127.0.0.1:8443", Some("approver console")),
+            ("[::ffff:127.0.0.1]:8443", Some("approver console")),
+            ("127.0.0.2:9108", Some("metrics endpoint")),
+            ("[::1]:9108", Some("metrics endpoint")),
+            ("127.0.0.2:8443", None),
+            ("192.0.2.1:9108", None),
+        ] {
+            let got = e.check(dst.parse().unwrap()).err().and_then(|d| d.own);
+            assert_eq!(got, what, "{dst}");
+        }
+        let none = Egress::new(&[], vec![]);
+        assert_eq!(
+            none.check("192.0.2.1:443".parse().unwrap())
+                .unwrap_err()
+                .own,
+            None
+        );
+    }
 
     #[test]
     fn networks_match_v4_v6_and_mapped() {
@@ -91,10 +158,14 @@ mod tests {
 
     #[test]
     fn check_names_the_refused_destination() {
-        let allow = ["127.0.0.0/8".parse::<Cidr>().unwrap()];
-        assert_eq!(check(&allow, "127.0.0.1:443".parse().unwrap()), Ok(()));
+        let e = Egress::new(&["127.0.0.0/8".parse::<Cidr>().unwrap()], vec![]);
+        assert_eq!(e.check("127.0.0.1:443".parse().unwrap()), Ok(()));
         let dst = "10.0.0.1:443".parse().unwrap();
-        assert_eq!(check(&allow, dst), Err(EgressDenied { dst }));
-        assert!(check(&[], "127.0.0.1:1".parse().unwrap()).is_err());
+        assert_eq!(e.check(dst), Err(EgressDenied { dst, own: None }));
+        assert!(
+            Egress::new(&[], vec![])
+                .check("127.0.0.1:1".parse().unwrap())
+                .is_err()
+        );
     }
 }

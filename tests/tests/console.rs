@@ -932,3 +932,114 @@ timeout = "30s"
         "{events:#?}"
     );
 }
+
+/// curl in a job, as nobody: the status (0 when none) and what it printed.
+fn job_curl(env: &TestEnv, args: &[&str]) -> (u16, String) {
+    let mut cmd = vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-D",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ];
+    cmd.extend_from_slice(args);
+    let out = env.run_as_nobody(&cmd);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let code = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// A job can't reach the console: its direct connect is refused at the
+/// transparent listener, and through the explicit proxy (CONNECT or an
+/// absolute URI) the gateway refuses to dial the daemon's own service,
+/// even with a policy that allows every host. Controls: the console
+/// answers from outside the job, and the same job reaches an ordinary
+/// loopback server by both paths.
+#[test]
+fn a_job_reaches_the_console_by_no_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let console_secret = write(
+        dir.path(),
+        "console-secret",
+        "test-only-console-secret",
+        0o600,
+    );
+    let port = free_port();
+    let console = format!("https://127.0.0.1:{port}");
+    let console_cfg = format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\n\n[console.oidc]\n\
+         issuer = \"https://{PROVIDER_IP}:9\"\nclient_id = \"hoop-console\"\n\
+         client_secret = {{ file = \"{}\" }}\nredirect_url = \"{console}/callback\"\n",
+        console_secret.display()
+    );
+    let mut env = TestEnv::custom(
+        "console-reach",
+        PROBE,
+        "",
+        &console_cfg,
+        "\"127.0.0.0/8\"",
+        None,
+    );
+    env.start_daemon();
+    let hoop_ca = env.dir.path().join("hoop-ca.pem");
+    std::fs::copy(env.hoop_ca(), &hoop_ca).unwrap();
+    let ca = hoop_ca.to_str().unwrap();
+    let plain = Origin::start_background(OriginOpts {
+        tls: None,
+        bind: Some("127.0.0.2:0".parse().unwrap()),
+        also_v6: false,
+    });
+    let proxy = format!("http://127.0.0.1:{}", env.proxy_port);
+
+    // Control: from outside a job, the console answers.
+    let (code, body, _) = curl(&format!("{console}/"), &hoop_ca, &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Sign in"), "{body}");
+    // Control: the job reaches an ordinary loopback server, both paths.
+    let hello = format!("http://{}/hello", plain.addr);
+    let (code, out) = job_curl(&env, &[&hello]);
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = job_curl(&env, &["-x", &proxy, &hello]);
+    assert_eq!(code, 200, "{out}");
+
+    // Direct: the connection is closed before a byte.
+    let (code, out) = job_curl(&env, &["--cacert", ca, &format!("{console}/")]);
+    assert_eq!(code, 0, "{out}");
+    // curl sees the close during its TLS handshake (exit 35), or a reset.
+    assert!(
+        out.contains("SSL_ERROR_SYSCALL") || out.contains("Connection reset by peer"),
+        "{out}"
+    );
+    assert!(
+        env.wait_log(
+            &["is the daemon's approver console"],
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "{}",
+        env.log()
+    );
+    // Through the proxy, both spellings: refused with the reason.
+    let (code, out) = job_curl(&env, &["-x", &proxy, &format!("http://127.0.0.1:{port}/")]);
+    assert_eq!(code, 403, "{out}");
+    assert!(
+        out.to_lowercase().contains("x-hoop-reason: daemon-service"),
+        "{out}"
+    );
+    let (code, out) = job_curl(
+        &env,
+        &["-x", &proxy, "--cacert", ca, &format!("{console}/")],
+    );
+    assert!(
+        out.contains("CONNECT tunnel failed, response 403") || code == 403,
+        "{code} {out}"
+    );
+}

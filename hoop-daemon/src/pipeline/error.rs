@@ -175,6 +175,7 @@ impl PipelineError {
             Self::Misdirected { .. } => "misdirected-request",
             Self::CredentialNeedsTls { .. } => "credential-needs-tls",
             Self::Uninspectable { .. } => "response-not-inspectable",
+            Self::EgressDenied(e) if e.own.is_some() => "daemon-service",
             Self::EgressDenied(_) => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
             Self::AuditUnavailable(_) => "audit-unavailable",

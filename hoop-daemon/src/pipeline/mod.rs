@@ -112,7 +112,7 @@ impl Gateway {
             Ok(Arc::new(c))
         };
         let limits = Limits {
-            egress: cfg.egress.allow.clone().into(),
+            egress: crate::egress::Egress::new(&cfg.egress.allow, own_services(&cfg)),
             connect_timeout: cfg.connect_timeout(),
             response_timeout: Duration::from_millis(cfg.daemon.response_timeout_ms),
         };
@@ -186,6 +186,11 @@ impl Gateway {
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
+
+    /// Where this daemon may dial.
+    pub fn egress(&self) -> &crate::egress::Egress {
+        &self.limits.egress
+    }
 }
 
 /// Serves one job connection to its end, on record: the one path for the
@@ -206,6 +211,19 @@ pub async fn serve_recorded<IO>(
     if let Err(e) = serve(gw.clone(), io, flow.clone()).await {
         record_refusal(&gw, &flow, Some(flow.orig_dst), &e);
     }
+}
+
+/// The daemon's own listeners: never dialled for a job.
+fn own_services(cfg: &Config) -> Vec<(std::net::SocketAddr, &'static str)> {
+    let c = &cfg.capture;
+    let mut own = vec![
+        ((c.listen4, c.listen_port).into(), "transparent listener"),
+        ((c.listen6, c.listen_port).into(), "transparent listener"),
+    ];
+    own.extend(cfg.proxy.listen.iter().map(|l| (*l, "explicit proxy")));
+    own.extend(cfg.console.listen.map(|l| (l, "approver console")));
+    own.extend(cfg.metrics.addr().map(|l| (l, "metrics endpoint")));
+    own
 }
 
 /// Counts a job connection against `[limits]` before it is served. One over

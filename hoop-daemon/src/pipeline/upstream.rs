@@ -21,7 +21,7 @@ use super::{PipelineError, body::Body};
 
 /// Where and how long the daemon may dial.
 pub struct Limits {
-    pub egress: Arc<[crate::egress::Cidr]>,
+    pub egress: crate::egress::Egress,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
 }
@@ -90,7 +90,7 @@ pub struct UpstreamConn {
     pub dst: SocketAddr,
     pub tls: Option<TlsTarget>,
     idle: Mutex<Option<Sender>>,
-    egress: Arc<[crate::egress::Cidr]>,
+    egress: crate::egress::Egress,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -123,7 +123,7 @@ impl UpstreamConn {
 
     async fn dial(&self) -> Result<(Sender, Negotiated), PipelineError> {
         let dst = self.dst;
-        crate::egress::check(&self.egress, dst)?;
+        self.egress.check(dst)?;
         let ms = self.connect_timeout.as_millis() as u64;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
             .await

@@ -328,7 +328,7 @@ async fn http_proxy(
             Ok(d) => d,
             Err(e) => return refused(None, e),
         };
-        if let Err(e) = crate::egress::check(&gw.cfg.egress.allow, dst) {
+        if let Err(e) = gw.egress().check(dst) {
             return refused(Some(dst), e.into());
         }
         let flow = Arc::new(new_flow(
@@ -451,7 +451,7 @@ where
             }
         },
     };
-    if let Err(e) = crate::egress::check(&gw.cfg.egress.allow, dst) {
+    if let Err(e) = gw.egress().check(dst) {
         io.write_all(&socks5::reply(Reply::NotAllowed)).await?;
         return Err(PipelineError::from(e).into());
     }
