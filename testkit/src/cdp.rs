@@ -245,6 +245,25 @@ impl Browser {
         self.value(id)
     }
 
+    /// Polls `cond` (a JS expression) in the page until it is true; the
+    /// error names where the page was and its DOM.
+    pub fn wait_js(&mut self, cond: &str, timeout: Duration) -> Result<()> {
+        let t = Instant::now();
+        loop {
+            if let Ok(v) = self.eval(&format!("!!({cond})"))
+                && v == json!(true)
+            {
+                return Ok(());
+            }
+            if t.elapsed() > timeout {
+                let url = self.eval("location.href").unwrap_or_default();
+                let dom = self.dom().unwrap_or_default();
+                bail!("{cond}: not true within {timeout:?} (at {url})\n{dom}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The page's DOM as HTML.
     pub fn dom(&mut self) -> Result<String> {
         Ok(self

@@ -3,6 +3,7 @@
 //! routes the suites need, and a local OIDC issuer. Everything listens on loopback only.
 mod ca;
 pub mod cdp;
+pub mod idp;
 pub mod leak;
 pub mod oidc;
 mod origin;

@@ -22,12 +22,13 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hoop_testkit::{
     Origin, OriginOpts, TestCa,
     cdp::Browser,
+    idp,
     oidc::{Alg, Issuer},
     seed,
 };
@@ -45,119 +46,11 @@ fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
     p
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Waits until `cond` holds in the page, or fails the test with `what`.
+fn wait(b: &mut Browser, cond: &str, what: &str) {
+    if let Err(e) = b.wait_js(cond, Duration::from_secs(30)) {
+        panic!("{what}: {e:#}");
     }
-}
-
-/// The approvers' identity provider: oidc-provider with a login client
-/// whose redirect URI is the console's callback.
-fn provider(dir: &Path, redirect: &str) -> (Kill, String, PathBuf) {
-    let ca = TestCa::new("hoop test console IdP CA");
-    let (cert, key) = ca.leaf_pem(&[PROVIDER_IP]);
-    let cert_file = write(dir, "idp-cert.pem", &cert, 0o644);
-    let key_file = write(dir, "idp-key.pem", &key, 0o600);
-    let ca_file = write(dir, "idp-ca.pem", &ca.cert_pem, 0o644);
-    let server_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc-provider");
-    assert!(
-        server_dir.join("node_modules/oidc-provider").exists(),
-        "oidc-provider is not installed in {}: `cargo xtask test` runs npm ci there",
-        server_dir.display()
-    );
-    let mut node = Command::new("node")
-        .arg(server_dir.join("server.mjs"))
-        .arg(PROVIDER_IP)
-        .arg(&cert_file)
-        .arg(&key_file)
-        .arg(redirect)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node is installed");
-    let issuer = {
-        use std::io::BufRead;
-        let mut out = std::io::BufReader::new(node.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        // The provider logs to stdout later on: keep reading, or its next
-        // write would fail and end it.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        line.trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("oidc-provider: {line:?}"))
-            .to_string()
-    };
-    (Kill(node), issuer, ca_file)
-}
-
-/// Polls `cond` (a JS expression) in the page until it is true.
-fn wait_js(b: &mut Browser, cond: &str, what: &str) {
-    let t = Instant::now();
-    loop {
-        if let Ok(v) = b.eval(&format!("!!({cond})"))
-            && v == json!(true)
-        {
-            return;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            let url = b.eval("location.href").unwrap_or_default();
-            let dom = b.dom().unwrap_or_default();
-            panic!("{what}: not within 30 s (at {url})\n{dom}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// An approver's browser (not a job: started by the test, outside hoop),
-/// trusting hoop's CA (the console's certificate) and the provider's.
-fn approver_browser(env: &TestEnv, idp_ca: &Path, who: &str) -> Browser {
-    let home = env.dir.path().join(format!("approver-{who}"));
-    let nssdb = home.join(".pki/nssdb");
-    env.hoop_ok(&[
-        std::ffi::OsStr::new("ca"),
-        "install-nss".as_ref(),
-        "--dir".as_ref(),
-        nssdb.as_os_str(),
-    ]);
-    let st = Command::new("certutil")
-        .arg("-d")
-        .arg(format!("sql:{}", nssdb.display()))
-        .args(["-A", "-n", "console IdP CA", "-t", "C,,", "-i"])
-        .arg(idp_ca)
-        .status()
-        .unwrap();
-    assert!(st.success(), "certutil");
-    let mut cmd = Command::new("chromium");
-    cmd.env("HOME", &home);
-    Browser::launch(cmd, &[], &home.join("profile")).unwrap()
-}
-
-/// Signs `login` in through the provider's own login form; ends on the inbox.
-fn sign_in(b: &mut Browser, console: &str, login: &str) {
-    b.call("Network.clearBrowserCookies", json!({})).unwrap();
-    b.open(&format!("{console}/")).unwrap();
-    wait_js(b, "document.getElementById('sign-in')", "the sign-in page");
-    b.open(&format!("{console}/login")).unwrap();
-    wait_js(
-        b,
-        "document.querySelector('input[name=login]')",
-        "the provider's login form",
-    );
-    b.eval(&format!(
-        "document.querySelector('input[name=login]').value = '{login}';\
-         document.querySelector('input[name=password]').value = 'any';\
-         document.querySelector('form').submit(); true"
-    ))
-    .unwrap();
-    wait_js(
-        b,
-        &format!(
-            "location.origin === '{console}' && document.getElementById('who')?.textContent === '{login}@example.test'"
-        ),
-        &format!("{login}'s inbox"),
-    );
 }
 
 /// The console's session cookie in this browser (HttpOnly: read over
@@ -217,13 +110,10 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let console = format!("https://127.0.0.1:{port}");
-    let (_idp, idp_url, idp_ca) = provider(dir.path(), &format!("{console}/callback"));
-    let console_secret = write(
-        dir.path(),
-        "console-secret",
-        "test-only-console-secret",
-        0o600,
-    );
+    let provider =
+        idp::Provider::start(dir.path(), PROVIDER_IP, &format!("{console}/callback")).unwrap();
+    let (idp_url, idp_ca) = (provider.issuer.clone(), provider.ca_file.clone());
+    let console_secret = write(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
     let issuer_ca = write(dir.path(), "issuer-ca.pem", &issuer.ca.cert_pem, 0o644);
     let partner_ca_file = write(dir.path(), "partner-ca.pem", &partner_ca.cert_pem, 0o644);
     let secret_file = write(
@@ -307,15 +197,19 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     );
 
     // Approvers sign in: alice and bob are payments leads.
-    let mut alice = approver_browser(&env, &idp_ca, "alice");
-    sign_in(&mut alice, &console, "alice");
-    wait_js(
+    let approver = |who: &str| {
+        let home = env.dir.path().join(format!("approver-{who}"));
+        idp::approver_browser(&hoop, &env.config, &idp_ca, &home).unwrap()
+    };
+    let mut alice = approver("alice");
+    idp::sign_in(&mut alice, &console, "alice").unwrap();
+    wait(
         &mut alice,
         "document.getElementById('empty') && !document.getElementById('empty').hidden",
         "an empty inbox",
     );
     alice.eval("window.__loaded_once = 42").unwrap();
-    let mut other = approver_browser(&env, &idp_ca, "other");
+    let mut other = approver("other");
 
     // The payout is held; it appears on alice's page without a reload.
     let payout = job
@@ -326,7 +220,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         )
         .unwrap();
     let id = env.wait_pending(0);
-    wait_js(
+    wait(
         &mut alice,
         &format!("document.getElementById('a-{id}')"),
         "the held payout on alice's page",
@@ -356,7 +250,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
             "document.querySelector('#a-{id} button.show-body').click(); true"
         ))
         .unwrap();
-    wait_js(
+    wait(
         &mut alice,
         &format!(
             "document.querySelector('#a-{id} pre.body:not([hidden])')?.textContent.length > 0"
@@ -395,8 +289,8 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     }
 
     // carol started the job: she is a payments lead, and still refused.
-    sign_in(&mut other, &console, "carol");
-    wait_js(
+    idp::sign_in(&mut other, &console, "carol").unwrap();
+    wait(
         &mut other,
         &format!("document.getElementById('a-{id}')"),
         "the payout on carol's page",
@@ -467,7 +361,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     );
 
     // dave is not an approver: nothing shown, body and decision refused.
-    sign_in(&mut other, &console, "dave");
+    idp::sign_in(&mut other, &console, "dave").unwrap();
     assert_eq!(
         other
             .eval("document.querySelectorAll('#inbox li').length")
@@ -523,8 +417,8 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     );
 
     // bob watches; alice approves; bob sees it live, the job gets 201.
-    sign_in(&mut other, &console, "bob");
-    wait_js(
+    idp::sign_in(&mut other, &console, "bob").unwrap();
+    wait(
         &mut other,
         &format!("document.getElementById('a-{id}')"),
         "the payout on bob's page",
@@ -537,7 +431,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         .unwrap();
     let r = job.value(payout).unwrap();
     assert_eq!(r["status"], 201, "{r}");
-    wait_js(
+    wait(
         &mut other,
         &format!("document.querySelector('#d-{id}[data-status=approved]')"),
         "the decision on bob's page",
@@ -563,7 +457,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         )
         .unwrap();
     let id2 = env.wait_pending(0);
-    wait_js(
+    wait(
         &mut other,
         &format!("document.getElementById('a-{id2}')"),
         "the second payout",
@@ -584,7 +478,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
             .contains("payouts are frozen today"),
         "{r}"
     );
-    wait_js(
+    wait(
         &mut alice,
         &format!("document.querySelector('#d-{id2}[data-status=denied]')"),
         "the denial on alice's page",
@@ -597,7 +491,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         )
         .unwrap();
     let id3 = env.wait_pending(0);
-    wait_js(
+    wait(
         &mut alice,
         &format!("document.getElementById('a-{id3}')"),
         "the refund",
@@ -605,7 +499,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     let r = job.value(refund).unwrap();
     assert_eq!(r["status"], 403, "{r}");
     assert!(r["text"].as_str().unwrap().contains("expired"), "{r}");
-    wait_js(
+    wait(
         &mut alice,
         &format!(
             "document.querySelector('#d-{id3}[data-status=expired]') && !document.getElementById('a-{id3}')"
@@ -702,12 +596,7 @@ fn slack_buttons_decide_only_when_signed_fresh_and_once() {
     let up_ca_file = write(dir.path(), "upstream-ca.pem", &up_ca.cert_pem, 0o644);
     let signing = "test-only-slack-signing-secret";
     let signing_file = write(dir.path(), "slack-secret", signing, 0o600);
-    let console_secret = write(
-        dir.path(),
-        "console-secret",
-        "test-only-console-secret",
-        0o600,
-    );
+    let console_secret = write(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
     let (hook, hooks) = hoop_tests::webhook();
     let port = free_port();
     let console = format!("https://127.0.0.1:{port}");
@@ -966,12 +855,7 @@ fn job_curl(env: &TestEnv, args: &[&str]) -> (u16, String) {
 #[test]
 fn a_job_reaches_the_console_by_no_path() {
     let dir = tempfile::tempdir().unwrap();
-    let console_secret = write(
-        dir.path(),
-        "console-secret",
-        "test-only-console-secret",
-        0o600,
-    );
+    let console_secret = write(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
     let port = free_port();
     let console = format!("https://127.0.0.1:{port}");
     let console_cfg = format!(

@@ -312,7 +312,10 @@ impl Config {
         if let Err((key, problem)) = self.console.check() {
             return Err(bad(key, &problem));
         }
-        if let policy::SlackSetting::Buttons(_) = &self.approvals.slack {
+        if let policy::SlackSetting::Buttons(s) = &self.approvals.slack {
+            if let Some(problem) = webhook_problem(&s.webhook_url) {
+                return Err(bad("approvals.slack.webhook_url", &problem));
+            }
             if self.console.listen.is_none() {
                 return Err(bad(
                     "approvals.slack",
@@ -499,6 +502,76 @@ mod tests {
             assert!(
                 e.contains("`approvals.webhook`") && e.contains(says) && e.contains("line 3"),
                 "{bad}: {e}"
+            );
+        }
+    }
+
+    /// The console and Slack's buttons: what each needs, refused at load
+    /// with the key.
+    #[test]
+    fn the_console_and_slack_say_what_they_lack() {
+        let oidc = "[console.oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\n\
+                    client_secret = { env = \"X\" }\nredirect_url = \"https://127.0.0.1:8443/callback\"\n";
+        let console = format!("[console]\nlisten = \"127.0.0.1:8443\"\n{oidc}");
+        let slack = |url: &str| {
+            format!(
+                "[approvals.slack]\nwebhook_url = \"{url}\"\nsigning_secret = {{ env = \"S\" }}\n"
+            )
+        };
+        parse(&console).unwrap();
+        parse(&format!(
+            "{console}{}",
+            slack("https://hooks.slack.example/x")
+        ))
+        .unwrap();
+        parse("[approvals]\nslack = true\nwebhook = \"https://h.example/\"\n").unwrap();
+        for (text, key, says) in [
+            (
+                "[console]\nlisten = \"127.0.0.1:8443\"\n".to_string(),
+                "console.oidc",
+                "needs an identity provider",
+            ),
+            (
+                console.replace(
+                    "https://127.0.0.1:8443/callback",
+                    "http://127.0.0.1:8443/callback",
+                ),
+                "console.oidc.redirect_url",
+                "https://HOST:PORT/callback",
+            ),
+            (
+                console.replace("https://idp.example", "http://idp.example"),
+                "console.oidc.issuer",
+                "https://",
+            ),
+            (
+                format!("[console]\nlisten = \"127.0.0.1:8443\"\nsession_ttl = \"2d\"\n{oidc}"),
+                "console.session_ttl",
+                "between 1m and 1d",
+            ),
+            (
+                slack("https://hooks.slack.example/x"),
+                "approvals.slack",
+                "set [console] listen",
+            ),
+            (
+                format!("{console}{}", slack("http://hooks.slack.example/x")),
+                "approvals.slack.webhook_url",
+                "not a loopback address",
+            ),
+            (
+                format!(
+                    "{console}[approvals]\nwebhook = \"https://h.example/\"\n{}",
+                    slack("https://hooks.slack.example/x")
+                ),
+                "approvals.webhook",
+                "remove approvals.webhook",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(says),
+                "{key}: {e}\n{text}"
             );
         }
     }
