@@ -264,6 +264,23 @@ impl Browser {
         }
     }
 
+    /// Saves what the page shows as a PNG, `width` × `height` CSS pixels.
+    pub fn screenshot(&mut self, path: &Path, width: u32, height: u32) -> Result<()> {
+        use base64::Engine;
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        )?;
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png"}))?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().context("no screenshot data")?)?;
+        if !png.starts_with(b"\x89PNG") {
+            bail!("the screenshot is not a PNG");
+        }
+        std::fs::write(path, png)?;
+        Ok(())
+    }
+
     /// The page's DOM as HTML.
     pub fn dom(&mut self) -> Result<String> {
         Ok(self

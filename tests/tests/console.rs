@@ -268,25 +268,11 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         !body.contains("ann.lee@example.com"),
         "the e-mail was not masked: {body}"
     );
-    alice
-        .call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1100, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
-        )
-        .unwrap();
-    let shot = alice
-        .call("Page.captureScreenshot", json!({"format": "png"}))
-        .unwrap();
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    {
-        use base64::Engine;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().unwrap())
-            .unwrap();
-        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-        std::fs::write(artifacts.join("console-inbox.png"), png).unwrap();
-    }
+    alice
+        .screenshot(&artifacts.join("console-inbox.png"), 1100, 1000)
+        .unwrap();
 
     // carol started the job: she is a payments lead, and still refused.
     idp::sign_in(&mut other, &console, "carol").unwrap();

@@ -3,8 +3,10 @@
 //! local issuer, works a partner's console at https://api.partner.example
 //! (a local HTTPS API with its own CA, on 127.0.0.7:443). The gateway
 //! injects the API key the browser never sees, masks card numbers, refuses
-//! a DELETE, holds a payout until a separate approver process approves it,
-//! and keeps everything in the audit log, which the demo then shows,
+//! a DELETE, holds a payout until an approver approves it in hoop's web
+//! console (signed in through a local OpenID provider's login form, in a
+//! Chromium of her own), and a second until root denies it on the command
+//! line, and keeps everything in the audit log, which the demo then shows,
 //! verifies and exports as HAR. Last, fail-closed: the daemon is killed
 //! under a running job, whose next connect is refused.
 use std::{
@@ -19,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use hoop_testkit::{
     Origin, OriginOpts, TestCa,
     cdp::Browser,
+    idp,
     oidc::{Alg, Issuer},
     seed,
 };
@@ -31,11 +34,17 @@ use crate::{
 
 const PARTNER_IP: &str = "127.0.0.7";
 const ISSUER_IP: &str = "127.0.0.4";
+/// The approvers' identity provider (the company's, in real life).
+const IDP_IP: &str = "127.0.0.6";
+/// Where the approver console listens (another free port if it is taken).
+const CONSOLE_PORT: u16 = 8443;
 
 pub fn run() -> Result<()> {
     sh::require_root("the daemon attaches eBPF programs and creates cgroups")?;
     sh::check_disk(4, "building hoop for the demo");
     sh::apt_install(&["curl", "util-linux", "procps", "chromium", "libnss3-tools"])?;
+    // The approvers' OpenID provider: panva's oidc-provider, pinned.
+    sh::npm_ci(&["tests/oidc-provider"])?;
     ebpf::build()?;
     step("building hoop");
     sh::cargo(&["build", "-p", "hoop-daemon"])?;
@@ -122,13 +131,45 @@ impl Demo {
             partner_ca: &self.file("partner-ca.pem", &partner_ca.cert_pem, 0o644)?,
             secret_file: &self.file("partner.key", &secret, 0o600)?,
         });
+        // Payouts wait for a payments lead (in the console) or root (on the
+        // command line).
+        let policy = policy.replace(
+            "approvers = [\"uid:0\"]",
+            "approvers = [\"oidc:group:payments-leads\", \"uid:0\"]\nmessage = \"Payouts need a payments lead\"",
+        );
+        let port = std::net::TcpListener::bind(("127.0.0.1", CONSOLE_PORT))
+            .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))?
+            .local_addr()?
+            .port();
+        let console = format!("https://127.0.0.1:{port}");
+        let provider = idp::Provider::start(&self.dir, IDP_IP, &format!("{console}/callback"))?;
+        step(&format!(
+            "the approvers' identity provider: {} (alice and bob are payments leads)",
+            provider.issuer
+        ));
+        let console_cfg = format!(
+            "[console]\nlisten = \"127.0.0.1:{port}\"\njob_actor_claim = \"actor\"\n\n\
+             [console.oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\n\
+             client_secret = {{ file = \"{}\" }}\nredirect_url = \"{console}/callback\"\n\
+             scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nca_files = [\"{}\"]\n",
+            provider.issuer,
+            idp::CLIENT_ID,
+            self.file("console-secret", idp::CLIENT_SECRET, 0o600)?
+                .display(),
+            provider.ca_file.display(),
+        );
         // The job runs as nobody and reaches the control socket through its
-        // group; root is the approver.
+        // group.
         std::fs::write(
             &self.config,
-            format!("[daemon]\ncontrol_group = \"nogroup\"\n\n{policy}"),
+            format!("[daemon]\ncontrol_group = \"nogroup\"\n\n{console_cfg}\n{policy}"),
         )?;
-        let token = self.file("job-token", &issuer.token(seed::JOB_SUBJECT), 0o644)?;
+        // The CI provider's token names who started the job: that person
+        // could never approve its requests.
+        let mut claims = issuer.claims(seed::JOB_SUBJECT);
+        claims["actor"] = "carol".into();
+        claims["repository"] = "acme/scraper".into();
+        let token = self.file("job-token", &issuer.token_with(&claims), 0o644)?;
 
         step("starting `hoop daemon`: embedded defaults, plus this policy");
         let started = Instant::now();
@@ -168,20 +209,54 @@ impl Demo {
         step("3. DELETE /v1/prod/customers/41: refused by the gateway");
         show(&b.eval("console_app.remove(41)")?);
 
+        step(&format!(
+            "the approver console: {console}/ (alice signs in, in a Chromium of her own)"
+        ));
+        let mut alice = idp::approver_browser(
+            &self.hoop,
+            &self.config,
+            &provider.ca_file,
+            &self.dir.join("approver-alice"),
+        )?;
+        idp::sign_in(&mut alice, &console, "alice")?;
+        println!("alice@example.test is signed in; her inbox is empty.");
+
         step("4. POST /v1/prod/payouts (250 EUR): held for a human");
         let call = b.start("console_app.payout(250)")?;
         let held = self.wait_pending()?;
         let id = held["id"].as_str().unwrap_or_default().to_string();
         // A session is a job: the browser's is the one that asked.
         let session = held["job"].as_str().unwrap_or_default().to_string();
-        sh::run(self.hoop().args(["approvals", "list", "--pending"]))?;
-        step(&format!(
-            "an approver (root, a separate process): hoop approvals approve {id}"
-        ));
-        sh::run(self.hoop().args(["approvals", "approve", &id]))?;
+        alice.wait_js(
+            &format!("document.getElementById('a-{id}')"),
+            Duration::from_secs(30),
+        )?;
+        println!("It appeared on alice's page without a reload:\n");
+        let facts = alice.eval(&format!(
+            "document.querySelector('#a-{id} h3').innerText + '\\n' + \
+             [...document.querySelectorAll('#a-{id} dt')]\
+             .map(dt => dt.textContent + ': ' + dt.nextElementSibling.textContent).join('\\n')"
+        ))?;
+        for line in facts.as_str().unwrap_or_default().lines() {
+            if !line.starts_with("Command") {
+                println!("  {line}");
+            }
+        }
+        let png = self.out.join("console.png");
+        alice.screenshot(&png, 1100, 900)?;
+        println!("\n(a screenshot of her page: {})", png.display());
+        step("alice approves it in the console");
+        alice.eval(&format!(
+            "document.querySelector('#a-{id} form.decide button.approve').click(); true"
+        ))?;
         show(&b.value(call)?);
+        alice.wait_js(
+            &format!("document.querySelector('#d-{id}[data-status=approved]')"),
+            Duration::from_secs(30),
+        )?;
+        alice.close();
 
-        step("5. a second payout (990000 EUR): the approver denies it");
+        step("5. a second payout (990000 EUR): root denies it on the command line");
         let call = b.start("console_app.payout(990000)")?;
         let id = self.wait_pending()?["id"]
             .as_str()

@@ -115,24 +115,9 @@ fn test(args: &[String]) -> Result<()> {
         // The systemd suite verifies the units (systemd-analyze).
         "systemd",
     ])?;
-    // Debian's nodejs ships npm separately; other builds bundle it.
-    if std::process::Command::new("npm")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        sh::apt_install(&["npm"])?;
-    }
-    // Pinned by their lockfiles: a real OpenID provider (identity suite)
-    // and a HAR 1.2 schema validator (audit suite).
-    for dir in ["tests/oidc-provider", "tests/har-validator"] {
-        sh::step(&format!("npm ci in {dir}"));
-        sh::run(
-            std::process::Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(sh::root_dir().join(dir)),
-        )?;
-    }
+    // Pinned by their lockfiles: a real OpenID provider (identity and
+    // console suites) and a HAR 1.2 schema validator (audit suite).
+    sh::npm_ci(&["tests/oidc-provider", "tests/har-validator"])?;
     ebpf::build()?;
     sh::step("lint: rustfmt and clippy -D warnings, both workspaces");
     sh::cargo(&["fmt", "--all", "--check"])?;

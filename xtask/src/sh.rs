@@ -170,3 +170,20 @@ pub fn check_disk(need_gib: u64, what: &str) {
         );
     }
 }
+
+/// `npm ci` in each of `dirs` (relative to the repository), installing
+/// Debian's nodejs and npm first when missing.
+pub fn npm_ci(dirs: &[&str]) -> Result<()> {
+    apt_install(&["nodejs"])?;
+    // Debian's nodejs ships npm separately; other builds bundle it.
+    if Command::new("npm").arg("--version").output().is_err() {
+        apt_install(&["npm"])?;
+    }
+    for dir in dirs {
+        step(&format!("npm ci in {dir}"));
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(root_dir().join(dir)))?;
+    }
+    Ok(())
+}

@@ -99,19 +99,20 @@ pub fn held_item(r: &Row, csrf: &str) -> String {
         fact("Started by", a);
     }
     for (k, v) in &r.context.claims {
-        if [
-            "repository",
-            "ref",
-            "actor",
-            "workflow",
-            "user_email",
-            "user_login",
-            "project_path",
-            "pipeline_id",
-            "run_id",
-            "sub",
-        ]
-        .contains(&k.as_str())
+        if r.actor.as_ref() != Some(v)
+            && [
+                "repository",
+                "ref",
+                "actor",
+                "workflow",
+                "user_email",
+                "user_login",
+                "project_path",
+                "pipeline_id",
+                "run_id",
+                "sub",
+            ]
+            .contains(&k.as_str())
         {
             fact(&format!("Token {k}"), v);
         }
