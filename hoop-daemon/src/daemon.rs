@@ -61,7 +61,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(addr) = cfg.metrics.addr() {
         crate::control::metrics::serve(addr, gw.clone()).await?;
     }
-    crate::console::start(&cfg, &gw.ca, gw.approvals.clone(), gw.audit.clone()).await?;
+    crate::console::start(&cfg, gw.clone()).await?;
 
     let (watch_tx, watch_rx) = mpsc::unbounded_channel();
     let mut cgroup_mount = PathBuf::new();

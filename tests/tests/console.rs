@@ -498,6 +498,70 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         "only the approved payout may reach the partner"
     );
 
+    // The recorded sessions, read-only, for approvers: filtered, the
+    // job's timeline (with the decisions in it), and its HAR.
+    let job_session = env
+        .approvals()
+        .iter()
+        .find(|a| a["id"] == json!(id))
+        .and_then(|a| a["job"].as_str().map(str::to_string))
+        .expect("the approval names its job");
+    alice
+        .open(&format!("{console}/sessions?identity=nobody:*"))
+        .unwrap();
+    wait(
+        &mut alice,
+        "document.getElementById('no-sessions')",
+        "an empty filter",
+    );
+    alice
+        .open(&format!("{console}/sessions?identity=ci:*"))
+        .unwrap();
+    wait(
+        &mut alice,
+        &format!("document.querySelector('a[href=\"/sessions/{job_session}\"]')"),
+        "the job's session in the list",
+    );
+    alice
+        .open(&format!("{console}/sessions/{job_session}"))
+        .unwrap();
+    let timeline = alice
+        .eval("document.getElementById('timeline').textContent")
+        .unwrap();
+    let timeline = timeline.as_str().unwrap();
+    for want in [
+        "console decision by alice@example.test",
+        "approved by oidc:alice@example.test",
+        "denied by oidc:bob@example.test",
+        "POST https://api.partner.example/v1/prod/payouts",
+    ] {
+        assert!(
+            timeline.contains(want),
+            "{want:?} not in the timeline:\n{timeline}"
+        );
+    }
+    let har = alice
+        .eval(&format!(
+            "fetch('/sessions/{job_session}/har').then(async r => ({{disposition: r.headers.get('content-disposition'), har: await r.json()}}))"
+        ))
+        .unwrap();
+    assert!(
+        har["disposition"].as_str().unwrap().contains(".har"),
+        "{har}"
+    );
+    assert!(
+        har["har"]["log"]["entries"]
+            .as_array()
+            .is_some_and(|e| e.len() >= 3),
+        "{har}"
+    );
+    // dave approves nothing: no sessions for him (control: alice above).
+    idp::sign_in(&mut other, &console, "dave").unwrap();
+    let r = other
+        .eval("fetch('/sessions').then(r => ({status: r.status, reason: r.headers.get('x-hoop-reason')}))")
+        .unwrap();
+    assert_eq!(r, json!({"status": 403, "reason": "not-auditor"}));
+
     // Everything is on record, with the approvers' identities.
     job.close();
     let out = env.hoop().args(["audit", "verify"]).output().unwrap();

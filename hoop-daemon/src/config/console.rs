@@ -31,6 +31,10 @@ pub struct ConsoleConfig {
     /// approve the job's requests, whichever identity they sign in with.
     #[serde(default)]
     pub job_actor_claim: Option<String>,
+    /// Who may read the recorded sessions besides the approvers of any
+    /// rule (approver syntax: `oidc:group:security`, …).
+    #[serde(default)]
+    pub auditors: Vec<String>,
     #[serde(default)]
     pub oidc: Option<ConsoleOidcConfig>,
 }

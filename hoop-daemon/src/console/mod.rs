@@ -9,6 +9,7 @@ mod login;
 mod page;
 mod routes;
 mod session;
+mod sessions;
 mod slack;
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
@@ -22,9 +23,10 @@ use rustls::{
 use tokio::net::TcpListener;
 
 use crate::{
-    approval::Approvals,
+    approval::{Approvals, Approver, Caller},
     audit::Audit,
     config::{Config, console::ConsoleConfig},
+    pipeline::Gateway,
     policy::credential::Secret,
     tls::{Ca, Leaves, leaf::LeafName},
 };
@@ -45,6 +47,8 @@ pub enum StartError {
     SlackSecret(crate::policy::credential::SecretError),
     #[error("console: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("console.auditors: {0}")]
+    Auditor(#[from] crate::policy::approvers::BadApprover),
     #[error("console: certificate {}: {detail}", path.display())]
     Cert {
         path: std::path::PathBuf,
@@ -64,20 +68,37 @@ pub struct Console {
     audit: Audit,
     /// Slack's button callbacks, when `[approvals.slack]` is set.
     slack: Option<slack::Slack>,
+    /// Whose approval rules say who may read the recorded sessions.
+    gw: Arc<Gateway>,
+    auditors: Vec<Approver>,
+}
+
+impl Console {
+    /// Who may read the recorded sessions: an approver of any rule of the
+    /// running policy, or one of `[console] auditors`.
+    fn may_read_sessions(&self, c: &Caller) -> bool {
+        self.auditors.iter().any(|a| a.admits(c))
+            || self
+                .gw
+                .policy()
+                .connections
+                .iter()
+                .any(|conn| conn.approve.iter().any(|(_, rule)| rule.admits(c)))
+    }
 }
 
 /// Binds the console if `[console] listen` is set, and serves it.
-pub async fn start(
-    cfg: &Config,
-    ca: &Arc<Ca>,
-    approvals: Arc<Approvals>,
-    audit: Audit,
-) -> Result<bool, StartError> {
+pub async fn start(cfg: &Config, gw: Arc<Gateway>) -> Result<bool, StartError> {
     let c = &cfg.console;
     let (Some(addr), Some(oidc)) = (c.listen, c.oidc.clone()) else {
         return Ok(false);
     };
-    let tls = server_tls(c, addr, ca)?;
+    let tls = server_tls(c, addr, &gw.ca)?;
+    let auditors = c
+        .auditors
+        .iter()
+        .map(|a| Approver::parse(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let secret = Secret::load(&oidc.client_secret)?;
     let slack = match &cfg.approvals.slack {
         crate::config::policy::SlackSetting::Buttons(s) => Some(slack::Slack::new(
@@ -102,9 +123,11 @@ pub async fn start(
         origin,
         provider: login::Provider::new(oidc, secret, provider_tls),
         sessions: Arc::default(),
-        approvals,
-        audit,
+        approvals: gw.approvals.clone(),
+        audit: gw.audit.clone(),
         slack,
+        gw,
+        auditors,
     });
     tracing::info!(listen = %addr, "approver console");
     tokio::spawn(accept_loop(listener, tls, console));

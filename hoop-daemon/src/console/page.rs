@@ -49,7 +49,7 @@ pub fn sign_in(message: Option<&str>) -> String {
 
 /// After the provider's redirect: a same-site navigation to the inbox, so
 /// the browser sends the new SameSite=Strict cookie with it.
-pub fn signed_in() -> String {
+pub fn after_sign_in() -> String {
     layout(
         "hoop: signed in",
         "<meta http-equiv=\"refresh\" content=\"0;url=/\">",
@@ -57,29 +57,43 @@ pub fn signed_in() -> String {
     )
 }
 
-pub fn inbox(person: &Person, csrf: &str, held: &[Row]) -> String {
+/// A page for a signed-in person: the header (who, the two views, sign
+/// out) and `main`.
+pub fn signed_in(title: &str, person: &Person, csrf: &str, main: &str) -> String {
     let who = person.email.as_deref().unwrap_or(&person.sub);
-    let mut items = String::new();
-    for r in held {
-        items.push_str(&held_item(r, csrf));
-    }
     layout(
-        "hoop: held requests",
+        title,
         &format!(
             "<meta name=\"csrf\" content=\"{}\"><script src=\"/assets/console.js\" defer></script>",
             esc(csrf)
         ),
         &format!(
-            "<header><h1>hoop approvals</h1><p>Signed in as <strong id=\"who\">{}</strong> \
-             <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" \
-             value=\"{}\"><button>Sign out</button></form></p></header><main>\
-             <section aria-labelledby=\"h-held\"><h2 id=\"h-held\">Held requests</h2>\
+            "<header><h1>hoop approvals</h1><nav><a href=\"/\">Held requests</a> \
+             <a href=\"/sessions\">Recorded sessions</a></nav><p>Signed in as \
+             <strong id=\"who\">{}</strong> <form method=\"post\" action=\"/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button>\
+             </form></p></header><main>{main}</main>",
+            esc(who),
+            esc(csrf),
+        ),
+    )
+}
+
+pub fn inbox(person: &Person, csrf: &str, held: &[Row]) -> String {
+    let mut items = String::new();
+    for r in held {
+        items.push_str(&held_item(r, csrf));
+    }
+    signed_in(
+        "hoop: held requests",
+        person,
+        csrf,
+        &format!(
+            "<section aria-labelledby=\"h-held\"><h2 id=\"h-held\">Held requests</h2>\
              <p id=\"empty\"{}>Nothing is waiting for you.</p>\
              <ol id=\"inbox\" aria-live=\"polite\">{items}</ol></section>\
              <section aria-labelledby=\"h-done\"><h2 id=\"h-done\">Decided while you were here</h2>\
-             <ol id=\"decided\" aria-live=\"polite\"></ol></section></main>",
-            esc(who),
-            esc(csrf),
+             <ol id=\"decided\" aria-live=\"polite\"></ol></section>",
             if held.is_empty() { "" } else { " hidden" },
         ),
     )

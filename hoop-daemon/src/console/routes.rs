@@ -41,6 +41,10 @@ enum Refusal {
     NotFound,
     #[error("Slack callback refused: {0}")]
     Slack(#[from] super::slack::SlackRefusal),
+    #[error("only approvers and auditors read the recorded sessions")]
+    NotAuditor,
+    #[error("{0}")]
+    Sessions(#[from] super::sessions::ReadError),
 }
 
 impl Refusal {
@@ -64,6 +68,10 @@ impl Refusal {
             Self::Slack(super::slack::SlackRefusal::Unmapped(_)) => StatusCode::FORBIDDEN,
             Self::Slack(super::slack::SlackRefusal::Payload(_)) => StatusCode::BAD_REQUEST,
             Self::Slack(_) => StatusCode::UNAUTHORIZED,
+            Self::NotAuditor => StatusCode::FORBIDDEN,
+            Self::Sessions(super::sessions::ReadError::Unknown(_)) => StatusCode::NOT_FOUND,
+            Self::Sessions(super::sessions::ReadError::Filter(_)) => StatusCode::BAD_REQUEST,
+            Self::Sessions(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,6 +95,10 @@ impl Refusal {
             Self::Bad(_) => "bad-request",
             Self::NotFound => "not-found",
             Self::Slack(e) => e.reason(),
+            Self::NotAuditor => "not-auditor",
+            Self::Sessions(super::sessions::ReadError::Unknown(_)) => "unknown-session",
+            Self::Sessions(super::sessions::ReadError::Filter(_)) => "bad-filter",
+            Self::Sessions(_) => "audit-unavailable",
         }
     }
 
@@ -190,6 +202,15 @@ async fn route(
             Ok(r)
         }
         (&Method::GET, ["events"]) => events(c, &req),
+        (&Method::GET, ["sessions"]) => sessions_list(c, &req).await,
+        (&Method::GET, ["sessions", id]) => {
+            let id = id.to_string();
+            session_page(c, peer, &req, &id, false).await
+        }
+        (&Method::GET, ["sessions", id, "har"]) => {
+            let id = id.to_string();
+            session_page(c, peer, &req, &id, true).await
+        }
         (&Method::GET, ["approvals", id, "body"]) => body(c, peer, &req, id),
         (&Method::POST, ["slack", "interactions"]) => slack(c, peer, req).await,
         (&Method::POST, ["approvals", id, verb @ ("approve" | "deny")]) => {
@@ -281,7 +302,7 @@ async fn callback(
     let mut r = respond(
         StatusCode::OK,
         "text/html; charset=utf-8",
-        page::signed_in(),
+        page::after_sign_in(),
     );
     set_cookie(&mut r, session::set_cookie(&id, ttl));
     Ok(r)
@@ -465,6 +486,101 @@ async fn slack(
             Err(e.into())
         }
     }
+}
+
+/// The signed-in person, if they may read the recorded sessions.
+fn auditor(c: &Console, req: &Request<Incoming>) -> Result<session::Session, Refusal> {
+    let (_, s) = c.sessions.get(cookie(req)).ok_or(Refusal::NotSignedIn)?;
+    if !c.may_read_sessions(&Caller::Person(s.person.clone())) {
+        return Err(Refusal::NotAuditor);
+    }
+    Ok(s)
+}
+
+/// The audit log's path, for a blocking read.
+fn db(c: &Console) -> Option<std::path::PathBuf> {
+    c.audit.path.clone()
+}
+
+async fn sessions_list(c: &Console, req: &Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    let s = auditor(c, req)?;
+    let q = super::sessions::Query::parse(req.uri().query());
+    let path = db(c);
+    let (q, list) = tokio::task::spawn_blocking(move || {
+        let list = super::sessions::list(path.as_deref(), &q);
+        (q, list)
+    })
+    .await
+    .map_err(|e| Refusal::Bad(e.to_string()))?;
+    let main = super::sessions::list_html(&q, &list?);
+    Ok(respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        page::signed_in("hoop: recorded sessions", &s.person, &s.csrf, &main),
+    ))
+}
+
+/// One session: its timeline, or (`har`) its HAR. Both are recorded.
+async fn session_page(
+    c: &Console,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+    id: &str,
+    har: bool,
+) -> Result<Response<Body>, Refusal> {
+    let s = auditor(c, req)?;
+    let path = db(c);
+    let sid = id.to_string();
+    let recs = tokio::task::spawn_blocking(move || super::sessions::records(path.as_deref(), &sid))
+        .await
+        .map_err(|e| Refusal::Bad(e.to_string()))??;
+    let what = if har {
+        "exported as HAR"
+    } else {
+        "viewed the timeline"
+    };
+    self_record(c, &s.person, id, what, peer);
+    if har {
+        let mut r = respond(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec(&crate::audit::har::har(&recs)).unwrap_or_default(),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}.har\"")) {
+            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+        return Ok(r);
+    }
+    Ok(respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        page::signed_in(
+            "hoop: session",
+            &s.person,
+            &s.csrf,
+            &super::sessions::session_html(id, &recs),
+        ),
+    ))
+}
+
+/// A record that `person` read session `id`.
+fn self_record(
+    c: &Console,
+    person: &crate::approval::Person,
+    id: &str,
+    what: &str,
+    peer: SocketAddr,
+) {
+    c.audit.record(Entry::of(&ConsoleData {
+        session: id.to_string(),
+        event: "read-session".into(),
+        issuer: Some(person.issuer.clone()),
+        sub: Some(person.sub.clone()),
+        email: person.email.clone(),
+        approval: None,
+        detail: what.into(),
+        peer: peer.to_string(),
+    }));
 }
 
 /// A held body, for an approver of it: the view is recorded.
