@@ -54,16 +54,23 @@ fn wait(b: &mut Browser, cond: &str, what: &str) {
 }
 
 /// The console's session cookie in this browser (HttpOnly: read over
-/// DevTools, as only the test can).
+/// DevTools, as only the test can), after checking how it was set.
 fn session_cookie(b: &mut Browser) -> String {
     let c = b.call("Network.getAllCookies", json!({})).unwrap();
-    c["cookies"]
+    let c = c["cookies"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == "__Host-hoop-console")
-        .map(|c| c["value"].as_str().unwrap().to_string())
-        .expect("no console session cookie")
+        .cloned()
+        .expect("no console session cookie");
+    assert_eq!(
+        (&c["httpOnly"], &c["secure"], &c["sameSite"], &c["path"]),
+        (&json!(true), &json!(true), &json!("Strict"), &json!("/")),
+        "{c}"
+    );
+    assert!(c["value"].as_str().unwrap().len() >= 43, "{c}");
+    c["value"].as_str().unwrap().to_string()
 }
 
 /// A POST from the page's own origin (fetch), answered as JSON.
@@ -933,10 +940,28 @@ fn a_job_reaches_the_console_by_no_path() {
     });
     let proxy = format!("http://127.0.0.1:{}", env.proxy_port);
 
-    // Control: from outside a job, the console answers.
-    let (code, body, _) = curl(&format!("{console}/"), &hoop_ca, &[]);
+    // Control: from outside a job, the console answers, with its headers.
+    let (code, body, head) = curl(&format!("{console}/"), &hoop_ca, &[]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("Sign in"), "{body}");
+    for h in [
+        "content-security-policy: default-src 'none'; script-src 'self';",
+        "frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "cache-control: no-store",
+    ] {
+        assert!(head.contains(h), "{h:?} missing:\n{head}");
+    }
+    // A sign-in the console did not start (a forged or replayed state) is
+    // refused before the provider is asked, and recorded.
+    let (code, body, head) = curl(
+        &format!("{console}/callback?state=forged&code=stolen"),
+        &hoop_ca,
+        &[],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(head.contains("x-hoop-reason: sign-in-state"), "{head}");
     // Control: the job reaches an ordinary loopback server, both paths.
     let hello = format!("http://{}/hello", plain.addr);
     let (code, out) = job_curl(&env, &[&hello]);
