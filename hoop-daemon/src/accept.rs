@@ -144,7 +144,14 @@ fn classify(ctx: &Ctx, peer: SocketAddr) -> Result<Flow, Refused> {
     if is_own_listener(&ctx.cfg, dst) {
         return Err(Refused::Loop(dst));
     }
-    if let Some(what) = own_service(&ctx.cfg, dst) {
+    // The console, the metrics: reached as the daemon, a job would reach
+    // them as no job may (the transparent listener itself was above).
+    if let Some(what) = ctx
+        .gw
+        .egress()
+        .own(dst)
+        .filter(|_| !is_proxy_listener(&ctx.cfg, dst))
+    {
         return Err(Refused::OwnService { what, dst });
     }
     let job = ctx.jobs.by_cgroup(cgroup_id);
@@ -160,21 +167,6 @@ fn classify(ctx: &Ctx, peer: SocketAddr) -> Result<Flow, Refused> {
         identity: ctx.identity(job.as_deref(), cgroup_id),
         job,
     })
-}
-
-/// The daemon's services a job must not reach even through the gateway
-/// (an approver's console reached as the daemon would be a job approving
-/// itself).
-fn own_service(cfg: &Config, dst: SocketAddr) -> Option<&'static str> {
-    let same =
-        |l: SocketAddr| l.port() == dst.port() && (l.ip() == dst.ip() || l.ip().is_unspecified());
-    if cfg.console.listen.is_some_and(same) {
-        return Some("approver console");
-    }
-    if cfg.metrics.addr().is_some_and(same) {
-        return Some("metrics endpoint");
-    }
-    None
 }
 
 /// True if `dst` is one of the explicit proxy listeners.

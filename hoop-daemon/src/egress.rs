@@ -69,26 +69,36 @@ impl fmt::Display for Cidr {
 pub struct Egress {
     allow: std::sync::Arc<[Cidr]>,
     own: std::sync::Arc<[(SocketAddr, &'static str)]>,
+    /// This host's addresses: where a wildcard listener is reached.
+    local: std::sync::Arc<[IpAddr]>,
 }
 
 impl Egress {
-    pub fn new(allow: &[Cidr], own: Vec<(SocketAddr, &'static str)>) -> Self {
+    pub fn new(allow: &[Cidr], own: Vec<(SocketAddr, &'static str)>, local: Vec<IpAddr>) -> Self {
         Self {
             allow: allow.into(),
             own: own.into(),
+            local: local.into_iter().map(|i| i.to_canonical()).collect(),
         }
+    }
+
+    /// The daemon's service at `dst`, if it is one: a listener on that
+    /// address, or a wildcard one on that port when `dst` is this host.
+    pub fn own(&self, dst: SocketAddr) -> Option<&'static str> {
+        let ip = dst.ip().to_canonical();
+        let here = ip.is_loopback() || ip.is_unspecified() || self.local.contains(&ip);
+        self.own
+            .iter()
+            .find(|(l, _)| {
+                l.port() == dst.port()
+                    && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && here))
+            })
+            .map(|(_, what)| *what)
     }
 
     /// The one egress check: every dial (captured, CONNECT, SOCKS5) asks it.
     pub fn check(&self, dst: SocketAddr) -> Result<(), EgressDenied> {
-        let ip = dst.ip().to_canonical();
-        // A wildcard listener is reached on loopback (other addresses of
-        // this host are not enumerated here).
-        let own = self.own.iter().find(|(l, _)| {
-            l.port() == dst.port()
-                && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
-        });
-        if let Some((_, what)) = own {
+        if let Some(what) = self.own(dst) {
             return Err(EgressDenied {
                 dst,
                 own: Some(what),
@@ -115,19 +125,24 @@ mod tests {
                 ("127.0.0.1:8443".parse().unwrap(), "approver console"),
                 ("0.0.0.0:9108".parse().unwrap(), "metrics endpoint"),
             ],
+            vec!["10.1.2.3".parse().unwrap()],
         );
         for (dst, what) in [
             ("127.0.0.1:8443", Some("approver console")),
             ("[::ffff:127.0.0.1]:8443", Some("approver console")),
             ("127.0.0.2:9108", Some("metrics endpoint")),
             ("[::1]:9108", Some("metrics endpoint")),
+            // The wildcard listener on this host's other address.
+            ("10.1.2.3:9108", Some("metrics endpoint")),
+            ("[::ffff:10.1.2.3]:9108", Some("metrics endpoint")),
             ("127.0.0.2:8443", None),
+            // Another host's port 9108 is just an upstream.
             ("192.0.2.1:9108", None),
         ] {
             let got = e.check(dst.parse().unwrap()).err().and_then(|d| d.own);
             assert_eq!(got, what, "{dst}");
         }
-        let none = Egress::new(&[], vec![]);
+        let none = Egress::new(&[], vec![], vec![]);
         assert_eq!(
             none.check("192.0.2.1:443".parse().unwrap())
                 .unwrap_err()
@@ -158,12 +173,12 @@ mod tests {
 
     #[test]
     fn check_names_the_refused_destination() {
-        let e = Egress::new(&["127.0.0.0/8".parse::<Cidr>().unwrap()], vec![]);
+        let e = Egress::new(&["127.0.0.0/8".parse::<Cidr>().unwrap()], vec![], vec![]);
         assert_eq!(e.check("127.0.0.1:443".parse().unwrap()), Ok(()));
         let dst = "10.0.0.1:443".parse().unwrap();
         assert_eq!(e.check(dst), Err(EgressDenied { dst, own: None }));
         assert!(
-            Egress::new(&[], vec![])
+            Egress::new(&[], vec![], vec![])
                 .check("127.0.0.1:1".parse().unwrap())
                 .is_err()
         );

@@ -145,7 +145,8 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
          path = \"/v1/prod/refunds\"\napprovers = [\"oidc:group:payments-leads\"]\ntimeout = \"2s\"\n"
     );
     let console_cfg = format!(
-        "[console]\nlisten = \"127.0.0.1:{port}\"\njob_actor_claim = \"actor\"\n\n\
+        "[console]\nlisten = \"127.0.0.1:{port}\"\njob_actor_claim = \"actor\"\n\
+         auditors = [\"oidc:email:alice@example.test\"]\n\n\
          [console.oidc]\nissuer = \"{idp_url}\"\nclient_id = \"hoop-console\"\n\
          client_secret = {{ file = \"{}\" }}\nredirect_url = \"{console}/callback\"\n\
          scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nca_files = [\"{}\"]\n",
@@ -202,6 +203,25 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         "{}",
         env.log()
     );
+
+    // A sign-in's state is bound to the browser it was given to: the
+    // callback URL of a sign-in started elsewhere is refused (login CSRF).
+    let (code, _, head) = curl(&format!("{console}/login"), &hoop_ca, &[]);
+    assert_eq!(code, 303, "{head}");
+    assert!(head.contains("set-cookie: __host-hoop-login="), "{head}");
+    let state = head
+        .split("state=")
+        .nth(1)
+        .and_then(|r| r.split(['&', '\r', '\n']).next())
+        .expect("a state in the redirect")
+        .to_string();
+    let (code, _, head) = curl(
+        &format!("{console}/callback?state={state}&code=anything"),
+        &hoop_ca,
+        &[],
+    );
+    assert_eq!(code, 400, "{head}");
+    assert!(head.contains("x-hoop-reason: sign-in-state"), "{head}");
 
     // Approvers sign in: alice and bob are payments leads.
     let approver = |who: &str| {
@@ -409,6 +429,22 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         "a held payout reached the partner"
     );
 
+    // A grant of no time is no grant: refused, still held.
+    let alice_csrf = alice
+        .eval("document.querySelector('meta[name=csrf]').content")
+        .unwrap();
+    let r = page_post(
+        &mut alice,
+        &format!("/approvals/{id}/approve"),
+        json!({"x-hoop-csrf": alice_csrf}),
+        "for=0",
+    );
+    assert_eq!(
+        (r["status"].clone(), r["reason"].clone()),
+        (json!(400), json!("bad-grant")),
+        "{r}"
+    );
+
     // bob watches; alice approves; bob sees it live, the job gets 201.
     idp::sign_in(&mut other, &console, "bob").unwrap();
     wait(
@@ -476,6 +512,11 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         &format!("document.querySelector('#d-{id2}[data-status=denied]')"),
         "the denial on alice's page",
     );
+    // dave watches too, but is no approver: nothing of the next one may
+    // reach his page, while alice's (the control) shows it all.
+    idp::sign_in(&mut other, &console, "dave").unwrap();
+    other.eval("window.__loaded_once = 9").unwrap();
+
     // Nobody decides: the expiry reaches the job and shows on the page.
     let refund = job
         .start(
@@ -503,6 +544,15 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         origin.seen().iter().filter(|s| s.method == "POST").count(),
         1,
         "only the approved payout may reach the partner"
+    );
+    assert_eq!(
+        other
+            .eval(
+                "[window.__loaded_once, document.querySelectorAll('#inbox li, #decided li').length]"
+            )
+            .unwrap(),
+        json!([9, 0]),
+        "dave's page got events of a request he may not decide"
     );
 
     // The recorded sessions, read-only, for approvers: filtered, the
@@ -562,8 +612,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
             .is_some_and(|e| e.len() >= 3),
         "{har}"
     );
-    // dave approves nothing: no sessions for him (control: alice above).
-    idp::sign_in(&mut other, &console, "dave").unwrap();
+    // dave is no auditor: no sessions for him (control: alice above).
     let r = other
         .eval("fetch('/sessions').then(r => ({status: r.status, reason: r.headers.get('x-hoop-reason')}))")
         .unwrap();

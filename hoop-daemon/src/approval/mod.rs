@@ -40,6 +40,10 @@ pub struct Hold {
     pub body: Option<String>,
     /// Who started the job, per its token ([console] job_actor_claim).
     pub actor: Option<String>,
+    /// The claim that should have named the actor, when one is configured:
+    /// without an actor, no person may decide (they can't be told apart
+    /// from whoever started the job).
+    pub actor_claim: Option<String>,
     pub context: Context,
 }
 
@@ -76,6 +80,7 @@ struct Waiter {
     uids: Vec<u32>,
     grant_key: (String, String, String),
     actor: Option<String>,
+    actor_claim: Option<String>,
 }
 
 /// What `hoop approvals list` shows.
@@ -117,6 +122,12 @@ pub enum ApprovalError {
         "refused: {caller} started the job that made this request (its token's actor is {actor:?}); a person can't approve their own job"
     )]
     SelfApprovalPerson { caller: String, actor: String },
+    #[error(
+        "refused: the job's token names no actor (claim {claim:?}), so whoever started it can't be told apart from {caller}; only host approvers may decide"
+    )]
+    NoActor { caller: String, claim: String },
+    #[error("a grant lasts 1 s to 1 day, not {0} s")]
+    GrantLength(u64),
     #[error("refused: {caller} is not an approver for rule {rule}")]
     NotApprover { caller: String, rule: String },
 }
@@ -124,6 +135,9 @@ pub enum ApprovalError {
 fn now_ms() -> u64 {
     Jobs::now_ms()
 }
+
+/// The longest standing grant an approver may give.
+pub const MAX_GRANT_SECS: u64 = 86_400;
 
 impl Approvals {
     /// Opens the store; approvals a previous daemon left pending are
@@ -200,6 +214,7 @@ impl Approvals {
                 uids: h.uids.clone(),
                 grant_key,
                 actor: h.actor.clone(),
+                actor_claim: h.actor_claim.clone(),
             },
         );
         tracing::warn!(
@@ -218,11 +233,16 @@ impl Approvals {
             id: id.clone(),
             armed: true,
         };
-        let outcome = match tokio::time::timeout(h.rule.timeout, rx).await {
+        let mut rx = rx;
+        let outcome = match tokio::time::timeout(h.rule.timeout, &mut rx).await {
             Ok(Ok(o)) => o,
             Ok(Err(_)) => Outcome::Abandoned,
+            // A decision that took the waiter first wins: its outcome is
+            // already sent (the approver was told it took effect).
+            Err(_) if self.waiters.lock().unwrap().remove(&id).is_none() => {
+                rx.await.unwrap_or(Outcome::Abandoned)
+            }
             Err(_) => {
-                self.waiters.lock().unwrap().remove(&id);
                 let _ = self.store.decide(&id, "expired", None, None, None);
                 self.publish(&id, &h.rule);
                 tracing::warn!(target: "hoop::audit", approval = %id, "approval expired");
@@ -250,6 +270,13 @@ impl Approvals {
                 tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "self-approval refused");
                 return Err(ApprovalError::SelfApproval(*uid));
             }
+            Caller::Person(_) if w.actor.is_none() && w.actor_claim.is_some() => {
+                tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "approval by a person refused: the job names no actor");
+                return Err(ApprovalError::NoActor {
+                    caller: caller.label(),
+                    claim: w.actor_claim.clone().unwrap_or_default(),
+                });
+            }
             Caller::Person(p) if w.actor.as_deref().is_some_and(|a| p.is(a)) => {
                 tracing::warn!(target: "hoop::audit", approval = %id, caller = %caller.label(), "self-approval refused: the job's actor");
                 return Err(ApprovalError::SelfApprovalPerson {
@@ -266,7 +293,16 @@ impl Approvals {
                 rule: w.rule.name.clone(),
             });
         }
+        if let Decision::Approve { for_secs: Some(s) } = d
+            && !(1..=MAX_GRANT_SECS).contains(&s)
+        {
+            return Err(ApprovalError::GrantLength(s));
+        }
         let by = caller.label();
+        let grant_secs = match &d {
+            Decision::Approve { for_secs } => *for_secs,
+            Decision::Deny { .. } => None,
+        };
         let (status, outcome, reason, grant) = match d {
             Decision::Approve { for_secs } => (
                 "approved",
@@ -291,8 +327,7 @@ impl Approvals {
             return Err(ApprovalError::NoLongerPending(id.into()));
         }
         let w = waiters.remove(id).expect("checked above");
-        if let Some(until_ms) = grant {
-            let secs = (until_ms - now_ms()) / 1000;
+        if let Some(secs) = grant_secs {
             self.grants.lock().unwrap().insert(
                 w.grant_key.clone(),
                 Instant::now() + Duration::from_secs(secs),
@@ -300,7 +335,7 @@ impl Approvals {
         }
         tracing::warn!(
             target: "hoop::audit", approval = %id, status, approver = %by,
-            reason = reason.as_deref().unwrap_or("-"), grant_secs = grant.map(|g| (g - now_ms()) / 1000).unwrap_or(0),
+            reason = reason.as_deref().unwrap_or("-"), grant_secs = grant_secs.unwrap_or(0),
             "approval decided"
         );
         let _ = w.tx.send(outcome);
@@ -455,6 +490,7 @@ mod tests {
             body_sha256: None,
             body: None,
             actor: Some("alice@acme.example".into()),
+            actor_claim: Some("actor".into()),
             context: Context::default(),
         }
     }
@@ -563,5 +599,86 @@ mod tests {
         assert_eq!(t.await.unwrap(), Outcome::Abandoned);
         let row = a.list().unwrap().into_iter().find(|r| r.id == id).unwrap();
         assert_eq!(row.status, "abandoned");
+    }
+
+    fn person(email: &str, groups: &[&str]) -> Caller {
+        Caller::Person(Person {
+            issuer: "https://idp.example".into(),
+            sub: format!("sub-{email}"),
+            email: Some(email.into()),
+            name: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn people_decide_unless_they_started_the_job_or_it_names_nobody() {
+        let (_d, a) = approvals();
+        let a = Arc::new(a);
+        let lead = person("bob@acme.example", &["leads"]);
+        let starter = person("Alice@acme.example", &["leads"]);
+
+        // The job's actor is alice: she is a lead, and still refused; a
+        // grant of 0 s or over a day is refused; bob approves.
+        let a2 = a.clone();
+        let t =
+            tokio::spawn(async move { a2.hold(hold(vec![1000], Duration::from_secs(10))).await.1 });
+        let id = pending_id(&a).await;
+        let e = a
+            .decide(&id, &starter, Decision::Approve { for_secs: None })
+            .unwrap_err();
+        assert!(matches!(e, ApprovalError::SelfApprovalPerson { .. }), "{e}");
+        for bad in [0, MAX_GRANT_SECS + 1] {
+            let e = a
+                .decide(
+                    &id,
+                    &lead,
+                    Decision::Approve {
+                        for_secs: Some(bad),
+                    },
+                )
+                .unwrap_err();
+            assert!(
+                matches!(e, ApprovalError::GrantLength(n) if n == bad),
+                "{e}"
+            );
+        }
+        a.decide(
+            &id,
+            &lead,
+            Decision::Approve {
+                for_secs: Some(MAX_GRANT_SECS),
+            },
+        )
+        .unwrap();
+        assert!(
+            matches!(t.await.unwrap(), Outcome::Approved { by } if by == "oidc:bob@acme.example")
+        );
+
+        // A job whose token names no actor, though the claim is configured:
+        // no person may decide; a host approver still may.
+        let mut h = hold(vec![1000], Duration::from_secs(10));
+        h.job = Some("job-no-actor".into());
+        h.actor = None;
+        let a2 = a.clone();
+        let t = tokio::spawn(async move { a2.hold(h).await.1 });
+        let id = pending_id(&a).await;
+        let e = a
+            .decide(&id, &lead, Decision::Approve { for_secs: None })
+            .unwrap_err();
+        assert!(matches!(e, ApprovalError::NoActor { .. }), "{e}");
+        let root = Caller::Host {
+            uid: 0,
+            gids: vec![0],
+        };
+        a.decide(
+            &id,
+            &root,
+            Decision::Deny {
+                reason: "no".into(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(t.await.unwrap(), Outcome::Denied { .. }));
     }
 }

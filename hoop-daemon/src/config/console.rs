@@ -31,8 +31,12 @@ pub struct ConsoleConfig {
     /// approve the job's requests, whichever identity they sign in with.
     #[serde(default)]
     pub job_actor_claim: Option<String>,
-    /// Who may read the recorded sessions besides the approvers of any
-    /// rule (approver syntax: `oidc:group:security`, …).
+    /// That claim's value → the e-mail of the person it names, where the
+    /// claim is a login (GitHub's `actor`) rather than an e-mail.
+    #[serde(default)]
+    pub job_actors: std::collections::BTreeMap<String, String>,
+    /// Who may read the recorded sessions in the console (approver syntax:
+    /// `oidc:group:security`, …); nobody when empty.
     #[serde(default)]
     pub auditors: Vec<String>,
     #[serde(default)]

@@ -216,6 +216,9 @@ pub struct SlackConfig {
     /// callback) can't decide.
     #[serde(default)]
     pub users: std::collections::BTreeMap<String, String>,
+    /// The Slack workspace (team id) callbacks must come from.
+    #[serde(default)]
+    pub team_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -43,8 +43,12 @@ const LEEWAY: i64 = 30;
 pub enum LoginError {
     #[error("the identity provider is unreachable or misconfigured: {0}")]
     Provider(String),
-    #[error("this sign-in was not started here, was already used, or took over 10 minutes")]
+    #[error(
+        "this sign-in was not started in this browser, was already used, or took over 10 minutes"
+    )]
     State,
+    #[error("too many sign-ins are under way; try again in a minute")]
+    Busy,
     #[error("the identity provider refused the sign-in: {0}")]
     Refused(String),
     #[error("the sign-in code could not be exchanged: {0}")]
@@ -58,6 +62,7 @@ impl LoginError {
         match self {
             Self::Provider(_) => "provider-unavailable",
             Self::State => "sign-in-state",
+            Self::Busy => "sign-in-busy",
             Self::Refused(_) => "sign-in-refused",
             Self::Exchange(_) => "code-exchange",
             Self::Token(_) => "id-token",
@@ -133,13 +138,16 @@ impl Provider {
         .set_token_uri(token_url))
     }
 
-    /// Where to send the browser to sign in; the attempt is remembered
-    /// under its `state`.
-    pub async fn begin(&self, sessions: &Sessions) -> Result<String, LoginError> {
+    /// Where to send the browser to sign in, and the attempt's `state`
+    /// (remembered, and to be bound to the browser by a cookie).
+    pub async fn begin(&self, sessions: &Sessions) -> Result<(String, String), LoginError> {
         let client = self.client(false).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let nonce = Nonce::new_random();
-        let state = sessions.begin(verifier.into_secret(), nonce.secret().clone());
+        let state = sessions
+            .begin(verifier.into_secret(), nonce.secret().clone())
+            .ok_or(LoginError::Busy)?;
+        let bound = state.clone();
         let mut req = client
             .authorize_url(
                 AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
@@ -150,7 +158,7 @@ impl Provider {
         for s in self.cfg.scopes.iter().filter(|s| *s != "openid") {
             req = req.add_scope(Scope::new(s.clone()));
         }
-        Ok(req.url().0.to_string())
+        Ok((req.url().0.to_string(), bound))
     }
 
     /// The provider sent the browser back: the code becomes tokens, the ID
@@ -208,13 +216,15 @@ fn payload(jws: &str) -> Option<Map<String, Value>> {
 }
 
 /// Who the verified claims name. An e-mail counts only if the provider
-/// does not say it is unverified.
+/// says it is verified (`email_verified`): where it is missing, the
+/// address may be one its owner typed.
 fn person(p: &Map<String, Value>, cfg: &ConsoleOidcConfig) -> Result<Person, LoginError> {
     let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
     let sub = text("sub")
         .filter(|s| !s.is_empty())
         .ok_or_else(|| LoginError::Token("no sub".into()))?;
-    let verified = p.get("email_verified").and_then(Value::as_bool) != Some(false);
+    let verified = matches!(p.get("email_verified"), Some(Value::Bool(true)))
+        || matches!(p.get("email_verified"), Some(Value::String(v)) if v == "true");
     let groups = match p.get(&cfg.groups_claim) {
         Some(Value::Array(a)) => a
             .iter()
@@ -256,7 +266,7 @@ mod tests {
     #[test]
     fn claims_name_the_person_and_unverified_mail_does_not_count() {
         let p = |v: Value| person(v.as_object().unwrap(), &cfg());
-        let a = p(serde_json::json!({"sub": "u1", "email": "Alice@Acme.example", "roles": ["leads", 7], "name": "Alice"})).unwrap();
+        let a = p(serde_json::json!({"sub": "u1", "email": "Alice@Acme.example", "email_verified": true, "roles": ["leads", 7], "name": "Alice"})).unwrap();
         assert_eq!(a.email.as_deref(), Some("alice@acme.example"));
         assert_eq!(a.groups, ["leads"]);
         let b = p(serde_json::json!({"sub": "u2", "email": "bob@acme.example", "email_verified": false, "roles": "ops"})).unwrap();

@@ -68,22 +68,16 @@ pub struct Console {
     audit: Audit,
     /// Slack's button callbacks, when `[approvals.slack]` is set.
     slack: Option<slack::Slack>,
-    /// Whose approval rules say who may read the recorded sessions.
-    gw: Arc<Gateway>,
+    /// Who may read the recorded sessions.
     auditors: Vec<Approver>,
 }
 
 impl Console {
-    /// Who may read the recorded sessions: an approver of any rule of the
-    /// running policy, or one of `[console] auditors`.
+    /// Who may read the recorded sessions: `[console] auditors` only. The
+    /// sessions hold every recorded body of every job; approving one rule
+    /// is no reason to read them all.
     fn may_read_sessions(&self, c: &Caller) -> bool {
         self.auditors.iter().any(|a| a.admits(c))
-            || self
-                .gw
-                .policy()
-                .connections
-                .iter()
-                .any(|conn| conn.approve.iter().any(|(_, rule)| rule.admits(c)))
     }
 }
 
@@ -104,17 +98,13 @@ pub async fn start(cfg: &Config, gw: Arc<Gateway>) -> Result<bool, StartError> {
         crate::config::policy::SlackSetting::Buttons(s) => Some(slack::Slack::new(
             Secret::load(&s.signing_secret).map_err(StartError::SlackSecret)?,
             s.users.clone(),
+            s.team_id.clone(),
         )),
         crate::config::policy::SlackSetting::Text(_) => None,
     };
     let provider_tls =
         crate::tls::UpstreamTls::new(&oidc.ca_files)?.config_for(&[crate::tls::HTTP11.to_vec()]);
-    let origin = oidc
-        .redirect_url
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| Some(format!("https://{}", u.authority()?)))
-        .unwrap_or_default();
+    let origin = origin_of(&oidc.redirect_url).unwrap_or_default();
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -126,7 +116,6 @@ pub async fn start(cfg: &Config, gw: Arc<Gateway>) -> Result<bool, StartError> {
         approvals: gw.approvals.clone(),
         audit: gw.audit.clone(),
         slack,
-        gw,
         auditors,
     });
     tracing::info!(listen = %addr, "approver console");
@@ -169,6 +158,20 @@ async fn accept_loop(l: TcpListener, tls: Arc<ServerConfig>, console: Arc<Consol
                 .await;
         });
     }
+}
+
+/// A URL's origin as browsers send it in `Origin`, normalised: scheme and
+/// host lower-cased, the default port left out.
+fn origin_of(url: &str) -> Option<String> {
+    let u: http::Uri = url.parse().ok()?;
+    let scheme = u.scheme_str()?.to_ascii_lowercase();
+    let host = u.host()?.to_ascii_lowercase();
+    Some(match u.port_u16() {
+        Some(p) if !(scheme == "https" && p == 443 || scheme == "http" && p == 80) => {
+            format!("{scheme}://{host}:{p}")
+        }
+        _ => format!("{scheme}://{host}"),
+    })
 }
 
 /// The console's own certificate, or leaves from hoop's CA for its names.
@@ -247,5 +250,24 @@ impl ResolvesServerCert for OwnNames {
             return None;
         }
         self.leaves.get(&name).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn origins_compare_as_browsers_mean_them() {
+        let o = |s| super::origin_of(s);
+        assert_eq!(
+            o("https://Hoop.Example:443/callback"),
+            o("https://hoop.example")
+        );
+        assert_eq!(
+            o("https://127.0.0.1:8443/callback").as_deref(),
+            Some("https://127.0.0.1:8443")
+        );
+        assert_ne!(o("https://hoop.example:8443"), o("https://hoop.example"));
+        assert_ne!(o("http://hoop.example"), o("https://hoop.example"));
+        assert_eq!(o("null"), None);
     }
 }

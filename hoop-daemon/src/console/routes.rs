@@ -41,7 +41,7 @@ enum Refusal {
     NotFound,
     #[error("Slack callback refused: {0}")]
     Slack(#[from] super::slack::SlackRefusal),
-    #[error("only approvers and auditors read the recorded sessions")]
+    #[error("only [console] auditors read the recorded sessions")]
     NotAuditor,
     #[error("{0}")]
     Sessions(#[from] super::sessions::ReadError),
@@ -55,7 +55,9 @@ impl Refusal {
             Self::Approval(e) => match e {
                 ApprovalError::SelfApproval(_)
                 | ApprovalError::SelfApprovalPerson { .. }
+                | ApprovalError::NoActor { .. }
                 | ApprovalError::NotApprover { .. } => StatusCode::FORBIDDEN,
+                ApprovalError::GrantLength(_) => StatusCode::BAD_REQUEST,
                 ApprovalError::Unknown(_) => StatusCode::NOT_FOUND,
                 ApprovalError::NotPending { .. } | ApprovalError::NoLongerPending(_) => {
                     StatusCode::CONFLICT
@@ -63,6 +65,7 @@ impl Refusal {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Login(LoginError::Provider(_)) => StatusCode::BAD_GATEWAY,
+            Self::Login(LoginError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Login(_) | Self::Bad(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Slack(super::slack::SlackRefusal::Unmapped(_)) => StatusCode::FORBIDDEN,
@@ -84,6 +87,8 @@ impl Refusal {
                     "self-approval"
                 }
                 ApprovalError::NotApprover { .. } => "not-approver",
+                ApprovalError::NoActor { .. } => "no-actor",
+                ApprovalError::GrantLength(_) => "bad-grant",
                 ApprovalError::Unknown(_) => "unknown-approval",
                 ApprovalError::NotPending { .. } | ApprovalError::NoLongerPending(_) => {
                     "not-pending"
@@ -185,13 +190,29 @@ async fn route(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
-    let path = req.uri().path().to_string();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Segments are decoded after the split: an id may hold a '/' (%2F).
+    let decoded: Vec<String> = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["assets", "console.js"]) => Ok(asset("text/javascript", JS)),
         (&Method::GET, ["assets", "console.css"]) => Ok(asset("text/css", CSS)),
         (&Method::GET, [""]) => Ok(inbox(c, &req)),
-        (&Method::GET, ["login"]) => Ok(redirect(&c.provider.begin(&c.sessions).await?)),
+        (&Method::GET, ["login"]) => {
+            let (to, state) = c.provider.begin(&c.sessions).await?;
+            let mut r = redirect(&to);
+            set_cookie(&mut r, session::login_cookie(&state));
+            Ok(r)
+        }
         (&Method::GET, ["callback"]) => callback(c, peer, &req).await,
         (&Method::POST, ["logout"]) => {
             let (id, s, _) = signed_in_post(c, req).await?;
@@ -275,22 +296,35 @@ async fn callback(
         tracing::warn!(target: "hoop::audit", peer = %peer, reason = e.reason(), error = %e, "console sign-in refused");
         Refusal::Login(e)
     };
+    // The state must be the one this browser was given at /login: a
+    // callback URL from someone else's sign-in is refused (login CSRF).
+    let bound = cookie(req).and_then(|h| session::cookie_value(h, session::LOGIN_COOKIE));
     let pending = q
         .get("state")
+        .filter(|s| bound.is_some_and(|b| session::same(b, s)))
         .and_then(|s| c.sessions.finish(s))
         .ok_or_else(|| refused(LoginError::State))?;
     if let Some(e) = q.get("error") {
+        // The provider's description is logged, not shown: anyone can send
+        // a browser here with text of their choosing.
         let d = q.get("error_description").map(String::as_str).unwrap_or("");
-        return Err(refused(LoginError::Refused(
-            format!("{e} {d}").trim().into(),
-        )));
+        tracing::warn!(peer = %peer, error = %e, description = %d, "console: the provider refused a sign-in");
+        let code = if e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            e.as_str()
+        } else {
+            "an error"
+        };
+        return Err(refused(LoginError::Refused(code.into())));
     }
     let code = q
         .get("code")
         .ok_or_else(|| refused(LoginError::Refused("no code".into())))?;
     let person = c.provider.finish(code, pending).await.map_err(refused)?;
     let ttl = c.cfg.session_ttl();
-    let (id, _) = c.sessions.open(person.clone(), ttl);
+    let (id, _) = c
+        .sessions
+        .open(person.clone(), ttl)
+        .ok_or_else(|| refused(LoginError::Busy))?;
     c.record(
         "sign-in",
         Some(&person),
@@ -305,6 +339,7 @@ async fn callback(
         page::after_sign_in(),
     );
     set_cookie(&mut r, session::set_cookie(&id, ttl));
+    set_cookie(&mut r, session::clear_login_cookie());
     Ok(r)
 }
 
@@ -318,7 +353,7 @@ async fn signed_in_post(
     // or Fetch Metadata says cross-site, the request was not ours.
     let h = req.headers();
     if let Some(o) = h.get(header::ORIGIN)
-        && o.as_bytes() != c.origin.as_bytes()
+        && o.to_str().ok().and_then(super::origin_of) != Some(c.origin.clone())
     {
         return Err(Refusal::Csrf("the request came from another origin"));
     }
@@ -546,7 +581,17 @@ async fn session_page(
             "application/json",
             serde_json::to_vec(&crate::audit::har::har(&recs)).unwrap_or_default(),
         );
-        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}.har\"")) {
+        let name: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.har\"")) {
             r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
         }
         return Ok(r);

@@ -16,6 +16,12 @@ use crate::approval::Person;
 /// The cookie's name: `__Host-` makes the browser refuse it unless it is
 /// Secure, for path /, and without a Domain.
 pub const COOKIE: &str = "__Host-hoop-console";
+/// The sign-in under way in this browser: its `state`, so that a callback
+/// URL made in another browser (login CSRF) is refused. SameSite=Lax: it
+/// must ride along the provider's redirect back.
+pub const LOGIN_COOKIE: &str = "__Host-hoop-login";
+/// Sessions one person may hold at once (their oldest goes first).
+const PER_PERSON: usize = 8;
 /// A sign-in must come back from the provider within this.
 const LOGIN_WINDOW: Duration = Duration::from_secs(600);
 /// Bounds on what an unauthenticated visitor can make the daemon keep.
@@ -52,21 +58,16 @@ pub fn random_token() -> String {
 }
 
 impl Sessions {
-    /// Remembers a sign-in under way; its `state`.
-    pub fn begin(&self, pkce_verifier: String, nonce: String) -> String {
+    /// Remembers a sign-in under way; its `state`. None when too many
+    /// are under way: a flood of unfinished sign-ins neither grows memory
+    /// nor pushes out someone else's.
+    pub fn begin(&self, pkce_verifier: String, nonce: String) -> Option<String> {
         let state = random_token();
         let mut p = self.pending.lock().unwrap();
         let now = Instant::now();
         p.retain(|_, v| v.expires > now);
         if p.len() >= MAX_PENDING {
-            // Oldest first: a flood of unfinished sign-ins can't grow memory.
-            if let Some(k) = p
-                .iter()
-                .min_by_key(|(_, v)| v.expires)
-                .map(|(k, _)| k.clone())
-            {
-                p.remove(&k);
-            }
+            return None;
         }
         p.insert(
             state.clone(),
@@ -76,7 +77,7 @@ impl Sessions {
                 expires: now + LOGIN_WINDOW,
             },
         );
-        state
+        Some(state)
     }
 
     /// The sign-in `state` names, once.
@@ -85,27 +86,34 @@ impl Sessions {
         (p.expires > Instant::now()).then_some(p)
     }
 
-    /// A new session for `person`: its id (the cookie's value).
-    pub fn open(&self, person: Person, ttl: Duration) -> (String, Session) {
+    /// A new session for `person`: its id (the cookie's value). A person
+    /// over their share loses their own oldest session; when every slot is
+    /// taken by others, None.
+    pub fn open(&self, person: Person, ttl: Duration) -> Option<(String, Session)> {
         let id = random_token();
-        let s = Session {
-            person,
-            csrf: random_token(),
-            expires: Instant::now() + ttl,
-        };
         let mut live = self.live.lock().unwrap();
         let now = Instant::now();
         live.retain(|_, v| v.expires > now);
-        if live.len() >= MAX_SESSIONS
-            && let Some(k) = live
-                .iter()
-                .min_by_key(|(_, v)| v.expires)
-                .map(|(k, _)| k.clone())
+        let mine: Vec<(String, Instant)> = live
+            .iter()
+            .filter(|(_, v)| v.person.issuer == person.issuer && v.person.sub == person.sub)
+            .map(|(k, v)| (k.clone(), v.expires))
+            .collect();
+        if mine.len() >= PER_PERSON
+            && let Some((k, _)) = mine.iter().min_by_key(|(_, e)| *e)
         {
-            live.remove(&k);
+            live.remove(k);
         }
+        if live.len() >= MAX_SESSIONS {
+            return None;
+        }
+        let s = Session {
+            person,
+            csrf: random_token(),
+            expires: now + ttl,
+        };
         live.insert(id.clone(), s.clone());
-        (id, s)
+        Some((id, s))
     }
 
     /// The live session a cookie header names, if any.
@@ -142,6 +150,18 @@ pub fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
+/// The Set-Cookie value binding a sign-in's `state` to this browser.
+pub fn login_cookie(state: &str) -> String {
+    format!(
+        "{LOGIN_COOKIE}={state}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+        LOGIN_WINDOW.as_secs()
+    )
+}
+
+pub fn clear_login_cookie() -> String {
+    format!("{LOGIN_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
 /// Compares secrets without stopping at the first difference. (The tokens
 /// have one length; only their contents are secret.)
 pub fn same(a: &str, b: &str) -> bool {
@@ -169,7 +189,7 @@ mod tests {
     #[test]
     fn a_cookie_names_a_session_only_as_issued() {
         let s = Sessions::default();
-        let (id, sess) = s.open(alice(), Duration::from_secs(60));
+        let (id, sess) = s.open(alice(), Duration::from_secs(60)).unwrap();
         let header = format!("other=1; {COOKIE}={id}");
         let (got, found) = s.get(Some(&header)).unwrap();
         assert_eq!(
@@ -191,16 +211,36 @@ mod tests {
         }
         s.close(&id);
         assert!(s.get(Some(&header)).is_none(), "signed out");
-        let (id, _) = s.open(alice(), Duration::ZERO);
+        let (id, _) = s.open(alice(), Duration::ZERO).unwrap();
         assert!(s.get(Some(&format!("{COOKIE}={id}"))).is_none(), "expired");
     }
 
     #[test]
     fn a_sign_in_state_is_taken_once() {
         let s = Sessions::default();
-        let state = s.begin("v".into(), "n".into());
+        let state = s.begin("v".into(), "n".into()).unwrap();
         assert!(s.finish("forged").is_none());
         assert_eq!(s.finish(&state).unwrap().pkce_verifier, "v");
         assert!(s.finish(&state).is_none(), "replayed");
+        // A flood of sign-ins never started fills up, and is refused, not
+        // let push out those under way.
+        let mine = s.begin("mine".into(), "n".into()).unwrap();
+        let mut refused = 0;
+        for _ in 0..MAX_PENDING + 10 {
+            refused += s.begin("x".into(), "n".into()).is_none() as usize;
+        }
+        assert_eq!(refused, 11);
+        assert_eq!(s.finish(&mine).unwrap().pkce_verifier, "mine");
+    }
+
+    #[test]
+    fn a_person_over_their_share_loses_their_own_oldest_session() {
+        let s = Sessions::default();
+        let ids: Vec<String> = (0..PER_PERSON + 1)
+            .map(|_| s.open(alice(), Duration::from_secs(60)).unwrap().0)
+            .collect();
+        let live = |id: &String| s.get(Some(&format!("{COOKIE}={id}"))).is_some();
+        assert!(!live(&ids[0]), "the oldest stays");
+        assert!(ids[1..].iter().all(live));
     }
 }

@@ -2,7 +2,7 @@
 //! host), one session's timeline (what `hoop sessions show` prints) and
 //! its HAR. The audit log stays the source: each page reads it afresh
 //! (off the async workers), and nothing here writes but the record of who
-//! looked. Shown to approvers of any rule and to `[console] auditors`.
+//! looked. Shown to `[console] auditors` only.
 use std::fmt::Write;
 
 use crate::audit::query::{self, Filter, SessionSummary, Stored};
@@ -104,7 +104,7 @@ pub fn list_html(q: &Query, list: &[SessionSummary]) -> String {
     for s in list {
         let _ = write!(
             rows,
-            "<tr><td><a href=\"/sessions/{id}\">{id}</a></td><td>{}</td><td>{}</td>\
+            "<tr><td><a href=\"/sessions/{href}\">{id}</a></td><td>{}</td><td>{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
             esc(&query::iso(s.first_ms)),
             esc(s.identity.as_deref().unwrap_or("-")),
@@ -113,6 +113,10 @@ pub fn list_html(q: &Query, list: &[SessionSummary]) -> String {
             s.connects_denied,
             esc(&s.hosts.join(", ")),
             id = esc(&s.session),
+            href = percent_encoding::utf8_percent_encode(
+                &s.session,
+                percent_encoding::NON_ALPHANUMERIC
+            ),
         );
     }
     let table = if list.is_empty() {
@@ -140,10 +144,11 @@ pub fn list_html(q: &Query, list: &[SessionSummary]) -> String {
 pub fn session_html(id: &str, recs: &[Stored]) -> String {
     use super::page::esc;
     format!(
-        "<h2>Session <code>{id}</code></h2><p><a id=\"har\" href=\"/sessions/{id}/har\" \
-         download=\"{id}.har\">Download as HAR</a> (opens in a browser's developer tools)</p>\
+        "<h2>Session <code>{id}</code></h2><p><a id=\"har\" href=\"/sessions/{href}/har\">\
+         Download as HAR</a> (opens in a browser's developer tools)</p>\
          <pre id=\"timeline\">{}</pre>",
         esc(&query::timeline(recs)),
         id = esc(id),
+        href = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC),
     )
 }

@@ -48,6 +48,8 @@ impl SlackRefusal {
 pub struct Slack {
     secret: Secret,
     users: BTreeMap<String, String>,
+    /// The workspace callbacks must come from, when configured.
+    team: Option<String>,
     /// Signatures taken, with their timestamps: a replay within the window
     /// is refused; older ones are refused as stale anyway.
     seen: Mutex<HashMap<String, i64>>,
@@ -67,6 +69,8 @@ struct Payload {
     kind: String,
     user: User,
     #[serde(default)]
+    team: Option<Team>,
+    #[serde(default)]
     actions: Vec<Action>,
 }
 
@@ -75,8 +79,11 @@ struct User {
     id: String,
     #[serde(default)]
     username: Option<String>,
-    #[serde(default)]
-    email: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Team {
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -87,10 +94,11 @@ struct Action {
 }
 
 impl Slack {
-    pub fn new(secret: Secret, users: BTreeMap<String, String>) -> Self {
+    pub fn new(secret: Secret, users: BTreeMap<String, String>, team: Option<String>) -> Self {
         Self {
             secret,
             users,
+            team,
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -136,16 +144,21 @@ impl Slack {
             return Err(bad(&format!("type {}", p.kind)));
         }
         let a = p.actions.first().ok_or_else(|| bad("no action"))?;
+        // Only the config's table says who a Slack user is: an e-mail in
+        // the payload is the Slack profile's, which its owner may edit.
         let email = self
             .users
             .get(&p.user.id)
-            .cloned()
-            .or(p.user.email)
             .map(|e| e.to_lowercase())
             .ok_or_else(|| SlackRefusal::Unmapped(p.user.id.clone()))?;
+        if let Some(team) = &self.team
+            && p.team.as_ref().map(|t| &t.id) != Some(team)
+        {
+            return Err(bad("from another Slack workspace"));
+        }
         Ok(Click {
             person: Person {
-                issuer: "slack".into(),
+                issuer: crate::policy::approvers::SLACK_ISSUER.into(),
                 sub: p.user.id,
                 email: Some(email),
                 name: p.user.username,
@@ -186,11 +199,13 @@ mod tests {
         Slack::new(
             secret,
             [("U1".to_string(), "Alice@Acme.example".to_string())].into(),
+            Some("T1".into()),
         )
     }
 
     fn body(user: &str) -> Vec<u8> {
-        let p = serde_json::json!({"type": "block_actions", "user": {"id": user, "username": "alice"},
+        let p = serde_json::json!({"type": "block_actions", "user": {"id": user, "username": "alice", "email": "x@evil.example"},
+            "team": {"id": "T1"},
             "actions": [{"action_id": "hoop_approve", "value": "ab12"}]});
         form_urlencoded::Serializer::new(String::new())
             .append_pair("payload", &p.to_string())
@@ -206,6 +221,24 @@ mod tests {
             sign(SECRET.as_bytes(), "1531420618", body),
             "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
         );
+    }
+
+    #[test]
+    fn another_workspace_is_refused() {
+        let s = slack();
+        let now = 1_800_000_000;
+        let p = serde_json::json!({"type": "block_actions", "user": {"id": "U1"}, "team": {"id": "T9"},
+            "actions": [{"action_id": "hoop_approve", "value": "ab12"}]});
+        let b = form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &p.to_string())
+            .finish()
+            .into_bytes();
+        let ts = now.to_string();
+        let sig = sign(SECRET.as_bytes(), &ts, &b);
+        assert!(matches!(
+            s.verify(Some(&ts), Some(&sig), &b, now),
+            Err(SlackRefusal::Payload(m)) if m.contains("another Slack workspace")
+        ));
     }
 
     #[test]

@@ -311,10 +311,13 @@ async fn response_phases(
 }
 
 /// Who started the job, per its token's claim that `[console]
-/// job_actor_claim` names: that person can't approve its requests.
+/// job_actor_claim` names (mapped through `[console] job_actors` when the
+/// claim is a login): that person can't approve its requests.
 fn job_actor(conn: &Conn) -> Option<String> {
-    let claim = conn.gw.cfg.console.job_actor_claim.as_deref()?;
-    conn.flow.identity.as_deref()?.claims.get(claim).cloned()
+    let c = &conn.gw.cfg.console;
+    let claim = c.job_actor_claim.as_deref()?;
+    let v = conn.flow.identity.as_deref()?.claims.get(claim)?;
+    Some(c.job_actors.get(v).cloned().unwrap_or_else(|| v.clone()))
 }
 
 /// Waits for a human's decision on this request, and records it.
@@ -356,6 +359,7 @@ async fn hold(
             body_sha256: body_sha256.clone(),
             body: shown,
             actor: job_actor(conn),
+            actor_claim: conn.gw.cfg.console.job_actor_claim.clone(),
             context: crate::approval::Context {
                 claims: flow
                     .identity

@@ -112,7 +112,11 @@ impl Gateway {
             Ok(Arc::new(c))
         };
         let limits = Limits {
-            egress: crate::egress::Egress::new(&cfg.egress.allow, own_services(&cfg)),
+            egress: crate::egress::Egress::new(
+                &cfg.egress.allow,
+                own_services(&cfg),
+                crate::addr::local_ips(),
+            ),
             connect_timeout: cfg.connect_timeout(),
             response_timeout: Duration::from_millis(cfg.daemon.response_timeout_ms),
         };

@@ -56,9 +56,15 @@ impl Approver {
             (Self::Group(name), Caller::Host { gids, .. }) => {
                 crate::users::group_id(name).is_some_and(|g| gids.contains(&g))
             }
-            (Self::OidcEmail(e), Caller::Person(p)) => p.email.as_deref() == Some(e.as_str()),
-            (Self::OidcGroup(g), Caller::Person(p)) => p.groups.iter().any(|x| x == g),
-            (Self::OidcSub(s), Caller::Person(p)) => p.sub == *s,
+            (Self::OidcEmail(e), Caller::Person(p)) => p
+                .email
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(e)),
+            (Self::OidcGroup(g), Caller::Person(p)) => {
+                p.issuer != SLACK_ISSUER && p.groups.iter().any(|x| x == g)
+            }
+            // A subject is the identity provider's: a Slack user id is not one.
+            (Self::OidcSub(s), Caller::Person(p)) => p.issuer != SLACK_ISSUER && p.sub == *s,
             _ => false,
         }
     }
@@ -90,6 +96,10 @@ pub enum Caller {
     Person(Person),
 }
 
+/// The issuer of people who decide through Slack's buttons (their `sub`
+/// is a Slack user id, their e-mail the config's mapping).
+pub const SLACK_ISSUER: &str = "slack";
+
 /// A console user, as their ID token said.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Person {
@@ -110,12 +120,12 @@ impl Person {
         if a.is_empty() {
             return false;
         }
-        self.email.as_deref() == Some(a.as_str())
+        let email = self.email.as_deref().map(str::to_lowercase);
+        email.as_deref() == Some(a.as_str())
             || self.sub.to_lowercase() == a
             || self.name.as_deref().is_some_and(|n| n.to_lowercase() == a)
             || (!a.contains('@')
-                && self
-                    .email
+                && email
                     .as_deref()
                     .and_then(|e| e.split_once('@'))
                     .is_some_and(|(local, _)| local == a))
