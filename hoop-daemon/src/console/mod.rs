@@ -32,6 +32,9 @@ use crate::{
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open console connections (live inboxes hold one each); more are closed
+/// at once, so a flood can't starve the daemon.
+const MAX_CONNECTIONS: usize = 512;
 
 /// Why the console could not start (the daemon then does not).
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,7 @@ pub async fn start(cfg: &Config, gw: Arc<Gateway>) -> Result<bool, StartError> {
 
 async fn accept_loop(l: TcpListener, tls: Arc<ServerConfig>, console: Arc<Console>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = match l.accept().await {
             Ok(x) => x,
@@ -134,9 +138,14 @@ async fn accept_loop(l: TcpListener, tls: Arc<ServerConfig>, console: Arc<Consol
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %peer, limit = MAX_CONNECTIONS, "console: too many connections; closed");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let console = console.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
