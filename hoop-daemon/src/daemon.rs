@@ -2,7 +2,11 @@
 //! and serves the transparent listener and the control socket until SIGTERM.
 //! Stopping the daemon leaves the programs attached: jobs are refused, not
 //! freed, until a daemon serves them again.
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -87,7 +91,23 @@ pub async fn run(cfg: Config) -> Result<()> {
         );
         None
     };
-    spawn_job_reaper(jobs.clone(), watch_rx, gw.audit.clone())?;
+    spawn_job_reaper(
+        jobs.clone(),
+        watch_rx,
+        gw.audit.clone(),
+        cfg.daemon.runtime_dir.clone(),
+    )?;
+    // Java's truststore for jobs: keytool starts a JVM, so it is made off
+    // the start-up path (a job that comes first waits for it).
+    let java_truststore = Arc::new(tokio::sync::OnceCell::new());
+    {
+        let (cell, state, ca) = (
+            java_truststore.clone(),
+            cfg.daemon.state_dir.clone(),
+            gw.ca.cert_path.clone(),
+        );
+        tokio::spawn(async move { crate::trust::java_truststore_once(&cell, &state, &ca).await });
+    }
     proxy::spawn(proxies, gw.clone(), jobs.clone());
 
     let control_gid = crate::users::group_id(&cfg.daemon.control_group);
@@ -105,6 +125,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             let (cfg, gw) = (cfg.clone(), gw.clone());
             Box::new(move || reload(&cfg, &gw))
         },
+        java_truststore,
     });
     server.spawn(listener);
     tracing::info!(
@@ -229,6 +250,7 @@ fn spawn_job_reaper(
     jobs: Arc<Jobs>,
     mut new_jobs: mpsc::UnboundedReceiver<Arc<Job>>,
     audit: Audit,
+    runtime_dir: PathBuf,
 ) -> Result<()> {
     let inotify = Inotify::init().context("inotify_init")?;
     let mut watches = inotify.watches();
@@ -244,12 +266,12 @@ fn spawn_job_reaper(
                         Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot watch job cgroup"),
                     }
                     // It may have emptied before the watch existed.
-                    reap_if_empty(&jobs, &job, &audit);
+                    reap_if_empty(&jobs, &job, &audit, &runtime_dir);
                 }
                 Some(ev) = stream.next() => {
                     let Ok(ev) = ev else { continue };
                     if let Some(job) = by_wd.get(&ev.wd).cloned()
-                        && reap_if_empty(&jobs, &job, &audit)
+                        && reap_if_empty(&jobs, &job, &audit, &runtime_dir)
                     {
                         by_wd.remove(&ev.wd);
                         let _ = watches.remove(ev.wd);
@@ -262,7 +284,7 @@ fn spawn_job_reaper(
     Ok(())
 }
 
-fn reap_if_empty(jobs: &Jobs, job: &Job, audit: &Audit) -> bool {
+fn reap_if_empty(jobs: &Jobs, job: &Job, audit: &Audit, runtime_dir: &Path) -> bool {
     let cg = Cgroup {
         path: job.cgroup_path.clone(),
         id: job.cgroup_id,
@@ -280,6 +302,7 @@ fn reap_if_empty(jobs: &Jobs, job: &Job, audit: &Audit) -> bool {
     if let Err(e) = cg.remove() {
         tracing::warn!(job = %job.id, error = %e, "cannot remove job cgroup");
     }
+    crate::trust::remove_job(runtime_dir, &job.id);
     if jobs.remove(job.cgroup_id).is_some() {
         tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job ended");
         audit.record(Entry::of(&SessionEndData {

@@ -30,4 +30,5 @@ pub mod policy;
 pub mod proxy;
 pub mod sys;
 pub mod tls;
+pub mod trust;
 pub mod users;

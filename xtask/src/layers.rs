@@ -22,7 +22,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         "schema",
         &["config", "egress", "tls", "outbound", "metrics"],
     ),
-    ("domain", &["identity", "jobs", "flow", "policy"]),
+    ("domain", &["identity", "jobs", "flow", "policy", "trust"]),
     ("services", &["audit", "approval"]),
     ("data path", &["pipeline", "capture"]),
     ("edges", &["accept", "proxy", "control", "console"]),

@@ -114,6 +114,11 @@ fn test(args: &[String]) -> Result<()> {
         "sqlite3",
         // The systemd suite verifies the units (systemd-analyze).
         "systemd",
+        // The trust suite: every common runtime fetches through hoop with
+        // no certificate flag (java runs a source file: the JDK).
+        "git",
+        "python3",
+        "default-jdk-headless",
     ])?;
     // Pinned by their lockfiles: a real OpenID provider (identity and
     // console suites) and a HAR 1.2 schema validator (audit suite).

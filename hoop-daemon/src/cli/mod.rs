@@ -44,6 +44,10 @@ pub enum Cmd {
         /// groups, not the caller's. Needs root.
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+        /// Leave CMD's CA variables alone (by default they name a bundle
+        /// with hoop's CA: SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, …).
+        #[arg(long)]
+        no_trust_env: bool,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -185,10 +189,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             token_file,
             token_env,
             user,
+            no_trust_env,
             command,
         } => {
             let token = read_token(token_file.as_deref(), token_env.as_deref())?;
-            run::run(&cfg, token, token_env.as_deref(), user.as_deref(), command)
+            run::run(
+                &cfg,
+                token,
+                token_env.as_deref(),
+                user.as_deref(),
+                !no_trust_env,
+                command,
+            )
         }
         Cmd::Approvals(a) => approvals(&cfg, a),
         Cmd::Reload => match request(&cfg, &Request::Reload)? {

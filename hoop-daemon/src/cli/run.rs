@@ -1,6 +1,7 @@
 //! `hoop run`: the daemon moves this very process into a new job cgroup,
 //! then it becomes CMD, sandboxed. The job's exit code is CMD's, with
-//! nothing in between.
+//! nothing in between. Unless told not to, CMD finds hoop's CA where the
+//! common runtimes look (their CA variables, pointed at the job's bundle).
 use std::{
     os::unix::process::CommandExt,
     process::{Command, ExitCode},
@@ -15,12 +16,29 @@ use crate::{
     users::Account,
 };
 
+/// The variables the common runtimes read a CA bundle from: OpenSSL (and
+/// curl, Python's ssl, Go, rustls-native-certs), Node, requests, curl, git,
+/// Deno, the AWS SDKs. Each is pointed at the job's bundle, which holds
+/// what the caller's pointed at.
+const CA_VARS: [&str; 7] = [
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "DENO_CERT",
+    "AWS_CA_BUNDLE",
+];
+/// Already in the job's bundle (the system's roots come first there).
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The token variable is not passed on: CMD has no use for it.
 pub fn run(
     cfg: &Config,
     token: Option<String>,
     token_env: Option<&str>,
     user: Option<&str>,
+    trust_env: bool,
     command: Vec<String>,
 ) -> Result<ExitCode> {
     // Everything that can fail does so before the job exists.
@@ -35,18 +53,42 @@ pub fn run(
         bail!("--user needs root: only root can run a job as another account");
     }
     let filter = sandbox::filter().context("building the job's seccomp filter")?;
+    let trust = trust_env.then(|| {
+        let (uid, gid) = match &account {
+            Some(a) => (a.uid, a.gid),
+            None => (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            ),
+        };
+        crate::control::TrustAsk {
+            uid,
+            gid,
+            extra_pem: callers_bundles(),
+        }
+    });
     let resp = request(
         cfg,
         &Request::Run {
             token,
             command: command.clone(),
+            trust,
         },
     )?;
-    let Response::Run { .. } = resp else {
+    let Response::Run { trust, .. } = resp else {
         bail!("unexpected answer: {resp:?}")
     };
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
+    match trust {
+        Some(t) => point_at(&mut cmd, &t),
+        None if trust_env => {
+            eprintln!(
+                "hoop: the job's CA bundle could not be prepared (see the daemon's log); CMD keeps its own trust"
+            )
+        }
+        None => {}
+    }
     if let Some(v) = token_env {
         cmd.env_remove(v);
     }
@@ -63,4 +105,71 @@ pub fn run(
             126
         },
     ))
+}
+
+/// Points the runtimes' CA variables at the job's bundle, and Java at its
+/// truststore unless the caller chose one.
+fn point_at(cmd: &mut Command, t: &crate::control::TrustGiven) {
+    for v in CA_VARS {
+        cmd.env(v, &t.bundle);
+    }
+    let Some(store) = &t.java_truststore else {
+        return;
+    };
+    let opts = std::env::var("JAVA_TOOL_OPTIONS").unwrap_or_default();
+    if opts.contains("javax.net.ssl.trustStore=") {
+        eprintln!(
+            "hoop: JAVA_TOOL_OPTIONS already names a trustStore; kept (add hoop's CA to it: hoop ca export)"
+        );
+        return;
+    }
+    let ours = format!(
+        "-Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword={}",
+        crate::trust::JAVA_STORE_PASSWORD
+    );
+    cmd.env("JAVA_TOOL_OPTIONS", format!("{opts} {ours}").trim());
+}
+
+/// The certificates of the bundles the caller's CA variables name (read
+/// as the caller), to be kept beside hoop's: the job's bundle replaces
+/// the files, not what they trusted. Not certificates, unreadable, or the
+/// system bundle (already in): skipped.
+fn callers_bundles() -> String {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = String::new();
+    for v in CA_VARS {
+        let Some(path) = std::env::var_os(v) else {
+            continue;
+        };
+        let path = std::fs::canonicalize(&path).unwrap_or_else(|_| path.into());
+        if path == std::path::Path::new(SYSTEM_BUNDLE) || !seen.insert(path.clone()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!(
+                "hoop: {v}={}: unreadable; not kept in the job's bundle",
+                path.display()
+            );
+            continue;
+        };
+        let mut inside = false;
+        let mut block = String::new();
+        for line in text.lines() {
+            if line.starts_with("-----BEGIN CERTIFICATE-----") {
+                inside = true;
+                block.clear();
+            }
+            if inside {
+                block.push_str(line);
+                block.push('\n');
+            }
+            if line.starts_with("-----END CERTIFICATE-----") && inside {
+                inside = false;
+                if out.len() + block.len() <= crate::trust::MAX_EXTRA_PEM {
+                    out.push_str(&block);
+                }
+            }
+        }
+    }
+    out
 }

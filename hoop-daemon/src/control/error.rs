@@ -35,6 +35,10 @@ pub enum ControlError {
     },
     #[error("{0}; the job was not started")]
     Audit(crate::audit::AuditError),
+    #[error(
+        "only root may prepare a job's files for another account (asked for uid {asked}, you are uid {uid})"
+    )]
+    TrustOwner { asked: u32, uid: u32 },
 
     // Approvals and reload.
     #[error("the process that asked is gone; no decision is taken for it")]

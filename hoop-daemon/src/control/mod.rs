@@ -23,6 +23,9 @@ pub enum Request {
     Run {
         token: Option<String>,
         command: Vec<String>,
+        /// Prepare the job's CA bundle (absent: `--no-trust-env`).
+        #[serde(default)]
+        trust: Option<TrustAsk>,
     },
     Status,
     /// Re-read the config file and apply its policy atomically.
@@ -40,6 +43,25 @@ pub enum Request {
     },
 }
 
+/// What `hoop run` asks for the job's trust: who the job runs as (root
+/// may name another account; others only themselves), and the caller's
+/// own CA bundles (PEM) to keep beside hoop's.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrustAsk {
+    pub uid: u32,
+    pub gid: u32,
+    pub extra_pem: String,
+}
+
+/// Where the job's trust was put.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrustGiven {
+    /// The CA bundle: the system's roots, the caller's, hoop's CA.
+    pub bundle: String,
+    /// Java's roots and hoop's CA (PKCS#12), where the host has a JDK.
+    pub java_truststore: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
@@ -48,6 +70,8 @@ pub enum Response {
         cgroup: String,
         cgroup_id: u64,
         identity: String,
+        #[serde(default)]
+        trust: Option<TrustGiven>,
     },
     Reloaded {
         message: String,

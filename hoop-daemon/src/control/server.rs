@@ -34,6 +34,8 @@ pub struct Server {
     /// Re-reads the config and swaps its policy in (the daemon's own
     /// reload, also behind SIGHUP).
     pub reload: Reload,
+    /// Java's truststore for jobs, once made (None inside: no JDK here).
+    pub java_truststore: Arc<tokio::sync::OnceCell<Option<PathBuf>>>,
 }
 
 pub type Reload = Box<dyn Fn() -> Result<String, crate::config::ConfigError> + Send + Sync>;
@@ -112,7 +114,11 @@ impl Server {
 
     async fn dispatch(&self, req: Request, peer: Peer) -> Response {
         let result = match req {
-            Request::Run { token, command } => self.run(token, command, peer).await,
+            Request::Run {
+                token,
+                command,
+                trust,
+            } => self.run(token, command, trust, peer).await,
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::Reload => (self.reload)()
                 .map(|message| Response::Reloaded { message })
@@ -139,9 +145,17 @@ impl Server {
         &self,
         token: Option<String>,
         command: Vec<String>,
+        trust: Option<super::TrustAsk>,
         peer: Peer,
     ) -> Result<Response, ControlError> {
         let (uid, pid) = (peer.uid, peer.pid.ok_or(ControlError::PeerPidUnknown)?);
+        // Only root may hand the job's files to another account.
+        if let Some(t) = &trust
+            && uid != 0
+            && t.uid != uid
+        {
+            return Err(ControlError::TrustOwner { asked: t.uid, uid });
+        }
         let capture = self.capture.as_ref().ok_or(ControlError::CaptureDisabled)?;
         let id = Jobs::new_job_id();
         let path = capture.root.path.join(format!("job-{id}"));
@@ -195,12 +209,58 @@ impl Server {
             job = %job.id, pid, uid, identity = %name, cgroup = %path.display(),
             cgroup_id = cg.id, command = ?crate::audit::entry::redact_args(&job.command), "job started"
         );
+        let trust = match trust {
+            Some(t) => match self.trust(&id, &t).await {
+                Ok(given) => Some(given),
+                Err(e) => {
+                    // The job still runs (the caller's own trust is left
+                    // as it was); it is told why.
+                    tracing::warn!(job = %id, error = %e, "job trust not prepared");
+                    None
+                }
+            },
+            None => None,
+        };
         let _ = self.watch_job.send(job);
         Ok(Response::Run {
             job_id: id,
             cgroup: path.display().to_string(),
             cgroup_id: cg.id,
             identity: name,
+            trust,
+        })
+    }
+
+    /// The job's CA bundle (and the Java truststore, if there is one).
+    async fn trust(
+        &self,
+        job: &str,
+        t: &super::TrustAsk,
+    ) -> Result<super::TrustGiven, crate::trust::TrustError> {
+        let ca = std::fs::read_to_string(&self.gw.ca.cert_path).map_err(|source| {
+            crate::trust::TrustError::Io {
+                what: "reading",
+                path: self.gw.ca.cert_path.clone(),
+                source,
+            }
+        })?;
+        let bundle = crate::trust::prepare_job(
+            &self.cfg.daemon.runtime_dir,
+            job,
+            t.uid,
+            t.gid,
+            &t.extra_pem,
+            &ca,
+        )?;
+        Ok(super::TrustGiven {
+            bundle: bundle.display().to_string(),
+            java_truststore: crate::trust::java_truststore_once(
+                &self.java_truststore,
+                &self.cfg.daemon.state_dir,
+                &self.gw.ca.cert_path,
+            )
+            .await
+            .map(|p| p.display().to_string()),
         })
     }
 

@@ -1,0 +1,152 @@
+//! Nothing to set: a job under `hoop run` trusts hoop's CA in the common
+//! runtimes without a certificate flag. As nobody, with no flag, curl,
+//! node (`https`), python3 (`urllib`), git and java (`java.net.http`)
+//! fetch an HTTPS upstream through hoop with verification on; with
+//! `--no-trust-env` (the control) the same curl fails verification. The
+//! caller's own SSL_CERT_FILE is kept in the job's bundle; the bundle is
+//! the job's uid's alone, and goes when the job ends.
+use std::{path::Path, time::Duration};
+
+use hoop_testkit::{Origin, OriginOpts, TestCa};
+use hoop_tests::{TestEnv, eventually};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
+const UP: &str = "127.0.0.3";
+
+fn sh(env: &TestEnv, extra: &[&str], script: &str) -> (bool, String) {
+    let mut args: Vec<&str> = vec!["run", "--user", "nobody"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    let out = env.hoop().args(&args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn every_common_runtime_trusts_hoop_without_a_flag() {
+    let up_ca = TestCa::new("trust suite upstream CA");
+    let dir = tempfile::tempdir().unwrap();
+    let up_ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&up_ca_file, &up_ca.cert_pem).unwrap();
+    let mut env = TestEnv::new(
+        "trust",
+        PROBE,
+        &format!(
+            "[tls]\nupstream_ca_files = [\"{}\"]\n",
+            up_ca_file.display()
+        ),
+    );
+    env.start_daemon();
+    let origin = Origin::start_background(OriginOpts {
+        tls: Some(up_ca.server_config(&[UP], &[b"http/1.1"])),
+        bind: Some(format!("{UP}:0").parse().unwrap()),
+        also_v6: false,
+    });
+    let url = format!("https://{UP}:{}/hello", origin.addr.port());
+    // The caller's own bundle: another CA, which the job's bundle must keep.
+    let own = TestCa::new("the caller's own CA");
+    let own_file = env.dir.path().join("own-ca.pem");
+    std::fs::write(&own_file, &own.cert_pem).unwrap();
+    std::fs::set_permissions(
+        &own_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let fetch_java = env.dir.path().join("Fetch.java");
+    std::fs::write(
+        &fetch_java,
+        "public class Fetch { public static void main(String[] a) throws Exception {\n\
+         var c = java.net.http.HttpClient.newHttpClient();\n\
+         var r = c.send(java.net.http.HttpRequest.newBuilder(java.net.URI.create(a[0])).build(),\n\
+           java.net.http.HttpResponse.BodyHandlers.ofString());\n\
+         System.out.println(\"status \" + r.statusCode()); } }\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &fetch_java,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+
+    // The control: without hoop's variables, verification fails.
+    let (ok, out) = sh(
+        &env,
+        &["--no-trust-env"],
+        &format!(
+            "env -u SSL_CERT_FILE -u CURL_CA_BUNDLE curl -sS -o /dev/null -w '%{{http_code}}' {url}"
+        ),
+    );
+    assert!(!ok && out.contains("SSL certificate problem"), "{out}");
+
+    let runtimes: [(&str, String, &str); 5] = [
+        (
+            "curl",
+            format!("curl -sS -o /dev/null -w 'status %{{http_code}}' {url}"),
+            "status 200",
+        ),
+        (
+            "node",
+            format!(
+                "node -e \"require('https').get('{url}', r => {{ console.log('status', r.statusCode); process.exit(0) }}).on('error', e => {{ console.log(String(e)); process.exit(1) }})\""
+            ),
+            "status 200",
+        ),
+        (
+            "python3",
+            format!(
+                "python3 -c \"import urllib.request; print('status', urllib.request.urlopen('{url}').status)\""
+            ),
+            "status 200",
+        ),
+        (
+            "git",
+            // A web server that is no git server: git gets past TLS and
+            // then reads a 404 (verification stays on).
+            format!(
+                "HOME=/tmp git ls-remote https://{UP}:{}/repo.git 2>&1; true",
+                origin.addr.port()
+            ),
+            "repo.git/' not found",
+        ),
+        (
+            "java",
+            format!("java {} {url} 2>&1", fetch_java.display()),
+            "status 200",
+        ),
+    ];
+    for (name, script, want) in &runtimes {
+        let (ok, out) = sh(&env, &[], script);
+        assert!(
+            out.contains(want) && !out.contains("certificate") && !out.contains("PKIX"),
+            "{name}: ok={ok}\n{out}"
+        );
+    }
+
+    // The bundle: the job's uid's alone, holding the caller's own CA and
+    // hoop's; gone when the job ends.
+    let script = "stat -c '%a %U' \"$SSL_CERT_FILE\" \"$(dirname \"$SSL_CERT_FILE\")\"; \
+                  echo \"$SSL_CERT_FILE\"; cat \"$SSL_CERT_FILE\"";
+    let out = env
+        .hoop()
+        .args(["run", "--user", "nobody", "--", "sh", "-c", script])
+        .env("SSL_CERT_FILE", &own_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("600 nobody"), "{text}");
+    assert_eq!(lines.next(), Some("700 nobody"), "{text}");
+    let bundle = lines.next().unwrap().to_string();
+    assert!(
+        text.contains(own.cert_pem.trim()),
+        "the caller's CA is missing:\n{text}"
+    );
+    let hoop_ca = std::fs::read_to_string(env.hoop_ca()).unwrap();
+    assert!(text.contains(hoop_ca.trim()), "hoop's CA is missing");
+    assert!(
+        eventually(Duration::from_secs(5), || !Path::new(&bundle).exists()),
+        "{bundle} is still there after the job"
+    );
+}
