@@ -150,3 +150,72 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
         "{bundle} is still there after the job"
     );
 }
+
+/// Chromium reads an NSS database, not the CA variables: with
+/// `--nss=private` (a database of the job's own, HOME set to the job's
+/// directory) and no certificate flag, it loads a partner page through
+/// hoop; without it (the control) the page does not load.
+#[test]
+fn chromium_trusts_hoop_with_a_private_nss_database() {
+    let up_ca = TestCa::new("trust suite upstream CA");
+    let dir = tempfile::tempdir().unwrap();
+    let up_ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&up_ca_file, &up_ca.cert_pem).unwrap();
+    let mut env = TestEnv::new(
+        "trust-nss",
+        PROBE,
+        &format!(
+            "[tls]\nupstream_ca_files = [\"{}\"]\n",
+            up_ca_file.display()
+        ),
+    );
+    env.start_daemon();
+    let origin = Origin::start_background(OriginOpts {
+        tls: Some(up_ca.server_config(&["partner.test"], &[b"h2", b"http/1.1"])),
+        bind: Some(format!("{UP}:0").parse().unwrap()),
+        also_v6: false,
+    });
+    let url = format!("https://partner.test:{}/page", origin.addr.port());
+    let chromium = |nss: &[&str], profile: &str| {
+        let mut args: Vec<String> = vec!["run".into(), "--user".into(), "nobody".into()];
+        args.extend(nss.iter().map(|s| s.to_string()));
+        args.extend(
+            [
+                "--",
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--host-resolver-rules=MAP partner.test 127.0.0.3",
+                "--virtual-time-budget=10000",
+            ]
+            .map(String::from),
+        );
+        args.push(format!(
+            "--user-data-dir=/tmp/hoop-trust-{profile}-{}",
+            std::process::id()
+        ));
+        args.extend(["--dump-dom".into(), url.clone()]);
+        let out = env.hoop().args(&args).output().unwrap();
+        let _ =
+            std::fs::remove_dir_all(format!("/tmp/hoop-trust-{profile}-{}", std::process::id()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+            + "\n--- stderr ---\n"
+            + &String::from_utf8_lossy(&out.stderr)
+    };
+    let dom = chromium(&["--nss=private"], "private");
+    assert!(
+        dom.contains("partner=acme items=3"),
+        "not loaded with --nss=private:\n{dom}"
+    );
+    // The control: the same browser with no database of hoop's.
+    let dom = chromium(&[], "none");
+    assert!(
+        !dom.contains("partner=acme"),
+        "loaded without trusting hoop:\n{dom}"
+    );
+}

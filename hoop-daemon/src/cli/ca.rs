@@ -67,6 +67,16 @@ pub fn install_nss(cfg: &Config, user: Option<&str>, dir: Option<&Path>) -> Resu
     }
 }
 
+/// Adds the CA to `db` as `a`: directly when that is who runs this, else
+/// through [`as_user`].
+pub fn install_as(a: &Account, db: &Path, pem: &str) -> Result<()> {
+    if a.uid == nix::unistd::getuid().as_raw() {
+        add_to_nss(db, pem)
+    } else {
+        as_user(a, db, pem)
+    }
+}
+
 /// Runs `hoop ca install-nss --dir DB --pem-stdin` as `a`. Through
 /// /proc/self/exe, which the user can run even when the directories above
 /// hoop's binary are closed to them.

@@ -48,6 +48,11 @@ pub enum Cmd {
         /// with hoop's CA: SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, …).
         #[arg(long)]
         no_trust_env: bool,
+        /// Make the job's browsers trust hoop: add its CA to the job user's
+        /// NSS database (`--nss`, as that user), or to one of the job's own
+        /// (`--nss=private`, with HOME set to the job's directory).
+        #[arg(long, value_name = "WHERE", num_args = 0..=1, default_missing_value = "home")]
+        nss: Option<run::Nss>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -190,6 +195,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             token_env,
             user,
             no_trust_env,
+            nss,
             command,
         } => {
             let token = read_token(token_file.as_deref(), token_env.as_deref())?;
@@ -198,7 +204,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 token,
                 token_env.as_deref(),
                 user.as_deref(),
-                !no_trust_env,
+                run::Trust {
+                    env: !no_trust_env,
+                    nss,
+                },
                 command,
             )
         }

@@ -32,15 +32,37 @@ const CA_VARS: [&str; 7] = [
 /// Already in the job's bundle (the system's roots come first there).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// Where `--nss` puts hoop's CA for the job's browsers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Nss {
+    /// The job user's own database, `~/.pki/nssdb` (as that user).
+    Home,
+    /// A database of the job's own, under HOME set to the job's directory.
+    Private,
+}
+
+/// What the job is to trust: `env`, the runtimes' CA variables; `nss`, a
+/// browser database.
+pub struct Trust {
+    pub env: bool,
+    pub nss: Option<Nss>,
+}
+
 /// The token variable is not passed on: CMD has no use for it.
 pub fn run(
     cfg: &Config,
     token: Option<String>,
     token_env: Option<&str>,
     user: Option<&str>,
-    trust_env: bool,
+    want: Trust,
     command: Vec<String>,
 ) -> Result<ExitCode> {
+    let trust_env = want.env;
+    if want.nss == Some(Nss::Private) && !trust_env {
+        bail!(
+            "--nss=private keeps its database in the job's directory, which --no-trust-env turns off"
+        );
+    }
     // Everything that can fail does so before the job exists.
     let account = match user {
         Some(u) => Some(
@@ -53,19 +75,26 @@ pub fn run(
         bail!("--user needs root: only root can run a job as another account");
     }
     let filter = sandbox::filter().context("building the job's seccomp filter")?;
-    let trust = trust_env.then(|| {
-        let (uid, gid) = match &account {
-            Some(a) => (a.uid, a.gid),
-            None => (
-                nix::unistd::getuid().as_raw(),
-                nix::unistd::getgid().as_raw(),
-            ),
-        };
-        crate::control::TrustAsk {
-            uid,
-            gid,
-            extra_pem: callers_bundles(),
-        }
+    // Who the job runs as: the account asked for, else the caller (who
+    // may have no entry in the user database; only --nss needs one).
+    let (uid, gid) = match &account {
+        Some(a) => (a.uid, a.gid),
+        None => (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
+    };
+    let job_user = match (&account, want.nss) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(_)) => Some(
+            Account::by_uid(uid).context("--nss: the calling user is not in the user database")?,
+        ),
+        (None, None) => None,
+    };
+    let trust = trust_env.then(|| crate::control::TrustAsk {
+        uid,
+        gid,
+        extra_pem: callers_bundles(),
     });
     let resp = request(
         cfg,
@@ -80,8 +109,8 @@ pub fn run(
     };
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
-    match trust {
-        Some(t) => point_at(&mut cmd, &t),
+    match &trust {
+        Some(t) => point_at(&mut cmd, t),
         None if trust_env => {
             eprintln!(
                 "hoop: the job's CA bundle could not be prepared (see the daemon's log); CMD keeps its own trust"
@@ -89,11 +118,40 @@ pub fn run(
         }
         None => {}
     }
+    let mut private_home: Option<std::path::PathBuf> = None;
+    match (want.nss, &job_user) {
+        (Some(Nss::Home), Some(job_user)) => {
+            let db = job_user.home.join(".pki/nssdb");
+            super::ca::install_as(job_user, &db, &super::ca::read_pem(cfg)?)
+                .with_context(|| format!("--nss: adding hoop's CA to {}", db.display()))?;
+        }
+        (Some(Nss::Private), Some(job_user)) => {
+            let bundle = trust.as_ref().map(|t| std::path::PathBuf::from(&t.bundle));
+            let Some(dir) = bundle.as_deref().and_then(std::path::Path::parent) else {
+                bail!(
+                    "--nss=private: the job's directory could not be prepared (see the daemon's log)"
+                );
+            };
+            let home = dir.join("home");
+            super::ca::install_as(
+                job_user,
+                &home.join(".pki/nssdb"),
+                &super::ca::read_pem(cfg)?,
+            )
+            .context("--nss=private: making the job's NSS database")?;
+            private_home = Some(home);
+        }
+        _ => {}
+    }
     if let Some(v) = token_env {
         cmd.env_remove(v);
     }
     if let Some(a) = &account {
         sandbox::become_user(a, &mut cmd)?;
+    }
+    // After the account's own HOME: Chromium reads $HOME/.pki/nssdb.
+    if let Some(home) = &private_home {
+        cmd.env("HOME", home);
     }
     filter.load().context("loading the job's seccomp filter")?;
     let err = cmd.exec();
