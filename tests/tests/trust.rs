@@ -124,6 +124,23 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
         );
     }
 
+    // `hoop doctor` says the same, per runtime, in jobs of its own.
+    let out = env.hoop().args(["doctor", &url]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for runtime in ["curl", "node", "python3 (urllib)", "java", "chromium"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(runtime) && l.contains(" ok ") && l.ends_with("verified")),
+            "{runtime} not verified:\n{table}"
+        );
+    }
+
     // The bundle: the job's uid's alone, holding the caller's own CA and
     // hoop's; gone when the job ends.
     let script = "stat -c '%a %U' \"$SSL_CERT_FILE\" \"$(dirname \"$SSL_CERT_FILE\")\"; \

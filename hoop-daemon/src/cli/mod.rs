@@ -1,6 +1,7 @@
 //! The `hoop` command line: one binary for the daemon and its clients.
 mod audit;
 mod ca;
+mod doctor;
 mod run;
 mod sandbox;
 
@@ -73,6 +74,13 @@ pub enum Cmd {
     Detach,
     /// Validate a config file (default: the one the daemon would use).
     CheckConfig { path: Option<PathBuf> },
+    /// Whether jobs can use hoop as they are: for each common runtime on
+    /// this host (curl, node, python3, java, chromium), a probe in a job
+    /// fetches URL through hoop with certificate verification on.
+    Doctor {
+        /// An https:// URL a job would fetch (one your policy allows).
+        url: String,
+    },
     /// The local CA that jobs must trust.
     #[command(subcommand)]
     Ca(CaCmd),
@@ -177,10 +185,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         // Clients only need the control socket: a config file broken by an
         // edit must not stop jobs from starting, or `hoop reload` from
         // reporting what is wrong with it.
-        Cmd::Run { .. } | Cmd::Status { .. } | Cmd::Reload | Cmd::Approvals(_) => {
-            Config::load(cli.config.as_deref())
-                .or_else(|e| client_fallback(cli.config.as_deref(), e))?
-        }
+        Cmd::Run { .. }
+        | Cmd::Status { .. }
+        | Cmd::Reload
+        | Cmd::Approvals(_)
+        | Cmd::Doctor { .. } => Config::load(cli.config.as_deref())
+            .or_else(|e| client_fallback(cli.config.as_deref(), e))?,
         _ => Config::load(cli.config.as_deref())?,
     };
     match cli.command {
@@ -248,6 +258,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Export(c) => audit::export(&cfg, c),
         Cmd::Policy(c) => audit::policy(&cfg, c),
         Cmd::CheckConfig { .. } => unreachable!(),
+        Cmd::Doctor { url } => doctor::doctor(&cfg, &url),
     }
 }
 
