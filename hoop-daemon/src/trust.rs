@@ -12,7 +12,7 @@ use std::{
 
 /// The system's bundle on Debian (ca-certificates); elsewhere the native
 /// store is read and written out.
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Java's roots on Debian (ca-certificates-java).
 const JAVA_CACERTS: &str = "/etc/ssl/certs/java/cacerts";
 /// keytool's well-known default; the store holds public certificates only.
@@ -131,10 +131,16 @@ fn system_roots() -> String {
     if let Ok(t) = std::fs::read_to_string(SYSTEM_BUNDLE) {
         return t;
     }
+    let certs = rustls_native_certs::load_native_certs().certs;
+    pem(certs.iter().map(|c| c.as_ref()))
+}
+
+/// Certificates (DER) as PEM text.
+pub fn pem<'a>(certs: impl Iterator<Item = &'a [u8]>) -> String {
     use base64::Engine;
     let mut out = String::new();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+    for der in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         out.push_str("-----BEGIN CERTIFICATE-----\n");
         for line in b64.as_bytes().chunks(64) {
             out.push_str(std::str::from_utf8(line).unwrap_or_default());
@@ -233,7 +239,8 @@ pub async fn java_truststore_once(
     .clone()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

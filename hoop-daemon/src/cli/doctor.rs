@@ -29,8 +29,7 @@ struct Probe {
 }
 
 fn found(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    crate::trust::which(bin).is_some()
 }
 
 pub fn doctor(cfg: &Config, url: &str) -> Result<ExitCode> {

@@ -29,8 +29,6 @@ const CA_VARS: [&str; 7] = [
     "DENO_CERT",
     "AWS_CA_BUNDLE",
 ];
-/// Already in the job's bundle (the system's roots come first there).
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Where `--nss` puts hoop's CA for the job's browsers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -190,9 +188,10 @@ fn point_at(cmd: &mut Command, t: &crate::control::TrustGiven) {
 
 /// The certificates of the bundles the caller's CA variables name (read
 /// as the caller), to be kept beside hoop's: the job's bundle replaces
-/// the files, not what they trusted. Not certificates, unreadable, or the
+/// the files, not what they trusted. Unreadable, not certificates, or the
 /// system bundle (already in): skipped.
 fn callers_bundles() -> String {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut seen = std::collections::HashSet::new();
     let mut out = String::new();
     for v in CA_VARS {
@@ -200,33 +199,23 @@ fn callers_bundles() -> String {
             continue;
         };
         let path = std::fs::canonicalize(&path).unwrap_or_else(|_| path.into());
-        if path == std::path::Path::new(SYSTEM_BUNDLE) || !seen.insert(path.clone()) {
+        if path == std::path::Path::new(crate::trust::SYSTEM_BUNDLE) || !seen.insert(path.clone()) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            eprintln!(
-                "hoop: {v}={}: unreadable; not kept in the job's bundle",
-                path.display()
-            );
-            continue;
-        };
-        let mut inside = false;
-        let mut block = String::new();
-        for line in text.lines() {
-            if line.starts_with("-----BEGIN CERTIFICATE-----") {
-                inside = true;
-                block.clear();
-            }
-            if inside {
-                block.push_str(line);
-                block.push('\n');
-            }
-            if line.starts_with("-----END CERTIFICATE-----") && inside {
-                inside = false;
-                if out.len() + block.len() <= crate::trust::MAX_EXTRA_PEM {
-                    out.push_str(&block);
+        let certs: Vec<CertificateDer<'static>> =
+            match CertificateDer::pem_file_iter(&path).and_then(|i| i.collect::<Result<_, _>>()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!(
+                        "hoop: {v}={}: {e}; not kept in the job's bundle",
+                        path.display()
+                    );
+                    continue;
                 }
-            }
+            };
+        let text = crate::trust::pem(certs.iter().map(|c| c.as_ref()));
+        if out.len() + text.len() <= crate::trust::MAX_EXTRA_PEM {
+            out.push_str(&text);
         }
     }
     out

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{duration::Human, policy::SecretSource};
+use super::{
+    duration::Human,
+    policy::{Problem, SecretSource},
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,42 +82,51 @@ impl ConsoleConfig {
         self.session_ttl.map_or(DEFAULT_TTL, |h| h.0)
     }
 
-    /// What is wrong, as (key, problem).
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// What is wrong, if anything.
+    pub fn check(&self) -> Result<(), Problem> {
         let Some(_) = self.listen else {
             return Ok(());
         };
         let Some(o) = &self.oidc else {
-            return Err((
+            return Err(Problem::at(
                 "console.oidc",
-                "the console needs an identity provider for sign-in ([console.oidc] issuer, client_id, client_secret, redirect_url)".into(),
+                "the console needs an identity provider for sign-in ([console.oidc] issuer, client_id, client_secret, redirect_url)",
             ));
         };
         if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err((
+            return Err(Problem::at(
                 "console.cert_file",
-                "cert_file and key_file go together".into(),
+                "cert_file and key_file go together",
             ));
         }
         if !o.issuer.starts_with("https://") {
-            return Err(("console.oidc.issuer", "must be an https:// URL".into()));
+            return Err(Problem::at(
+                "console.oidc.issuer",
+                "must be an https:// URL",
+            ));
         }
         match o.redirect_url.parse::<http::Uri>() {
             Ok(u) if u.scheme_str() == Some("https") && u.path() == "/callback" => {}
             _ => {
-                return Err((
+                return Err(Problem::at(
                     "console.oidc.redirect_url",
-                    "must be the console's https://HOST:PORT/callback".into(),
+                    "must be the console's https://HOST:PORT/callback",
                 ));
             }
         }
         if !o.scopes.iter().any(|s| s == "openid") {
-            return Err(("console.oidc.scopes", "must include \"openid\"".into()));
+            return Err(Problem::at(
+                "console.oidc.scopes",
+                "must include \"openid\"",
+            ));
         }
         if self.session_ttl() < Duration::from_secs(60)
             || self.session_ttl() > Duration::from_secs(86400)
         {
-            return Err(("console.session_ttl", "must be between 1m and 1d".into()));
+            return Err(Problem::at(
+                "console.session_ttl",
+                "must be between 1m and 1d",
+            ));
         }
         Ok(())
     }

@@ -309,8 +309,8 @@ impl Config {
                 ),
             ));
         }
-        if let Err((key, problem)) = self.console.check() {
-            return Err(bad(key, &problem));
+        if let Err(p) = self.console.check() {
+            return Err(bad(&p.key, &p.problem));
         }
         if let policy::SlackSetting::Buttons(s) = &self.approvals.slack {
             if let Some(problem) = webhook_problem(&s.webhook_url) {

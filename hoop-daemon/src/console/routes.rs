@@ -257,6 +257,11 @@ fn set_cookie(r: &mut Response<Body>, v: String) {
     }
 }
 
+/// The live session the request's cookie names.
+fn session_of(c: &Console, req: &Request<Incoming>) -> Result<(String, session::Session), Refusal> {
+    c.sessions.get(cookie(req)).ok_or(Refusal::NotSignedIn)
+}
+
 fn cookie(req: &Request<Incoming>) -> Option<&str> {
     req.headers()
         .get(header::COOKIE)
@@ -348,7 +353,7 @@ async fn signed_in_post(
     c: &Console,
     req: Request<Incoming>,
 ) -> Result<(String, session::Session, Vec<(String, String)>), Refusal> {
-    let (id, s) = c.sessions.get(cookie(&req)).ok_or(Refusal::NotSignedIn)?;
+    let (id, s) = session_of(c, &req)?;
     // A browser sends Origin on every POST; when it names another site,
     // or Fetch Metadata says cross-site, the request was not ours.
     let h = req.headers();
@@ -525,7 +530,7 @@ async fn slack(
 
 /// The signed-in person, if they may read the recorded sessions.
 fn auditor(c: &Console, req: &Request<Incoming>) -> Result<session::Session, Refusal> {
-    let (_, s) = c.sessions.get(cookie(req)).ok_or(Refusal::NotSignedIn)?;
+    let (_, s) = session_of(c, req)?;
     if !c.may_read_sessions(&Caller::Person(s.person.clone())) {
         return Err(Refusal::NotAuditor);
     }
@@ -574,7 +579,14 @@ async fn session_page(
     } else {
         "viewed the timeline"
     };
-    self_record(c, &s.person, id, what, peer);
+    c.record_in(
+        id.into(),
+        "read-session",
+        Some(&s.person),
+        None,
+        what.into(),
+        peer,
+    );
     if har {
         let mut r = respond(
             StatusCode::OK,
@@ -608,26 +620,6 @@ async fn session_page(
     ))
 }
 
-/// A record that `person` read session `id`.
-fn self_record(
-    c: &Console,
-    person: &crate::approval::Person,
-    id: &str,
-    what: &str,
-    peer: SocketAddr,
-) {
-    c.audit.record(Entry::of(&ConsoleData {
-        session: id.to_string(),
-        event: "read-session".into(),
-        issuer: Some(person.issuer.clone()),
-        sub: Some(person.sub.clone()),
-        email: person.email.clone(),
-        approval: None,
-        detail: what.into(),
-        peer: peer.to_string(),
-    }));
-}
-
 /// A held body, for an approver of it: the view is recorded.
 fn body(
     c: &Console,
@@ -635,7 +627,7 @@ fn body(
     req: &Request<Incoming>,
     id: &str,
 ) -> Result<Response<Body>, Refusal> {
-    let (_, s) = c.sessions.get(cookie(req)).ok_or(Refusal::NotSignedIn)?;
+    let (_, s) = session_of(c, req)?;
     let row = c.approvals.get(id)?.ok_or(Refusal::NotFound)?;
     if !c
         .approvals
@@ -670,7 +662,7 @@ fn body(
 /// Server-sent events: held requests this person may decide, and the
 /// decisions on them, as they happen. Ends when the session does.
 fn events(c: &Console, req: &Request<Incoming>) -> Result<Response<Body>, Refusal> {
-    let (sid, s) = c.sessions.get(cookie(req)).ok_or(Refusal::NotSignedIn)?;
+    let (sid, s) = session_of(c, req)?;
     let caller = Caller::Person(s.person.clone());
     let rx = c.approvals.subscribe();
     let csrf = s.csrf.clone();
@@ -727,7 +719,8 @@ fn sse(event: &str, row: &Row, html: String) -> String {
 }
 
 impl Console {
-    /// An audit record of what a person did here.
+    /// An audit record of what a person did here, in the session of the
+    /// held request it concerns.
     fn record(
         &self,
         event: &str,
@@ -736,15 +729,30 @@ impl Console {
         detail: String,
         peer: SocketAddr,
     ) {
+        let session = approval
+            .and_then(|(_, r)| r.job.clone())
+            .unwrap_or_default();
+        let id = approval.map(|(id, _)| id);
+        self.record_in(session, event, person, id, detail, peer);
+    }
+
+    /// An audit record of what a person did here, in `session`.
+    fn record_in(
+        &self,
+        session: String,
+        event: &str,
+        person: Option<&crate::approval::Person>,
+        approval: Option<&str>,
+        detail: String,
+        peer: SocketAddr,
+    ) {
         self.audit.record(Entry::of(&ConsoleData {
-            session: approval
-                .and_then(|(_, r)| r.job.clone())
-                .unwrap_or_default(),
+            session,
             event: event.into(),
             issuer: person.map(|p| p.issuer.clone()),
             sub: person.map(|p| p.sub.clone()),
             email: person.and_then(|p| p.email.clone()),
-            approval: approval.map(|(id, _)| id.to_string()),
+            approval: approval.map(str::to_string),
             detail,
             peer: peer.to_string(),
         }));

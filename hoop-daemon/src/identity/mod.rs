@@ -16,8 +16,9 @@ pub struct Identity {
     /// The token's other claims (strings and numbers), for approvers to see
     /// who and what started the job, and to know its actor. Not recorded
     /// with every request: the job's start names them once.
+    /// Shared: every connection's record clones its identity.
     #[serde(skip)]
-    pub claims: std::collections::BTreeMap<String, String>,
+    pub claims: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

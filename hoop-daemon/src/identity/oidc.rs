@@ -255,7 +255,7 @@ impl Issuer {
                     .to_string(),
                 expires: payload.get("exp").and_then(Value::as_i64).unwrap_or(0),
             },
-            claims: shown_claims(payload),
+            claims: std::sync::Arc::new(shown_claims(payload)),
         })
     }
 

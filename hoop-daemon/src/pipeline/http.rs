@@ -364,7 +364,7 @@ async fn hold(
                 claims: flow
                     .identity
                     .as_deref()
-                    .map(|i| i.claims.clone())
+                    .map(|i| (*i.claims).clone())
                     .unwrap_or_default(),
                 command: flow
                     .job
