@@ -685,3 +685,11 @@ pub fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     });
     (url, got)
 }
+
+/// Writes `text` to `dir/name` with `mode`; its path.
+pub fn write_file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}

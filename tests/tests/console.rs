@@ -18,12 +18,7 @@
 //!   log with the approver's identity.
 //!
 //! A screenshot of the inbox is saved to target/test-artifacts/.
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use hoop_testkit::{
     Origin, OriginOpts, TestCa,
@@ -32,19 +27,12 @@ use hoop_testkit::{
     oidc::{Alg, Issuer},
     seed,
 };
-use hoop_tests::{TestEnv, Value, free_port};
+use hoop_tests::{TestEnv, Value, free_port, write_file};
 use serde_json::json;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
 const PARTNER_IP: &str = "127.0.0.19";
 const PROVIDER_IP: &str = "127.0.0.17";
-
-fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    p
-}
 
 /// Waits until `cond` holds in the page, or fails the test with `what`.
 fn wait(b: &mut Browser, cond: &str, what: &str) {
@@ -120,10 +108,10 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     let provider =
         idp::Provider::start(dir.path(), PROVIDER_IP, &format!("{console}/callback")).unwrap();
     let (idp_url, idp_ca) = (provider.issuer.clone(), provider.ca_file.clone());
-    let console_secret = write(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
-    let issuer_ca = write(dir.path(), "issuer-ca.pem", &issuer.ca.cert_pem, 0o644);
-    let partner_ca_file = write(dir.path(), "partner-ca.pem", &partner_ca.cert_pem, 0o644);
-    let secret_file = write(
+    let console_secret = write_file(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
+    let issuer_ca = write_file(dir.path(), "issuer-ca.pem", &issuer.ca.cert_pem, 0o644);
+    let partner_ca_file = write_file(dir.path(), "partner-ca.pem", &partner_ca.cert_pem, 0o644);
+    let secret_file = write_file(
         dir.path(),
         "partner.key",
         "sk_live_console_0123456789abcdef",
@@ -168,7 +156,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     let mut claims = issuer.claims(seed::JOB_SUBJECT);
     claims["actor"] = json!("carol");
     claims["repository"] = json!("acme/scraper");
-    let token_file = write(
+    let token_file = write_file(
         env.dir.path(),
         "job-token",
         &issuer.token_with(&claims),
@@ -699,10 +687,10 @@ fn unix_now() -> i64 {
 fn slack_buttons_decide_only_when_signed_fresh_and_once() {
     let up_ca = TestCa::default();
     let dir = tempfile::tempdir().unwrap();
-    let up_ca_file = write(dir.path(), "upstream-ca.pem", &up_ca.cert_pem, 0o644);
+    let up_ca_file = write_file(dir.path(), "upstream-ca.pem", &up_ca.cert_pem, 0o644);
     let signing = "test-only-slack-signing-secret";
-    let signing_file = write(dir.path(), "slack-secret", signing, 0o600);
-    let console_secret = write(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
+    let signing_file = write_file(dir.path(), "slack-secret", signing, 0o600);
+    let console_secret = write_file(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
     let (hook, hooks) = hoop_tests::webhook();
     let port = free_port();
     let console = format!("https://127.0.0.1:{port}");
@@ -961,7 +949,7 @@ fn job_curl(env: &TestEnv, args: &[&str]) -> (u16, String) {
 #[test]
 fn a_job_reaches_the_console_by_no_path() {
     let dir = tempfile::tempdir().unwrap();
-    let console_secret = write(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
+    let console_secret = write_file(dir.path(), "console-secret", idp::CLIENT_SECRET, 0o600);
     let port = free_port();
     let console = format!("https://127.0.0.1:{port}");
     let console_cfg = format!(
@@ -1047,7 +1035,21 @@ fn a_job_reaches_the_console_by_no_path() {
         &["-x", &proxy, "--cacert", ca, &format!("{console}/")],
     );
     assert!(
-        out.contains("CONNECT tunnel failed, response 403") || code == 403,
+        code == 0 && out.contains("CONNECT tunnel failed, response 403"),
         "{code} {out}"
     );
+    // SOCKS5, by address and by name: reply 2, "connection not allowed by
+    // ruleset" (curl prints the code).
+    for target in [format!("{console}/"), format!("https://localhost:{port}/")] {
+        let socks = format!("socks5h://127.0.0.1:{}", env.proxy_port);
+        let (code, out) = job_curl(&env, &["-x", &socks, "--cacert", ca, &target]);
+        assert!(
+            code == 0 && out.contains("Can't complete SOCKS5 connection") && out.contains(". (2)"),
+            "{target}: {code} {out}"
+        );
+    }
+    // The control for SOCKS5: the same job reaches an ordinary server.
+    let socks = format!("socks5h://127.0.0.1:{}", env.proxy_port);
+    let (code, out) = job_curl(&env, &["-x", &socks, &hello]);
+    assert_eq!(code, 200, "{out}");
 }

@@ -12,7 +12,7 @@
 //!   direct-IP requests do not get around the gateway;
 //! - the session's audit record verifies, names the OIDC identity and
 //!   Chromium's pid, and exports to a valid HAR.
-use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use base64::Engine;
 use hoop_testkit::{
@@ -20,20 +20,13 @@ use hoop_testkit::{
     oidc::{Alg, Issuer},
     seed,
 };
-use hoop_tests::{TestEnv, UdpCounter, Value};
+use hoop_tests::{TestEnv, UdpCounter, Value, write_file};
 use serde_json::json;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
 /// The partner's address: port 443 as the real thing, on an address no
 /// other suite uses.
 const PARTNER_IP: &str = "127.0.0.9";
-
-fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    p
-}
 
 fn hoop_json(env: &TestEnv, args: &[&str]) -> Value {
     let out = env.hoop().args(args).output().unwrap();
@@ -73,9 +66,9 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
     let secret = format!("sk_live_{:032x}", rand_u128());
     let parts = |d: &Path| {
         (
-            write(d, "issuer-ca.pem", &issuer.ca.cert_pem, 0o644),
-            write(d, "partner-ca.pem", &partner_ca.cert_pem, 0o644),
-            write(d, "partner.key", &secret, 0o600),
+            write_file(d, "issuer-ca.pem", &issuer.ca.cert_pem, 0o644),
+            write_file(d, "partner-ca.pem", &partner_ca.cert_pem, 0o644),
+            write_file(d, "partner.key", &secret, 0o600),
         )
     };
     let (issuer_ca, partner_ca_file, secret_file) = parts(dir.path());
@@ -100,7 +93,7 @@ fn a_ci_browser_job_gets_only_what_the_gateway_allows() {
     // The job's token and home (an NSS db trusting the hoop CA), owned by
     // the job's user.
     let token = issuer.token(seed::JOB_SUBJECT);
-    let token_file = write(env.dir.path(), "job-token", &token, 0o644);
+    let token_file = write_file(env.dir.path(), "job-token", &token, 0o644);
     let home = env.dir.path().join("home");
     let hoop = hoop_tests::hoop_bin();
     let mut b = seed::launch_browser(&seed::Job {

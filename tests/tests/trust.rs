@@ -24,14 +24,14 @@ fn sh(env: &TestEnv, extra: &[&str], script: &str) -> (bool, String) {
     )
 }
 
-#[test]
-fn every_common_runtime_trusts_hoop_without_a_flag() {
+/// A daemon trusting a fresh upstream CA, and an HTTPS origin on UP with a
+/// certificate from it for `names`.
+fn setup(name: &str, names: &[&str]) -> (TestEnv, Origin) {
     let up_ca = TestCa::new("trust suite upstream CA");
-    let dir = tempfile::tempdir().unwrap();
-    let up_ca_file = dir.path().join("upstream-ca.pem");
+    let up_ca_file = tempfile::tempdir().unwrap().keep().join("upstream-ca.pem");
     std::fs::write(&up_ca_file, &up_ca.cert_pem).unwrap();
     let mut env = TestEnv::new(
-        "trust",
+        name,
         PROBE,
         &format!(
             "[tls]\nupstream_ca_files = [\"{}\"]\n",
@@ -40,10 +40,16 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
     );
     env.start_daemon();
     let origin = Origin::start_background(OriginOpts {
-        tls: Some(up_ca.server_config(&[UP], &[b"http/1.1"])),
+        tls: Some(up_ca.server_config(names, &[b"h2", b"http/1.1"])),
         bind: Some(format!("{UP}:0").parse().unwrap()),
         also_v6: false,
     });
+    (env, origin)
+}
+
+#[test]
+fn every_common_runtime_trusts_hoop_without_a_flag() {
+    let (env, origin) = setup("trust", &[UP]);
     let url = format!("https://{UP}:{}/hello", origin.addr.port());
     // The caller's own bundle: another CA, which the job's bundle must keep.
     let own = TestCa::new("the caller's own CA");
@@ -174,24 +180,7 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
 /// hoop; without it (the control) the page does not load.
 #[test]
 fn chromium_trusts_hoop_with_a_private_nss_database() {
-    let up_ca = TestCa::new("trust suite upstream CA");
-    let dir = tempfile::tempdir().unwrap();
-    let up_ca_file = dir.path().join("upstream-ca.pem");
-    std::fs::write(&up_ca_file, &up_ca.cert_pem).unwrap();
-    let mut env = TestEnv::new(
-        "trust-nss",
-        PROBE,
-        &format!(
-            "[tls]\nupstream_ca_files = [\"{}\"]\n",
-            up_ca_file.display()
-        ),
-    );
-    env.start_daemon();
-    let origin = Origin::start_background(OriginOpts {
-        tls: Some(up_ca.server_config(&["partner.test"], &[b"h2", b"http/1.1"])),
-        bind: Some(format!("{UP}:0").parse().unwrap()),
-        also_v6: false,
-    });
+    let (env, origin) = setup("trust-nss", &["partner.test"]);
     let url = format!("https://partner.test:{}/page", origin.addr.port());
     let chromium = |nss: &[&str], profile: &str| {
         let mut args: Vec<String> = vec!["run".into(), "--user".into(), "nobody".into()];
