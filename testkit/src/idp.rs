@@ -109,7 +109,8 @@ pub fn approver_browser(hoop: &Path, config: &Path, idp_ca: &Path, home: &Path) 
 }
 
 /// Signs `login` in to the console at `console` (`https://host:port`)
-/// through the provider's login form; returns on the inbox.
+/// through the provider's login form; returns on the inbox once its live
+/// stream has opened (what is held from then on reaches the page).
 pub fn sign_in(b: &mut Browser, console: &str, login: &str) -> Result<()> {
     const WAIT: Duration = Duration::from_secs(30);
     b.call("Network.clearBrowserCookies", json!({}))?;
@@ -126,7 +127,7 @@ pub fn sign_in(b: &mut Browser, console: &str, login: &str) -> Result<()> {
     ))?;
     b.wait_js(
         &format!(
-            "location.origin === {console:?} && document.getElementById('who')?.textContent === '{login}@example.test'"
+            "location.origin === {console:?} && document.getElementById('who')?.textContent === '{login}@example.test' && document.body.dataset.synced === '1'"
         ),
         WAIT,
     )

@@ -411,6 +411,37 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
             assert!(head.contains("x-hoop-reason: not-signed-in"), "{head}");
         }
     }
+    // The live stream opens with what is pending for her now, so a
+    // request held while her page loaded is not missed.
+    let out = Command::new("curl")
+        .args(["-sSN", "--max-time", "2", "--cacert"])
+        .arg(&hoop_ca)
+        .args(["-H", &format!("cookie: __Host-hoop-console={alice_cookie}")])
+        .arg(format!("{console}/events"))
+        .output()
+        .unwrap();
+    let stream = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<(&str, Value)> = stream
+        .split("\n\n")
+        .filter_map(|block| {
+            let event = block.strip_prefix("event: ")?.lines().next()?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((event, serde_json::from_str(data).ok()?))
+        })
+        .collect();
+    let held_at = events
+        .iter()
+        .position(|(e, d)| *e == "held" && d["id"] == json!(id));
+    let synced_at = events.iter().position(|(e, d)| {
+        *e == "synced"
+            && d["pending"]
+                .as_array()
+                .is_some_and(|p| p.contains(&json!(id)))
+    });
+    assert!(
+        matches!((held_at, synced_at), (Some(h), Some(s)) if h < s),
+        "{stream}"
+    );
     // Still held through all of that.
     assert!(
         !origin.seen().iter().any(|s| s.method == "POST"),

@@ -4,6 +4,7 @@
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -664,7 +665,26 @@ fn body(
 fn events(c: &Console, req: &Request<Incoming>) -> Result<Response<Body>, Refusal> {
     let (sid, s) = session_of(c, req)?;
     let caller = Caller::Person(s.person.clone());
+    // Subscribe first, then take the snapshot: a request held while the
+    // page loaded is in one or the other (the page ignores an id twice),
+    // and one decided meanwhile drops out of the page on `synced`.
     let rx = c.approvals.subscribe();
+    let pending = c.approvals.pending_for(&caller).unwrap_or_default();
+    let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
+    let mut first: Vec<Result<Frame<Bytes>, Infallible>> = pending
+        .iter()
+        .map(|r| {
+            Ok(Frame::data(Bytes::from(sse(
+                "held",
+                r,
+                page::held_item(r, &s.csrf),
+            ))))
+        })
+        .collect();
+    first.push(Ok(Frame::data(Bytes::from(format!(
+        "event: synced\ndata: {}\n\n",
+        serde_json::json!({ "pending": ids })
+    )))));
     let csrf = s.csrf.clone();
     let sessions = c.sessions.clone();
     let cookie_header = format!("{}={sid}", session::COOKIE);
@@ -705,6 +725,7 @@ fn events(c: &Console, req: &Request<Incoming>) -> Result<Response<Body>, Refusa
                 }
             }
         });
+    let stream = futures_util::stream::iter(first).chain(stream);
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -88,6 +88,16 @@
     decided.prepend(done);
     empty();
   });
+  // The stream opens with what is pending now: anything on the page
+  // that is not was decided or expired while the page loaded.
+  events.addEventListener("synced", (ev) => {
+    const pending = new Set(JSON.parse(ev.data).pending);
+    for (const li of [...inbox.children]) {
+      if (!pending.has(li.dataset.id)) li.remove();
+    }
+    document.body.dataset.synced = "1";
+    empty();
+  });
   events.addEventListener("signed-out", () => {
     events.close();
     location.assign("/");
