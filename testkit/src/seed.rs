@@ -230,34 +230,33 @@ pub struct Job<'a> {
     pub partner_ip: &'a str,
 }
 
-/// Starts the scenario's browser: a home whose NSS db trusts hoop's CA
-/// (`hoop ca install-nss`) and a profile, both owned by nobody; then, as
-/// nobody, `hoop run --token-file TOKEN -- chromium` with [`chromium_args`].
+/// Starts the scenario's browser as nobody: `hoop run --nss=private
+/// --token-file TOKEN -- chromium` with [`chromium_args`] and a profile
+/// under `home` (owned by nobody). No certificate flag and no NSS step of
+/// the caller's: the job's own database trusts hoop's CA.
 pub fn launch_browser(j: &Job) -> anyhow::Result<crate::cdp::Browser> {
     use anyhow::{Context, bail};
     use std::process::Command;
-    let run = |c: &mut Command| -> anyhow::Result<()> {
-        let out = c.output().with_context(|| format!("starting {c:?}"))?;
-        if !out.status.success() {
-            bail!("{c:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    };
-    run(Command::new(j.hoop)
-        .arg("--config")
-        .arg(j.config)
-        .args(["ca", "install-nss", "--dir"])
-        .arg(j.home.join(".pki/nssdb")))?;
     std::fs::create_dir_all(j.home.join("profile"))?;
-    run(Command::new("chown")
+    let out = Command::new("chown")
         .args(["-R", "65534:65534"])
-        .arg(j.home))?;
+        .arg(j.home)
+        .output()
+        .context("chown")?;
+    if !out.status.success() {
+        bail!(
+            "chown {}: {}",
+            j.home.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut job = Command::new("setpriv");
     job.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(j.hoop)
         .arg("--config")
         .arg(j.config)
         .arg("run")
+        .arg("--nss=private")
         .arg("--token-file")
         .arg(j.token)
         .args(["--", "chromium"])

@@ -1,6 +1,6 @@
 //! Nothing to set: a job under `hoop run` trusts hoop's CA in the common
 //! runtimes without a certificate flag. As nobody, with no flag, curl,
-//! node (`https`), python3 (`urllib`), git and java (`java.net.http`)
+//! node (`https`), python3 (`urllib` and `requests`), git and java (`java.net.http`)
 //! fetch an HTTPS upstream through hoop with verification on; with
 //! `--no-trust-env` (the control) the same curl fails verification. The
 //! caller's own SSL_CERT_FILE is kept in the job's bundle; the bundle is
@@ -86,7 +86,7 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
     );
     assert!(!ok && out.contains("SSL certificate problem"), "{out}");
 
-    let runtimes: [(&str, String, &str); 5] = [
+    let runtimes: [(&str, String, &str); 6] = [
         (
             "curl",
             format!("curl -sS -o /dev/null -w 'status %{{http_code}}' {url}"),
@@ -103,6 +103,13 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
             "python3",
             format!(
                 "python3 -c \"import urllib.request; print('status', urllib.request.urlopen('{url}').status)\""
+            ),
+            "status 200",
+        ),
+        (
+            "python3 requests",
+            format!(
+                "python3 -c \"import requests; print('status', requests.get('{url}').status_code)\""
             ),
             "status 200",
         ),
@@ -138,7 +145,14 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
         "{table}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for runtime in ["curl", "node", "python3 (urllib)", "java", "chromium"] {
+    for runtime in [
+        "curl",
+        "node",
+        "python3 (urllib)",
+        "python3 (requests)",
+        "java",
+        "chromium",
+    ] {
         assert!(
             table
                 .lines()

@@ -176,7 +176,9 @@ impl Demo {
         println!("{policy}");
         let mut daemon = Daemon::start(self)?;
 
-        step("the job: hoop run --token-file job-token -- chromium --headless … (as nobody)");
+        step(
+            "the job: hoop run --nss=private --token-file job-token -- chromium --headless … (as nobody)",
+        );
         println!("No proxy settings: its connects are redirected in the kernel.");
         let t = Instant::now();
         let mut b = seed::launch_browser(&seed::Job {

@@ -118,6 +118,7 @@ fn test(args: &[String]) -> Result<()> {
         // no certificate flag (java runs a source file: the JDK).
         "git",
         "python3",
+        "python3-requests",
         "default-jdk-headless",
     ])?;
     // Pinned by their lockfiles: a real OpenID provider (identity and
