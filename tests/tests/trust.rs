@@ -191,7 +191,8 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
 /// Chromium reads an NSS database, not the CA variables: with
 /// `--nss=private` (a database of the job's own, HOME set to the job's
 /// directory) and no certificate flag, it loads a partner page through
-/// hoop; without it (the control) the page does not load.
+/// hoop; without it (the control) the page does not load. The database
+/// is the job's uid's alone and goes with the job.
 #[test]
 fn chromium_trusts_hoop_with_a_private_nss_database() {
     let (env, origin) = setup("trust-nss", &["partner.test"]);
@@ -237,5 +238,38 @@ fn chromium_trusts_hoop_with_a_private_nss_database() {
     assert!(
         !dom.contains("partner=acme"),
         "loaded without trusting hoop:\n{dom}"
+    );
+
+    // The job's database and home: its uid's alone, holding hoop's CA as
+    // a trusted issuer; gone when the job ends.
+    let script = "stat -c '%a %U' \"$HOME\" \"$HOME/.pki/nssdb\"; echo \"$HOME\"; \
+                  certutil -L -d \"sql:$HOME/.pki/nssdb\"";
+    let out = env
+        .hoop()
+        .args([
+            "run",
+            "--user",
+            "nobody",
+            "--nss=private",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("700 nobody"), "{text}");
+    assert_eq!(lines.next(), Some("700 nobody"), "{text}");
+    let home = lines.next().unwrap_or_default().to_string();
+    assert!(
+        home.contains("/trust/") && text.lines().any(|l| l.trim_end().ends_with("C,,")),
+        "no trusted CA in the job's database:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !Path::new(&home).exists()),
+        "{home} is still there after the job"
     );
 }
