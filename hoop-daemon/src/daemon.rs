@@ -167,6 +167,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     // What is queued is written, and the head signed.
     let audit = gw.audit.clone();
     let _ = tokio::task::spawn_blocking(move || audit.shutdown()).await;
+    // The last records to the fleet's server while it is there; what does
+    // not make it ships at the next start.
+    if let Some(f) = &gw.fleet {
+        let all = f.flush(std::time::Duration::from_secs(3)).await;
+        let s = f.status();
+        tracing::info!(shipped_through = ?s.shipped_seq, unshipped = s.lag_records, complete = all, "fleet: stopped shipping");
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -216,6 +223,7 @@ pub fn reload(cfg: &Config, gw: &Gateway) -> Result<String, ConfigError> {
             ("[metrics]", new.metrics != cfg.metrics),
             ("[approvals]", new.approvals != cfg.approvals),
             ("[console]", new.console != cfg.console),
+            ("[fleet]", new.fleet != cfg.fleet),
         ] {
             if changed {
                 restart.push(name);
@@ -328,10 +336,12 @@ pub enum ServicesError {
     Approvals(#[from] crate::approval::ApprovalError),
     #[error(transparent)]
     Audit(#[from] crate::audit::StartError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// Starts what the data path uses beside it: the approvals store (with its
-/// webhook), the audit writer, the local CA.
+/// webhook), the audit writer, the fleet's shipper, the local CA.
 pub fn start_services(cfg: &Config) -> Result<Services, ServicesError> {
     use crate::{approval::notify::Shape, config::policy::SlackSetting};
     let tls = || -> Result<_, ServicesError> {
@@ -355,11 +365,49 @@ pub fn start_services(cfg: &Config) -> Result<Services, ServicesError> {
         &cfg.daemon.state_dir.join("approvals.db"),
         notifier,
     )?);
-    let audit = crate::audit::Audit::start(&cfg.audit, &cfg.daemon.state_dir)?;
+    let (audit, fleet) = match cfg.fleet.enabled() {
+        false => (
+            crate::audit::Audit::start(&cfg.audit, &cfg.daemon.state_dir)?,
+            None,
+        ),
+        true => start_fleet(cfg)?,
+    };
     let ca = Arc::new(crate::tls::Ca::load_or_create(&cfg.daemon.state_dir)?);
     Ok(Services {
         ca,
         approvals,
         audit,
+        fleet,
     })
+}
+
+/// The audit writer, keeping what the fleet's server lacks, and the
+/// shipper beside it (which needs the runtime: the daemon's).
+fn start_fleet(
+    cfg: &Config,
+) -> Result<
+    (
+        crate::audit::Audit,
+        Option<Arc<crate::fleet::ship::Shipping>>,
+    ),
+    ServicesError,
+> {
+    use crate::fleet::{FleetError, Target, ship};
+    if !cfg.audit.enabled {
+        return Err(FleetError::Refused(
+            "[fleet] ships the audit log, and [audit] enabled = false keeps none".into(),
+        )
+        .into());
+    }
+    let target = Target::of(&cfg.fleet)?;
+    let shipping = ship::Shipping::new(&target);
+    let audit = crate::audit::Audit::start_with(
+        &cfg.audit,
+        &cfg.daemon.state_dir,
+        Some(shipping.keep_from.clone()),
+    )?;
+    let pubkey = crate::audit::public_key_bytes(&cfg.daemon.state_dir)?;
+    let db = cfg.daemon.state_dir.join(crate::audit::DB_FILE);
+    ship::spawn(target, db, pubkey, audit.stats.clone(), shipping.clone());
+    Ok((audit, Some(shipping)))
 }

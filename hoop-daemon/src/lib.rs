@@ -18,6 +18,7 @@ pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod egress;
+pub mod fleet;
 pub mod flow;
 pub mod identity;
 pub mod jobs;

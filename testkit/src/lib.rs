@@ -7,6 +7,7 @@ pub mod idp;
 pub mod leak;
 pub mod oidc;
 mod origin;
+pub mod postgres;
 pub mod seed;
 pub mod wsclient;
 

@@ -23,7 +23,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         &["config", "egress", "tls", "outbound", "metrics"],
     ),
     ("domain", &["identity", "jobs", "flow", "policy", "trust"]),
-    ("services", &["audit", "approval"]),
+    ("services", &["audit", "approval", "fleet"]),
     ("data path", &["pipeline", "capture"]),
     ("edges", &["accept", "proxy", "control", "console"]),
     ("app", &["daemon", "cli"]),

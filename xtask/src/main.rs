@@ -120,6 +120,8 @@ fn test(args: &[String]) -> Result<()> {
         "python3",
         "python3-requests",
         "default-jdk-headless",
+        // The fleet suite starts a real PostgreSQL server (initdb, pg_ctl).
+        "postgresql",
     ])?;
     // Pinned by their lockfiles: a real OpenID provider (identity and
     // console suites) and a HAR 1.2 schema validator (audit suite).

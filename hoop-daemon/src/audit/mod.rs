@@ -86,6 +86,8 @@ pub struct Stats {
     pub last_commit_us: AtomicU64,
     /// Time spent committing, in total.
     pub commit_us: AtomicU64,
+    /// Where the next record goes: the records in the log end before it.
+    pub next_seq: AtomicU64,
 }
 
 /// The daemon's handle on the writer thread (cheap to clone).
@@ -114,6 +116,16 @@ impl Audit {
     /// the writer thread. Any problem here stops the daemon from starting:
     /// it must not serve without its record.
     pub fn start(cfg: &AuditConfig, state_dir: &Path) -> Result<Self, StartError> {
+        Self::start_with(cfg, state_dir, None)
+    }
+
+    /// [`Audit::start`], and retention never removes a record at or after
+    /// `keep_from` (the first record the fleet's server does not have yet).
+    pub fn start_with(
+        cfg: &AuditConfig,
+        state_dir: &Path,
+        keep_from: Option<Arc<AtomicU64>>,
+    ) -> Result<Self, StartError> {
         if !cfg.enabled {
             tracing::warn!("audit disabled ([audit] enabled = false): nothing is recorded");
             return Ok(Self::disabled());
@@ -145,7 +157,8 @@ impl Audit {
             stats.clone(),
             cfg.checkpoint_interval(),
             cfg.retention(),
-        )?;
+        )?
+        .keeping_from(keep_from);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("hoop-audit".into())
@@ -237,6 +250,11 @@ pub fn encode_key(k: &[u8]) -> String {
 
 /// The public key of the signing key in `state_dir`.
 pub fn public_key_of(state_dir: &Path) -> Result<String, StartError> {
+    Ok(encode_key(&public_key_bytes(state_dir)?))
+}
+
+/// [`public_key_of`], as bytes.
+pub fn public_key_bytes(state_dir: &Path) -> Result<Vec<u8>, StartError> {
     let path = state_dir.join(KEY_FILE);
     let key = |detail: String| StartError::Key {
         path: path.clone(),
@@ -245,7 +263,7 @@ pub fn public_key_of(state_dir: &Path) -> Result<String, StartError> {
     let b = std::fs::read(&path).map_err(|e| key(format!("cannot read it: {e}")))?;
     let k = Ed25519KeyPair::from_pkcs8(&b)
         .map_err(|e| key(format!("not an Ed25519 PKCS#8 key ({e})")))?;
-    Ok(encode_key(&chain::public_key(&k)))
+    Ok(chain::public_key(&k))
 }
 
 #[cfg(test)]

@@ -485,6 +485,28 @@ pub fn checkpoints(db: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
     .collect()
 }
 
+/// The kept checkpoints with their times, in `first..=last`.
+pub fn checkpoints_between(
+    db: &Connection,
+    first: u64,
+    last: u64,
+) -> rusqlite::Result<Vec<(Checkpoint, u64)>> {
+    let mut st = db.prepare_cached(
+        "SELECT seq, hash, sig, ts_ms FROM checkpoints WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+    )?;
+    st.query_map(params![first as i64, last as i64], |r| {
+        Ok((
+            Checkpoint {
+                seq: r.get::<_, i64>(0)? as u64,
+                hash: hash32(r.get(1)?),
+                sig: r.get(2)?,
+            },
+            r.get::<_, i64>(3)? as u64,
+        ))
+    })?
+    .collect()
+}
+
 /// The last record a signature was made at: a kept checkpoint, or a
 /// batch's own.
 pub fn last_signed_seq(db: &Connection) -> rusqlite::Result<Option<u64>> {
@@ -590,14 +612,63 @@ pub fn prune_through(db: &mut Connection, seq: u64) -> rusqlite::Result<u64> {
 
 /// The oldest kept checkpoint older than `cutoff_ms` with records still
 /// at or before it: retention prunes through it.
-pub fn oldest_checkpoint_before(db: &Connection, cutoff_ms: u64) -> rusqlite::Result<Option<u64>> {
+pub fn oldest_checkpoint_before(
+    db: &Connection,
+    cutoff_ms: u64,
+    below: u64,
+) -> rusqlite::Result<Option<u64>> {
     let Some(first) = first_seq(db)? else {
         return Ok(None);
     };
     db.query_row(
-        "SELECT MIN(seq) FROM checkpoints WHERE ts_ms < ?1 AND seq >= ?2",
-        params![cutoff_ms as i64, first as i64],
+        "SELECT MIN(seq) FROM checkpoints WHERE ts_ms < ?1 AND seq >= ?2 AND seq < ?3",
+        params![
+            cutoff_ms as i64,
+            first as i64,
+            below.min(i64::MAX as u64) as i64
+        ],
         |r| r.get::<_, Option<i64>>(0),
     )
+    .map(|s| s.map(|s| s as u64))
+}
+
+/// The sessions of the batches starting in `first..=last`: `(session,
+/// first_seq)`.
+pub fn sessions_between(
+    db: &Connection,
+    first: u64,
+    last: u64,
+) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut st = db.prepare_cached(
+        "SELECT session, first_seq FROM batch_sessions WHERE first_seq BETWEEN ?1 AND ?2",
+    )?;
+    let rows = st.query_map(params![first as i64, last as i64], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    rows.collect()
+}
+
+/// The batch that ends at `seq`, if there is one: its head.
+pub fn head_at(db: &Connection, seq: u64) -> rusqlite::Result<Option<[u8; 32]>> {
+    if !batched(db)? {
+        return Ok(None);
+    }
+    db.query_row(
+        "SELECT head FROM batches WHERE last_seq = ?1",
+        [seq as i64],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .map(|h| h.map(hash32))
+}
+
+/// The first seq of the oldest batch.
+pub fn first_batch(db: &Connection) -> rusqlite::Result<Option<u64>> {
+    if !batched(db)? {
+        return Ok(None);
+    }
+    db.query_row("SELECT MIN(first_seq) FROM batches", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    })
     .map(|s| s.map(|s| s as u64))
 }

@@ -296,29 +296,54 @@ struct Item {
 }
 
 fn open(mut batch: store::Batch) -> Opened {
-    let records = (|| {
-        let first = batch.first_seq;
-        let packed = std::mem::take(&mut batch.records);
-        let records = seal::unpack(batch.codec, &packed)
-            .map_err(|_| Broken::UnreadableRecord { seq: first })?;
-        let mut out = Vec::new();
-        for (seq, rec) in (first..).zip(seal::split(&records)) {
-            let (ts, bytes) = rec.map_err(|_| Broken::UnreadableRecord { seq })?;
-            let kind = seal::kind(bytes).map_err(|_| Broken::UnreadableRecord { seq })?;
-            if seq > batch.last_seq {
-                return Err(edited(&batch));
-            }
-            out.push(Item {
-                seq,
-                ts,
-                digest: seal::digest(bytes),
-                unvouched: (kind == entry::kind::UNVOUCHED)
-                    .then(|| seal::fields(bytes).ok().map(|f| f.data)),
-            });
-        }
-        Ok(out)
-    })();
+    let records = items(&batch);
+    batch.records = Vec::new();
     Opened { batch, records }
+}
+
+/// A batch's records, decoded and hashed.
+fn items(batch: &store::Batch) -> Result<Vec<Item>, Broken> {
+    let first = batch.first_seq;
+    let records = seal::unpack(batch.codec, &batch.records)
+        .map_err(|_| Broken::UnreadableRecord { seq: first })?;
+    let mut out = Vec::new();
+    for (seq, rec) in (first..).zip(seal::split(&records)) {
+        let (ts, bytes) = rec.map_err(|_| Broken::UnreadableRecord { seq })?;
+        let kind = seal::kind(bytes).map_err(|_| Broken::UnreadableRecord { seq })?;
+        if seq > batch.last_seq {
+            return Err(edited(batch));
+        }
+        out.push(Item {
+            seq,
+            ts,
+            digest: seal::digest(bytes),
+            unvouched: (kind == entry::kind::UNVOUCHED)
+                .then(|| seal::fields(bytes).ok().map(|f| f.data)),
+        });
+    }
+    Ok(out)
+}
+
+/// One batch on its own: its records chain on from `prev` to its head,
+/// its columns agree with them, and its signature, if it has one, is
+/// `pubkey`'s. The head after it. What the fleet's shipper checks before
+/// a batch leaves the host.
+pub fn continues(prev: [u8; 32], b: &store::Batch, pubkey: &[u8]) -> Result<[u8; 32], Broken> {
+    let mut head = prev;
+    let mut next = b.first_seq;
+    let mut times = None;
+    for r in items(b)? {
+        head = chain::link(&head, r.seq, r.ts, &r.digest);
+        times = Some((times.map_or(r.ts, |(f, _)| f), r.ts));
+        next = r.seq + 1;
+    }
+    if next != b.last_seq + 1 || times != Some((b.first_ts, b.last_ts)) || head != b.head {
+        return Err(edited(b));
+    }
+    if let Some(c) = b.checkpoint() {
+        chain::check(pubkey, &c, Some(head))?;
+    }
+    Ok(head)
 }
 
 /// Batches opened per round: bounds the memory a walk holds.

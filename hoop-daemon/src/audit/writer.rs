@@ -55,6 +55,9 @@ pub struct Writer {
     unkept: Option<(Checkpoint, u64)>,
     /// Records after the last signature at start: not ours to sign.
     tail: Option<(u64, u64)>,
+    /// Retention keeps this record and all after it (the fleet's server
+    /// does not have them yet).
+    keep_from: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Writer {
@@ -94,6 +97,7 @@ impl Writer {
             what: "zstd",
             source,
         })?;
+        stats.next_seq.store(next, Ordering::Release);
         let w = Self {
             packer,
             db,
@@ -107,9 +111,16 @@ impl Writer {
             prev,
             unkept: None,
             tail,
+            keep_from: None,
         };
         w.check_unsigned_tail()?;
         Ok(w)
+    }
+
+    /// Retention keeps the record at `keep_from`'s value and all after it.
+    pub fn keeping_from(mut self, keep_from: Option<Arc<std::sync::atomic::AtomicU64>>) -> Self {
+        self.keep_from = keep_from;
+        self
     }
 
     fn check_unsigned_tail(&self) -> Result<(), StartError> {
@@ -316,6 +327,7 @@ impl Writer {
                     batch.remove(0);
                 }
                 self.next = last_seq + 1;
+                self.stats.next_seq.store(self.next, Ordering::Release);
                 self.prev = prev;
                 self.last_ts = ts;
                 self.unkept = Some((c, ts));
@@ -374,7 +386,12 @@ impl Writer {
         // not remove it.
         self.keep_head();
         let cutoff = now_ms.saturating_sub(retain.as_millis() as u64);
-        let r = store::oldest_checkpoint_before(&self.db, cutoff).and_then(|cp| match cp {
+        // A checkpoint at `seq` prunes through `seq`: it must be below.
+        let below = self
+            .keep_from
+            .as_ref()
+            .map_or(u64::MAX, |k| k.load(std::sync::atomic::Ordering::Acquire));
+        let r = store::oldest_checkpoint_before(&self.db, cutoff, below).and_then(|cp| match cp {
             Some(seq) => store::prune_through(&mut self.db, seq).map(|n| Some((seq, n))),
             None => Ok(None),
         });

@@ -10,9 +10,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+use super::fleet::{FleetArgs, Logs};
 use crate::{
     audit::{self, entry::UnvouchedData, query, store, verify},
     config::Config,
+    fleet::read::Scope,
 };
 
 #[derive(Subcommand, Debug)]
@@ -36,6 +38,8 @@ pub enum AuditCmd {
         anchors: Vec<verify::Anchor>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Print the public key of the audit signing key (base64).
     Pubkey,
@@ -60,12 +64,16 @@ pub enum SessionsCmd {
         since: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// One session as a timeline.
     Show {
         id: String,
         #[arg(long)]
         db: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
 }
 
@@ -76,8 +84,11 @@ pub enum ExportCmd {
         id: String,
         #[arg(long)]
         db: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
-    /// Records as JSON lines, for a SIEM.
+    /// Records as JSON lines, for a SIEM (with --fleet, each names its
+    /// host in `host_id`).
     Jsonl {
         #[arg(long)]
         db: Option<PathBuf>,
@@ -85,6 +96,8 @@ pub enum ExportCmd {
         session: Option<String>,
         #[arg(long)]
         since: Option<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
 }
 
@@ -103,11 +116,14 @@ pub enum PolicyCmd {
         since: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
 }
 
-fn db_path(cfg: &Config, db: Option<PathBuf>) -> PathBuf {
-    db.unwrap_or_else(|| cfg.daemon.state_dir.join(audit::DB_FILE))
+/// The batches a time window needs (all of them without one).
+fn scope_since(since: Option<u64>) -> Scope<'static> {
+    since.map_or(Scope::All, Scope::Since)
 }
 
 fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
@@ -162,26 +178,89 @@ pub fn audit(cfg: &Config, cmd: AuditCmd) -> Result<ExitCode> {
             pubkey,
             anchors,
             json,
+            fleet,
         } => {
-            let path = db_path(cfg, db);
             // Exit 1 means "the chain is broken"; a log or key that can't be
             // read says nothing about the chain, so it gets its own code.
-            let r = match agreeing(&anchors)
-                .and_then(|()| pubkey.as_deref().map(read_pubkey).transpose())
-                .and_then(|key| Ok(verify::verify_anchored(&path, key.as_deref(), &anchors)?))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("hoop: cannot verify {}: {e:#}", path.display());
-                    return Ok(ExitCode::from(VERIFY_UNREADABLE));
-                }
+            let unreadable = |what: &str, e: anyhow::Error| {
+                eprintln!("hoop: cannot verify {what}: {e:#}");
+                Ok(ExitCode::from(VERIFY_UNREADABLE))
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print_report(&path, &r);
+            if fleet.fleet && fleet.host_id.is_none() && (pubkey.is_some() || !anchors.is_empty()) {
+                return unreadable(
+                    "the fleet",
+                    anyhow::anyhow!("--pubkey and --anchor name one host's chain: add --host-id"),
+                );
             }
-            Ok(ExitCode::from(exit_code(&r)))
+            let given = match agreeing(&anchors)
+                .and_then(|()| pubkey.as_deref().map(read_pubkey).transpose())
+            {
+                Ok(k) => k,
+                Err(e) => return unreadable("the log", e),
+            };
+            let logs = match Logs::of(cfg, db, &fleet, Scope::All) {
+                Ok(l) => l,
+                Err(e) => return unreadable("the log", e),
+            };
+            let mut codes = Vec::new();
+            let mut reports = Vec::new();
+            for log in &logs.logs {
+                let label = match &log.host {
+                    Some(h) => format!("host {h} (fleet)"),
+                    None => log.path.display().to_string(),
+                };
+                let key = given.clone().or(log.public_key.clone());
+                let mut r = match verify::verify_anchored(&log.path, key.as_deref(), &anchors) {
+                    Ok(r) => r,
+                    Err(e) => return unreadable(&label, e.into()),
+                };
+                if given.is_none() && log.host.is_some() {
+                    r.key_source = "the key the host registered on the server".into();
+                }
+                // The tail's cut: the host's own mark says how far it shipped.
+                if let Some(shipped) = log.shipped_seq
+                    && r.ok()
+                    && r.last.is_none_or(|l| l < shipped)
+                {
+                    let b = crate::audit::chain::Broken::Truncated {
+                        seq: shipped,
+                        last: r.last,
+                    };
+                    r.broken = Some(format!(
+                        "the host shipped through record {shipped}, but {}: records were removed (truncated)",
+                        r.last.map_or("the server holds none".into(), |l| format!(
+                            "the server's chain ends at record {l}"
+                        ))
+                    ));
+                    r.error = Some(b);
+                }
+                codes.push(exit_code(&r));
+                if json {
+                    let mut v = serde_json::to_value(&r)?;
+                    if let Some(h) = &log.host {
+                        v["host_id"] = serde_json::json!(h);
+                    }
+                    reports.push(v);
+                } else {
+                    print_report(&label, &r);
+                }
+            }
+            if json {
+                let out = match fleet.fleet {
+                    true => serde_json::Value::Array(reports),
+                    false => reports.pop().unwrap_or_default(),
+                };
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            if fleet.fleet && !json {
+                println!("{} host(s) verified", logs.logs.len());
+            }
+            // The worst first: broken, then unreadable, then unsigned.
+            let worst = [VERIFY_BROKEN, VERIFY_UNREADABLE, VERIFY_UNSIGNED]
+                .into_iter()
+                .find(|c| codes.contains(c))
+                .unwrap_or(0);
+            Ok(ExitCode::from(worst))
         }
     }
 }
@@ -216,12 +295,12 @@ fn agreeing(anchors: &[verify::Anchor]) -> Result<()> {
     Ok(())
 }
 
-fn print_report(path: &Path, r: &verify::Report) {
+fn print_report(label: &str, r: &verify::Report) {
     let range = match (r.first, r.last) {
         (Some(f), Some(l)) => format!("records {f}..={l}"),
         _ => "no records".into(),
     };
-    println!("{}: {} record(s), {range}", path.display(), r.records);
+    println!("{label}: {} record(s), {range}", r.records);
     println!(
         "checkpoints: {} (signed through record {}), key: {}",
         r.checkpoints,
@@ -284,26 +363,54 @@ pub fn sessions(cfg: &Config, cmd: SessionsCmd) -> Result<ExitCode> {
             host,
             since,
             json,
+            fleet,
         } => {
-            let conn = open(&db_path(cfg, db))?;
             let filter = query::Filter {
                 identity: glob(identity.as_deref())?,
                 job,
                 host: glob(host.as_deref())?,
                 since_ms: since_ms(since.as_deref())?,
             };
-            let list = query::sessions(&conn, &filter)?;
+            let logs = Logs::of(cfg, db, &fleet, scope_since(filter.since_ms))?;
+            let mut list = Vec::new();
+            for log in &logs.logs {
+                let conn = open(&log.path)?;
+                for s in query::sessions(&conn, &filter)? {
+                    list.push((log.host.clone(), s));
+                }
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                let out: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|(h, s)| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        if let Some(h) = h {
+                            v["host_id"] = serde_json::json!(h);
+                        }
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(ExitCode::SUCCESS);
             }
+            let host_col = |h: &str| match fleet.fleet {
+                true => format!("{h:<20} "),
+                false => String::new(),
+            };
             println!(
-                "{:<22} {:<24} {:<34} {:>5} {:>5} {:>5}  hosts",
-                "SESSION", "FIRST", "IDENTITY", "REQ", "REFUS", "CONN✗"
+                "{}{:<22} {:<24} {:<34} {:>5} {:>5} {:>5}  hosts",
+                host_col("HOST_ID"),
+                "SESSION",
+                "FIRST",
+                "IDENTITY",
+                "REQ",
+                "REFUS",
+                "CONN✗"
             );
-            for s in &list {
+            for (h, s) in &list {
                 println!(
-                    "{:<22} {:<24} {:<34} {:>5} {:>5} {:>5}  {}",
+                    "{}{:<22} {:<24} {:<34} {:>5} {:>5} {:>5}  {}",
+                    host_col(h.as_deref().unwrap_or("-")),
                     s.session,
                     query::iso(s.first_ms),
                     s.identity.as_deref().unwrap_or("-"),
@@ -315,45 +422,77 @@ pub fn sessions(cfg: &Config, cmd: SessionsCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        SessionsCmd::Show { id, db } => {
-            let recs = session_records(cfg, db, &id)?;
+        SessionsCmd::Show { id, db, fleet } => {
+            let recs = session_records(cfg, db, &fleet, &id)?;
             print!("{}", query::timeline(&recs));
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn session_records(cfg: &Config, db: Option<PathBuf>, id: &str) -> Result<Vec<query::Stored>> {
-    let conn = open(&db_path(cfg, db))?;
-    let recs = query::records(
-        &conn,
-        &query::Select {
-            session: Some(id.to_string()),
-            since_ms: None,
-        },
-    )?;
-    if recs.is_empty() {
-        bail!("no session {id:?} in the audit log (see `hoop sessions list`)");
+/// A session's records: sessions are jobs, so one host holds them.
+fn session_records(
+    cfg: &Config,
+    db: Option<PathBuf>,
+    fleet: &FleetArgs,
+    id: &str,
+) -> Result<Vec<query::Stored>> {
+    let logs = Logs::of(cfg, db, fleet, Scope::Session(id))?;
+    for log in &logs.logs {
+        let conn = open(&log.path)?;
+        let recs = query::records(
+            &conn,
+            &query::Select {
+                session: Some(id.to_string()),
+                since_ms: None,
+            },
+        )?;
+        if !recs.is_empty() {
+            return Ok(recs);
+        }
     }
-    Ok(recs)
+    match fleet.fleet {
+        true => bail!("no session {id:?} on the fleet's server (see `hoop sessions list --fleet`)"),
+        false => bail!("no session {id:?} in the audit log (see `hoop sessions list`)"),
+    }
 }
 
 pub fn export(cfg: &Config, cmd: ExportCmd) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        ExportCmd::Har { id, db } => {
-            let recs = session_records(cfg, db, &id)?;
+        ExportCmd::Har { id, db, fleet } => {
+            let recs = session_records(cfg, db, &fleet, &id)?;
             serde_json::to_writer_pretty(&mut out, &audit::har::har(&recs))?;
             writeln!(out)?;
         }
-        ExportCmd::Jsonl { db, session, since } => {
-            let conn = open(&db_path(cfg, db))?;
+        ExportCmd::Jsonl {
+            db,
+            session,
+            since,
+            fleet,
+        } => {
             let sel = query::Select {
                 session,
                 since_ms: since_ms(since.as_deref())?,
             };
-            for r in query::records(&conn, &sel)? {
-                writeln!(out, "{}", query::jsonl_line(&r))?;
+            let scope = match &sel.session {
+                Some(s) => Scope::Session(s),
+                None => scope_since(sel.since_ms),
+            };
+            let logs = Logs::of(cfg, db, &fleet, scope)?;
+            for log in &logs.logs {
+                let conn = open(&log.path)?;
+                for r in query::records(&conn, &sel)? {
+                    let line = query::jsonl_line(&r);
+                    match &log.host {
+                        None => writeln!(out, "{line}")?,
+                        Some(h) => {
+                            let mut v: serde_json::Value = serde_json::from_str(&line)?;
+                            v["host_id"] = serde_json::json!(h);
+                            writeln!(out, "{v}")?;
+                        }
+                    }
+                }
             }
         }
     }
@@ -367,17 +506,22 @@ pub fn policy(cfg: &Config, cmd: PolicyCmd) -> Result<ExitCode> {
         session,
         since,
         json,
+        fleet,
     } = cmd;
     let candidate = crate::policy::Policy::compile(cfg, None)?;
-    let path = db_path(cfg, db);
-    let conn = open(&path)?;
-    let recs = query::records(
-        &conn,
-        &query::Select {
-            session,
-            since_ms: since_ms(since.as_deref())?,
-        },
-    )?;
+    let sel = query::Select {
+        session,
+        since_ms: since_ms(since.as_deref())?,
+    };
+    let scope = match &sel.session {
+        Some(s) => Scope::Session(s),
+        None => scope_since(sel.since_ms),
+    };
+    let logs = Logs::of(cfg, db, &fleet, scope)?;
+    let mut recs = Vec::new();
+    for log in &logs.logs {
+        recs.extend(query::records(&open(&log.path)?, &sel)?);
+    }
     let r = crate::policy::dryrun::replay(&candidate, &recs);
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);

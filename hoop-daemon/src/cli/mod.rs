@@ -2,6 +2,7 @@
 mod audit;
 mod ca;
 mod doctor;
+mod fleet;
 mod run;
 mod sandbox;
 
@@ -479,6 +480,25 @@ fn print_status(s: &Status) {
             a.db, a.records, a.commits, a.failures, a.queued, a.last_commit_us
         ),
         None => println!("audit      off ([audit] enabled = false)"),
+    }
+    if let Some(f) = &s.fleet {
+        println!(
+            "fleet      host {} -> {}: {}; shipped through {}, local head {}; lag {} records, {} s{}",
+            f.host_id,
+            f.server,
+            if f.connected {
+                "connected"
+            } else {
+                "NOT connected"
+            },
+            f.shipped_seq.map_or("-".into(), |s| s.to_string()),
+            f.local_seq.map_or("-".into(), |s| s.to_string()),
+            f.lag_records,
+            f.lag_seconds,
+            f.error
+                .as_deref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        );
     }
     println!("connections ({})", s.connections.len());
     for c in &s.connections {

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod console;
 pub mod duration;
+pub mod fleet;
 mod locate;
 pub mod mask;
 pub mod policy;
@@ -63,6 +64,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub console: console::ConsoleConfig,
+    #[serde(default)]
+    pub fleet: fleet::FleetConfig,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -310,6 +313,9 @@ impl Config {
             ));
         }
         if let Err(p) = self.console.check() {
+            return Err(bad(&p.key, &p.problem));
+        }
+        if let Err(p) = self.fleet.check() {
             return Err(bad(&p.key, &p.problem));
         }
         if let policy::SlackSetting::Buttons(s) = &self.approvals.slack {

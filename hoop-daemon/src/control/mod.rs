@@ -107,6 +107,9 @@ pub struct Status {
     /// The audit log (none when recording is off).
     #[serde(default)]
     pub audit: Option<AuditStatus>,
+    /// Fleet mode's shipping (none without `[fleet]`).
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::ship::ShipStatus>,
     /// Totals since the daemon started.
     #[serde(default)]
     pub traffic: Traffic,

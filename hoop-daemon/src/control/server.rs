@@ -348,6 +348,7 @@ impl Server {
                     last_commit_us: st.last_commit_us.load(Relaxed),
                 }
             }),
+            fleet: self.gw.fleet.as_ref().map(|f| f.status()),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Gateway {
     pub approvals: Arc<crate::approval::Approvals>,
     /// The audit log's writer.
     pub audit: crate::audit::Audit,
+    /// What the fleet's shipper is doing, when `[fleet]` is set.
+    pub fleet: Option<Arc<crate::fleet::ship::Shipping>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Identities, connections and credentials; swapped whole on reload.
     policy: arc_swap::ArcSwap<Policy>,
@@ -87,6 +89,8 @@ pub struct Services {
     pub ca: Arc<Ca>,
     pub approvals: Arc<crate::approval::Approvals>,
     pub audit: crate::audit::Audit,
+    /// Fleet mode's shipper, when `[fleet]` is set.
+    pub fleet: Option<Arc<crate::fleet::ship::Shipping>>,
 }
 
 impl Gateway {
@@ -100,6 +104,7 @@ impl Gateway {
             ca,
             approvals,
             audit,
+            fleet,
         } = services;
         let leaves = Arc::new(Leaves::new(ca.clone())?);
         let upstream_tls = UpstreamTls::new(&cfg.tls.upstream_ca_files)?;
@@ -133,6 +138,7 @@ impl Gateway {
             phases,
             approvals,
             audit,
+            fleet,
             metrics: Default::default(),
             policy: arc_swap::ArcSwap::from_pointee(policy),
         })

@@ -1,0 +1,394 @@
+//! Fleet mode against a real PostgreSQL (Debian's server, started by the
+//! test as the `postgres` user, loopback only, TLS verified against its
+//! test CA). Two daemons as two hosts ship to one server: `hoop sessions
+//! list --fleet` shows both, `hoop audit verify --fleet` passes, and every
+//! record is there exactly once. On the server, an edited, a deleted and a
+//! reordered batch, a cut tail and a foreign key are each named by
+//! `verify --fleet` (with the untouched server as the control). A third
+//! host claiming a shipped host's id is refused. Stopping the server in
+//! the middle of a load and SIGKILLing a daemon while it ships lose and
+//! duplicate nothing.
+use std::{collections::HashSet, process::Stdio, time::Duration};
+
+use hoop_testkit::postgres::Postgres;
+use hoop_tests::{Partner, TestEnv, Value, eventually};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_hoop-probe");
+
+fn host(name: &str, host_id: &str, pg: &Postgres, partner: &Partner) -> TestEnv {
+    TestEnv::custom(
+        name,
+        PROBE,
+        "",
+        &format!(
+            "[audit]\ncheckpoint_every = \"2s\"\n\n[fleet]\npostgres = \"{}\"\nhost_id = \"{host_id}\"\nca_file = \"{}\"\n",
+            pg.url(),
+            pg.ca_file.display()
+        ),
+        "\"127.0.0.0/8\"",
+        Some(&partner.policy("")),
+    )
+}
+
+fn hoop_out(env: &TestEnv, args: &[&str]) -> (i32, String) {
+    let out = env.hoop().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Waits until the server has every record of the host's log.
+fn shipped(env: &TestEnv) -> Value {
+    let mut last = Value::Null;
+    let done = eventually(Duration::from_secs(30), || {
+        last = env.status()["fleet"].clone();
+        last["connected"] == true && last["lag_records"] == 0 && !last["local_seq"].is_null()
+    });
+    assert!(done, "not shipped: {last}\n{}", env.log());
+    last
+}
+
+fn records(env: &TestEnv, args: &[&str]) -> Vec<Value> {
+    let (code, out) = hoop_out(env, &[&["export", "jsonl"], args].concat());
+    assert_eq!(code, 0, "{out}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `verify --fleet`: its exit code and the report's lines for one host.
+fn verify(env: &TestEnv) -> (i32, String) {
+    hoop_out(env, &["audit", "verify", "--fleet"])
+}
+
+fn section<'a>(out: &'a str, host: &str) -> &'a str {
+    let start = out
+        .find(&format!("host {host} (fleet)"))
+        .unwrap_or_else(|| panic!("no report for {host}:\n{out}"));
+    let rest = &out[start..];
+    let end = rest.find("\nhost ").map_or(rest.len(), |e| e + 1);
+    &rest[..end]
+}
+
+#[test]
+fn two_hosts_share_one_record_and_tampering_on_the_server_is_named() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pg = Postgres::start(&dir.join("pg")).unwrap();
+    let partner = Partner::start(&dir, "api.partner.test");
+    let mut a = host("fleet-a", "runner-a", &pg, &partner);
+    let mut b = host("fleet-b", "runner-b", &pg, &partner);
+    a.start_daemon();
+    b.start_daemon();
+    for (env, n) in [(&a, 3), (&b, 2)] {
+        for i in 0..n {
+            let (code, text) = env.curl_partner(&partner, "GET", &format!("/hello?i={i}"), &[]);
+            assert_eq!(code, 200, "{text}");
+        }
+    }
+    let (sa, sb) = (shipped(&a), shipped(&b));
+    assert_eq!(sa["host_id"], "runner-a");
+    assert_eq!(sb["shipped_seq"], sb["local_seq"], "{sb}");
+
+    // Both hosts' sessions, read from the server by either host.
+    let (code, out) = hoop_out(&b, &["sessions", "list", "--fleet", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let list: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let per_host = |h: &str| list.iter().filter(|s| s["host_id"] == h).count();
+    assert_eq!(
+        (per_host("runner-a"), per_host("runner-b")),
+        (3, 2),
+        "{out}"
+    );
+    let (code, table) = hoop_out(&a, &["sessions", "list", "--fleet"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("HOST_ID"), "{table}");
+    // --host-id narrows it; an unknown one is named.
+    let (_, out) = hoop_out(
+        &a,
+        &[
+            "sessions",
+            "list",
+            "--fleet",
+            "--host-id",
+            "runner-b",
+            "--json",
+        ],
+    );
+    let only_b: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        only_b.len() == 2 && only_b.iter().all(|s| s["host_id"] == "runner-b"),
+        "{out}"
+    );
+    let (code, out) = hoop_out(
+        &a,
+        &["sessions", "list", "--fleet", "--host-id", "runner-z"],
+    );
+    assert!(code != 0 && out.contains("no host \"runner-z\""), "{out}");
+
+    // A session's timeline and HAR from the server.
+    let session = list[0]["session"].as_str().unwrap();
+    let (code, out) = hoop_out(&b, &["sessions", "show", "--fleet", session]);
+    assert!(code == 0 && out.contains("/hello?i="), "{out}");
+
+    // Every record exactly once: the server's records are each host's.
+    a.stop_daemon();
+    b.stop_daemon();
+    let fleet = records(&a, &["--fleet"]);
+    for (env, id) in [(&a, "runner-a"), (&b, "runner-b")] {
+        let local: Vec<u64> = records(env, &[])
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        let mut remote: Vec<u64> = fleet
+            .iter()
+            .filter(|r| r["host_id"] == id)
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        remote.sort();
+        assert_eq!(
+            remote, local,
+            "{id}: the server's records are not the local log's"
+        );
+    }
+
+    // The control: the untouched server verifies, host by host.
+    let (code, out) = verify(&a);
+    assert_eq!(code, 0, "{out}");
+    for h in ["runner-a", "runner-b"] {
+        assert!(
+            section(&out, h).contains("ok: the chain is intact"),
+            "{out}"
+        );
+    }
+    assert!(out.contains("2 host(s) verified"), "{out}");
+
+    // Each tamper on the server, then undone from a copy.
+    pg.psql("CREATE TABLE saved AS SELECT * FROM hoop.batches; CREATE TABLE saved_hosts AS SELECT * FROM hoop.hosts")
+        .unwrap();
+    let restore = || {
+        pg.psql(
+            "DELETE FROM hoop.batches; INSERT INTO hoop.batches SELECT * FROM saved; \
+             UPDATE hoop.hosts h SET public_key = s.public_key FROM saved_hosts s WHERE h.host_id = s.host_id",
+        )
+        .unwrap();
+    };
+    let nth = |host: &str, n: usize| -> i64 {
+        pg.psql(&format!(
+            "SELECT first_seq FROM hoop.batches WHERE host_id = '{host}' ORDER BY first_seq OFFSET {n} LIMIT 1"
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let (second, third) = (nth("runner-a", 1), nth("runner-a", 2));
+    let cases = [
+        (
+            "an edited batch",
+            format!(
+                "UPDATE hoop.batches SET records = set_byte(records, length(records) / 2, get_byte(records, length(records) / 2) # 1) \
+                 WHERE host_id = 'runner-a' AND first_seq = {second}"
+            ),
+            "(edited)".to_string(),
+        ),
+        (
+            "a deleted batch",
+            format!("DELETE FROM hoop.batches WHERE host_id = 'runner-a' AND first_seq = {second}"),
+            "records are missing or reordered".to_string(),
+        ),
+        (
+            "two batches' records swapped",
+            format!(
+                "UPDATE hoop.batches t SET records = o.records, head = o.head, sig = o.sig, \
+                   last_seq = t.first_seq + (o.last_seq - o.first_seq), first_ts = o.first_ts, last_ts = o.last_ts \
+                 FROM saved o WHERE t.host_id = 'runner-a' AND o.host_id = 'runner-a' \
+                   AND ((t.first_seq = {second} AND o.first_seq = {third}) OR (t.first_seq = {third} AND o.first_seq = {second}))"
+            ),
+            "(edited)".to_string(),
+        ),
+        (
+            "the tail cut",
+            "DELETE FROM hoop.batches WHERE host_id = 'runner-a' AND first_seq = \
+             (SELECT max(first_seq) FROM hoop.batches WHERE host_id = 'runner-a')"
+                .to_string(),
+            "(truncated)".to_string(),
+        ),
+        (
+            "a foreign key",
+            "UPDATE hoop.hosts SET public_key = (SELECT public_key FROM hoop.hosts WHERE host_id = 'runner-b') \
+             WHERE host_id = 'runner-a'"
+                .to_string(),
+            "bad signature".to_string(),
+        ),
+    ];
+    for (what, sql, named) in &cases {
+        pg.psql(sql).unwrap();
+        let (code, out) = verify(&a);
+        let report = section(&out, "runner-a");
+        assert!(
+            code == 1 && report.contains("BROKEN") && report.contains(named.as_str()),
+            "{what}: exit {code}, want {named:?}:\n{out}"
+        );
+        assert!(
+            section(&out, "runner-b").contains("ok: the chain is intact"),
+            "{what} touched runner-a only:\n{out}"
+        );
+        restore();
+        let (code, out) = verify(&a);
+        assert_eq!(code, 0, "after undoing {what}: {out}");
+    }
+
+    // A host that claims a shipped host's id (its own key) ships nothing.
+    let mut c = host("fleet-c", "runner-a", &pg, &partner);
+    c.start_daemon();
+    let (code, _) = c.curl_partner(&partner, "GET", "/hello?from=c", &[]);
+    assert_eq!(code, 200, "the impostor still serves its jobs");
+    let mut st = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            st = c.status()["fleet"].clone();
+            st["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("registered on the server with another signing key"))
+        }),
+        "{st}"
+    );
+    assert_eq!(st["connected"], false, "{st}");
+    assert!(st["lag_records"].as_u64().unwrap() > 0, "{st}");
+    c.stop_daemon();
+    let (code, out) = verify(&a);
+    assert_eq!(code, 0, "the impostor changed the server: {out}");
+}
+
+/// Requests numbered `n=[from-to]` from a job, 8 at a time.
+fn load(env: &TestEnv, partner: &Partner, range: &str) -> std::process::Child {
+    let ca = env.hoop_ca();
+    env.hoop()
+        .args([
+            "run",
+            "--",
+            "curl",
+            "-s",
+            "--parallel",
+            "--parallel-max",
+            "8",
+        ])
+        .args([
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &partner.resolve(),
+        ])
+        .arg(partner.url(&format!("/hello?n=[{range}]")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_lost_server_and_a_killed_daemon_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pg = Postgres::start(&dir.join("pg")).unwrap();
+    let partner = Partner::start(&dir, "api.partner.test");
+    let mut a = host("fleet-loss", "runner-a", &pg, &partner);
+    a.start_daemon();
+    let mut job = load(&a, &partner, "1-1500");
+    assert!(
+        eventually(Duration::from_secs(60), || partner.origin.hits() >= 200),
+        "load did not get going\n{}",
+        a.log()
+    );
+    // The server goes away mid-load: the daemon keeps serving.
+    pg.stop().unwrap();
+    let at_stop = partner.origin.hits();
+    assert!(
+        eventually(Duration::from_secs(60), || partner.origin.hits()
+            >= at_stop + 300),
+        "serving stopped with the server: {} hits\n{}",
+        partner.origin.hits(),
+        a.log()
+    );
+    let mut st = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            st = a.status()["fleet"].clone();
+            st["connected"] == false && st["lag_records"].as_u64().unwrap_or(0) > 0
+        }),
+        "the lag does not show: {st}"
+    );
+    assert!(st["error"].as_str().is_some(), "{st}");
+    // Back: shipping resumes; the daemon is killed while it ships.
+    let shipped_before = st["shipped_seq"].as_u64().unwrap_or(0);
+    pg.start_again().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let st = a.status()["fleet"].clone();
+            st["connected"] == true && st["shipped_seq"].as_u64().unwrap_or(0) > shipped_before
+        }),
+        "no shipping after the server came back\n{}",
+        a.log()
+    );
+    // Killed with records not yet on the server (the load goes on).
+    let before = a.status()["fleet"].clone();
+    a.kill_daemon();
+    assert!(before["lag_records"].as_u64().unwrap_or(0) > 0, "{before}");
+    let _ = job.kill();
+    let _ = job.wait();
+    a.start_daemon();
+    let mut job = load(&a, &partner, "5001-5200");
+    let _ = job.wait();
+    let st = shipped(&a);
+    a.stop_daemon();
+
+    // Exactly once: the server's batches tile the local log, no overlap,
+    // no gap, and verify passes.
+    let overlaps = pg
+        .psql(
+            "SELECT count(*) FROM hoop.batches x JOIN hoop.batches y ON x.host_id = y.host_id \
+             AND x.first_seq < y.first_seq AND y.first_seq <= x.last_seq",
+        )
+        .unwrap();
+    assert_eq!(overlaps.trim(), "0");
+    let local: Vec<Value> = records(&a, &[]);
+    let remote: Vec<Value> = records(&a, &["--fleet"]);
+    let seqs = |v: &[Value]| -> Vec<u64> { v.iter().map(|r| r["seq"].as_u64().unwrap()).collect() };
+    let mut rs = seqs(&remote);
+    rs.sort();
+    assert_eq!(
+        rs,
+        seqs(&local),
+        "the server's records differ from the local log ({st})"
+    );
+    let (code, out) = verify(&a);
+    assert_eq!(code, 0, "{out}");
+    // Every request the partner saw is on the server.
+    let seen: HashSet<String> = partner
+        .origin
+        .seen()
+        .iter()
+        .filter_map(|s| s.path.split_once("n=").map(|(_, n)| n.to_string()))
+        .collect();
+    let on_server: HashSet<String> = remote
+        .iter()
+        .filter(|r| r["kind"] == "request")
+        .filter_map(|r| Some(r["data"]["url"].as_str()?.split_once("n=")?.1.to_string()))
+        .collect();
+    eprintln!(
+        "partner saw {} requests; server {} records, local {}; at the kill: {before}",
+        seen.len(),
+        remote.len(),
+        local.len()
+    );
+    let missing: Vec<&String> = seen.difference(&on_server).collect();
+    assert!(
+        missing.is_empty(),
+        "forwarded but not on the server: {missing:?}"
+    );
+    assert!(seen.len() >= 500, "{}", seen.len());
+}
