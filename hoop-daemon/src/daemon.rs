@@ -400,12 +400,13 @@ fn start_fleet(
         .into());
     }
     let target = Target::of(&cfg.fleet)?;
-    let shipping = ship::Shipping::new(&target);
-    let audit = crate::audit::Audit::start_with(
-        &cfg.audit,
-        &cfg.daemon.state_dir,
-        Some(shipping.keep_from.clone()),
-    )?;
+    let spool = crate::audit::Spool::new(cfg.fleet.max_unshipped, cfg.fleet.when_full);
+    let shipping = ship::Shipping::new(
+        &target,
+        spool.keep_from.clone(),
+        cfg.daemon.state_dir.join(ship::MARK_FILE),
+    );
+    let audit = crate::audit::Audit::start_with(&cfg.audit, &cfg.daemon.state_dir, Some(spool))?;
     let pubkey = crate::audit::public_key_bytes(&cfg.daemon.state_dir)?;
     let db = cfg.daemon.state_dir.join(crate::audit::DB_FILE);
     ship::spawn(target, db, pubkey, audit.stats.clone(), shipping.clone());

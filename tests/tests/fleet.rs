@@ -392,3 +392,103 @@ fn a_lost_server_and_a_killed_daemon_lose_and_duplicate_nothing() {
     );
     assert!(seen.len() >= 500, "{}", seen.len());
 }
+
+/// The spool's cap: with the server down, the local log keeps at most
+/// `max_unshipped` records for it; past that, requests are refused (503,
+/// `fleet-spool-full`) and never reach the partner, and the crossing is
+/// recorded. With the server back, the spool drains and requests pass.
+#[test]
+fn past_the_spool_cap_requests_are_refused_and_it_is_recorded() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pg = Postgres::start(&dir.join("pg")).unwrap();
+    let partner = Partner::start(&dir, "api.partner.test");
+    let mut a = TestEnv::custom(
+        "fleet-cap",
+        PROBE,
+        "",
+        &format!(
+            "[fleet]\npostgres = \"{}\"\nhost_id = \"runner-cap\"\nca_file = \"{}\"\nmax_unshipped = 100\n",
+            pg.url(),
+            pg.ca_file.display()
+        ),
+        "\"127.0.0.0/8\"",
+        Some(&partner.policy("")),
+    );
+    a.start_daemon();
+    // The control: with the server there, requests pass and ship.
+    let (code, _) = a.curl_partner(&partner, "GET", "/hello?before=1", &[]);
+    assert_eq!(code, 200);
+    shipped(&a);
+    pg.stop().unwrap();
+    // One job, 120 requests one after the other (each is two records).
+    let ca = a.hoop_ca();
+    let out = a
+        .hoop()
+        .args(["run", "--", "curl", "-s", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %header{x-hoop-reason}\\n"])
+        .args([
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &partner.resolve(),
+        ])
+        .arg(partner.url("/hello?n=[1-120]"))
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        120,
+        "{lines:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first_refused = lines
+        .iter()
+        .position(|l| l != "200 ")
+        .unwrap_or_else(|| panic!("never refused: {lines:?}"));
+    assert!(
+        (20..=60).contains(&first_refused),
+        "refused after {first_refused} requests: {lines:?}"
+    );
+    assert!(
+        lines[first_refused..]
+            .iter()
+            .all(|l| l == "503 fleet-spool-full"),
+        "{lines:?}"
+    );
+    // What was refused never reached the partner.
+    let reached = partner
+        .origin
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("n="))
+        .count();
+    assert_eq!(reached, first_refused);
+    let st = a.status()["fleet"].clone();
+    assert!(st["lag_records"].as_u64().unwrap() >= 100, "{st}");
+    // A new job can't start either: its session's record would not fit.
+    let out = a.hoop().args(["run", "--", "true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("max_unshipped = 100"),
+        "{err}"
+    );
+
+    // The server back: the spool drains, requests pass again.
+    pg.start_again().unwrap();
+    shipped(&a);
+    let (code, text) = a.curl_partner(&partner, "GET", "/hello?after=1", &[]);
+    assert_eq!(code, 200, "{text}");
+    a.stop_daemon();
+    for log in [records(&a, &[]), records(&a, &["--fleet"])] {
+        let events: Vec<&str> = log
+            .iter()
+            .filter(|r| r["kind"] == "fleet")
+            .filter_map(|r| r["data"]["event"].as_str())
+            .collect();
+        assert_eq!(events, ["spool-full", "spool-drained"], "{log:?}");
+    }
+}

@@ -45,6 +45,9 @@ pub mod kind {
     /// Something a person did in the approvers' console: signed in (or was
     /// refused), viewed a held body, decided, was refused a decision.
     pub const CONSOLE: &str = "console";
+    /// Fleet mode: the spool of records the server lacks reached its cap
+    /// (and what was done), or drained below it.
+    pub const FLEET: &str = "fleet";
 }
 
 /// What can be recorded: its kind, and the session it belongs to.
@@ -75,6 +78,7 @@ recordable! {
     ConnectDeniedData => kind::CONNECT_DENIED, |s| &s.session;
     MessagesData => kind::MESSAGES, |s| &s.session;
     ConsoleData => kind::CONSOLE, |s| &s.session;
+    FleetData => kind::FLEET, |s| &s.session;
 }
 
 impl Entry {
@@ -237,6 +241,21 @@ pub struct ConsoleData {
     pub detail: String,
     /// The browser's address.
     pub peer: String,
+}
+
+/// The fleet's spool at its cap, or below it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetData {
+    /// Empty: it concerns the host, not a job.
+    pub session: String,
+    /// spool-full, spool-drained
+    pub event: String,
+    /// Records the server lacked.
+    pub unshipped: u64,
+    /// The cap (`[fleet] max_unshipped`).
+    pub max: u64,
+    /// What is done at the cap (`[fleet] when_full`).
+    pub action: crate::config::fleet::WhenFull,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

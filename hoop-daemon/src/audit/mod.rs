@@ -32,6 +32,10 @@ pub use entry::Entry;
 pub enum AuditError {
     #[error("the audit log could not record this request: {0}")]
     Write(String),
+    #[error(
+        "the fleet's server lacks {unshipped} records of this host, the most it may ([fleet] max_unshipped = {max}); requests are refused until it takes them"
+    )]
+    SpoolFull { unshipped: u64, max: u64 },
     #[error("the audit writer has stopped")]
     Stopped,
 }
@@ -96,6 +100,29 @@ pub struct Audit {
     tx: Option<mpsc::Sender<Cmd>>,
     pub stats: Arc<Stats>,
     pub path: Option<PathBuf>,
+    spool: Option<Arc<Spool>>,
+}
+
+/// Fleet mode's spool: the records the fleet's server lacks, kept by
+/// retention and bounded.
+#[derive(Debug)]
+pub struct Spool {
+    /// The first record the server does not have (the shipper moves it).
+    pub keep_from: Arc<AtomicU64>,
+    pub max: u64,
+    pub when_full: crate::config::fleet::WhenFull,
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl Spool {
+    pub fn new(max: u64, when_full: crate::config::fleet::WhenFull) -> Arc<Self> {
+        Arc::new(Self {
+            keep_from: Arc::new(AtomicU64::new(0)),
+            max,
+            when_full,
+            full: Default::default(),
+        })
+    }
 }
 
 /// The database and key file names under the state dir.
@@ -109,6 +136,7 @@ impl Audit {
             tx: None,
             stats: Arc::default(),
             path: None,
+            spool: None,
         }
     }
 
@@ -119,12 +147,13 @@ impl Audit {
         Self::start_with(cfg, state_dir, None)
     }
 
-    /// [`Audit::start`], and retention never removes a record at or after
-    /// `keep_from` (the first record the fleet's server does not have yet).
+    /// [`Audit::start`] in fleet mode: retention never removes a record
+    /// the server does not have yet, and past the spool's cap requests are
+    /// refused.
     pub fn start_with(
         cfg: &AuditConfig,
         state_dir: &Path,
-        keep_from: Option<Arc<AtomicU64>>,
+        spool: Option<Arc<Spool>>,
     ) -> Result<Self, StartError> {
         if !cfg.enabled {
             tracing::warn!("audit disabled ([audit] enabled = false): nothing is recorded");
@@ -158,7 +187,7 @@ impl Audit {
             cfg.checkpoint_interval(),
             cfg.retention(),
         )?
-        .keeping_from(keep_from);
+        .keeping_from(spool.as_ref().map(|s| s.keep_from.clone()));
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("hoop-audit".into())
@@ -177,6 +206,7 @@ impl Audit {
             tx: Some(tx),
             stats,
             path: Some(path),
+            spool,
         })
     }
 
@@ -187,6 +217,9 @@ impl Audit {
     /// Appends `e` and waits until it is durable: its sequence number.
     pub async fn commit(&self, e: Entry) -> Result<u64, AuditError> {
         let Some(tx) = &self.tx else { return Ok(0) };
+        if let Some(s) = &self.spool {
+            self.spool_room(s)?;
+        }
         let sealed = seal::Sealed::of(e);
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -195,6 +228,42 @@ impl Audit {
             return Err(AuditError::Stopped);
         }
         rx.await.unwrap_or(Err(AuditError::Stopped))
+    }
+
+    /// Refuses past the spool's cap; records each crossing of it.
+    fn spool_room(&self, s: &Spool) -> Result<(), AuditError> {
+        let unshipped = self
+            .stats
+            .next_seq
+            .load(Ordering::Acquire)
+            .saturating_sub(s.keep_from.load(Ordering::Acquire));
+        let full = unshipped >= s.max;
+        if full != s.full.swap(full, Ordering::AcqRel) {
+            let event = if full { "spool-full" } else { "spool-drained" };
+            if full {
+                tracing::error!(unshipped, max = s.max, action = ?s.when_full, "fleet: the spool is full; requests are refused until the server takes records");
+            } else {
+                tracing::info!(
+                    unshipped,
+                    max = s.max,
+                    "fleet: the spool drained below its cap"
+                );
+            }
+            self.record(Entry::of(&entry::FleetData {
+                session: String::new(),
+                event: event.into(),
+                unshipped,
+                max: s.max,
+                action: s.when_full,
+            }));
+        }
+        match full {
+            true => Err(AuditError::SpoolFull {
+                unshipped,
+                max: s.max,
+            }),
+            false => Ok(()),
+        }
     }
 
     /// Appends `e` without waiting (what follows a forwarded request: the

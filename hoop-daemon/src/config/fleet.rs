@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::policy::{Problem, SecretSource};
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
     /// The server, as a `postgres://` URL (libpq's form: user, password,
@@ -25,6 +25,42 @@ pub struct FleetConfig {
     /// system's trust store. `sslrootcert` in the URL says the same.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The most records the local log keeps for a server that does not
+    /// take them (down, unreachable): the spool's cap.
+    #[serde(default = "default_max_unshipped")]
+    pub max_unshipped: u64,
+    /// What happens at the cap.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+/// At the spool's cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Requests are refused (503, `fleet-spool-full`) until the server
+    /// has taken enough: nothing goes unrecorded on the server.
+    #[default]
+    Refuse,
+}
+
+/// About 0.5 GB of spool at the typical record's 273 bytes.
+pub const DEFAULT_MAX_UNSHIPPED: u64 = 2_000_000;
+
+fn default_max_unshipped() -> u64 {
+    DEFAULT_MAX_UNSHIPPED
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            postgres: None,
+            host_id: None,
+            ca_file: None,
+            max_unshipped: DEFAULT_MAX_UNSHIPPED,
+            when_full: WhenFull::default(),
+        }
+    }
 }
 
 /// The server's URL, or where to read it.
@@ -55,6 +91,12 @@ impl FleetConfig {
         }
         if let Some(id) = &self.host_id {
             check_host_id(id).map_err(|p| Problem::at("fleet.host_id", p))?;
+        }
+        if self.max_unshipped < 100 {
+            return Err(Problem::at(
+                "fleet.max_unshipped",
+                "must be at least 100 records (a request and its response are two)",
+            ));
         }
         Ok(())
     }

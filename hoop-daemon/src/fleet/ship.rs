@@ -54,8 +54,10 @@ pub struct ShipStatus {
 /// The shipper's shared state.
 pub struct Shipping {
     /// The first record the server does not have: retention keeps it and
-    /// everything after it. 0 until the server has said where it stands.
+    /// everything after it (the audit spool's).
     pub keep_from: Arc<AtomicU64>,
+    /// Where the last shipped mark is kept between runs.
+    mark: PathBuf,
     status: Mutex<ShipStatus>,
     /// When the server last had every record (ms): the lag's age.
     caught_up_ms: AtomicU64,
@@ -64,9 +66,15 @@ pub struct Shipping {
 }
 
 impl Shipping {
-    pub fn new(target: &Target) -> Arc<Self> {
+    /// `keep_from` starts at the mark kept by the last run (0 without one)
+    /// until the server says where it stands.
+    pub fn new(target: &Target, keep_from: Arc<AtomicU64>, mark: PathBuf) -> Arc<Self> {
+        if let Some(next) = read_mark(&mark, &target.host_id) {
+            keep_from.store(next, Ordering::Release);
+        }
         Arc::new(Self {
-            keep_from: Arc::new(AtomicU64::new(0)),
+            keep_from,
+            mark,
             status: Mutex::new(ShipStatus {
                 host_id: target.host_id.clone(),
                 server: target.display.clone(),
@@ -199,6 +207,7 @@ async fn connected(
         send(&mut client, &target.host_id, &chunk).await?;
         next = last_seq + 1;
         shipping.keep_from.store(next, Ordering::Release);
+        write_mark(&shipping.mark, &target.host_id, next).await;
         if chunk.local_seq == Some(last_seq) {
             shipping.caught_up();
         }
@@ -206,6 +215,28 @@ async fn connected(
             s.shipped_seq = Some(last_seq);
             s.batches_shipped += chunk.batches.len() as u64;
         });
+    }
+}
+
+/// The mark's file under the state dir: `HOST_ID NEXT`, the first record
+/// the server did not have when this host last shipped. A stale mark only
+/// keeps more; the server has the last word once it answers.
+pub const MARK_FILE: &str = "fleet-shipped";
+
+fn read_mark(path: &std::path::Path, host_id: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (id, next) = text.trim().split_once(' ')?;
+    (id == host_id).then(|| next.parse().ok()).flatten()
+}
+
+async fn write_mark(path: &std::path::Path, host_id: &str, next: u64) {
+    let tmp = path.with_extension("tmp");
+    let r = async {
+        tokio::fs::write(&tmp, format!("{host_id} {next}\n")).await?;
+        tokio::fs::rename(&tmp, path).await
+    };
+    if let Err(e) = r.await {
+        tracing::warn!(path = %path.display(), error = %e, "fleet: the shipped mark was not kept");
     }
 }
 

@@ -178,6 +178,9 @@ impl PipelineError {
             Self::EgressDenied(e) if e.own.is_some() => "daemon-service",
             Self::EgressDenied(_) => "destination-not-allowed",
             Self::Internal { .. } => "internal-error",
+            Self::AuditUnavailable(crate::audit::AuditError::SpoolFull { .. }) => {
+                "fleet-spool-full"
+            }
             Self::AuditUnavailable(_) => "audit-unavailable",
             Self::ConnectionLimit(_) => "connection-limit",
             Self::HeaderTimeout { .. } => "header-read-timeout",
