@@ -170,8 +170,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     // The last records to the fleet's server while it is there; what does
     // not make it ships at the next start.
     if let Some(f) = &gw.fleet {
-        let all = f.flush(std::time::Duration::from_secs(3)).await;
-        let s = f.status();
+        let all = f.shipping.flush(std::time::Duration::from_secs(3)).await;
+        let s = f.shipping.status();
         tracing::info!(shipped_through = ?s.shipped_seq, unshipped = s.lag_records, complete = all, "fleet: stopped shipping");
     }
     let _ = std::fs::remove_file(&socket);
@@ -370,7 +370,7 @@ pub fn start_services(cfg: &Config) -> Result<Services, ServicesError> {
             crate::audit::Audit::start(&cfg.audit, &cfg.daemon.state_dir)?,
             None,
         ),
-        true => start_fleet(cfg)?,
+        true => start_fleet(cfg, &approvals)?,
     };
     let ca = Arc::new(crate::tls::Ca::load_or_create(&cfg.daemon.state_dir)?);
     Ok(Services {
@@ -385,13 +385,8 @@ pub fn start_services(cfg: &Config) -> Result<Services, ServicesError> {
 /// shipper beside it (which needs the runtime: the daemon's).
 fn start_fleet(
     cfg: &Config,
-) -> Result<
-    (
-        crate::audit::Audit,
-        Option<Arc<crate::fleet::ship::Shipping>>,
-    ),
-    ServicesError,
-> {
+    approvals: &Arc<crate::approval::Approvals>,
+) -> Result<(crate::audit::Audit, Option<Arc<crate::fleet::Fleet>>), ServicesError> {
     use crate::fleet::{FleetError, Target, ship};
     if !cfg.audit.enabled {
         return Err(FleetError::Refused(
@@ -409,6 +404,19 @@ fn start_fleet(
     let audit = crate::audit::Audit::start_with(&cfg.audit, &cfg.daemon.state_dir, Some(spool))?;
     let pubkey = crate::audit::public_key_bytes(&cfg.daemon.state_dir)?;
     let db = cfg.daemon.state_dir.join(crate::audit::DB_FILE);
-    ship::spawn(target, db, pubkey, audit.stats.clone(), shipping.clone());
-    Ok((audit, Some(shipping)))
+    ship::spawn(
+        target.clone(),
+        db,
+        pubkey,
+        audit.stats.clone(),
+        shipping.clone(),
+    );
+    let approvals = crate::fleet::approvals::FleetApprovals::start(target, approvals.clone());
+    Ok((
+        audit,
+        Some(Arc::new(crate::fleet::Fleet {
+            shipping,
+            approvals,
+        })),
+    ))
 }

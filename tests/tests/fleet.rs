@@ -8,7 +8,11 @@
 //! host claiming a shipped host's id is refused. Stopping the server in
 //! the middle of a load and SIGKILLing a daemon while it ships lose and
 //! duplicate nothing.
-use std::{collections::HashSet, process::Stdio, time::Duration};
+use std::{
+    collections::HashSet,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use hoop_testkit::postgres::Postgres;
 use hoop_tests::{Partner, TestEnv, Value, eventually};
@@ -491,4 +495,189 @@ fn past_the_spool_cap_requests_are_refused_and_it_is_recorded() {
             .collect();
         assert_eq!(events, ["spool-full", "spool-drained"], "{log:?}");
     }
+}
+
+/// Shared approvals: a request held on host A appears in the console
+/// served by host B (real Chromium, signed in through a real OpenID
+/// provider); alice approves it there; host A forwards it; A's record
+/// names alice as the approver and B's names her decision. dave (not a
+/// payments lead) sees nothing. With the server stopped, B's console says
+/// the fleet's queue is away, and A's own CLI still decides.
+#[test]
+fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
+    use hoop_testkit::idp;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pg = Postgres::start(&dir.join("pg")).unwrap();
+    let partner = Partner::start(&dir, "api.partner.test");
+    let approve = "[[connection.approve]]\nname = \"payouts\"\nmethod = \"POST\"\npath = \"/v1/prod/payouts\"\n\
+                   approvers = [\"oidc:group:payments-leads\", \"uid:0\"]\nmessage = \"Payouts need a payments lead\"\n\
+                   timeout = \"60s\"\n";
+    let fleet = |id: &str| {
+        format!(
+            "[fleet]\npostgres = \"{}\"\nhost_id = \"{id}\"\nca_file = \"{}\"\n",
+            pg.url(),
+            pg.ca_file.display()
+        )
+    };
+    let mut a = TestEnv::custom(
+        "fleet-held",
+        PROBE,
+        "control_group = \"nogroup\"",
+        &fleet("runner-a"),
+        "\"127.0.0.0/8\"",
+        Some(&partner.policy(approve)),
+    );
+    // B: the console, signing people in through the provider.
+    let port = hoop_tests::free_port();
+    let console = format!("https://127.0.0.1:{port}");
+    let provider =
+        idp::Provider::start(&dir, "127.0.0.17", &format!("{console}/callback")).unwrap();
+    let secret = hoop_tests::write_file(&dir, "console-secret", idp::CLIENT_SECRET, 0o600);
+    let mut b = TestEnv::custom(
+        "fleet-console",
+        PROBE,
+        "",
+        &format!(
+            "{}\n[console]\nlisten = \"127.0.0.1:{port}\"\n\n[console.oidc]\nissuer = \"{}\"\n\
+             client_id = \"{}\"\nclient_secret = {{ file = \"{}\" }}\nredirect_url = \"{console}/callback\"\n\
+             scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\nca_files = [\"{}\"]\n",
+            fleet("console-b"),
+            provider.issuer,
+            idp::CLIENT_ID,
+            secret.display(),
+            provider.ca_file.display()
+        ),
+        "\"127.0.0.0/8\"",
+        Some(&partner.policy("")),
+    );
+    a.start_daemon();
+    b.start_daemon();
+    let hoop = hoop_tests::hoop_bin();
+    let mut alice =
+        idp::approver_browser(&hoop, &b.config, &provider.ca_file, &dir.join("alice")).unwrap();
+    idp::sign_in(&mut alice, &console, "alice").unwrap();
+    let mut dave =
+        idp::approver_browser(&hoop, &b.config, &provider.ca_file, &dir.join("dave")).unwrap();
+    idp::sign_in(&mut dave, &console, "dave").unwrap();
+
+    // Started by nobody: root approves on A's command line below, and the
+    // uid that started a job never may. No --cacert: the job's bundle
+    // trusts hoop.
+    let payout = |env: &TestEnv, n: u32| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&hoop)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["run", "--", "curl", "-sS", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}", "--resolve", &partner.resolve()])
+            .args(["-X", "POST", "-d", &format!("{{\"amount\":{n}}}")])
+            .arg(partner.url(&format!("/v1/prod/payouts?n={n}")))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let job = payout(&a, 1);
+    let id = a.wait_pending(0);
+    let wait = |b: &mut hoop_testkit::cdp::Browser, js: &str, what: &str| {
+        if let Err(e) = b.wait_js(js, Duration::from_secs(20)) {
+            panic!("{what}: {e:#}\nhost A's log:\n{}", a.log());
+        }
+    };
+    wait(
+        &mut alice,
+        &format!("document.querySelector('#a-{id}')?.innerText.includes('runner-a')"),
+        "host A's request on alice's page in B's console",
+    );
+    assert!(
+        partner.origin.seen().iter().all(|s| s.method != "POST"),
+        "a held payout reached the partner"
+    );
+    // dave is no payments lead: his page shows nothing of it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        dave.eval("document.querySelectorAll('#inbox li').length")
+            .unwrap(),
+        Value::from(0)
+    );
+    alice
+        .eval(&format!(
+            "document.querySelector('#a-{id} form.decide button.approve').click(); true"
+        ))
+        .unwrap();
+    wait(
+        &mut alice,
+        &format!("document.querySelector('#d-{id}[data-status=approved]')"),
+        "the approval on alice's page",
+    );
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    assert_eq!(
+        partner
+            .origin
+            .seen()
+            .iter()
+            .filter(|s| s.method == "POST")
+            .count(),
+        1
+    );
+    let row = a
+        .approvals()
+        .into_iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["status"], "approved", "{row}");
+    assert!(
+        row["decided_by"]
+            .as_str()
+            .unwrap()
+            .contains("alice@example.test"),
+        "{row}"
+    );
+
+    // The server away: B says so; A's own CLI still decides.
+    pg.stop().unwrap();
+    let mut st = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            st = b.status()["fleet"].clone();
+            st["approvals_error"].is_string()
+        }),
+        "{st}"
+    );
+    alice.open(&format!("{console}/")).unwrap();
+    wait(
+        &mut alice,
+        "document.getElementById('fleet-away')?.innerText.includes(\"this host's held requests only\")",
+        "B's console saying the fleet's queue is away",
+    );
+    let job = payout(&a, 2);
+    let id2 = a.wait_pending(0);
+    a.hoop_ok(&["approvals", "approve", &id2]);
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    pg.start_again().unwrap();
+    shipped(&a);
+    shipped(&b);
+    a.stop_daemon();
+    b.stop_daemon();
+
+    // Both records name alice: A's approval, B's console decision.
+    let a_recs = records(&a, &[]);
+    assert!(
+        a_recs.iter().any(|r| r["kind"] == "approval"
+            && r["data"]["id"] == id.as_str()
+            && r["data"]["by"]
+                .as_str()
+                .is_some_and(|b| b.contains("alice@example.test"))),
+        "{a_recs:#?}"
+    );
+    let b_recs = records(&b, &[]);
+    assert!(
+        b_recs.iter().any(|r| r["kind"] == "console"
+            && r["data"]["event"] == "decision"
+            && r["data"]["approval"] == id.as_str()
+            && r["data"]["email"] == "alice@example.test"),
+        "{b_recs:#?}"
+    );
 }

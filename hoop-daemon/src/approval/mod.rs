@@ -130,6 +130,49 @@ pub enum ApprovalError {
     GrantLength(u64),
     #[error("refused: {caller} is not an approver for rule {rule}")]
     NotApprover { caller: String, rule: String },
+    /// Decided on the fleet's host that holds it: its answer.
+    #[error("{message} (on host {host})")]
+    Remote {
+        host: String,
+        code: &'static str,
+        message: String,
+    },
+    #[error("the fleet's server is unreachable ({0}); decide on the host that holds the request")]
+    FleetUnreachable(String),
+}
+
+impl ApprovalError {
+    /// Stable, machine-readable: what the console's `x-hoop-reason`
+    /// says, and what a host answers another host's decision with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::SelfApproval(_) | Self::SelfApprovalPerson { .. } => "self-approval",
+            Self::NotApprover { .. } => "not-approver",
+            Self::NoActor { .. } => "no-actor",
+            Self::GrantLength(_) => "bad-grant",
+            Self::Unknown(_) => "unknown-approval",
+            Self::NotPending { .. } | Self::NoLongerPending(_) => "not-pending",
+            Self::Remote { code, .. } => code,
+            Self::FleetUnreachable(_) => "fleet-unreachable",
+            Self::Open(_) | Self::Store(_) => "approval-store",
+        }
+    }
+
+    /// The code another host answered with, as one of ours.
+    pub fn known_code(code: &str) -> &'static str {
+        [
+            "self-approval",
+            "not-approver",
+            "no-actor",
+            "bad-grant",
+            "unknown-approval",
+            "not-pending",
+            "fleet-unreachable",
+        ]
+        .into_iter()
+        .find(|c| *c == code)
+        .unwrap_or("approval-store")
+    }
 }
 
 fn now_ms() -> u64 {
@@ -193,6 +236,7 @@ impl Approvals {
             body: h.body.clone(),
             actor: h.actor.clone(),
             context: h.context.clone(),
+            host: None,
         };
         if let Err(e) = self.store.insert(&row, &h.uids) {
             // Without a record nobody could approve it: refuse now.
@@ -366,6 +410,26 @@ impl Approvals {
     /// Every held and decided request from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Tells the console about a request another host of the fleet holds.
+    pub fn announce(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// Every request held here now, with its rule.
+    pub fn held(&self) -> Vec<(Row, Arc<ApprovalRule>)> {
+        let rules: HashMap<String, Arc<ApprovalRule>> = self
+            .waiters
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, w)| (id.clone(), w.rule.clone()))
+            .collect();
+        rules
+            .into_iter()
+            .filter_map(|(id, rule)| Some((self.store.get(&id).ok()??, rule)))
+            .collect()
     }
 
     /// Tells the console a row changed.

@@ -133,6 +133,7 @@ mod tests {
             body: Some("{\"amount\":5}".into()),
             actor: None,
             context: Default::default(),
+            host: None,
         };
         let plain = Notifier::new("http://h/".into(), Shape::Hoop, tls.clone()).payload(&row);
         assert_eq!(plain["event"], "approval.pending");

@@ -64,6 +64,9 @@ pub struct Row {
     pub actor: Option<String>,
     #[serde(default)]
     pub context: Context,
+    /// The fleet's host that holds it, when another host does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// What an approver is shown about the job beside the request.
@@ -229,6 +232,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             .get::<_, Option<String>>(15)?
             .and_then(|c| serde_json::from_str(&c).ok())
             .unwrap_or_default(),
+        host: None,
     })
 }
 
@@ -304,6 +308,7 @@ mod tests {
                 command: Some("chromium --headless".into()),
                 message: None,
             },
+            host: None,
         }
     }
 

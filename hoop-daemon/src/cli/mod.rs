@@ -499,6 +499,12 @@ fn print_status(s: &Status) {
                 .as_deref()
                 .map_or(String::new(), |e| format!(" ({e})"))
         );
+        match &f.approvals_error {
+            None => println!("           approvals: the fleet's shared queue"),
+            Some(e) => {
+                println!("           approvals: this host's only; the fleet's queue is away ({e})")
+            }
+        }
     }
     println!("connections ({})", s.connections.len());
     for c in &s.connections {

@@ -73,6 +73,8 @@ pub struct Console {
     slack: Option<slack::Slack>,
     /// Who may read the recorded sessions.
     auditors: Vec<Approver>,
+    /// The fleet's shared approval queue, when `[fleet]` is set.
+    fleet: Option<Arc<crate::fleet::approvals::FleetApprovals>>,
 }
 
 impl Console {
@@ -81,6 +83,54 @@ impl Console {
     /// is no reason to read them all.
     fn may_read_sessions(&self, c: &Caller) -> bool {
         self.auditors.iter().any(|a| a.admits(c))
+    }
+
+    /// The held requests `caller` may decide, here and on the fleet's
+    /// other hosts, newest first.
+    fn pending_for(&self, caller: &Caller) -> Vec<crate::approval::Row> {
+        let mut rows = self.approvals.pending_for(caller).unwrap_or_default();
+        if let Some(f) = &self.fleet {
+            rows.extend(f.pending_for(caller));
+        }
+        rows.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+        rows
+    }
+
+    /// A held request's row, here or on another host.
+    fn row(&self, id: &str) -> Option<crate::approval::Row> {
+        match self.approvals.get(id) {
+            Ok(Some(r)) => Some(r),
+            _ => self.fleet.as_ref()?.get(id).map(|(r, _)| r),
+        }
+    }
+
+    fn may_decide(&self, id: &str, caller: &Caller) -> bool {
+        self.approvals.may_decide(id, caller)
+            || self
+                .fleet
+                .as_ref()
+                .is_some_and(|f| f.may_decide(id, caller))
+    }
+
+    /// A person's decision: here, or written for the host that holds it.
+    async fn decide(
+        &self,
+        id: &str,
+        person: &crate::approval::Person,
+        d: crate::approval::Decision,
+    ) -> Result<String, crate::approval::ApprovalError> {
+        if let (Ok(None), Some(f)) = (self.approvals.get(id), &self.fleet)
+            && f.get(id).is_some()
+        {
+            return f.decide(id, person, d).await;
+        }
+        self.approvals
+            .decide(id, &Caller::Person(person.clone()), d)
+    }
+
+    /// Why the fleet's queue is away, when this host is in a fleet.
+    fn fleet_away(&self) -> Option<String> {
+        self.fleet.as_ref()?.error()
     }
 }
 
@@ -120,6 +170,7 @@ pub async fn start(cfg: &Config, gw: Arc<Gateway>) -> Result<bool, StartError> {
         audit: gw.audit.clone(),
         slack,
         auditors,
+        fleet: gw.fleet.as_ref().map(|f| f.approvals.clone()),
     });
     tracing::info!(listen = %addr, "approver console");
     tokio::spawn(accept_loop(listener, tls, console));

@@ -79,17 +79,26 @@ pub fn signed_in(title: &str, person: &Person, csrf: &str, main: &str) -> String
     )
 }
 
-pub fn inbox(person: &Person, csrf: &str, held: &[Row]) -> String {
+/// `fleet_away`: why the fleet's shared queue can't be shown (this host
+/// is in a fleet and its server is away).
+pub fn inbox(person: &Person, csrf: &str, held: &[Row], fleet_away: Option<&str>) -> String {
     let mut items = String::new();
     for r in held {
         items.push_str(&held_item(r, csrf));
     }
+    let away = fleet_away.map_or(String::new(), |e| {
+        format!(
+            "<p id=\"fleet-away\" role=\"status\">The fleet's shared queue is away ({}): \
+             these are this host's held requests only.</p>",
+            esc(e)
+        )
+    });
     signed_in(
         "hoop: held requests",
         person,
         csrf,
         &format!(
-            "<section aria-labelledby=\"h-held\"><h2 id=\"h-held\">Held requests</h2>\
+            "{away}<section aria-labelledby=\"h-held\"><h2 id=\"h-held\">Held requests</h2>\
              <p id=\"empty\"{}>Nothing is waiting for you.</p>\
              <ol id=\"inbox\" aria-live=\"polite\">{items}</ol></section>\
              <section aria-labelledby=\"h-done\"><h2 id=\"h-done\">Decided while you were here</h2>\
@@ -107,6 +116,9 @@ pub fn held_item(r: &Row, csrf: &str) -> String {
     let mut fact = |k: &str, v: &str| {
         let _ = write!(facts, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(v));
     };
+    if let Some(h) = &r.host {
+        fact("Held on host", h);
+    }
     fact("Job", r.job.as_deref().unwrap_or("-"));
     fact("Identity", &r.identity);
     if let Some(a) = &r.actor {
@@ -219,6 +231,7 @@ mod tests {
             body: Some("<b>".into()),
             actor: Some("'mallory'".into()),
             context: Default::default(),
+            host: None,
         };
         let h = held_item(&row, "tok");
         assert!(!h.contains("<script>") && !h.contains("<img"), "{h}");

@@ -53,16 +53,12 @@ impl Refusal {
         match self {
             Self::NotSignedIn => StatusCode::UNAUTHORIZED,
             Self::Csrf(_) | Self::NotApprover => StatusCode::FORBIDDEN,
-            Self::Approval(e) => match e {
-                ApprovalError::SelfApproval(_)
-                | ApprovalError::SelfApprovalPerson { .. }
-                | ApprovalError::NoActor { .. }
-                | ApprovalError::NotApprover { .. } => StatusCode::FORBIDDEN,
-                ApprovalError::GrantLength(_) => StatusCode::BAD_REQUEST,
-                ApprovalError::Unknown(_) => StatusCode::NOT_FOUND,
-                ApprovalError::NotPending { .. } | ApprovalError::NoLongerPending(_) => {
-                    StatusCode::CONFLICT
-                }
+            Self::Approval(e) => match e.code() {
+                "self-approval" | "no-actor" | "not-approver" => StatusCode::FORBIDDEN,
+                "bad-grant" => StatusCode::BAD_REQUEST,
+                "unknown-approval" => StatusCode::NOT_FOUND,
+                "not-pending" => StatusCode::CONFLICT,
+                "fleet-unreachable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Login(LoginError::Provider(_)) => StatusCode::BAD_GATEWAY,
@@ -83,19 +79,7 @@ impl Refusal {
         match self {
             Self::NotSignedIn => "not-signed-in",
             Self::Csrf(_) => "csrf",
-            Self::Approval(e) => match e {
-                ApprovalError::SelfApproval(_) | ApprovalError::SelfApprovalPerson { .. } => {
-                    "self-approval"
-                }
-                ApprovalError::NotApprover { .. } => "not-approver",
-                ApprovalError::NoActor { .. } => "no-actor",
-                ApprovalError::GrantLength(_) => "bad-grant",
-                ApprovalError::Unknown(_) => "unknown-approval",
-                ApprovalError::NotPending { .. } | ApprovalError::NoLongerPending(_) => {
-                    "not-pending"
-                }
-                _ => "approval-store",
-            },
+            Self::Approval(e) => e.code(),
             Self::NotApprover => "not-approver",
             Self::Login(e) => e.reason(),
             Self::Bad(_) => "bad-request",
@@ -277,14 +261,11 @@ fn inbox(c: &Console, req: &Request<Incoming>) -> Response<Body> {
             page::sign_in(None),
         );
     };
-    let held = c
-        .approvals
-        .pending_for(&Caller::Person(s.person.clone()))
-        .unwrap_or_default();
+    let held = c.pending_for(&Caller::Person(s.person.clone()));
     respond(
         StatusCode::OK,
         "text/html; charset=utf-8",
-        page::inbox(&s.person, &s.csrf, &held),
+        page::inbox(&s.person, &s.csrf, &held, c.fleet_away().as_deref()),
     )
 }
 
@@ -420,9 +401,8 @@ async fn decide(
             reason: reason.chars().take(500).collect(),
         }
     };
-    let row = c.approvals.get(id).ok().flatten();
-    let caller = Caller::Person(s.person.clone());
-    match c.approvals.decide(id, &caller, d) {
+    let row = c.row(id);
+    match c.decide(id, &s.person, d).await {
         Ok(message) => {
             c.record(
                 "decision",
@@ -497,11 +477,8 @@ async fn slack(
         },
         other => return Err(Refusal::Bad(format!("unknown action {other:?}"))),
     };
-    let row = c.approvals.get(id).ok().flatten();
-    match c
-        .approvals
-        .decide(id, &Caller::Person(click.person.clone()), d)
-    {
+    let row = c.row(id);
+    match c.decide(id, &click.person, d).await {
         Ok(message) => {
             c.record(
                 "decision",
@@ -629,11 +606,8 @@ fn body(
     id: &str,
 ) -> Result<Response<Body>, Refusal> {
     let (_, s) = session_of(c, req)?;
-    let row = c.approvals.get(id)?.ok_or(Refusal::NotFound)?;
-    if !c
-        .approvals
-        .may_decide(id, &Caller::Person(s.person.clone()))
-    {
+    let row = c.row(id).ok_or(Refusal::NotFound)?;
+    if !c.may_decide(id, &Caller::Person(s.person.clone())) {
         c.record(
             "refused",
             Some(&s.person),
@@ -669,7 +643,7 @@ fn events(c: &Console, req: &Request<Incoming>) -> Result<Response<Body>, Refusa
     // page loaded is in one or the other (the page ignores an id twice),
     // and one decided meanwhile drops out of the page on `synced`.
     let rx = c.approvals.subscribe();
-    let pending = c.approvals.pending_for(&caller).unwrap_or_default();
+    let pending = c.pending_for(&caller);
     let ids: Vec<&str> = pending.iter().map(|r| r.id.as_str()).collect();
     let mut first: Vec<Result<Frame<Bytes>, Infallible>> = pending
         .iter()

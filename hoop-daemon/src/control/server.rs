@@ -348,7 +348,11 @@ impl Server {
                     last_commit_us: st.last_commit_us.load(Relaxed),
                 }
             }),
-            fleet: self.gw.fleet.as_ref().map(|f| f.status()),
+            fleet: self.gw.fleet.as_ref().map(|f| {
+                let mut s = f.shipping.status();
+                s.approvals_error = f.approvals.error();
+                s
+            }),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! continues the host's chain. [`read`] brings a host's shipped batches
 //! back into a scratch SQLite file, so that every local reader (sessions,
 //! timelines, exports, `verify`) works on the fleet unchanged.
+pub mod approvals;
 pub mod read;
 pub mod schema;
 pub mod ship;
@@ -20,6 +21,13 @@ use crate::{
     config::fleet::{FleetConfig, PgUrl, check_host_id},
     policy::credential::Secret,
 };
+
+/// Fleet mode's parts on this host: the record's shipper and the shared
+/// approval queue.
+pub struct Fleet {
+    pub shipping: Arc<ship::Shipping>,
+    pub approvals: Arc<approvals::FleetApprovals>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -181,6 +189,55 @@ impl Target {
             }
         };
         Ok(client)
+    }
+}
+
+/// Notifications (LISTEN) arrive on the receiver; it closes when the
+/// connection ends.
+pub type Notes = tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>;
+
+impl Target {
+    /// A connection whose notifications are passed on.
+    pub async fn connect_listening(&self) -> Result<(tokio_postgres::Client, Notes), FleetError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = self.pg.connect(tls.clone()).await?;
+                tokio::spawn(pass_on(conn, tx));
+                client
+            }
+            None => {
+                let (client, conn) = self.pg.connect(NoTls).await?;
+                tokio::spawn(pass_on(conn, tx));
+                client
+            }
+        };
+        Ok((client, rx))
+    }
+}
+
+async fn pass_on<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                if tx.send(n).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "fleet: PostgreSQL connection ended");
+                return;
+            }
+        }
     }
 }
 

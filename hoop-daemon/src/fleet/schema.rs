@@ -10,7 +10,8 @@ use tokio_postgres::Client;
 use super::FleetError;
 
 /// Applied in order; `hoop.meta`'s `schema_version` is the count done.
-const MIGRATIONS: [&str; 1] = ["CREATE TABLE hoop.hosts (
+const MIGRATIONS: [&str; 2] = [
+    "CREATE TABLE hoop.hosts (
         host_id text PRIMARY KEY,
         public_key text NOT NULL,
         registered_at timestamptz NOT NULL DEFAULT now(),
@@ -44,7 +45,38 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE hoop.hosts (
         hash bytea NOT NULL,
         sig bytea NOT NULL,
         PRIMARY KEY (host_id, seq)
-    );"];
+    );",
+    // The fleet's approval queue: each host's held requests (the row as
+    // the host keeps it, JSON; who may decide, as approver specs), and
+    // the decisions people make in any host's console, which the holding
+    // host checks against its own rule and answers.
+    "CREATE TABLE hoop.approvals (
+        host_id text NOT NULL,
+        id text NOT NULL,
+        status text NOT NULL,
+        created_ms bigint NOT NULL,
+        expires_ms bigint NOT NULL,
+        approvers text NOT NULL,
+        row text NOT NULL,
+        PRIMARY KEY (host_id, id)
+    );
+    CREATE INDEX approvals_pending ON hoop.approvals (expires_ms) WHERE status = 'pending';
+    CREATE TABLE hoop.decisions (
+        seq bigserial PRIMARY KEY,
+        host_id text NOT NULL,
+        id text NOT NULL,
+        from_host text NOT NULL,
+        person text NOT NULL,
+        decision text NOT NULL,
+        for_secs bigint,
+        reason text,
+        made_at timestamptz NOT NULL DEFAULT now(),
+        result_code text,
+        result text,
+        answered_at timestamptz
+    );
+    CREATE INDEX decisions_open ON hoop.decisions (host_id) WHERE answered_at IS NULL;",
+];
 
 /// The schema version this hoop writes.
 pub const VERSION: usize = MIGRATIONS.len();

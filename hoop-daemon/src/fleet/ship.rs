@@ -49,6 +49,9 @@ pub struct ShipStatus {
     pub batches_shipped: u64,
     /// Why the last attempt failed, while it has not succeeded since.
     pub error: Option<String>,
+    /// Why the shared approval queue is away (none while it is here).
+    #[serde(default)]
+    pub approvals_error: Option<String>,
 }
 
 /// The shipper's shared state.
@@ -165,7 +168,8 @@ pub fn spawn(
     });
 }
 
-enum Never {}
+/// A loop that ends only with an error.
+pub enum Never {}
 
 /// One connection's life: prepare, find where the server stands, ship
 /// until something fails.

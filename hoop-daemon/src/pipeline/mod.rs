@@ -52,8 +52,8 @@ pub struct Gateway {
     pub approvals: Arc<crate::approval::Approvals>,
     /// The audit log's writer.
     pub audit: crate::audit::Audit,
-    /// What the fleet's shipper is doing, when `[fleet]` is set.
-    pub fleet: Option<Arc<crate::fleet::ship::Shipping>>,
+    /// Fleet mode's shipper and shared approval queue, when `[fleet]` is set.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Identities, connections and credentials; swapped whole on reload.
     policy: arc_swap::ArcSwap<Policy>,
@@ -89,8 +89,8 @@ pub struct Services {
     pub ca: Arc<Ca>,
     pub approvals: Arc<crate::approval::Approvals>,
     pub audit: crate::audit::Audit,
-    /// Fleet mode's shipper, when `[fleet]` is set.
-    pub fleet: Option<Arc<crate::fleet::ship::Shipping>>,
+    /// Fleet mode's parts, when `[fleet]` is set.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Gateway {

@@ -22,6 +22,20 @@ pub enum Approver {
     OidcSub(String),
 }
 
+/// The spelling [`Approver::parse`] reads.
+impl std::fmt::Display for Approver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uid(u) => write!(f, "uid:{u}"),
+            Self::User(n) => write!(f, "user:{n}"),
+            Self::Group(g) => write!(f, "group:{g}"),
+            Self::OidcEmail(e) => write!(f, "oidc:email:{e}"),
+            Self::OidcGroup(g) => write!(f, "oidc:group:{g}"),
+            Self::OidcSub(s) => write!(f, "oidc:sub:{s}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{0:?}: use uid:N, user:NAME, group:NAME, oidc:email:ADDRESS, oidc:group:NAME or oidc:sub:SUBJECT"
@@ -44,6 +58,15 @@ impl Approver {
             },
             _ => Err(bad()),
         }
+    }
+
+    /// Whether it names a person (in the console) rather than an account
+    /// on one host: only those mean anything to another host.
+    pub fn is_person(&self) -> bool {
+        matches!(
+            self,
+            Self::OidcEmail(_) | Self::OidcGroup(_) | Self::OidcSub(_)
+        )
     }
 
     /// Host approvers admit host callers, console approvers people.
@@ -101,7 +124,7 @@ pub enum Caller {
 pub const SLACK_ISSUER: &str = "slack";
 
 /// A console user, as their ID token said.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Person {
     pub issuer: String,
     pub sub: String,
