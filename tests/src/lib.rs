@@ -195,6 +195,12 @@ impl TestEnv {
     /// Like `start_daemon_env`, run through `wrapper` (e.g. `setpriv …`),
     /// which execs the rest of its arguments.
     pub fn start_daemon_via(&mut self, wrapper: &[&str], env: &[(&str, &str)]) -> Duration {
+        self.start_as(wrapper, env, &["daemon"])
+    }
+
+    /// Starts `hoop SUBCOMMAND…` as this environment's daemon (`daemon`,
+    /// or `console --fleet`) and waits until `hoop status` answers.
+    pub fn start_as(&mut self, wrapper: &[&str], env: &[(&str, &str)], sub: &[&str]) -> Duration {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,7 +219,7 @@ impl TestEnv {
             }
         };
         let child = cmd
-            .arg("daemon")
+            .args(sub)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)

@@ -501,8 +501,10 @@ fn past_the_spool_cap_requests_are_refused_and_it_is_recorded() {
 /// served by host B (real Chromium, signed in through a real OpenID
 /// provider); alice approves it there; host A forwards it; A's record
 /// names alice as the approver and B's names her decision. dave (not a
-/// payments lead) sees nothing. With the server stopped, B's console says
-/// the fleet's queue is away, and A's own CLI still decides.
+/// payments lead) sees nothing. alice's approval of her own job (its token
+/// names her) is refused by A, which holds it. B is `hoop console --fleet`: no jobs, no
+/// kernel programs. With the server stopped, B's console says the fleet's
+/// queue is away, and A's own CLI still decides.
 #[test]
 fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
     use hoop_testkit::idp;
@@ -519,14 +521,42 @@ fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
             pg.ca_file.display()
         )
     };
+    // A's jobs carry CI tokens naming who started them (`actor`).
+    let issuer =
+        hoop_testkit::oidc::Issuer::start_background("127.0.0.18", hoop_testkit::oidc::Alg::Es256);
+    let issuer_ca = hoop_tests::write_file(&dir, "issuer-ca.pem", &issuer.ca.cert_pem, 0o644);
+    let policy = format!(
+        "[[identity.oidc]]\nname = \"ci\"\nissuer = \"{}\"\naudience = \"{}\"\nalgorithms = [\"ES256\"]\n\
+         ca_files = [\"{}\"]\n\n[[connection]]\nname = \"partner\"\nhosts = [\"{}\"]\nallow = [\"ci:*\"]\n\
+         upstream_ca_files = [\"{}\"]\n\n{approve}",
+        issuer.url,
+        hoop_testkit::oidc::AUDIENCE,
+        issuer_ca.display(),
+        partner.host,
+        partner.ca_file.display()
+    );
     let mut a = TestEnv::custom(
         "fleet-held",
         PROBE,
         "control_group = \"nogroup\"",
-        &fleet("runner-a"),
+        &format!(
+            "{}\n[console]\njob_actor_claim = \"actor\"\n",
+            fleet("runner-a")
+        ),
         "\"127.0.0.0/8\"",
-        Some(&partner.policy(approve)),
+        Some(&policy),
     );
+    let token = |actor: &str| {
+        let mut claims = issuer.claims("repo:acme/payouts:ref:refs/heads/main");
+        claims["actor"] = serde_json::json!(actor);
+        hoop_tests::write_file(
+            &dir,
+            &format!("token-{actor}"),
+            &issuer.token_with(&claims),
+            0o644,
+        )
+    };
+    let (carol, alice_token) = (token("carol"), token("alice"));
     // B: the console, signing people in through the provider.
     let port = hoop_tests::free_port();
     let console = format!("https://127.0.0.1:{port}");
@@ -551,7 +581,14 @@ fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
         Some(&partner.policy("")),
     );
     a.start_daemon();
-    b.start_daemon();
+    // B runs no jobs: the console alone, no kernel programs or proxies.
+    b.start_as(&[], &[], &["console", "--fleet"]);
+    let st = b.status();
+    assert!(
+        st["capture"] == false && st["links"].as_array().is_some_and(|l| l.is_empty()),
+        "{st}"
+    );
+    assert!(st["proxy"].as_array().is_some_and(|p| p.is_empty()), "{st}");
     let hoop = hoop_tests::hoop_bin();
     let mut alice =
         idp::approver_browser(&hoop, &b.config, &provider.ca_file, &dir.join("alice")).unwrap();
@@ -563,13 +600,16 @@ fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
     // Started by nobody: root approves on A's command line below, and the
     // uid that started a job never may. No --cacert: the job's bundle
     // trusts hoop.
-    let payout = |env: &TestEnv, n: u32| {
+    let payout = |env: &TestEnv, n: u32, token: &std::path::Path| {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(&hoop)
             .arg("--config")
             .arg(&env.config)
-            .args(["run", "--", "curl", "-sS", "-o", "/dev/null"])
+            .arg("run")
+            .arg("--token-file")
+            .arg(token)
+            .args(["--", "curl", "-sS", "-o", "/dev/null"])
             .args(["-w", "%{http_code}", "--resolve", &partner.resolve()])
             .args(["-X", "POST", "-d", &format!("{{\"amount\":{n}}}")])
             .arg(partner.url(&format!("/v1/prod/payouts?n={n}")))
@@ -577,7 +617,7 @@ fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
             .spawn()
             .unwrap()
     };
-    let job = payout(&a, 1);
+    let job = payout(&a, 1, &carol);
     let id = a.wait_pending(0);
     let wait = |b: &mut hoop_testkit::cdp::Browser, js: &str, what: &str| {
         if let Err(e) = b.wait_js(js, Duration::from_secs(20)) {
@@ -635,6 +675,54 @@ fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
         "{row}"
     );
 
+    // alice's own job (its token names her): held on A, shown to her in
+    // B's console, and her approval there is refused by A, which holds it.
+    let job = payout(&a, 3, &alice_token);
+    let id3 = a.wait_pending(0);
+    wait(
+        &mut alice,
+        &format!("document.getElementById('a-{id3}')"),
+        "alice's own request on her page",
+    );
+    alice
+        .eval(&format!(
+            "document.querySelector('#a-{id3} form.decide button.approve').click(); true"
+        ))
+        .unwrap();
+    wait(
+        &mut alice,
+        &format!("document.querySelector('#a-{id3}')?.dataset.refused === 'self-approval'"),
+        "A's refusal of alice's approval of her own job",
+    );
+    let status = alice
+        .eval(&format!(
+            "document.querySelector('#a-{id3} .status').textContent"
+        ))
+        .unwrap();
+    assert!(
+        status
+            .as_str()
+            .unwrap()
+            .contains("can't approve their own job")
+            && status.as_str().unwrap().contains("on host runner-a"),
+        "{status}"
+    );
+    let row = a
+        .approvals()
+        .into_iter()
+        .find(|r| r["id"] == id3.as_str())
+        .unwrap();
+    assert_eq!(row["status"], "pending", "{row}");
+    // Denied on A's command line (root is an approver there): the job
+    // sees the reason, the partner never sees the payout.
+    a.hoop_ok(&["approvals", "deny", &id3, "--reason", "not your own payout"]);
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    assert!(
+        !partner.origin.seen().iter().any(|s| s.path.contains("n=3")),
+        "alice's own payout reached the partner"
+    );
+
     // The server away: B says so; A's own CLI still decides.
     pg.stop().unwrap();
     let mut st = Value::Null;
@@ -651,7 +739,7 @@ fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
         "document.getElementById('fleet-away')?.innerText.includes(\"this host's held requests only\")",
         "B's console saying the fleet's queue is away",
     );
-    let job = payout(&a, 2);
+    let job = payout(&a, 2, &carol);
     let id2 = a.wait_pending(0);
     a.hoop_ok(&["approvals", "approve", &id2]);
     let out = job.wait_with_output().unwrap();
@@ -673,6 +761,15 @@ fn a_request_held_on_one_host_is_approved_in_another_hosts_console() {
         "{a_recs:#?}"
     );
     let b_recs = records(&b, &[]);
+    assert!(
+        b_recs.iter().any(|r| r["kind"] == "console"
+            && r["data"]["event"] == "refused"
+            && r["data"]["approval"] == id3.as_str()
+            && r["data"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("own job"))),
+        "{b_recs:#?}"
+    );
     assert!(
         b_recs.iter().any(|r| r["kind"] == "console"
             && r["data"]["event"] == "decision"

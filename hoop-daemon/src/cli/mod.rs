@@ -34,6 +34,15 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the gateway daemon (as root).
     Daemon,
+    /// Serve the approver console on a host that runs no jobs: the
+    /// fleet's shared queue, with no kernel programs, listeners or
+    /// proxies (the daemon with `[capture]` and `[proxy]` off).
+    Console {
+        /// Show the fleet's queue (`[fleet] postgres`): required, since a
+        /// host without jobs holds no requests of its own.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Run CMD as a job: every TCP connect it makes goes through the daemon.
     Run {
         /// A file holding the job's OIDC token (e.g. from the CI provider).
@@ -196,6 +205,29 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Cmd::Daemon => {
+            crate::logging::init();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Console { fleet } => {
+            if !fleet {
+                anyhow::bail!(
+                    "a console on a host that runs no jobs shows the fleet's queue: pass --fleet (and set [fleet] postgres)"
+                );
+            }
+            if !cfg.fleet.enabled() {
+                anyhow::bail!("--fleet: {} sets no [fleet] postgres", cfg.source.display());
+            }
+            if cfg.console.listen.is_none() || cfg.console.oidc.is_none() {
+                anyhow::bail!(
+                    "{} sets no [console] listen and [console.oidc]: there is no console to serve",
+                    cfg.source.display()
+                );
+            }
+            let mut cfg = cfg;
+            cfg.capture.enabled = false;
+            cfg.proxy.listen.clear();
             crate::logging::init();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(crate::daemon::run(cfg))?;
