@@ -139,6 +139,30 @@ fn two_hosts_share_one_record_and_tampering_on_the_server_is_named() {
     let (code, out) = hoop_out(&b, &["sessions", "show", "--fleet", session]);
     assert!(code == 0 && out.contains("/hello?i="), "{out}");
 
+    // A job can't reach the server around the daemon: its PostgreSQL
+    // SSLRequest goes nowhere (the control, from the host, gets 'S').
+    let ssl_request = format!(
+        "import socket; s = socket.create_connection(('127.0.0.1', {})); \
+         s.sendall(bytes([0, 0, 0, 8, 4, 210, 22, 47])); s.settimeout(5)\n\
+         try: print('answer', s.recv(1))\nexcept Exception as e: print('error', e)",
+        pg.port
+    );
+    let from_host = Command::new("python3")
+        .args(["-c", &ssl_request])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&from_host.stdout).trim(),
+        "answer b'S'"
+    );
+    let out = a.run_as_nobody(&["python3", "-c", &ssl_request]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("b'S'") && (text.contains("answer b''") || text.contains("error")),
+        "a job reached the fleet's server: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Every record exactly once: the server's records are each host's.
     a.stop_daemon();
     b.stop_daemon();
