@@ -298,6 +298,19 @@ pub fn run(o: &Opts) -> Result<()> {
     }
     r.baseline(w1, "audit off");
     r.baseline(w2, "audit off");
+    let wf = "fleet: HTTP/1.1 keep-alive, req/s (wrk), hoop transparent";
+    let wd = "fleet: records shipped per second, two hosts' backlog to one server";
+    if r.wanted(wf) || r.wanted(wd) {
+        let hoop_bin = rel.join("hoop");
+        let f = Fleet {
+            bin: &hoop_bin,
+            dir: &dir,
+            origin_ca: &origin_ca,
+            pin: &pin,
+            policy: &policy,
+        };
+        f.run(&mut r, wf, wd, &|| wrk_args(&[]))?;
+    }
     drop(origin);
     let out = root_dir().join(&o.out);
     // Hand-written notes after the marker survive a new run.
@@ -478,6 +491,19 @@ struct Hoop {
 
 impl Hoop {
     fn start(bin: &Path, dir: &Path, origin_ca: &Path, pin: &Pin, policy: &str) -> Result<Self> {
+        Self::start_capturing(bin, dir, origin_ca, pin, policy, true)
+    }
+
+    /// `capture`: false for a second daemon beside one that captures (they
+    /// would share the bench cgroup).
+    fn start_capturing(
+        bin: &Path,
+        dir: &Path,
+        origin_ca: &Path,
+        pin: &Pin,
+        policy: &str,
+        capture: bool,
+    ) -> Result<Self> {
         let port = loop {
             let p = free_port("127.0.0.1")?;
             if TcpListener::bind(("::1", p)).is_ok() {
@@ -490,7 +516,7 @@ impl Hoop {
             &config,
             format!(
                 "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\n\n\
-                 [capture]\ncgroup = \"hoop-bench.slice\"\nbpf_pin_dir = \"/sys/fs/bpf/hoop-bench\"\n\
+                 [capture]\nenabled = {capture}\ncgroup = \"hoop-bench.slice\"\nbpf_pin_dir = \"/sys/fs/bpf/hoop-bench\"\n\
                  listen_port = {port}\ndns_resolvers = [\"127.0.0.54\"]\n\n\
                  [proxy]\nlisten = [\"{proxy_addr}\"]\n\n\
                  [egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n\n\
@@ -555,6 +581,127 @@ impl Hoop {
 
     fn detach(&self) -> Result<()> {
         sh::run(self.cmd().arg("detach").stdout(Stdio::null()))
+    }
+
+    fn fleet_status(&self) -> Result<serde_json::Value> {
+        let out = self.cmd().args(["status", "--json"]).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["fleet"].clone())
+    }
+}
+
+/// Fleet mode's figures: the request path with shipping on and off (one
+/// daemon each, the server beside them), and how fast two hosts' backlog
+/// drains to one server.
+struct Fleet<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
+    origin_ca: &'a Path,
+    pin: &'a Pin,
+    policy: &'a str,
+}
+
+impl Fleet<'_> {
+    fn run(&self, r: &mut Report, wf: &str, wd: &str, wrk: &dyn Fn() -> Vec<String>) -> Result<()> {
+        step("starting PostgreSQL (Debian's, loopback, TLS) on the load's core");
+        sh::apt_install(&["postgresql"])?;
+        let pg = hoop_testkit::postgres::Postgres::start(&self.dir.join("pg"))?;
+        self.pin_server(&pg)?;
+        let fleet = |id: &str| {
+            format!(
+                "[fleet]\npostgres = \"{}\"\nhost_id = \"{id}\"\nca_file = \"{}\"\n",
+                pg.url(),
+                pg.ca_file.display()
+            )
+        };
+        let start = |id: &str, extra: &str, capture: bool| -> Result<Hoop> {
+            let d = self.dir.join(format!("fleet-{id}"));
+            std::fs::create_dir_all(&d)?;
+            let p = format!("{}\n{extra}", self.policy);
+            Hoop::start_capturing(self.bin, &d, self.origin_ca, self.pin, &p, capture)
+        };
+        for (label, id, extra) in [
+            ("audit on, no fleet", "off", String::new()),
+            ("audit on, shipping to PostgreSQL", "on", fleet("bench-on")),
+        ] {
+            if !r.wanted(wf) {
+                break;
+            }
+            step(&format!("hoop with {label}"));
+            let h = start(id, &extra, true)?;
+            r.run(wf, label, Some(h.pid()), || {
+                Wrk.run(self.pin, Some(&h), &wrk())
+            });
+            if !extra.is_empty() {
+                eprintln!("  fleet: {}", h.fleet_status()?);
+            }
+            h.stop()?;
+        }
+        r.baseline(wf, "audit on, no fleet");
+        if !r.wanted(wd) {
+            return Ok(());
+        }
+        step("two hosts build a backlog with the server down");
+        pg.stop()?;
+        for id in ["bench-b", "bench-c"] {
+            let h = start(id, &fleet(id), true)?;
+            Wrk.run(self.pin, Some(&h), &wrk())?;
+            h.stop()?;
+        }
+        pg.start_again()?;
+        self.pin_server(&pg)?;
+        r.run(wd, "two hosts -> PostgreSQL (loopback, TLS)", None, || {
+            let t = Instant::now();
+            let hosts = [
+                start("bench-b", &fleet("bench-b"), true)?,
+                start("bench-c", &fleet("bench-c"), false)?,
+            ];
+            let mut records = 0;
+            for h in &hosts {
+                loop {
+                    let s = h.fleet_status()?;
+                    if s["connected"] == true && s["lag_records"] == 0 {
+                        records += s["shipped_seq"].as_u64().unwrap_or(0) + 1;
+                        break;
+                    }
+                    if t.elapsed() > Duration::from_secs(600) {
+                        bail!("not drained in 10 minutes: {s}");
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let size = pg.psql(
+                "SELECT pg_total_relation_size('hoop.batches') + pg_total_relation_size('hoop.batch_sessions')",
+            )?;
+            let bytes: f64 = size.trim().parse().unwrap_or(0.0);
+            eprintln!(
+                "  {records} records in {secs:.2} s; on the server {:.0} bytes per record ({bytes} bytes of batches and their index)",
+                bytes / records.max(1) as f64
+            );
+            for h in hosts {
+                h.stop()?;
+            }
+            Ok(Sample {
+                figure: Figure::Rate(records as f64 / secs),
+                requests: records,
+            })
+        });
+        Ok(())
+    }
+
+    /// The server on the load's core, beside the origin: hoop keeps core 0.
+    fn pin_server(&self, pg: &hoop_testkit::postgres::Postgres) -> Result<()> {
+        if self.pin.cores < 2 {
+            return Ok(());
+        }
+        let pid = std::fs::read_to_string(pg.dir.join("data/postmaster.pid"))?;
+        let pid = pid.lines().next().unwrap_or_default().trim().to_string();
+        sh::run(
+            Command::new("taskset")
+                .args(["-a", "-c", "-p", "1", &pid])
+                .stdout(Stdio::null()),
+        )
     }
 }
 
