@@ -300,7 +300,7 @@ pub fn run(o: &Opts) -> Result<()> {
     r.baseline(w2, "audit off");
     let wf = "fleet: HTTP/1.1 keep-alive, req/s (wrk), hoop transparent";
     let wd = "fleet: records shipped per second, two hosts' backlog to one server";
-    if r.wanted(wf) || r.wanted(wd) {
+    if r.wanted("fleet") || r.wanted(wf) || r.wanted(wd) {
         let hoop_bin = rel.join("hoop");
         let f = Fleet {
             bin: &hoop_bin,
@@ -309,7 +309,13 @@ pub fn run(o: &Opts) -> Result<()> {
             pin: &pin,
             policy: &policy,
         };
-        f.run(&mut r, wf, wd, &|| wrk_args(&[]))?;
+        let wl = &format!(
+            "fleet: latency at {} req/s, p50 / p99 ms (oha -q), hoop transparent",
+            o.rate
+        );
+        f.run(&mut r, [wf, wl, wd], &|| wrk_args(&[]), &|| {
+            oha_args(None, Some(o.rate))
+        })?;
     }
     drop(origin);
     let out = root_dir().join(&o.out);
@@ -602,7 +608,14 @@ struct Fleet<'a> {
 }
 
 impl Fleet<'_> {
-    fn run(&self, r: &mut Report, wf: &str, wd: &str, wrk: &dyn Fn() -> Vec<String>) -> Result<()> {
+    /// `[throughput, latency at a rate, drain]`.
+    fn run(
+        &self,
+        r: &mut Report,
+        [wf, wl, wd]: [&str; 3],
+        wrk: &dyn Fn() -> Vec<String>,
+        oha: &dyn Fn() -> Vec<String>,
+    ) -> Result<()> {
         step("starting PostgreSQL (Debian's, loopback, TLS) on the load's core");
         sh::apt_install(&["postgresql"])?;
         let pg = hoop_testkit::postgres::Postgres::start(&self.dir.join("pg"))?;
@@ -624,7 +637,7 @@ impl Fleet<'_> {
             ("audit on, no fleet", "off", String::new()),
             ("audit on, shipping to PostgreSQL", "on", fleet("bench-on")),
         ] {
-            if !r.wanted(wf) {
+            if !r.wanted(wf) && !r.wanted(wl) {
                 break;
             }
             step(&format!("hoop with {label}"));
@@ -632,12 +645,18 @@ impl Fleet<'_> {
             r.run(wf, label, Some(h.pid()), || {
                 Wrk.run(self.pin, Some(&h), &wrk())
             });
+            // At one rate for both: CPU per request at equal load (in the
+            // throughput run the server shares the load's core).
+            r.run(wl, label, Some(h.pid()), || {
+                Oha::Latency.run(self.pin, Some(&h), &oha())
+            });
             if !extra.is_empty() {
                 eprintln!("  fleet: {}", h.fleet_status()?);
             }
             h.stop()?;
         }
         r.baseline(wf, "audit on, no fleet");
+        r.baseline(wl, "audit on, no fleet");
         if !r.wanted(wd) {
             return Ok(());
         }

@@ -18,7 +18,7 @@ use super::chain::{Checkpoint, GENESIS, Record};
 /// Every column of `records` but `hash` is covered by the hash, so
 /// nothing outside the hashed bytes decides what `hoop sessions` shows;
 /// in `batches`, the seqs and times are checked against the records'.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "CREATE TABLE records (
         seq INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
@@ -52,6 +52,8 @@ const MIGRATIONS: [&str; 2] = [
         first_seq INTEGER NOT NULL,
         PRIMARY KEY (session, first_seq)
     ) WITHOUT ROWID;",
+    // The fleet's shipper reads the sessions of a run of batches.
+    "CREATE INDEX batch_sessions_first ON batch_sessions(first_seq);",
 ];
 
 /// A database as hoops before batches left it (for the migration test).
@@ -630,6 +632,19 @@ pub fn oldest_checkpoint_before(
         |r| r.get::<_, Option<i64>>(0),
     )
     .map(|s| s.map(|s| s as u64))
+}
+
+/// Up to `limit` batches from the one starting at `first` on, in order
+/// (by the key: a shipper's round costs what it reads).
+pub fn batches_from(db: &Connection, first: u64, limit: usize) -> rusqlite::Result<Vec<Batch>> {
+    if !batched(db)? {
+        return Ok(Vec::new());
+    }
+    let mut st = db.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE first_seq >= ?1 ORDER BY first_seq LIMIT ?2"
+    ))?;
+    st.query_map(params![first as i64, limit as i64], batch)?
+        .collect()
 }
 
 /// The sessions of the batches starting in `first..=last`: `(session,

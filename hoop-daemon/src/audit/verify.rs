@@ -325,10 +325,15 @@ fn items(batch: &store::Batch) -> Result<Vec<Item>, Broken> {
 }
 
 /// One batch on its own: its records chain on from `prev` to its head,
-/// its columns agree with them, and its signature, if it has one, is
-/// `pubkey`'s. The head after it. What the fleet's shipper checks before
-/// a batch leaves the host.
-pub fn continues(prev: [u8; 32], b: &store::Batch, pubkey: &[u8]) -> Result<[u8; 32], Broken> {
+/// its columns agree with them, and (with `pubkey`) its signature is that
+/// key's. The head after it. What the fleet's shipper checks before a
+/// batch leaves the host: every chain link, and the newest signature of a
+/// run of batches, which vouches for all before it.
+pub fn continues(
+    prev: [u8; 32],
+    b: &store::Batch,
+    pubkey: Option<&[u8]>,
+) -> Result<[u8; 32], Broken> {
     let mut head = prev;
     let mut next = b.first_seq;
     let mut times = None;
@@ -340,8 +345,8 @@ pub fn continues(prev: [u8; 32], b: &store::Batch, pubkey: &[u8]) -> Result<[u8;
     if next != b.last_seq + 1 || times != Some((b.first_ts, b.last_ts)) || head != b.head {
         return Err(edited(b));
     }
-    if let Some(c) = b.checkpoint() {
-        chain::check(pubkey, &c, Some(head))?;
+    if let (Some(k), Some(c)) = (pubkey, b.checkpoint()) {
+        chain::check(k, &c, Some(head))?;
     }
     Ok(head)
 }

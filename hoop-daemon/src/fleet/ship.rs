@@ -201,13 +201,16 @@ async fn connected(
             continue;
         };
         let last_seq = last.last_seq;
-        for b in &chunk.batches {
-            prev = verify::continues(prev, b, pubkey).map_err(|broken| {
-                FleetError::Local(format!(
-                    "{broken}; nothing from there on is shipped (run `hoop audit verify`)"
-                ))
-            })?;
-        }
+        // Off the runtime's threads: hashing a few hundred batches would
+        // hold up the requests on one for tens of milliseconds.
+        let key = pubkey.to_vec();
+        let (chunk, checked) = tokio::task::spawn_blocking(move || {
+            let r = continues(prev, &chunk.batches, &key);
+            (chunk, r)
+        })
+        .await
+        .map_err(|e| FleetError::Local(e.to_string()))?;
+        prev = checked?;
         send(&mut client, &target.host_id, &chunk).await?;
         next = last_seq + 1;
         shipping.keep_from.store(next, Ordering::Release);
@@ -219,7 +222,32 @@ async fn connected(
             s.shipped_seq = Some(last_seq);
             s.batches_shipped += chunk.batches.len() as u64;
         });
+        // A backlog goes at once; otherwise what commits meanwhile goes
+        // together in the next round: a transaction per commit would cost
+        // the data path's core more than the records themselves.
+        if chunk.batches.len() < CHUNK {
+            tokio::time::sleep(POLL).await;
+        }
     }
+}
+
+/// `batches` continue the chain from `prev`: every link, and the newest
+/// signature, which vouches for all before it. The head after them.
+fn continues(
+    mut prev: [u8; 32],
+    batches: &[store::Batch],
+    pubkey: &[u8],
+) -> Result<[u8; 32], FleetError> {
+    let signed = batches.iter().rposition(|b| b.sig.is_some());
+    for (i, b) in batches.iter().enumerate() {
+        let key = (Some(i) == signed).then_some(pubkey);
+        prev = verify::continues(prev, b, key).map_err(|broken| {
+            FleetError::Local(format!(
+                "{broken}; nothing from there on is shipped (run `hoop audit verify`)"
+            ))
+        })?;
+    }
+    Ok(prev)
 }
 
 /// The mark's file under the state dir: `HOST_ID NEXT`, the first record
@@ -349,21 +377,7 @@ impl Local {
     /// Up to [`CHUNK`] batches from `next` on.
     async fn read(&self, next: u64) -> Result<Chunk, FleetError> {
         self.with(move |db| {
-            let mut batches = Vec::new();
-            let mut failed = None;
-            store::each_batch(db, next, None, |b| match b {
-                Ok(b) => {
-                    batches.push(b);
-                    batches.len() < CHUNK
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            let batches = store::batches_from(db, next, CHUNK)?;
             let local_seq = store::head(db)?.map(|(s, _)| s);
             let Some(last) = batches.last().map(|b| b.last_seq) else {
                 return Ok(Chunk {
