@@ -243,21 +243,30 @@ impl Walk<'_> {
                 found: b.first_seq,
             });
         }
+        // The batch against its own columns first: an edit inside it is
+        // named as one, whatever checkpoint or anchor falls in it.
+        let records = o.records?;
         let mut times = None;
-        for r in o.records? {
-            self.prev = chain::link(&self.prev, r.seq, r.ts, &r.digest);
-            times = Some((times.map_or(r.ts, |(f, _)| f), r.ts));
+        let mut head = self.prev;
+        let hashes: Vec<[u8; 32]> = records
+            .iter()
+            .map(|r| {
+                head = chain::link(&head, r.seq, r.ts, &r.digest);
+                times = Some((times.map_or(r.ts, |(f, _)| f), r.ts));
+                head
+            })
+            .collect();
+        let next = records.last().map_or(self.next, |r| r.seq + 1);
+        if next != b.last_seq + 1 || times != Some((b.first_ts, b.last_ts)) || head != b.head {
+            return Err(edited(b));
+        }
+        for (r, h) in records.into_iter().zip(hashes) {
+            self.prev = h;
             let kind = match r.unvouched {
                 Some(_) => entry::kind::UNVOUCHED,
                 None => "",
             };
             self.visit(r.seq, kind, || r.unvouched.flatten())?;
-        }
-        if self.next != b.last_seq + 1
-            || times != Some((b.first_ts, b.last_ts))
-            || self.prev != b.head
-        {
-            return Err(edited(b));
         }
         if let Some(c) = b.checkpoint() {
             self.signed(b.last_seq);
