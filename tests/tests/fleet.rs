@@ -138,6 +138,31 @@ fn two_hosts_share_one_record_and_tampering_on_the_server_is_named() {
     let session = list[0]["session"].as_str().unwrap();
     let (code, out) = hoop_out(&b, &["sessions", "show", "--fleet", session]);
     assert!(code == 0 && out.contains("/hello?i="), "{out}");
+    let (code, har) = hoop_out(&b, &["export", "har", "--fleet", session]);
+    assert_eq!(code, 0, "{har}");
+    let har_file = dir.join("fleet-session.har");
+    std::fs::write(&har_file, &har).unwrap();
+    hoop_tests::validate_har(&har_file);
+    let entries: Value = serde_json::from_str(&har).unwrap();
+    assert_eq!(
+        entries["log"]["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{har}"
+    );
+    // The policy dry-run over the whole fleet's record: five requests,
+    // none decided differently by the same policy.
+    let (code, out) = hoop_out(&a, &["policy", "test", "--fleet"]);
+    assert!(
+        code == 0
+            && out.contains("5 recorded request(s) replayed")
+            && out.contains("0 decided differently"),
+        "{out}"
+    );
+    let (code, out) = hoop_out(&a, &["export", "har", "--fleet", "no-such-session"]);
+    assert!(
+        code != 0 && out.contains("no session \"no-such-session\" on the fleet's server"),
+        "{out}"
+    );
 
     // A job can't reach the server around the daemon: its PostgreSQL
     // SSLRequest goes nowhere (the control, from the host, gets 'S').
