@@ -404,6 +404,7 @@ fn start_fleet(
     let audit = crate::audit::Audit::start_with(&cfg.audit, &cfg.daemon.state_dir, Some(spool))?;
     let pubkey = crate::audit::public_key_bytes(&cfg.daemon.state_dir)?;
     let db = cfg.daemon.state_dir.join(crate::audit::DB_FILE);
+    let server = target.addrs();
     ship::spawn(
         target.clone(),
         db,
@@ -417,6 +418,7 @@ fn start_fleet(
         Some(Arc::new(crate::fleet::Fleet {
             shipping,
             approvals,
+            server,
         })),
     ))
 }

@@ -164,8 +164,11 @@ fn two_hosts_share_one_record_and_tampering_on_the_server_is_named() {
         "{out}"
     );
 
-    // A job can't reach the server around the daemon: its PostgreSQL
-    // SSLRequest goes nowhere (the control, from the host, gets 'S').
+    // A job can't reach the server: the daemon's own service, refused at
+    // every path a job has. Direct, its PostgreSQL SSLRequest is closed
+    // unanswered (the control, from the host, gets 'S'); through the
+    // explicit proxy, CONNECT gets 403 daemon-service and SOCKS5 reply 2,
+    // by address and by name (the control: the partner through both).
     let ssl_request = format!(
         "import socket; s = socket.create_connection(('127.0.0.1', {})); \
          s.sendall(bytes([0, 0, 0, 8, 4, 210, 22, 47])); s.settimeout(5)\n\
@@ -183,9 +186,65 @@ fn two_hosts_share_one_record_and_tampering_on_the_server_is_named() {
     let out = a.run_as_nobody(&["python3", "-c", &ssl_request]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !text.contains("b'S'") && (text.contains("answer b''") || text.contains("error")),
+        text.trim() == "answer b''" || text.contains("Connection reset"),
         "a job reached the fleet's server: {text}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        a.wait_log(&["is the daemon's fleet database"], Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        a.log()
+    );
+    let proxy_curl = |proxy: &str, url: &str| -> String {
+        let out = a.run_as_nobody(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-x",
+            proxy,
+            "--resolve",
+            &partner.resolve(),
+            url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_lowercase() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let http = format!("http://127.0.0.1:{}", a.proxy_port);
+    let socks = format!("socks5h://127.0.0.1:{}", a.proxy_port);
+    for target in [
+        format!("https://127.0.0.1:{}/", pg.port),
+        format!("https://localhost:{}/", pg.port),
+    ] {
+        let out = proxy_curl(&http, &target);
+        assert!(
+            out.contains("x-hoop-reason: daemon-service")
+                && out.contains("CONNECT tunnel failed, response 403"),
+            "CONNECT {target}: {out}"
+        );
+        let out = proxy_curl(&socks, &target);
+        assert!(
+            out.contains("Can't complete SOCKS5 connection") && out.contains(". (2)"),
+            "SOCKS5 {target}: {out}"
+        );
+    }
+    let out = proxy_curl(&http, &format!("http://127.0.0.1:{}/", pg.port));
+    assert!(
+        // No connection names it, so the policy refuses before egress.
+        out.starts_with("http/1.1 403") && out.contains("x-hoop-reason: no-connection"),
+        "an absolute URI to the server: {out}"
+    );
+    // The control: the same job reaches the partner through the proxy
+    // (SOCKS5, the name resolved by curl as --resolve says).
+    let socks_local = format!("socks5://127.0.0.1:{}", a.proxy_port);
+    let out = proxy_curl(&socks_local, &partner.url("/hello?via=proxy"));
+    assert!(
+        out.starts_with("http/2 200") || out.starts_with("http/1.1 200"),
+        "the control: {out}"
     );
 
     // Every record exactly once: the server's records are each host's.

@@ -27,6 +27,8 @@ use crate::{
 pub struct Fleet {
     pub shipping: Arc<ship::Shipping>,
     pub approvals: Arc<approvals::FleetApprovals>,
+    /// The server's addresses: the daemon's own, never a job's upstream.
+    pub server: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +173,26 @@ impl Target {
             tls,
             display,
         })
+    }
+
+    /// The server's addresses (names resolved once, now): the daemon's
+    /// own service, which no job may be dialled to.
+    pub fn addrs(&self) -> Vec<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        let ports = self.pg.get_ports();
+        self.pg
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| match h {
+                Host::Tcp(name) => Some((name.trim_matches(['[', ']']), i)),
+                Host::Unix(_) => None,
+            })
+            .flat_map(|(name, i)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                (name, port).to_socket_addrs().into_iter().flatten()
+            })
+            .collect()
     }
 
     /// A connection; its driver runs on a task of its own and logs how it

@@ -116,12 +116,12 @@ impl Gateway {
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(c))
         };
+        let mut own = own_services(&cfg);
+        if let Some(f) = &fleet {
+            own.extend(f.server.iter().map(|a| (*a, "fleet database")));
+        }
         let limits = Limits {
-            egress: crate::egress::Egress::new(
-                &cfg.egress.allow,
-                own_services(&cfg),
-                crate::addr::local_ips(),
-            ),
+            egress: crate::egress::Egress::new(&cfg.egress.allow, own, crate::addr::local_ips()),
             connect_timeout: cfg.connect_timeout(),
             response_timeout: Duration::from_millis(cfg.daemon.response_timeout_ms),
         };
