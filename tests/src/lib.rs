@@ -351,6 +351,30 @@ impl TestEnv {
         self.curl_job(&p.resolve(), &p.url(path), &args)
     }
 
+    /// A job of `curl --parallel` (8 at a time) to the partner's
+    /// `/hello?n=[RANGE]`, in the background; its output is dropped.
+    pub fn parallel_load(&self, p: &Partner, range: &str) -> Child {
+        let ca = self.hoop_ca();
+        self.hoop()
+            .args([
+                "run",
+                "--",
+                "curl",
+                "-s",
+                "--parallel",
+                "--parallel-max",
+                "8",
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--resolve", &p.resolve()])
+            .arg(p.url(&format!("/hello?n=[{range}]")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             c.kill().unwrap();

@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -73,32 +73,8 @@ fn jsonl(env: &TestEnv, db: &Path) -> Vec<Value> {
 fn a_killed_daemon_loses_no_forwarded_request() {
     let (mut env, partner) = env("audit-crash");
     env.start_daemon();
-    let resolve = partner.resolve();
-    let ca = env.hoop_ca();
     // Many requests in parallel, each with its own number.
-    let url = partner.url("/hello?n=[1-20000]");
-    let mut job = env
-        .hoop()
-        .args([
-            "run",
-            "--",
-            "curl",
-            "-s",
-            "--parallel",
-            "--parallel-max",
-            "8",
-        ])
-        .args([
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            &url,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut job = env.parallel_load(&partner, "1-20000");
     assert!(
         eventually(Duration::from_secs(60), || partner.origin.hits() >= 400),
         "load did not get going: {} hits\n{}",

@@ -377,32 +377,6 @@ fn two_hosts_share_one_record_and_tampering_on_the_server_is_named() {
     assert_eq!(code, 0, "the impostor changed the server: {out}");
 }
 
-/// Requests numbered `n=[from-to]` from a job, 8 at a time.
-fn load(env: &TestEnv, partner: &Partner, range: &str) -> std::process::Child {
-    let ca = env.hoop_ca();
-    env.hoop()
-        .args([
-            "run",
-            "--",
-            "curl",
-            "-s",
-            "--parallel",
-            "--parallel-max",
-            "8",
-        ])
-        .args([
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &partner.resolve(),
-        ])
-        .arg(partner.url(&format!("/hello?n=[{range}]")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn a_lost_server_and_a_killed_daemon_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap().keep();
@@ -410,7 +384,7 @@ fn a_lost_server_and_a_killed_daemon_lose_and_duplicate_nothing() {
     let partner = Partner::start(&dir, "api.partner.test");
     let mut a = host("fleet-loss", "runner-a", &pg, &partner);
     a.start_daemon();
-    let mut job = load(&a, &partner, "1-1500");
+    let mut job = a.parallel_load(&partner, "1-1500");
     assert!(
         eventually(Duration::from_secs(60), || partner.origin.hits() >= 200),
         "load did not get going\n{}",
@@ -453,7 +427,7 @@ fn a_lost_server_and_a_killed_daemon_lose_and_duplicate_nothing() {
     let _ = job.kill();
     let _ = job.wait();
     a.start_daemon();
-    let mut job = load(&a, &partner, "5001-5200");
+    let mut job = a.parallel_load(&partner, "5001-5200");
     let _ = job.wait();
     let st = shipped(&a);
     a.stop_daemon();

@@ -477,14 +477,16 @@ pub fn first_seq(db: &Connection) -> rusqlite::Result<Option<u64>> {
 
 pub fn checkpoints(db: &Connection) -> rusqlite::Result<Vec<Checkpoint>> {
     let mut st = db.prepare("SELECT seq, hash, sig FROM checkpoints ORDER BY seq")?;
-    st.query_map([], |r| {
-        Ok(Checkpoint {
-            seq: r.get::<_, i64>(0)? as u64,
-            hash: hash32(r.get(1)?),
-            sig: r.get(2)?,
-        })
-    })?
-    .collect()
+    st.query_map([], checkpoint)?.collect()
+}
+
+/// A checkpoint from a row that starts `seq, hash, sig`.
+fn checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint {
+        seq: r.get::<_, i64>(0)? as u64,
+        hash: hash32(r.get(1)?),
+        sig: r.get(2)?,
+    })
 }
 
 /// The kept checkpoints with their times, in `first..=last`.
@@ -497,14 +499,7 @@ pub fn checkpoints_between(
         "SELECT seq, hash, sig, ts_ms FROM checkpoints WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
     )?;
     st.query_map(params![first as i64, last as i64], |r| {
-        Ok((
-            Checkpoint {
-                seq: r.get::<_, i64>(0)? as u64,
-                hash: hash32(r.get(1)?),
-                sig: r.get(2)?,
-            },
-            r.get::<_, i64>(3)? as u64,
-        ))
+        Ok((checkpoint(r)?, r.get::<_, i64>(3)? as u64))
     })?
     .collect()
 }

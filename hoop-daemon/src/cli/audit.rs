@@ -126,6 +126,14 @@ fn scope_since(since: Option<u64>) -> Scope<'static> {
     since.map_or(Scope::All, Scope::Since)
 }
 
+/// The batches a selection needs: its session's, or its window's.
+fn scope_of(sel: &query::Select) -> Scope<'_> {
+    match &sel.session {
+        Some(s) => Scope::Session(s),
+        None => scope_since(sel.since_ms),
+    }
+}
+
 fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
     since
         .map(|s| {
@@ -475,10 +483,7 @@ pub fn export(cfg: &Config, cmd: ExportCmd) -> Result<ExitCode> {
                 session,
                 since_ms: since_ms(since.as_deref())?,
             };
-            let scope = match &sel.session {
-                Some(s) => Scope::Session(s),
-                None => scope_since(sel.since_ms),
-            };
+            let scope = scope_of(&sel);
             let logs = Logs::of(cfg, db, &fleet, scope)?;
             for log in &logs.logs {
                 let conn = open(&log.path)?;
@@ -513,10 +518,7 @@ pub fn policy(cfg: &Config, cmd: PolicyCmd) -> Result<ExitCode> {
         session,
         since_ms: since_ms(since.as_deref())?,
     };
-    let scope = match &sel.session {
-        Some(s) => Scope::Session(s),
-        None => scope_since(sel.since_ms),
-    };
+    let scope = scope_of(&sel);
     let logs = Logs::of(cfg, db, &fleet, scope)?;
     let mut recs = Vec::new();
     for log in &logs.logs {
