@@ -398,7 +398,7 @@ fn start_fleet(
     let spool = crate::audit::Spool::new(cfg.fleet.max_unshipped, cfg.fleet.when_full);
     let shipping = ship::Shipping::new(
         &target,
-        spool.keep_from.clone(),
+        spool.clone(),
         cfg.daemon.state_dir.join(ship::MARK_FILE),
     );
     let audit = crate::audit::Audit::start_with(&cfg.audit, &cfg.daemon.state_dir, Some(spool))?;

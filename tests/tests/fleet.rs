@@ -579,6 +579,160 @@ fn past_the_spool_cap_requests_are_refused_and_it_is_recorded() {
     }
 }
 
+/// The spool's cap with `when_full = "drop-oldest"`: with the server down
+/// requests go on (each reaches the partner), the local log keeps fewer
+/// than `max_unshipped` records for it, and signed `dropped` records name
+/// what went. With the server back the shipper crosses that gap at the
+/// checkpoint kept with it: the server's records and the declared spans
+/// tile the chain exactly, and `verify --fleet` passes (the control). A
+/// gap cut on the server that no record declares is named.
+#[test]
+fn past_the_spool_cap_drop_oldest_goes_on_and_declares_the_gap() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let pg = Postgres::start(&dir.join("pg")).unwrap();
+    let partner = Partner::start(&dir, "api.partner.test");
+    let mut a = TestEnv::custom(
+        "fleet-drop",
+        PROBE,
+        "",
+        &format!(
+            "[audit]\ncheckpoint_every = \"50ms\"\n\n[fleet]\npostgres = \"{}\"\nhost_id = \"runner-drop\"\nca_file = \"{}\"\nmax_unshipped = 100\nwhen_full = \"drop-oldest\"\n",
+            pg.url(),
+            pg.ca_file.display()
+        ),
+        "\"127.0.0.0/8\"",
+        Some(&partner.policy("")),
+    );
+    a.start_daemon();
+    let (code, _) = a.curl_partner(&partner, "GET", "/hello?before=1", &[]);
+    assert_eq!(code, 200);
+    shipped(&a);
+    pg.stop().unwrap();
+    // 200 requests one after the other: 400 records, four times the cap.
+    let ca = a.hoop_ca();
+    let out = a
+        .hoop()
+        .args(["run", "--", "curl", "-s", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %header{x-hoop-reason}\\n"])
+        .args([
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &partner.resolve(),
+        ])
+        .arg(partner.url("/hello?n=[1-200]"))
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        lines.len() == 200 && lines.iter().all(|l| l == "200 "),
+        "{lines:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reached = partner
+        .origin
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("n="))
+        .count();
+    assert_eq!(reached, 200);
+    let st = a.status()["fleet"].clone();
+    let lag = st["lag_records"].as_u64().unwrap();
+    assert!((1..100).contains(&lag), "{st}");
+    assert!(
+        a.wait_log(
+            &["drop-oldest", "were removed before the server had them"],
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "{}",
+        a.log()
+    );
+
+    pg.start_again().unwrap();
+    let st = shipped(&a);
+    a.stop_daemon();
+    let last = st["local_seq"].as_u64().unwrap();
+
+    // The control: the server's chain verifies across the declared gap.
+    let (code, out) = verify(&a);
+    assert_eq!(code, 0, "{out}");
+    let report = section(&out, "runner-drop");
+    assert!(
+        report.contains("ok: the chain is intact") && report.contains("dropped: records "),
+        "{out}"
+    );
+    // The server's records and the declared spans tile 0..=last: nothing
+    // went unsaid, nothing is there twice.
+    let remote = records(&a, &["--fleet"]);
+    let mut covered: Vec<u64> = remote.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let declared: Vec<&Value> = remote.iter().filter(|r| r["kind"] == "dropped").collect();
+    assert!(!declared.is_empty(), "no dropped record on the server");
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for d in &declared {
+        let data = &d["data"];
+        spans.push((data["from"].as_u64().unwrap(), data["to"].as_u64().unwrap()));
+        for e in data["earlier"].as_array().into_iter().flatten() {
+            spans.push((e[0].as_u64().unwrap(), e[1].as_u64().unwrap()));
+        }
+    }
+    // A span that grew is declared at each size: its widest counts.
+    spans.sort();
+    spans.dedup_by(|b, a| {
+        let same = a.0 == b.0;
+        if same {
+            a.1 = a.1.max(b.1);
+        }
+        same
+    });
+    for (from, to) in &spans {
+        covered.extend(*from..=*to);
+    }
+    covered.sort();
+    let before = covered.len();
+    covered.dedup();
+    assert_eq!(
+        before,
+        covered.len(),
+        "a record both on the server and dropped: {spans:?}"
+    );
+    assert_eq!(covered, (0..=last).collect::<Vec<u64>>(), "{spans:?}");
+    // The same on this host's own log.
+    let (code, out) = hoop_out(&a, &["audit", "verify"]);
+    assert!(code == 0 && out.contains("dropped: records "), "{out}");
+
+    // An undeclared gap: batches deleted on the server between two
+    // checkpoints after the declared one, before the last record.
+    let after: i64 = spans.last().unwrap().1 as i64 + 5;
+    let cp = |above: i64| -> i64 {
+        pg.psql(&format!(
+            "SELECT min(seq) FROM hoop.checkpoints WHERE host_id = 'runner-drop' AND seq > {above} AND seq < {last}"
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no checkpoint after {above}"))
+    };
+    let lo = cp(after);
+    let hi = cp(lo);
+    pg.psql(&format!(
+        "DELETE FROM hoop.batches WHERE host_id = 'runner-drop' AND first_seq > {lo} AND last_seq <= {hi}"
+    ))
+    .unwrap();
+    let (code, out) = verify(&a);
+    assert!(
+        code == 1
+            && section(&out, "runner-drop").contains(&format!(
+                "record {} follows record {lo}: records are missing or reordered",
+                hi + 1
+            )),
+        "{out}"
+    );
+}
+
 /// Shared approvals: a request held on host A appears in the console
 /// served by host B (real Chromium, signed in through a real OpenID
 /// provider); alice approves it there; host A forwards it; A's record

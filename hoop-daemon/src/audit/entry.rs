@@ -48,6 +48,10 @@ pub mod kind {
     /// Fleet mode: the spool of records the server lacks reached its cap
     /// (and what was done), or drained below it.
     pub const FLEET: &str = "fleet";
+    /// Fleet mode, `when_full = "drop-oldest"`: the records named were
+    /// removed before the server had them. The one gap `verify --fleet`
+    /// accepts in a host's shipped chain.
+    pub const DROPPED: &str = "dropped";
 }
 
 /// What can be recorded: its kind, and the session it belongs to.
@@ -79,6 +83,7 @@ recordable! {
     MessagesData => kind::MESSAGES, |s| &s.session;
     ConsoleData => kind::CONSOLE, |s| &s.session;
     FleetData => kind::FLEET, |s| &s.session;
+    DroppedData => kind::DROPPED, |s| &s.session;
 }
 
 impl Entry {
@@ -256,6 +261,26 @@ pub struct FleetData {
     pub max: u64,
     /// What is done at the cap (`[fleet] when_full`).
     pub action: crate::config::fleet::WhenFull,
+}
+
+/// The records `from..=to` were removed from the local log before the
+/// fleet's server had them: the spool was at its cap and `when_full` is
+/// `drop-oldest`. The signed checkpoint at `to` stays as the anchor of
+/// what follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DroppedData {
+    /// Empty: it concerns the host, not a job.
+    #[serde(default)]
+    pub session: String,
+    pub from: u64,
+    pub to: u64,
+    /// Records the server lacked when they were dropped, and the cap.
+    pub unshipped: u64,
+    pub max: u64,
+    /// Spans dropped before, whose own `dropped` record the server may
+    /// not have (a later cut can take it along): repeated here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -109,15 +109,25 @@ pub struct Audit {
 pub struct Spool {
     /// The first record the server does not have (the shipper moves it).
     pub keep_from: Arc<AtomicU64>,
+    /// The first record after the writer's last cut at the cap (with
+    /// `drop-oldest`): those before it the server will never have.
+    pub first_kept: AtomicU64,
     pub max: u64,
     pub when_full: crate::config::fleet::WhenFull,
     full: std::sync::atomic::AtomicBool,
 }
 
 impl Spool {
+    /// Records in the local log, before `next`, that are still to ship.
+    pub fn unshipped(&self, next: u64) -> u64 {
+        let from = self.keep_from.load(Ordering::Acquire);
+        next.saturating_sub(from.max(self.first_kept.load(Ordering::Acquire)))
+    }
+
     pub fn new(max: u64, when_full: crate::config::fleet::WhenFull) -> Arc<Self> {
         Arc::new(Self {
             keep_from: Arc::new(AtomicU64::new(0)),
+            first_kept: AtomicU64::new(0),
             max,
             when_full,
             full: Default::default(),
@@ -187,7 +197,7 @@ impl Audit {
             cfg.checkpoint_interval(),
             cfg.retention(),
         )?
-        .keeping_from(spool.as_ref().map(|s| s.keep_from.clone()));
+        .spooling(spool.clone());
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("hoop-audit".into())
@@ -232,11 +242,11 @@ impl Audit {
 
     /// Refuses past the spool's cap; records each crossing of it.
     fn spool_room(&self, s: &Spool) -> Result<(), AuditError> {
-        let unshipped = self
-            .stats
-            .next_seq
-            .load(Ordering::Acquire)
-            .saturating_sub(s.keep_from.load(Ordering::Acquire));
+        // At the cap the writer drops the oldest and records it.
+        if s.when_full == crate::config::fleet::WhenFull::DropOldest {
+            return Ok(());
+        }
+        let unshipped = s.unshipped(self.stats.next_seq.load(Ordering::Acquire));
         let full = unshipped >= s.max;
         if full != s.full.swap(full, Ordering::AcqRel) {
             let event = if full { "spool-full" } else { "spool-drained" };

@@ -629,6 +629,16 @@ pub fn oldest_checkpoint_before(
     .map(|s| s.map(|s| s as u64))
 }
 
+/// The oldest kept checkpoint at or after `seq`.
+pub fn first_checkpoint_from(db: &Connection, seq: u64) -> rusqlite::Result<Option<u64>> {
+    db.query_row(
+        "SELECT MIN(seq) FROM checkpoints WHERE seq >= ?1",
+        [seq.min(i64::MAX as u64) as i64],
+        |r| r.get::<_, Option<i64>>(0),
+    )
+    .map(|s| s.map(|s| s as u64))
+}
+
 /// Up to `limit` batches from the one starting at `first` on, in order
 /// (by the key: a shipper's round costs what it reads).
 pub fn batches_from(db: &Connection, first: u64, limit: usize) -> rusqlite::Result<Vec<Batch>> {

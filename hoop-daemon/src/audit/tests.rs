@@ -858,3 +858,151 @@ async fn a_writer_refuses_to_go_on_from_a_forged_signature() {
         .to_string();
     assert!(e.contains("checkpoint at record 3: bad signature"), "{e}");
 }
+
+/// Fleet mode, `when_full = "drop-oldest"`: at the cap the writer removes
+/// the oldest unshipped records through a checkpoint and says so in a
+/// signed `dropped` record. A server fed as the shipper feeds it (batches
+/// from its position on, the checkpoint before them) verifies across the
+/// gaps those records name, even when a later cut took an earlier record
+/// along before it shipped, and across no other: a gap they do not name,
+/// or a wider one, is a deletion.
+#[tokio::test]
+async fn drop_oldest_cuts_at_a_checkpoint_and_declares_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DB_FILE);
+    let server = dir.path().join("server.db");
+    // Checkpoints every round: the cut can fall where the cap wants it.
+    let mut cfg = config("");
+    cfg.checkpoint_every = crate::config::duration::Human(Duration::from_millis(1));
+    let spool = Spool::new(100, crate::config::fleet::WhenFull::DropOldest);
+    let a = Audit::start_with(&cfg, dir.path(), Some(spool.clone())).unwrap();
+    let mut n = 0;
+    let mut commit = async |count: u64| {
+        for _ in 0..count {
+            // Never refused: past the cap the oldest go instead.
+            a.commit(entry(n)).await.unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    // What the shipper does: the batches from the server's position on
+    // (through `upto`), with the checkpoints from the one before them.
+    let mut next = 0u64;
+    let mut ship = |upto: u64| {
+        exec(
+            &server,
+            &format!(
+                "ATTACH '{}' AS l;
+                 INSERT OR IGNORE INTO batches SELECT * FROM l.batches
+                   WHERE first_seq >= {next} AND last_seq <= {upto};
+                 INSERT OR IGNORE INTO checkpoints SELECT * FROM l.checkpoints
+                   WHERE seq >= {} AND seq <= {upto};
+                 DETACH l;",
+                db.display(),
+                next.saturating_sub(1)
+            ),
+        );
+        let last: i64 = rusqlite::Connection::open(&server)
+            .unwrap()
+            .query_row("SELECT MAX(last_seq) FROM batches", [], |r| r.get(0))
+            .unwrap();
+        next = last as u64 + 1;
+        spool.keep_from.fetch_max(next, Ordering::AcqRel);
+        next
+    };
+    commit(30).await;
+    // The server's tables: an empty copy of the live log's.
+    exec(&db, &format!("VACUUM INTO '{}'", server.display()));
+    exec(&server, "DELETE FROM batches; DELETE FROM checkpoints;");
+    assert_eq!(ship(u64::MAX), 30);
+    // The server away: the first cut at 100 unshipped.
+    commit(101).await;
+    let first_kept = store::first_batch(&store::open_reader(&db).unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(first_kept > 30, "nothing dropped");
+    // It takes five records after the gap, not the `dropped` record.
+    assert_eq!(ship(first_kept + 4), first_kept + 5);
+    // Away again, long enough for a cut to take that record along.
+    commit(150).await;
+    a.shutdown();
+    let unshipped = spool.unshipped(a.stats.next_seq.load(Ordering::Acquire));
+    assert!(unshipped < 100, "{unshipped}");
+
+    // The local log verifies on from its last cut, and names the spans.
+    let r = verify::verify_file(&db, None).unwrap();
+    assert!(r.ok(), "{:?}", r.broken);
+    let spans: Vec<(u64, u64)> = r.dropped.iter().map(|s| (s.from, s.to)).collect();
+    let (gap1, gap2) = ((30, first_kept - 1), (first_kept + 5, r.first.unwrap() - 1));
+    assert_eq!(spans, [gap1, gap2], "{:?}", r.dropped);
+    // The first span's own record went with the second cut: a later one
+    // repeats it.
+    let conn = store::open_reader(&db).unwrap();
+    let declared: Vec<serde_json::Value> = query::records(&conn, &query::Select::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind::DROPPED)
+        .map(|e| e.data)
+        .collect();
+    assert!(declared.iter().all(|d| d["from"] == gap2.0), "{declared:?}");
+    assert_eq!(
+        declared.last().unwrap()["earlier"],
+        json!([[gap1.0, gap1.1]])
+    );
+    drop(conn);
+
+    // The server, once it takes the rest: both gaps, both named.
+    ship(u64::MAX);
+    let r = verify::verify_file(&server, None).unwrap();
+    assert!(r.ok(), "the declared gaps are refused: {:?}", r.broken);
+    let mut spans: Vec<(u64, u64)> = r.dropped.iter().map(|s| (s.from, s.to)).collect();
+    spans.sort();
+    assert_eq!(spans, [gap1, gap2]);
+
+    // Wider than named: records 20..=29 cut as well (the checkpoint at
+    // 19 bridges it, but no record names a gap from 20).
+    let wider = dir.path().join("wider.db");
+    std::fs::copy(&server, &wider).unwrap();
+    exec(
+        &wider,
+        "DELETE FROM batches WHERE first_seq >= 20 AND last_seq <= 29",
+    );
+    let r = verify::verify_file(&wider, None).unwrap();
+    assert_eq!(
+        r.error,
+        Some(chain::Broken::Sequence {
+            after: 19,
+            found: first_kept
+        }),
+        "{r:?}"
+    );
+    // A deletion after the last gap, between two checkpoints.
+    let later = dir.path().join("later.db");
+    std::fs::copy(&server, &later).unwrap();
+    let c = rusqlite::Connection::open(&later).unwrap();
+    let checkpoint_after = |seq: i64| -> i64 {
+        c.query_row(
+            "SELECT MIN(seq) FROM checkpoints WHERE seq > ?1",
+            [seq],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let lo = checkpoint_after(gap2.1 as i64 + 5);
+    let hi = checkpoint_after(lo);
+    c.execute(
+        "DELETE FROM batches WHERE first_seq > ?1 AND last_seq <= ?2",
+        [lo, hi],
+    )
+    .unwrap();
+    drop(c);
+    let r = verify::verify_file(&later, None).unwrap();
+    assert_eq!(
+        r.error,
+        Some(chain::Broken::Sequence {
+            after: lo as u64,
+            found: hi as u64 + 1
+        }),
+        "{r:?}"
+    );
+}

@@ -48,6 +48,12 @@ pub struct Report {
     pub unvouched: Vec<Span>,
     /// Records after the last signature, at the end of the log.
     pub unsigned_tail: Option<Span>,
+    /// Spans the host removed before the fleet's server had them (its
+    /// spool at the cap, `when_full = "drop-oldest"`), as its `dropped`
+    /// records declare. A gap in a shipped chain is accepted only where
+    /// a signed checkpoint bridges it and such a record names it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<Span>,
     /// The first break, if any.
     pub broken: Option<String>,
     #[serde(skip)]
@@ -76,7 +82,8 @@ impl Report {
     }
 }
 
-/// Records `from..=to`, written by a previous run and not vouched for.
+/// Records `from..=to`: written by a previous run and not vouched for, or
+/// dropped by the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Span {
     pub from: u64,
@@ -185,6 +192,9 @@ struct Walk<'a> {
     declared: Option<Span>,
     /// The newest batch signature seen, checked at the end.
     newest_sig: Option<Checkpoint>,
+    /// Gaps a signed checkpoint bridges, until a `dropped` record names
+    /// them.
+    gaps: Vec<Span>,
 }
 
 impl Walk<'_> {
@@ -209,6 +219,30 @@ impl Walk<'_> {
                     });
                 }
                 _ => return Err(Broken::Declaration { seq }),
+            }
+        } else if kind == entry::kind::DROPPED {
+            // Written after its gap: it names the records it removed, of
+            // which the server may have had the first ones.
+            let d = data().and_then(|d| serde_json::from_str::<entry::DroppedData>(&d).ok());
+            let Some(d) = d.filter(|d| d.from <= d.to && d.to < seq) else {
+                return Err(Broken::Declaration { seq });
+            };
+            let spans = || d.earlier.iter().copied().chain([(d.from, d.to)]);
+            self.gaps
+                .retain(|g| !spans().any(|(from, to)| g.to == to && g.from >= from));
+            // A span that grew (nothing shipped between two cuts) is
+            // reported once, at its widest.
+            for (from, to) in spans() {
+                let span = Span {
+                    from,
+                    to,
+                    declared_at: Some(seq),
+                };
+                match self.report.dropped.iter_mut().find(|s| s.from == from) {
+                    Some(s) if s.to < to => *s = span,
+                    Some(_) => {}
+                    None => self.report.dropped.push(span),
+                }
             }
         }
         self.report.last = Some(seq);
@@ -237,6 +271,20 @@ impl Walk<'_> {
     /// and its columns agree with them.
     fn batch(&mut self, o: Opened) -> Result<(), Broken> {
         let b = &o.batch;
+        if b.first_seq > self.next
+            && let Some(c) = self.cps.get(&(b.first_seq - 1))
+        {
+            // A gap a checkpoint bridges (its signature was checked): the
+            // host dropped it, if a later `dropped` record says so.
+            self.gaps.push(Span {
+                from: self.next,
+                to: c.seq,
+                declared_at: None,
+            });
+            self.prev = c.hash;
+            self.next = b.first_seq;
+            self.signed(c.seq);
+        }
         if b.first_seq != self.next {
             return Err(Broken::Sequence {
                 after: self.next.wrapping_sub(1),
@@ -262,11 +310,8 @@ impl Walk<'_> {
         }
         for (r, h) in records.into_iter().zip(hashes) {
             self.prev = h;
-            let kind = match r.unvouched {
-                Some(_) => entry::kind::UNVOUCHED,
-                None => "",
-            };
-            self.visit(r.seq, kind, || r.unvouched.flatten())?;
+            let (kind, data) = r.declared.unwrap_or(("", None));
+            self.visit(r.seq, kind, || data)?;
         }
         if let Some(c) = b.checkpoint() {
             self.signed(b.last_seq);
@@ -300,8 +345,9 @@ struct Item {
     seq: u64,
     ts: u64,
     digest: [u8; 32],
-    /// An `unvouched` declaration: its data, if it reads.
-    unvouched: Option<Option<String>>,
+    /// An `unvouched` or `dropped` declaration: its kind, and its data if
+    /// it reads.
+    declared: Option<(&'static str, Option<String>)>,
 }
 
 fn open(mut batch: store::Batch) -> Opened {
@@ -326,8 +372,10 @@ fn items(batch: &store::Batch) -> Result<Vec<Item>, Broken> {
             seq,
             ts,
             digest: seal::digest(bytes),
-            unvouched: (kind == entry::kind::UNVOUCHED)
-                .then(|| seal::fields(bytes).ok().map(|f| f.data)),
+            declared: [entry::kind::UNVOUCHED, entry::kind::DROPPED]
+                .into_iter()
+                .find(|k| *k == kind)
+                .map(|k| (k, seal::fields(bytes).ok().map(|f| f.data))),
         });
     }
     Ok(out)
@@ -417,6 +465,7 @@ fn walk(
         last_signed: None,
         declared: None,
         newest_sig: None,
+        gaps: Vec::new(),
     };
     let result = walk_rows(db, from, &mut w)?;
     let report = std::mem::take(&mut w.report);
@@ -538,6 +587,13 @@ fn walk_rows(
     }
     if let Err(b) = outcome {
         return Ok(Err(b));
+    }
+    // A gap no `dropped` record named: records deleted.
+    if let Some(g) = w.gaps.first() {
+        return Ok(Err(Broken::Sequence {
+            after: g.from.wrapping_sub(1),
+            found: g.to + 1,
+        }));
     }
     // The newest batch signature vouches for everything before it.
     if let Some(c) = &w.newest_sig

@@ -55,9 +55,13 @@ pub struct Writer {
     unkept: Option<(Checkpoint, u64)>,
     /// Records after the last signature at start: not ours to sign.
     tail: Option<(u64, u64)>,
-    /// Retention keeps this record and all after it (the fleet's server
-    /// does not have them yet).
-    keep_from: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Fleet mode: retention keeps the records the server does not have
+    /// yet, up to the spool's cap.
+    spool: Option<Arc<super::Spool>>,
+    /// Spans dropped at the spool's cap whose `dropped` record the server
+    /// may not have yet: the next such record repeats them, so that a
+    /// later cut that takes an earlier record along loses no declaration.
+    drops: Vec<super::verify::Span>,
 }
 
 impl Writer {
@@ -111,15 +115,17 @@ impl Writer {
             prev,
             unkept: None,
             tail,
-            keep_from: None,
+            spool: None,
+            drops: Vec::new(),
         };
         w.check_unsigned_tail()?;
         Ok(w)
     }
 
-    /// Retention keeps the record at `keep_from`'s value and all after it.
-    pub fn keeping_from(mut self, keep_from: Option<Arc<std::sync::atomic::AtomicU64>>) -> Self {
-        self.keep_from = keep_from;
+    /// Retention keeps the records `spool` says the server lacks; at its
+    /// cap with `drop-oldest`, the writer removes the oldest of them.
+    pub fn spooling(mut self, spool: Option<Arc<super::Spool>>) -> Self {
+        self.spool = spool;
         self
     }
 
@@ -211,6 +217,7 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit(batch);
+                self.drop_oldest();
             }
             if let Some(done) = stop {
                 // Whatever queued before the shutdown is written first.
@@ -388,9 +395,9 @@ impl Writer {
         let cutoff = now_ms.saturating_sub(retain.as_millis() as u64);
         // A checkpoint at `seq` prunes through `seq`: it must be below.
         let below = self
-            .keep_from
+            .spool
             .as_ref()
-            .map_or(u64::MAX, |k| k.load(std::sync::atomic::Ordering::Acquire));
+            .map_or(u64::MAX, |s| s.keep_from.load(Ordering::Acquire));
         let r = store::oldest_checkpoint_before(&self.db, cutoff, below).and_then(|cp| match cp {
             Some(seq) => store::prune_through(&mut self.db, seq).map(|n| Some((seq, n))),
             None => Ok(None),
@@ -406,5 +413,70 @@ impl Writer {
                 false
             }
         }
+    }
+
+    /// Fleet mode with `when_full = "drop-oldest"`, at the spool's cap:
+    /// removes the oldest records the server lacks, through a signed
+    /// checkpoint that stays as the anchor of the rest, so that a quarter
+    /// of the cap is free again (one drop per many commits, not one per
+    /// commit), and records which ones in a `dropped` record: chained and
+    /// signed like any other, it tells the server's `verify` that this gap
+    /// is the host's own doing.
+    fn drop_oldest(&mut self) {
+        let Some(s) = self.spool.clone() else { return };
+        if s.when_full != crate::config::fleet::WhenFull::DropOldest {
+            return;
+        }
+        let unshipped = s.unshipped(self.next);
+        if unshipped < s.max {
+            return;
+        }
+        let server_at = s.keep_from.load(Ordering::Acquire);
+        // The head becomes a checkpoint if none falls where the cut should.
+        self.keep_head();
+        let first_kept = self.next.saturating_sub(s.max - s.max / 4);
+        let cut =
+            store::first_checkpoint_from(&self.db, first_kept.saturating_sub(1).max(server_at))
+                .and_then(|c| match c {
+                    Some(seq) => store::prune_through(&mut self.db, seq).map(|_| Some(seq)),
+                    None => Ok(None),
+                });
+        let to = match cut {
+            Ok(Some(to)) => to,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "fleet: the spool is full and its oldest records could not be dropped");
+                return;
+            }
+        };
+        s.first_kept.fetch_max(to + 1, Ordering::AcqRel);
+        // Declarations the server has are done with. Nothing shipped since
+        // the last cut: the server's gap grows, and one span says so.
+        self.drops
+            .retain(|d| d.declared_at.is_some_and(|at| at >= server_at));
+        let from = match self.drops.last() {
+            Some(d) if server_at <= d.to + 1 => self.drops.pop().expect("last").from,
+            _ => server_at,
+        };
+        tracing::error!(
+            target: "hoop::audit",
+            from, to, records = to + 1 - from, unshipped, max = s.max,
+            "fleet: the spool is full (when_full = \"drop-oldest\"): records {from}..={to} were removed before the server had them"
+        );
+        let e = super::Entry::of(&super::entry::DroppedData {
+            session: String::new(),
+            from,
+            to,
+            unshipped,
+            max: s.max,
+            earlier: self.drops.iter().map(|d| (d.from, d.to)).collect(),
+        });
+        self.drops.push(super::verify::Span {
+            from,
+            to,
+            declared_at: Some(self.next),
+        });
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.commit(vec![(Sealed::of(e), None)]);
     }
 }

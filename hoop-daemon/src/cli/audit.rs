@@ -341,6 +341,15 @@ fn print_report(label: &str, r: &verify::Report) {
                     s.declared_at.unwrap_or_default()
                 );
             }
+            for s in &r.dropped {
+                println!(
+                    "dropped: records {}..={} ({}) were removed before the fleet's server had them (its spool was full, when_full = \"drop-oldest\"), as record {} declares",
+                    s.from,
+                    s.to,
+                    s.records(),
+                    s.declared_at.unwrap_or_default()
+                );
+            }
             if let Some(s) = &r.unsigned_tail {
                 println!(
                     "{}: records {}..={} ({}), after the last signature",

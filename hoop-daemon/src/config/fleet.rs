@@ -42,6 +42,12 @@ pub enum WhenFull {
     /// has taken enough: nothing goes unrecorded on the server.
     #[default]
     Refuse,
+    /// Requests go on; the oldest records the server lacks are removed
+    /// from the local log (through a signed checkpoint, which stays as the
+    /// anchor of the rest) and a `dropped` record says which: chained and
+    /// signed, it reaches the server, whose `verify --fleet` accepts that
+    /// gap and no other. The record of those requests is lost.
+    DropOldest,
 }
 
 /// About 0.5 GB of spool at the typical record's 273 bytes.

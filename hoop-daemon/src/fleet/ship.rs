@@ -56,9 +56,9 @@ pub struct ShipStatus {
 
 /// The shipper's shared state.
 pub struct Shipping {
-    /// The first record the server does not have: retention keeps it and
-    /// everything after it (the audit spool's).
-    pub keep_from: Arc<AtomicU64>,
+    /// The audit log's spool: its `keep_from` is the first record the
+    /// server does not have (retention keeps it and all after it).
+    spool: Arc<audit::Spool>,
     /// Where the last shipped mark is kept between runs.
     mark: PathBuf,
     status: Mutex<ShipStatus>,
@@ -71,12 +71,12 @@ pub struct Shipping {
 impl Shipping {
     /// `keep_from` starts at the mark kept by the last run (0 without one)
     /// until the server says where it stands.
-    pub fn new(target: &Target, keep_from: Arc<AtomicU64>, mark: PathBuf) -> Arc<Self> {
+    pub fn new(target: &Target, spool: Arc<audit::Spool>, mark: PathBuf) -> Arc<Self> {
         if let Some(next) = read_mark(&mark, &target.host_id) {
-            keep_from.store(next, Ordering::Release);
+            spool.keep_from.store(next, Ordering::Release);
         }
         Arc::new(Self {
-            keep_from,
+            spool,
             mark,
             status: Mutex::new(ShipStatus {
                 host_id: target.host_id.clone(),
@@ -95,7 +95,7 @@ impl Shipping {
             .get()
             .map_or(0, |l| l.next_seq.load(Ordering::Acquire));
         s.local_seq = next.checked_sub(1);
-        s.lag_records = next.saturating_sub(self.keep_from.load(Ordering::Acquire));
+        s.lag_records = self.spool.unshipped(next);
         s.lag_seconds = match s.lag_records {
             0 => 0,
             _ => {
@@ -184,7 +184,7 @@ async fn connected(
     register(&client, &target.host_id, &audit::encode_key(pubkey)).await?;
     let local = Local::open(db)?;
     let (mut next, mut prev) = resume(&client, &target.host_id, &local).await?;
-    shipping.keep_from.store(next, Ordering::Release);
+    shipping.spool.keep_from.store(next, Ordering::Release);
     shipping.update(|s| {
         s.connected = true;
         s.error = None;
@@ -205,7 +205,7 @@ async fn connected(
         // hold up the requests on one for tens of milliseconds.
         let key = pubkey.to_vec();
         let (chunk, checked) = tokio::task::spawn_blocking(move || {
-            let r = continues(prev, &chunk.batches, &key);
+            let r = continues(next, prev, &chunk, &key);
             (chunk, r)
         })
         .await
@@ -213,7 +213,7 @@ async fn connected(
         prev = checked?;
         send(&mut client, &target.host_id, &chunk).await?;
         next = last_seq + 1;
-        shipping.keep_from.store(next, Ordering::Release);
+        shipping.spool.keep_from.store(next, Ordering::Release);
         write_mark(&shipping.mark, &target.host_id, next).await;
         if chunk.local_seq == Some(last_seq) {
             shipping.caught_up();
@@ -231,15 +231,43 @@ async fn connected(
     }
 }
 
-/// `batches` continue the chain from `prev`: every link, and the newest
-/// signature, which vouches for all before it. The head after them.
+/// The chunk's batches continue the chain from `prev` at `next`: every
+/// link, and the newest signature, which vouches for all before it. The
+/// head after them. A gap is crossed only at a checkpoint of this host's
+/// (what the writer keeps when it drops records at the spool's cap); the
+/// server's `verify` then wants the `dropped` record that names it.
 fn continues(
+    mut next: u64,
     mut prev: [u8; 32],
-    batches: &[store::Batch],
+    chunk: &Chunk,
     pubkey: &[u8],
 ) -> Result<[u8; 32], FleetError> {
+    let batches = &chunk.batches;
     let signed = batches.iter().rposition(|b| b.sig.is_some());
     for (i, b) in batches.iter().enumerate() {
+        if b.first_seq != next {
+            let anchor = chunk
+                .checkpoints
+                .iter()
+                .map(|(c, _)| c)
+                .find(|c| b.first_seq > next && c.seq + 1 == b.first_seq)
+                .ok_or_else(|| {
+                    FleetError::Local(format!(
+                        "the local log goes from record {} to {} with no checkpoint between; nothing from there on is shipped (run `hoop audit verify`)",
+                        next.wrapping_sub(1),
+                        b.first_seq
+                    ))
+                })?;
+            crate::audit::chain::check(pubkey, anchor, None)
+                .map_err(|broken| FleetError::Local(broken.to_string()))?;
+            tracing::warn!(
+                from = next,
+                to = anchor.seq,
+                "fleet: records the server never had were dropped from the local log (the spool was full); shipping goes on after them"
+            );
+            prev = anchor.hash;
+        }
+        next = b.last_seq + 1;
         let key = (Some(i) == signed).then_some(pubkey);
         prev = verify::continues(prev, b, key).map_err(|broken| {
             FleetError::Local(format!(
@@ -320,6 +348,17 @@ async fn resume(
     let last = last as u64;
     match local.head_at(last).await? {
         Some(h) if h[..] == head[..] => Ok((last + 1, h)),
+        // The host dropped what followed (its spool was full while the
+        // server was away): the first chunk crosses the gap at the
+        // checkpoint the writer kept, and its `dropped` record follows.
+        None if local.first_batch().await?.is_some_and(|f| f > last + 1) => {
+            let head: [u8; 32] = head[..].try_into().map_err(|_| {
+                FleetError::Refused(format!(
+                    "the server's head for host {host_id:?} is not a hash"
+                ))
+            })?;
+            Ok((last + 1, head))
+        }
         Some(_) => Err(FleetError::Refused(format!(
             "the server's chain for host {host_id:?} differs from the local log at record {last}: another host ships under this id, or one of the two logs was replaced"
         ))),
@@ -368,6 +407,10 @@ impl Local {
             Ok((first, store::hash_before(db, first)?))
         })
         .await
+    }
+
+    async fn first_batch(&self) -> Result<Option<u64>, FleetError> {
+        self.with(store::first_batch).await
     }
 
     async fn head_at(&self, seq: u64) -> Result<Option<[u8; 32]>, FleetError> {
