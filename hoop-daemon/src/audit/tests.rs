@@ -875,13 +875,13 @@ async fn drop_oldest_cuts_at_a_checkpoint_and_declares_the_gap() {
     let mut cfg = config("");
     cfg.checkpoint_every = crate::config::duration::Human(Duration::from_millis(1));
     let spool = Spool::new(100, crate::config::fleet::WhenFull::DropOldest);
-    let a = Audit::start_with(&cfg, dir.path(), Some(spool.clone())).unwrap();
+    let mut a = Audit::start_with(&cfg, dir.path(), Some(spool.clone())).unwrap();
     let mut n = 0;
-    let mut commit = async |count: u64| {
+    let commit = async |a: &Audit, n: &mut u64, count: u64| {
         for _ in 0..count {
             // Never refused: past the cap the oldest go instead.
-            a.commit(entry(n)).await.unwrap();
-            n += 1;
+            a.commit(entry(*n)).await.unwrap();
+            *n += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
@@ -910,21 +910,24 @@ async fn drop_oldest_cuts_at_a_checkpoint_and_declares_the_gap() {
         spool.keep_from.fetch_max(next, Ordering::AcqRel);
         next
     };
-    commit(30).await;
+    commit(&a, &mut n, 30).await;
     // The server's tables: an empty copy of the live log's.
     exec(&db, &format!("VACUUM INTO '{}'", server.display()));
     exec(&server, "DELETE FROM batches; DELETE FROM checkpoints;");
     assert_eq!(ship(u64::MAX), 30);
     // The server away: the first cut at 100 unshipped.
-    commit(101).await;
+    commit(&a, &mut n, 101).await;
     let first_kept = store::first_batch(&store::open_reader(&db).unwrap())
         .unwrap()
         .unwrap();
     assert!(first_kept > 30, "nothing dropped");
     // It takes five records after the gap, not the `dropped` record.
     assert_eq!(ship(first_kept + 4), first_kept + 5);
-    // Away again, long enough for a cut to take that record along.
-    commit(150).await;
+    // A restart (the spans not yet declared to the server are kept), then
+    // away again, long enough for a cut to take that record along.
+    a.shutdown();
+    a = Audit::start_with(&cfg, dir.path(), Some(spool.clone())).unwrap();
+    commit(&a, &mut n, 150).await;
     a.shutdown();
     let unshipped = spool.unshipped(a.stats.next_seq.load(Ordering::Acquire));
     assert!(unshipped < 100, "{unshipped}");

@@ -102,6 +102,18 @@ impl Writer {
             source,
         })?;
         stats.next_seq.store(next, Ordering::Release);
+        // A restart must not forget a span whose record has not shipped.
+        let drops = store::meta(&db, DROPS_META)
+            .map_err(fail)?
+            .and_then(|j| serde_json::from_str::<Vec<(u64, u64, u64)>>(&j).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(from, to, at)| super::verify::Span {
+                from,
+                to,
+                declared_at: Some(at),
+            })
+            .collect();
         let w = Self {
             packer,
             db,
@@ -116,7 +128,7 @@ impl Writer {
             unkept: None,
             tail,
             spool: None,
-            drops: Vec::new(),
+            drops,
         };
         w.check_unsigned_tail()?;
         Ok(w)
@@ -478,5 +490,18 @@ impl Writer {
         });
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.commit(vec![(Sealed::of(e), None)]);
+        let kept: Vec<(u64, u64, u64)> = self
+            .drops
+            .iter()
+            .map(|d| (d.from, d.to, d.declared_at.unwrap_or_default()))
+            .collect();
+        let json = serde_json::to_string(&kept).expect("numbers serialise");
+        if let Err(e) = store::set_meta(&self.db, DROPS_META, &json) {
+            tracing::error!(error = %e, "fleet: the dropped spans were not kept for the next run");
+        }
     }
 }
+
+/// Where the spans dropped at the cap whose record may not have shipped
+/// are kept between runs (the `meta` table).
+const DROPS_META: &str = "fleet_drops";
