@@ -411,7 +411,8 @@ fn start_fleet(
         pubkey,
         audit.stats.clone(),
         shipping.clone(),
-    );
+    )
+    .map_err(|e| FleetError::Local(format!("starting the shipper's thread: {e}")))?;
     let approvals = crate::fleet::approvals::FleetApprovals::start(target, approvals.clone());
     Ok((
         audit,

@@ -274,9 +274,25 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
 /// core with the request tasks it serves: they keep running and queue more
 /// records for its next commit (BENCHMARKS.md, 2026-12-03).
 pub fn sched_batch_self() -> io::Result<()> {
+    sched_self(libc::SCHED_BATCH)
+}
+
+/// Marks the calling thread SCHED_IDLE: it runs only on what the other
+/// threads leave of a core. For the fleet's shipper, work beside the data
+/// path that may lag but must not delay a request.
+pub fn sched_idle_self() -> io::Result<()> {
+    sched_self(libc::SCHED_IDLE)
+}
+
+/// Back to the default policy (SCHED_OTHER, as nice as the process).
+pub fn sched_normal_self() -> io::Result<()> {
+    sched_self(libc::SCHED_OTHER)
+}
+
+fn sched_self(policy: libc::c_int) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // pid 0: the calling thread (Linux schedules threads, not processes).
-    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if r == 0 {
         Ok(())
     } else {

@@ -70,6 +70,22 @@ fn verify(env: &TestEnv) -> (i32, String) {
     hoop_out(env, &["audit", "verify", "--fleet"])
 }
 
+/// The scheduling policy (`/proc/…/stat`'s 41st field) of the daemon's
+/// thread named `name`.
+fn thread_policy(env: &TestEnv, name: &str) -> Option<u32> {
+    let tasks = format!("/proc/{}/task", env.daemon_pid());
+    std::fs::read_dir(tasks).ok()?.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        if comm.trim() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        // After the command's closing parenthesis: field 3 on.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split(' ').nth(41 - 3)?.parse().ok()
+    })
+}
+
 fn section<'a>(out: &'a str, host: &str) -> &'a str {
     let start = out
         .find(&format!("host {host} (fleet)"))
@@ -96,6 +112,10 @@ fn two_hosts_share_one_record_and_tampering_on_the_server_is_named() {
     }
     let (sa, sb) = (shipped(&a), shipped(&b));
     assert_eq!(sa["host_id"], "runner-a");
+    // Caught up, the shipper's thread is SCHED_IDLE (5): it takes nothing
+    // a request could use. The audit writer beside it is SCHED_BATCH (3).
+    assert_eq!(thread_policy(&a, "hoop-fleet-ship"), Some(5));
+    assert_eq!(thread_policy(&a, "hoop-audit"), Some(3));
     assert_eq!(sb["shipped_seq"], sb["local_seq"], "{sb}");
 
     // Both hosts' sessions, read from the server by either host.

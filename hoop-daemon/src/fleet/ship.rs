@@ -133,39 +133,89 @@ impl Shipping {
     }
 }
 
-/// Starts the shipper for the log at `db`, signed with `pubkey`.
+/// Starts the shipper for the log at `db`, signed with `pubkey`: on a
+/// thread of its own at SCHED_IDLE, with its own runtime (the blocking
+/// threads it starts inherit the policy). Reading, checking and sending a
+/// round of batches then uses only what the requests leave of a core: the
+/// spool absorbs a lag, a request does not wait behind a round.
 pub fn spawn(
     target: Target,
     db: PathBuf,
     pubkey: Vec<u8>,
     local: Arc<audit::Stats>,
     shipping: Arc<Shipping>,
-) {
+) -> std::io::Result<()> {
     let _ = shipping.local.set(local);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(250);
-        let mut last_error = String::new();
-        loop {
-            let e = match connected(&target, &db, &pubkey, &shipping).await {
-                Ok(never) => match never {},
-                Err(e) => e,
-            };
-            let text = e.to_string();
-            shipping.update(|s| {
-                s.connected = false;
-                s.error = Some(text.clone());
-            });
-            if text != last_error {
-                tracing::warn!(server = %target.display, error = %text, "fleet: not shipping; the local log keeps every record until it can");
-                last_error = text;
-            }
-            if shipping.status.lock().unwrap().batches_shipped > 0 {
-                backoff = backoff.min(Duration::from_secs(1));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("hoop-fleet-ship")
+        .build()?;
+    std::thread::Builder::new()
+        .name("hoop-fleet-ship".into())
+        .spawn(move || runtime.block_on(ship(target, db, pubkey, shipping)))?;
+    Ok(())
+}
+
+/// Connects, ships until something fails, waits, again: forever.
+async fn ship(target: Target, db: PathBuf, pubkey: Vec<u8>, shipping: Arc<Shipping>) {
+    let mut backoff = Duration::from_millis(250);
+    let mut last_error = String::new();
+    let mut pace = Pace::Normal;
+    loop {
+        let e = match connected(&target, &db, &pubkey, &shipping, &mut pace).await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        shipping.update(|s| {
+            s.connected = false;
+            s.error = Some(text.clone());
+        });
+        if text != last_error {
+            tracing::warn!(server = %target.display, error = %text, "fleet: not shipping; the local log keeps every record until it can");
+            last_error = text;
         }
-    });
+        if shipping.status.lock().unwrap().batches_shipped > 0 {
+            backoff = backoff.min(Duration::from_secs(1));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// How the shipper's thread is scheduled. Idle while it keeps up: it then
+/// takes nothing a request could use. Normal once the lag threatens the
+/// spool's cap or grows old: on a host whose cores are busy (a CI runner
+/// compiling) an idle thread could starve for as long as the job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    Idle,
+    Normal,
+}
+
+/// The lag that makes the shipper compete for the core: a quarter of the
+/// cap, or this old.
+const URGENT_AGE_S: u64 = 30;
+
+impl Pace {
+    fn adjust(self, shipping: &Shipping) -> Self {
+        let s = shipping.status();
+        let urgent = s.lag_records >= shipping.spool.max / 4 || s.lag_seconds >= URGENT_AGE_S;
+        let want = if urgent { Self::Normal } else { Self::Idle };
+        if want != self {
+            let r = match want {
+                Self::Idle => crate::sys::sched_idle_self(),
+                Self::Normal => crate::sys::sched_normal_self(),
+            };
+            match r {
+                Ok(()) => {
+                    tracing::info!(lag_records = s.lag_records, lag_seconds = s.lag_seconds, pace = ?want, "fleet: shipper priority")
+                }
+                Err(e) => tracing::debug!(error = %e, "fleet: shipper priority not changed"),
+            }
+        }
+        want
+    }
 }
 
 /// A loop that ends only with an error.
@@ -178,6 +228,7 @@ async fn connected(
     db: &std::path::Path,
     pubkey: &[u8],
     shipping: &Shipping,
+    pace: &mut Pace,
 ) -> Result<Never, FleetError> {
     let mut client = target.connect().await?;
     schema::migrate(&mut client).await?;
@@ -192,7 +243,8 @@ async fn connected(
     });
     tracing::info!(server = %target.display, host_id = %target.host_id, from = next, "fleet: shipping");
     loop {
-        let chunk = local.read(next).await?;
+        *pace = pace.adjust(shipping);
+        let chunk = local.read(next)?;
         let Some(last) = chunk.batches.last() else {
             shipping.caught_up();
             // Cheap, and it notices a server that went away while idle.
@@ -201,20 +253,12 @@ async fn connected(
             continue;
         };
         let last_seq = last.last_seq;
-        // Off the runtime's threads: hashing a few hundred batches would
-        // hold up the requests on one for tens of milliseconds.
-        let key = pubkey.to_vec();
-        let (chunk, checked) = tokio::task::spawn_blocking(move || {
-            let r = continues(next, prev, &chunk, &key);
-            (chunk, r)
-        })
-        .await
-        .map_err(|e| FleetError::Local(e.to_string()))?;
-        prev = checked?;
+        // Inline: this thread is the shipper's alone.
+        prev = continues(next, prev, &chunk, pubkey)?;
         send(&mut client, &target.host_id, &chunk).await?;
         next = last_seq + 1;
         shipping.spool.keep_from.store(next, Ordering::Release);
-        write_mark(&shipping.mark, &target.host_id, next).await;
+        write_mark(&shipping.mark, &target.host_id, next);
         if chunk.local_seq == Some(last_seq) {
             shipping.caught_up();
         }
@@ -289,13 +333,11 @@ fn read_mark(path: &std::path::Path, host_id: &str) -> Option<u64> {
     (id == host_id).then(|| next.parse().ok()).flatten()
 }
 
-async fn write_mark(path: &std::path::Path, host_id: &str, next: u64) {
+fn write_mark(path: &std::path::Path, host_id: &str, next: u64) {
     let tmp = path.with_extension("tmp");
-    let r = async {
-        tokio::fs::write(&tmp, format!("{host_id} {next}\n")).await?;
-        tokio::fs::rename(&tmp, path).await
-    };
-    if let Err(e) = r.await {
+    let r = std::fs::write(&tmp, format!("{host_id} {next}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
         tracing::warn!(path = %path.display(), error = %e, "fleet: the shipped mark was not kept");
     }
 }
@@ -342,16 +384,16 @@ async fn resume(
     let Some(row) = row else {
         // A first shipment: from the oldest batch kept, anchored by the
         // checkpoint before it (which goes with the first chunk).
-        return local.start().await;
+        return local.start();
     };
     let (last, head): (i64, Vec<u8>) = (row.get(0), row.get(1));
     let last = last as u64;
-    match local.head_at(last).await? {
+    match local.head_at(last)? {
         Some(h) if h[..] == head[..] => Ok((last + 1, h)),
         // The host dropped what followed (its spool was full while the
         // server was away): the first chunk crosses the gap at the
         // checkpoint the writer kept, and its `dropped` record follows.
-        None if local.first_batch().await?.is_some_and(|f| f > last + 1) => {
+        None if local.first_batch()?.is_some_and(|f| f > last + 1) => {
             let head: [u8; 32] = head[..].try_into().map_err(|_| {
                 FleetError::Refused(format!(
                     "the server's head for host {host_id:?} is not a hash"
@@ -377,28 +419,21 @@ struct Chunk {
     local_seq: Option<u64>,
 }
 
-/// The local log, read on blocking threads through one read-only
-/// connection.
-struct Local(Arc<Mutex<Connection>>);
+/// The local log, through one read-only connection, read on the shipper's
+/// own thread.
+struct Local(Connection);
 
 impl Local {
     fn open(path: &std::path::Path) -> Result<Self, FleetError> {
         let db = store::open_reader(path).map_err(|e| FleetError::Local(e.to_string()))?;
-        Ok(Self(Arc::new(Mutex::new(db))))
+        Ok(Self(db))
     }
 
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, FleetError> {
-        let db = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&db.lock().unwrap()))
-            .await
-            .map_err(|e| FleetError::Local(e.to_string()))?
-            .map_err(|e| FleetError::Local(e.to_string()))
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, FleetError> {
+        f(&self.0).map_err(|e| FleetError::Local(e.to_string()))
     }
 
-    async fn start(&self) -> Result<(u64, [u8; 32]), FleetError> {
+    fn start(&self) -> Result<(u64, [u8; 32]), FleetError> {
         self.with(|db| {
             let first = store::first_batch(db)?.unwrap_or(match store::head(db)? {
                 Some((seq, _)) => seq + 1,
@@ -406,20 +441,19 @@ impl Local {
             });
             Ok((first, store::hash_before(db, first)?))
         })
-        .await
     }
 
-    async fn first_batch(&self) -> Result<Option<u64>, FleetError> {
-        self.with(store::first_batch).await
+    fn first_batch(&self) -> Result<Option<u64>, FleetError> {
+        self.with(store::first_batch)
     }
 
-    async fn head_at(&self, seq: u64) -> Result<Option<[u8; 32]>, FleetError> {
-        self.with(move |db| store::head_at(db, seq)).await
+    fn head_at(&self, seq: u64) -> Result<Option<[u8; 32]>, FleetError> {
+        self.with(|db| store::head_at(db, seq))
     }
 
     /// Up to [`CHUNK`] batches from `next` on.
-    async fn read(&self, next: u64) -> Result<Chunk, FleetError> {
-        self.with(move |db| {
+    fn read(&self, next: u64) -> Result<Chunk, FleetError> {
+        self.with(|db| {
             let batches = store::batches_from(db, next, CHUNK)?;
             let local_seq = store::head(db)?.map(|(s, _)| s);
             let Some(last) = batches.last().map(|b| b.last_seq) else {
@@ -442,7 +476,6 @@ impl Local {
                 local_seq,
             })
         })
-        .await
     }
 }
 
