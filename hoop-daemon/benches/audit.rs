@@ -36,6 +36,7 @@ fn request() -> RequestData {
         headers: vec![["host".into(), "127.0.0.2".into()]],
         connection: Some("origin".into()),
         decision: "allow".into(),
+        would_be: None,
         approval: None,
         started_ms: 1_795_957_147_841,
     }

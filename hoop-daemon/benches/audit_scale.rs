@@ -67,6 +67,7 @@ fn request(n: u64, task: u64) -> Entry {
         ],
         connection: Some("partner".into()),
         decision: "allow".into(),
+        would_be: None,
         approval: None,
         started_ms: 1_795_957_147_841 + n,
     });

@@ -131,6 +131,16 @@ pub fn find_by_id(root: &Path, id: u64) -> Option<PathBuf> {
 }
 
 /// `path` relative to the cgroup2 mount, as static identity globs see it.
+/// The cgroup2 path of process `pid` (`/hoop.slice/job-…`), from
+/// `/proc/PID/cgroup`.
+pub fn of_pid(pid: u32) -> io::Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .ok_or_else(|| io::Error::other("no cgroup2 entry"))
+}
+
 pub fn relative(mount: &Path, path: &Path) -> Option<String> {
     path.strip_prefix(mount).ok()?.to_str().map(str::to_owned)
 }

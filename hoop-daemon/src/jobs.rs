@@ -26,6 +26,10 @@ pub struct Job {
     pub uid: u32,
     pub command: Vec<String>,
     pub started_unix_ms: u64,
+    /// Started with `hoop run --observe`: observe mode applies where an
+    /// `[[observe]]` entry names its identity (`flagged_only` ones too).
+    #[serde(default)]
+    pub observe: bool,
 }
 
 /// A connection the daemon is serving right now.
@@ -307,6 +311,7 @@ mod tests {
             uid: 0,
             command: vec!["true".into()],
             started_unix_ms: 0,
+            observe: false,
         }
     }
 

@@ -29,6 +29,7 @@ pub mod path_error;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod review;
 pub mod sys;
 pub mod tls;
 pub mod trust;

@@ -13,10 +13,8 @@ use hoop::{
         store, verify,
     },
     config::Config,
-    policy::{
-        Policy,
-        dryrun::{self, Verdict},
-    },
+    policy::Policy,
+    review::dryrun::{self, Verdict},
 };
 use support::{Env, env_with, parse_curl};
 

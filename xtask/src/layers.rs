@@ -23,7 +23,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         &["config", "egress", "tls", "outbound", "metrics"],
     ),
     ("domain", &["identity", "jobs", "flow", "policy", "trust"]),
-    ("services", &["audit", "approval", "fleet"]),
+    ("services", &["audit", "approval", "fleet", "review"]),
     ("data path", &["pipeline", "capture"]),
     ("edges", &["accept", "proxy", "control", "console"]),
     ("app", &["daemon", "cli"]),
@@ -41,35 +41,66 @@ pub struct Upward {
     pub to: String,
 }
 
-/// Every `crate::X` in `text`, with its line number.
+/// Every `crate::X` in `text`, with its line number: plain paths, and each
+/// top-level name of a `crate::{…}` group, which may span lines.
 fn crate_refs(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
-        while let Some(i) = rest.find("crate::") {
-            let after = &rest[i + "crate::".len()..];
-            let name: String = after
+    // The code without its line comments, each char with its line.
+    let code: Vec<(char, usize)> = text
+        .lines()
+        .enumerate()
+        .flat_map(|(n, l)| {
+            l.split("//")
+                .next()
+                .unwrap_or("")
                 .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                out.push((n + 1, name));
-            }
-            // `use crate::{a, b::c}`: each top-level name in the braces.
-            if let Some(inner) = after.strip_prefix('{') {
-                for part in inner.split(',') {
-                    let name: String = part
-                        .trim()
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() {
-                        out.push((n + 1, name));
+                .chain(['\n'])
+                .map(move |c| (c, n + 1))
+        })
+        .collect();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    // The name starting at `i` (after whitespace), and where it is.
+    let name_at = |mut i: usize| -> Option<(usize, String)> {
+        while code.get(i).is_some_and(|(c, _)| c.is_whitespace()) {
+            i += 1;
+        }
+        let name: String = code[i.min(code.len())..]
+            .iter()
+            .map(|(c, _)| *c)
+            .take_while(|c| ident(*c))
+            .collect();
+        (!name.is_empty()).then(|| (code[i].1, name))
+    };
+    let chars: String = code.iter().map(|(c, _)| *c).collect();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(found) = chars[from..].find("crate::") {
+        // `chars` is indexed by bytes, `code` by chars: the source is ASCII
+        // where it matters (paths), so map through char_indices.
+        let at = chars[..from + found].chars().count() + "crate::".len();
+        from += found + "crate::".len();
+        if code.get(at).map(|(c, _)| *c) != Some('{') {
+            out.extend(name_at(at));
+            continue;
+        }
+        // A group: each top-level item's first name.
+        let mut depth = 0;
+        let mut item_start = at + 1;
+        for (i, (c, _)) in code.iter().enumerate().skip(at) {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        out.extend(name_at(item_start));
+                        break;
                     }
                 }
+                ',' if depth == 1 => {
+                    out.extend(name_at(item_start));
+                    item_start = i + 1;
+                }
+                _ => {}
             }
-            rest = after;
         }
     }
     out
@@ -170,6 +201,12 @@ mod tests {
         let names: Vec<&str> = refs.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["config", "pipeline", "audit"]);
         assert_eq!(refs[2].0, 2);
+        // A group over several lines, nested groups inside it.
+        let refs = crate_refs(
+            "use crate::{\n    audit::{\n        entry::{A, B},\n        query,\n    },\n    flow::Flow, // crate::cli\n    policy,\n};\n",
+        );
+        let found: Vec<(usize, &str)> = refs.iter().map(|(l, n)| (*l, n.as_str())).collect();
+        assert_eq!(found, [(2, "audit"), (6, "flow"), (7, "policy")]);
     }
 
     #[test]

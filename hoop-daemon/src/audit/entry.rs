@@ -166,8 +166,12 @@ pub struct RequestData {
     pub version: String,
     pub headers: Vec<[String; 2]>,
     pub connection: Option<String>,
-    /// allow, or approved (after a hold).
+    /// allow, approved (after a hold), or observed (observe mode: no
+    /// connection covers it; `would_be` says what it would have got).
     pub decision: String,
+    /// Observe mode: the refusal the request would have had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_be: Option<String>,
     pub approval: Option<String>,
     pub started_ms: u64,
 }
@@ -293,6 +297,10 @@ pub struct SessionData {
     pub pid: u32,
     pub uid: u32,
     pub command: Vec<String>,
+    /// Observe mode was on for the job when it started (`hoop run
+    /// --observe`, or an `[[observe]]` entry named its identity).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observe: bool,
 }
 
 impl SessionData {
@@ -306,6 +314,7 @@ impl SessionData {
             pid: j.pid,
             uid: j.uid,
             command: redact_args(&j.command),
+            observe: j.observe,
         }
     }
 }

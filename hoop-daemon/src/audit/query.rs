@@ -154,6 +154,10 @@ pub struct SessionSummary {
     pub refused: u64,
     pub connects_denied: u64,
     pub hosts: Vec<String>,
+    /// Requests forwarded in observe mode (no connection covered them).
+    pub observed: u64,
+    /// Observe mode was on for the session.
+    pub observe: bool,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +175,8 @@ struct Facts {
     job: Option<String>,
     host: Option<String>,
     by: Option<String>,
+    decision: Option<String>,
+    observe: Option<bool>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -201,6 +207,8 @@ pub fn sessions(db: &Connection, f: &Filter) -> rusqlite::Result<Vec<SessionSumm
                 refused: 0,
                 connects_denied: 0,
                 hosts: Vec::new(),
+                observed: 0,
+                observe: false,
             }
         });
         s.last_ms = s.last_ms.max(r.ts_ms);
@@ -214,7 +222,14 @@ pub fn sessions(db: &Connection, f: &Filter) -> rusqlite::Result<Vec<SessionSumm
         }
         let facts: Facts = serde_json::from_str(&r.data).unwrap_or_default();
         match r.kind.as_str() {
-            kind::REQUEST => s.requests += 1,
+            kind::REQUEST => {
+                s.requests += 1;
+                if facts.decision.as_deref() == Some("observed") {
+                    s.observed += 1;
+                    s.observe = true;
+                }
+            }
+            kind::SESSION_START => s.observe |= facts.observe == Some(true),
             kind::REFUSED => s.refused += 1,
             kind::CONNECT_DENIED if facts.by.as_deref() != Some("job") => s.connects_denied += 1,
             _ => {}
@@ -339,8 +354,18 @@ pub fn timeline(records: &[Stored]) -> String {
         let line = match r.kind.as_str() {
             kind::SESSION_START => match r.parse::<entry::SessionData>() {
                 Some(s) => format!(
-                    "session {} started: identity {}, pid {}, uid {}, cgroup {}, command {:?}",
-                    s.session, s.identity.name, s.pid, s.uid, s.cgroup, s.command
+                    "session {} started: identity {}, pid {}, uid {}, cgroup {}, command {:?}{}",
+                    s.session,
+                    s.identity.name,
+                    s.pid,
+                    s.uid,
+                    s.cgroup,
+                    s.command,
+                    match s.observe {
+                        true =>
+                            "; OBSERVE MODE: what no connection covers is forwarded and recorded, not refused",
+                        false => "",
+                    }
                 ),
                 None => "session started".into(),
             },
@@ -364,11 +389,11 @@ pub fn timeline(records: &[Stored]) -> String {
                     ),
                     None => "→ no response recorded".into(),
                 };
-                let approved = q
-                    .approval
-                    .as_deref()
-                    .map(|a| format!(" [approved {a}]"))
-                    .unwrap_or_default();
+                let approved = match (&q.approval, &q.would_be) {
+                    (Some(a), _) => format!(" [approved {a}]"),
+                    (None, Some(w)) => format!(" [observed; would be {w}]"),
+                    (None, None) => String::new(),
+                };
                 format!(
                     "{} {} pid {}{approved} {outcome}",
                     q.method, q.url, q.origin.pid

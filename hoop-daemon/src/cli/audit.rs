@@ -101,40 +101,20 @@ pub enum ExportCmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
-pub enum PolicyCmd {
-    /// Replay recorded requests through the policy of the config given with
-    /// --config, and report what it would decide or mask differently.
-    /// Nothing is sent.
-    Test {
-        #[arg(long)]
-        db: Option<PathBuf>,
-        #[arg(long, conflicts_with = "since")]
-        session: Option<String>,
-        /// Requests recorded in this window (default: all).
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        fleet: FleetArgs,
-    },
-}
-
 /// The batches a time window needs (all of them without one).
 fn scope_since(since: Option<u64>) -> Scope<'static> {
     since.map_or(Scope::All, Scope::Since)
 }
 
 /// The batches a selection needs: its session's, or its window's.
-fn scope_of(sel: &query::Select) -> Scope<'_> {
+pub(super) fn scope_of(sel: &query::Select) -> Scope<'_> {
     match &sel.session {
         Some(s) => Scope::Session(s),
         None => scope_since(sel.since_ms),
     }
 }
 
-fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
+pub(super) fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
     since
         .map(|s| {
             let d = crate::config::parse_duration(s)?;
@@ -143,7 +123,7 @@ fn since_ms(since: Option<&str>) -> Result<Option<u64>> {
         .transpose()
 }
 
-fn glob(g: Option<&str>) -> Result<Option<globset::GlobMatcher>> {
+pub(super) fn glob(g: Option<&str>) -> Result<Option<globset::GlobMatcher>> {
     g.map(|g| {
         globset::Glob::new(g)
             .map(|g| g.compile_matcher())
@@ -152,7 +132,7 @@ fn glob(g: Option<&str>) -> Result<Option<globset::GlobMatcher>> {
     .transpose()
 }
 
-fn open(path: &Path) -> Result<rusqlite::Connection> {
+pub(super) fn open(path: &Path) -> Result<rusqlite::Connection> {
     Ok(store::open_reader(path)?)
 }
 
@@ -435,6 +415,10 @@ pub fn sessions(cfg: &Config, cmd: SessionsCmd) -> Result<ExitCode> {
                     s.refused,
                     s.connects_denied,
                     s.hosts.join(",")
+                        + &match s.observe {
+                            true => format!("  (observe mode: {} observed)", s.observed),
+                            false => String::new(),
+                        }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -510,55 +494,5 @@ pub fn export(cfg: &Config, cmd: ExportCmd) -> Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `cfg` is the candidate (`hoop policy test --config NEW.toml`).
-pub fn policy(cfg: &Config, cmd: PolicyCmd) -> Result<ExitCode> {
-    let PolicyCmd::Test {
-        db,
-        session,
-        since,
-        json,
-        fleet,
-    } = cmd;
-    let candidate = crate::policy::Policy::compile(cfg, None)?;
-    let sel = query::Select {
-        session,
-        since_ms: since_ms(since.as_deref())?,
-    };
-    let scope = scope_of(&sel);
-    let logs = Logs::of(cfg, db, &fleet, scope)?;
-    let mut recs = Vec::new();
-    for log in &logs.logs {
-        recs.extend(query::records(&open(&log.path)?, &sel)?);
-    }
-    let r = crate::policy::dryrun::replay(&candidate, &recs);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    for c in &r.changes {
-        println!(
-            "#{} {} {} ({}): was {}, now {}",
-            c.seq, c.method, c.url, c.identity, c.was, c.now
-        );
-    }
-    for m in &r.masking {
-        let what: Vec<String> = m.masked.iter().map(|(k, v)| format!("{k}×{v}")).collect();
-        println!(
-            "#{} {}: would now mask {} in the response",
-            m.seq,
-            m.url,
-            what.join(", ")
-        );
-    }
-    println!(
-        "{} recorded request(s) replayed through {}: {} decided differently, {} masked differently",
-        r.replayed,
-        cfg.source.display(),
-        r.changes.len(),
-        r.masking.len()
-    );
     Ok(ExitCode::SUCCESS)
 }

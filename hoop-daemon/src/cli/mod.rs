@@ -3,6 +3,7 @@ mod audit;
 mod ca;
 mod doctor;
 mod fleet;
+mod policy;
 mod run;
 mod sandbox;
 
@@ -64,6 +65,12 @@ pub enum Cmd {
         /// (`--nss=private`, with HOME set to the job's directory).
         #[arg(long, value_name = "WHERE", num_args = 0..=1, default_missing_value = "home")]
         nss: Option<run::Nss>,
+        /// Observe mode for this job: what no connection covers is
+        /// forwarded and recorded as `observed`, not refused. For root or
+        /// the control group, and only where an `[[observe]]` entry names
+        /// the job's identity.
+        #[arg(long)]
+        observe: bool,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -105,7 +112,7 @@ pub enum Cmd {
     Export(audit::ExportCmd),
     /// Try a candidate policy (--config NEW.toml) on recorded requests.
     #[command(subcommand)]
-    Policy(audit::PolicyCmd),
+    Policy(policy::PolicyCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,6 +246,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             user,
             no_trust_env,
             nss,
+            observe,
             command,
         } => {
             let token = read_token(token_file.as_deref(), token_env.as_deref())?;
@@ -251,6 +259,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     env: !no_trust_env,
                     nss,
                 },
+                observe,
                 command,
             )
         }
@@ -289,7 +298,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Audit(c) => audit::audit(&cfg, c),
         Cmd::Sessions(c) => audit::sessions(&cfg, c),
         Cmd::Export(c) => audit::export(&cfg, c),
-        Cmd::Policy(c) => audit::policy(&cfg, c),
+        Cmd::Policy(c) => policy::policy(&cfg, c),
         Cmd::CheckConfig { .. } => unreachable!(),
         Cmd::Doctor { url } => doctor::doctor(&cfg, &url),
     }
@@ -485,14 +494,28 @@ fn print_status(s: &Status) {
             if l.reused { " (reused)" } else { "" }
         );
     }
+    for o in &s.observe {
+        println!(
+            "observe    {} {} until {}{}: what no connection covers is forwarded and recorded, not refused",
+            if o.active { "ON for" } else { "ended for" },
+            o.identities.join(", "),
+            o.until,
+            if o.flagged_only {
+                " (jobs started with --observe)"
+            } else {
+                ""
+            }
+        );
+    }
     println!("jobs ({})", s.jobs.len());
     for j in &s.jobs {
         println!(
-            "  {}  identity {}  pid {}  denied {}  {}",
+            "  {}  identity {}  pid {}  denied {}{}  {}",
             j.job.id,
             j.job.identity.name,
             j.job.pid,
             j.denied,
+            if j.job.observe { "  observe" } else { "" },
             j.job.command.join(" ")
         );
     }

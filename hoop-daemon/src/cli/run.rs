@@ -53,6 +53,7 @@ pub fn run(
     token_env: Option<&str>,
     user: Option<&str>,
     want: Trust,
+    observe: bool,
     command: Vec<String>,
 ) -> Result<ExitCode> {
     let trust_env = want.env;
@@ -100,6 +101,7 @@ pub fn run(
             token,
             command: command.clone(),
             trust,
+            observe,
         },
     )?;
     let Response::Run { trust, .. } = resp else {

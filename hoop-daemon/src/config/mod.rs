@@ -6,6 +6,7 @@ pub mod duration;
 pub mod fleet;
 mod locate;
 pub mod mask;
+pub mod observe;
 pub mod policy;
 pub mod rules;
 
@@ -66,6 +67,9 @@ pub struct Config {
     pub console: console::ConsoleConfig,
     #[serde(default)]
     pub fleet: fleet::FleetConfig,
+    /// Observe mode for named identities (learn mode); none by default.
+    #[serde(default)]
+    pub observe: Vec<observe::ObserveConfig>,
     /// Where this config came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -317,6 +321,11 @@ impl Config {
         }
         if let Err(p) = self.fleet.check() {
             return Err(bad(&p.key, &p.problem));
+        }
+        for (i, o) in self.observe.iter().enumerate() {
+            if let Err(p) = o.check(i) {
+                return Err(bad(&p.key, &p.problem));
+            }
         }
         if let policy::SlackSetting::Buttons(s) = &self.approvals.slack {
             if let Some(problem) = webhook_problem(&s.webhook_url) {

@@ -39,6 +39,8 @@ pub enum ControlError {
         "only root may prepare a job's files for another account (asked for uid {asked}, you are uid {uid})"
     )]
     TrustOwner { asked: u32, uid: u32 },
+    #[error("--observe refused: {why}; the job was not started")]
+    ObserveNotPermitted { why: String },
 
     // Approvals and reload.
     #[error("the process that asked is gone; no decision is taken for it")]

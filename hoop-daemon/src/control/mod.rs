@@ -26,6 +26,10 @@ pub enum Request {
         /// Prepare the job's CA bundle (absent: `--no-trust-env`).
         #[serde(default)]
         trust: Option<TrustAsk>,
+        /// `--observe`: observe mode for this job, where an `[[observe]]`
+        /// entry names its identity.
+        #[serde(default)]
+        observe: bool,
     },
     Status,
     /// Re-read the config file and apply its policy atomically.
@@ -110,6 +114,9 @@ pub struct Status {
     /// Fleet mode's shipping (none without `[fleet]`).
     #[serde(default)]
     pub fleet: Option<crate::fleet::ship::ShipStatus>,
+    /// The `[[observe]]` entries, and whether each is still on.
+    #[serde(default)]
+    pub observe: Vec<crate::policy::observe::ObserveStatus>,
     /// Totals since the daemon started.
     #[serde(default)]
     pub traffic: Traffic,

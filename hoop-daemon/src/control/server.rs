@@ -118,7 +118,8 @@ impl Server {
                 token,
                 command,
                 trust,
-            } => self.run(token, command, trust, peer).await,
+                observe,
+            } => self.run(token, command, trust, observe, peer).await,
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::Reload => (self.reload)()
                 .map(|message| Response::Reloaded { message })
@@ -146,6 +147,7 @@ impl Server {
         token: Option<String>,
         command: Vec<String>,
         trust: Option<super::TrustAsk>,
+        observe: bool,
         peer: Peer,
     ) -> Result<Response, ControlError> {
         let (uid, pid) = (peer.uid, peer.pid.ok_or(ControlError::PeerPidUnknown)?);
@@ -178,6 +180,9 @@ impl Server {
             (None, None) => return Err(ControlError::NoIdentity(rel)),
         };
         let name = identity.name.clone();
+        if observe {
+            self.may_observe(&peer, pid, &name, &policy, &capture.root.path)?;
+        }
         let cg = Cgroup::create(&path)
             .map_err(crate::path_error::at("creating the job cgroup", &path))?;
         if let Err(source) = peer.move_into(&cg) {
@@ -193,13 +198,21 @@ impl Server {
             uid,
             command,
             started_unix_ms: Jobs::now_ms(),
+            observe,
         };
         let job = self.jobs.insert(job).map_err(crate::path_error::at(
             "recording the job in",
             self.jobs.dir(),
         ))?;
         // The session is on record before the job runs a single command.
-        let start = crate::audit::Entry::of(&crate::audit::entry::SessionData::of(&job));
+        let mut session = crate::audit::entry::SessionData::of(&job);
+        session.observe = policy
+            .observe
+            .applies(&name, job.observe, job.started_unix_ms);
+        if session.observe {
+            tracing::warn!(job = %job.id, identity = %name, "observe mode: what no connection covers is forwarded and recorded, not refused");
+        }
+        let start = crate::audit::Entry::of(&session);
         if let Err(e) = self.gw.audit.commit(start).await {
             self.jobs.remove(job.cgroup_id);
             let _ = self.watch_job.send(job);
@@ -229,6 +242,49 @@ impl Server {
             identity: name,
             trust,
         })
+    }
+
+    /// `hoop run --observe` is for root or a control-group member, from
+    /// outside every job (a job that could flag a job of its own would
+    /// leave default deny behind), and for an identity an `[[observe]]`
+    /// entry names now.
+    fn may_observe(
+        &self,
+        peer: &Peer,
+        pid: u32,
+        identity: &str,
+        policy: &crate::policy::Policy,
+        capture_root: &std::path::Path,
+    ) -> Result<(), ControlError> {
+        let member = peer.uid == 0 || self.control_gid.is_some_and(|g| peer.groups().contains(&g));
+        if !member {
+            return Err(ControlError::ObserveNotPermitted {
+                why: format!(
+                    "only root or a member of the control group ({}) may start a job in observe mode",
+                    self.cfg.daemon.control_group
+                ),
+            });
+        }
+        let caller = crate::cgroup::of_pid(pid).map_err(|e| ControlError::ObserveNotPermitted {
+            why: format!("the caller's cgroup (pid {pid}) can't be read: {e}"),
+        })?;
+        let caller = self.cgroup_mount.join(caller.trim_start_matches('/'));
+        if caller.starts_with(capture_root) {
+            return Err(ControlError::ObserveNotPermitted {
+                why: format!(
+                    "the caller runs inside a job ({}): a job may not start a job in observe mode",
+                    caller.display()
+                ),
+            });
+        }
+        if !policy.observe.permits_flag(identity, Jobs::now_ms()) {
+            return Err(ControlError::ObserveNotPermitted {
+                why: format!(
+                    "no [[observe]] entry names identity {identity} (or its `until` has passed): observe mode is off for it"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The job's CA bundle (and the Java truststore, if there is one).
@@ -353,6 +409,7 @@ impl Server {
                 s.approvals_error = f.approvals.error();
                 s
             }),
+            observe: self.gw.policy().observe.status(Jobs::now_ms()),
         }
     }
 }

@@ -172,9 +172,21 @@ impl Gateway {
                 },
             });
         };
-        self.policy()
-            .route(identity, host, port)
-            .map_err(PipelineError::NoRoute)
+        let policy = self.policy();
+        match policy.route(identity, host, port) {
+            Ok(c) => Ok(c),
+            // Observe mode: forwarded as it is, and recorded so.
+            Err(why)
+                if policy.observe.applies(
+                    &identity.name,
+                    flow.job.as_ref().is_some_and(|j| j.observe),
+                    crate::jobs::Jobs::now_ms(),
+                ) =>
+            {
+                Ok(Arc::new(Connection::observing(&why)))
+            }
+            Err(why) => Err(PipelineError::NoRoute(why)),
+        }
     }
 
     fn server_config(&self, alpn: Option<&[u8]>, no_sni_ip: Option<LeafName>) -> Arc<ServerConfig> {

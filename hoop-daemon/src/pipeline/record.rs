@@ -73,8 +73,14 @@ impl Exchange {
                 } else {
                     Vec::new()
                 },
-                connection: route.map(|r| r.name.clone()),
-                decision: "allow".into(),
+                connection: route
+                    .filter(|r| r.observed.is_none())
+                    .map(|r| r.name.clone()),
+                decision: match route.and_then(|r| r.observed.as_ref()) {
+                    Some(_) => "observed".into(),
+                    None => "allow".into(),
+                },
+                would_be: route.and_then(|r| r.observed.clone()),
                 approval: None,
                 started_ms: Jobs::now_ms(),
             },

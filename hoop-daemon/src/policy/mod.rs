@@ -4,11 +4,11 @@
 pub mod approvers;
 pub mod canary;
 pub mod credential;
-pub mod dryrun;
 pub mod enforce;
 pub mod fields;
 mod host;
 pub mod mask;
+pub mod observe;
 pub mod phases;
 pub mod readings;
 pub mod rules;
@@ -40,6 +40,9 @@ pub struct Connection {
     pub approve: Vec<(rules::Rule, Arc<approvers::ApprovalRule>)>,
     /// Bytes of each body the audit log keeps (0: none).
     pub record_body: usize,
+    /// Observe mode's stand-in for a connection that does not exist: why
+    /// the request would have been refused.
+    pub observed: Option<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -51,6 +54,26 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// What observe mode forwards a request no connection covers through:
+    /// no credential, no rule, no masking, no bodies kept (traffic to
+    /// hosts nobody configured; its method, URL and headers are what
+    /// `hoop policy suggest` needs). The upstream is still verified and
+    /// still inside `egress.allow`.
+    pub fn observing(why: &NoRoute) -> Self {
+        Self {
+            name: OBSERVED.into(),
+            hosts: Vec::new(),
+            allow: GlobSet::empty(),
+            credential: None,
+            upstream_tls: None,
+            deny: Vec::new(),
+            mask: None,
+            approve: Vec::new(),
+            record_body: 0,
+            observed: Some(format!("no-connection: {why}")),
+        }
+    }
+
     pub fn covers(&self, host: &str, port: u16) -> bool {
         self.hosts.iter().any(|h| h.matches(host, port))
     }
@@ -89,8 +112,14 @@ impl std::fmt::Display for NoRoute {
     }
 }
 
+/// The name observe mode's stand-in connection goes by.
+pub const OBSERVED: &str = "(observed)";
+
 pub struct Policy {
     pub connections: Vec<Arc<Connection>>,
+    /// Observe mode: whose requests no connection covers are forwarded
+    /// and recorded instead of refused.
+    pub observe: observe::Observe,
     statics: Vec<(GlobMatcher, String)>,
     /// OIDC issuers (with their cached keys).
     pub issuers: Issuers,
@@ -236,9 +265,11 @@ impl Policy {
                 mask,
                 approve,
                 record_body: c.record.cap(),
+                observed: None,
             }));
         }
         Ok(Self {
+            observe: observe::Observe::compile(cfg)?,
             connections,
             statics,
             issuers,

@@ -7,7 +7,6 @@ use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::Serialize;
 
-use super::{Policy, enforce::Enforce};
 use crate::{
     audit::{
         entry::{RefusedData, RequestData, ResponseData, kind},
@@ -16,6 +15,7 @@ use crate::{
     flow::{Flow, Via},
     policy::mask::Counts,
     policy::phases::{Decision, Phases, RequestView},
+    policy::{Policy, enforce::Enforce},
 };
 
 /// What policy made (or would make) of a request.
@@ -27,6 +27,9 @@ pub enum Verdict {
     Held(String),
     NoConnection,
     NoIdentity,
+    /// Observe mode: forwarded though no connection covers it; what it
+    /// would have been.
+    Observed(String),
     /// A rule needs the body, and the record doesn't hold all of it.
     Undecidable(String),
 }
@@ -39,6 +42,7 @@ impl fmt::Display for Verdict {
             Self::Held(r) => write!(f, "held for approval (rule {r})"),
             Self::NoConnection => f.write_str("no connection (default deny)"),
             Self::NoIdentity => f.write_str("no identity"),
+            Self::Observed(_) => f.write_str("observed (no connection; observe mode)"),
             Self::Undecidable(why) => write!(f, "undecidable: {why}"),
         }
     }
@@ -62,9 +66,22 @@ pub struct MaskChange {
     pub masked: std::collections::BTreeMap<String, u64>,
 }
 
+impl Verdict {
+    /// The job would get a refusal (a hold is not one: it waits).
+    pub fn refused(&self) -> bool {
+        matches!(
+            self,
+            Self::Denied(_) | Self::NoConnection | Self::NoIdentity
+        )
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub replayed: usize,
+    /// Requests the candidate would refuse that went through when
+    /// recorded (allowed, approved or observed).
+    pub refused_now: usize,
     pub changes: Vec<Change>,
     pub masking: Vec<MaskChange>,
 }
@@ -83,9 +100,10 @@ pub fn replay(candidate: &Policy, records: &[Stored]) -> Report {
                 let Some(q) = r.parse::<RequestData>() else {
                     continue;
                 };
-                let was = match q.approval {
-                    Some(_) => Verdict::Held("(approved)".into()),
-                    None => Verdict::Allowed,
+                let was = match (&q.approval, &q.would_be) {
+                    (Some(_), _) => Verdict::Held("(approved)".into()),
+                    (None, Some(w)) => Verdict::Observed(w.clone()),
+                    (None, None) => Verdict::Allowed,
                 };
                 let resp = responses.get(&r.seq);
                 let body = resp.map(|s| {
@@ -120,6 +138,9 @@ pub fn replay(candidate: &Policy, records: &[Stored]) -> Report {
         report.replayed += 1;
         let now = decide(candidate, &req, body.as_ref().map(|(b, w)| (&b[..], *w)));
         if !same(&was, &now) {
+            if now.refused() && !was.refused() {
+                report.refused_now += 1;
+            }
             report.changes.push(Change {
                 seq: r.seq,
                 method: req.method.clone(),
@@ -146,6 +167,7 @@ pub fn replay(candidate: &Policy, records: &[Stored]) -> Report {
 fn same(was: &Verdict, now: &Verdict) -> bool {
     match (was, now) {
         (Verdict::Held(a), Verdict::Held(b)) => a == "(approved)" || a == b,
+        (Verdict::Observed(_), Verdict::Observed(_)) => true,
         (a, b) => a == b,
     }
 }
@@ -190,8 +212,18 @@ fn decide(policy: &Policy, req: &RequestData, body: Option<(&[u8], bool)>) -> Ve
     };
     let flow = flow_of(req);
     let port = flow.orig_dst.port();
-    let Ok(conn) = policy.route(identity, &req.host, port) else {
-        return Verdict::NoConnection;
+    let conn = match policy.route(identity, &req.host, port) {
+        Ok(c) => c,
+        // The candidate observes this identity too (for every job: the
+        // record does not say whether one was started with --observe).
+        Err(why)
+            if policy
+                .observe
+                .applies(&identity.name, false, crate::jobs::Jobs::now_ms()) =>
+        {
+            return Verdict::Observed(format!("no-connection: {why}"));
+        }
+        Err(_) => return Verdict::NoConnection,
     };
     let Some((method, uri, headers)) = head(req) else {
         return Verdict::Undecidable("the recorded request head does not parse".into());
