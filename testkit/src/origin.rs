@@ -20,6 +20,7 @@
 //! | `/cards.json?enc=…` | JSON with cards, e-mail, a secret; optionally compressed |
 //! | `/big.json/N` | about N MiB of JSON records with card numbers |
 //! | `/console`, `/v1/…` | the seed scenario's partner, see [`crate::seed`] |
+//! | `/learn`, `/assets/logo.png`, `/assets/font.ttf` | the learn suite's page and the assets it loads from a second host |
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -297,6 +298,36 @@ async fn route(mut req: Request<Incoming>, state: Arc<State>, addr: SocketAddr) 
         "/ws/deflate" => websocket(&mut req, Ws::Deflate),
         "/ws/rsv" => websocket(&mut req, Ws::Rsv),
         "/switch" => switch(req.uri().query().unwrap_or("")),
+        // The learn suite: a page, and the assets it loads from a second
+        // host (the font cross-origin, so with CORS).
+        "/learn" => {
+            let mut r = text(StatusCode::OK, crate::seed::LEARN);
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            r
+        }
+        "/assets/logo.png" => {
+            let mut r = text(StatusCode::OK, &crate::seed::LOGO_PNG[..]);
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+            r
+        }
+        "/assets/font.ttf" => match std::fs::read(crate::seed::FONT_FILE) {
+            Ok(font) => {
+                let mut r = text(StatusCode::OK, font);
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("font/ttf"));
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: {e}\n", crate::seed::FONT_FILE),
+            ),
+        },
         "/page" => {
             let mut r = text(StatusCode::OK, PAGE);
             r.headers_mut()

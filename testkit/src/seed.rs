@@ -147,6 +147,51 @@ window.console_app = {
 </body></html>
 "#;
 
+/// A second host the learn page loads its font and image from: nobody
+/// configured it.
+pub const ASSETS_HOST: &str = "assets.cdn.example";
+
+/// A 4×4 PNG, the learn page's image.
+pub const LOGO_PNG: [u8; 73] = [
+    137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 0, 0, 4, 0, 0, 0, 4, 8, 2, 0,
+    0, 0, 38, 147, 9, 41, 0, 0, 0, 16, 73, 68, 65, 84, 120, 156, 99, 184, 96, 96, 0, 71, 12, 196,
+    113, 0, 248, 67, 19, 1, 174, 232, 233, 27, 0, 0, 0, 0, 73, 69, 78, 68, 174, 66, 96, 130,
+];
+
+/// A real font for the learn page (Debian's fonts-dejavu-core).
+pub const FONT_FILE: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// The learn suite's page on the partner: its API, and a font and an
+/// image from [`ASSETS_HOST`]. `learn.loaded()` says how each went.
+pub const LEARN: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Acme Payouts: learn</title>
+<style>@font-face{font-family:Learn;src:url(https://assets.cdn.example/assets/font.ttf)}
+body{font-family:Learn,sans-serif;margin:2em}</style>
+</head><body>
+<h1>Acme Payouts</h1>
+<img id="logo" src="https://assets.cdn.example/assets/logo.png" alt="Acme" width="16" height="16">
+<p id="status">loading</p>
+<script>
+window.learn = {
+  async loaded() {
+    const img = document.getElementById('logo');
+    if (!img.complete) {
+      await new Promise(r => { img.onload = r; img.onerror = r; });
+    }
+    const font = new FontFace('LearnCheck', 'url(https://assets.cdn.example/assets/font.ttf)');
+    let f;
+    try { await font.load(); f = 'loaded'; } catch (e) { f = 'error: ' + e; }
+    const r = await fetch('/v1/prod/customers');
+    const out = { font: f, image: img.naturalWidth, api: r.status,
+                  reason: r.headers.get('x-hoop-reason') };
+    document.getElementById('status').textContent = JSON.stringify(out);
+    return out;
+  },
+};
+</script>
+</body></html>
+"#;
+
 /// The partner's name, as jobs use it. `.example` is reserved: it never
 /// resolves on a real network; browsers map it to loopback by flag.
 pub const PARTNER_HOST: &str = "api.partner.example";
@@ -235,6 +280,11 @@ pub struct Job<'a> {
 /// under `home` (owned by nobody). No certificate flag and no NSS step of
 /// the caller's: the job's own database trusts hoop's CA.
 pub fn launch_browser(j: &Job) -> anyhow::Result<crate::cdp::Browser> {
+    launch_browser_with(j, &chromium_args(j.partner_ip))
+}
+
+/// [`launch_browser`] with these Chromium flags instead of the scenario's.
+pub fn launch_browser_with(j: &Job, args: &[String]) -> anyhow::Result<crate::cdp::Browser> {
     use anyhow::{Context, bail};
     use std::process::Command;
     std::fs::create_dir_all(j.home.join("profile"))?;
@@ -261,5 +311,5 @@ pub fn launch_browser(j: &Job) -> anyhow::Result<crate::cdp::Browser> {
         .arg(j.token)
         .args(["--", "chromium"])
         .env("HOME", j.home);
-    crate::cdp::Browser::launch(job, &chromium_args(j.partner_ip), &j.home.join("profile"))
+    crate::cdp::Browser::launch(job, args, &j.home.join("profile"))
 }

@@ -122,6 +122,8 @@ fn test(args: &[String]) -> Result<()> {
         "default-jdk-headless",
         // The fleet suite starts a real PostgreSQL server (initdb, pg_ctl).
         "postgresql",
+        // The learn suite's page loads a real font from a second host.
+        "fonts-dejavu-core",
     ])?;
     // Pinned by their lockfiles: a real OpenID provider (identity and
     // console suites) and a HAR 1.2 schema validator (audit suite).

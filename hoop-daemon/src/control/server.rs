@@ -19,8 +19,12 @@ use crate::{
 };
 
 /// Longest request line accepted; anything larger is a broken client. A
-/// token over the OIDC limit still fits, to be refused with its reason.
-const MAX_LINE: usize = 64 * 1024;
+/// token over the OIDC limit still fits, to be refused with its reason,
+/// and so do the caller's CA bundles `hoop run` passes on (up to
+/// `trust::MAX_EXTRA_PEM`, twice over for JSON's escapes): at 64 KiB, a
+/// caller whose SSL_CERT_FILE held a full bundle (a job starting a job,
+/// a corporate bundle) got a broken pipe.
+const MAX_LINE: usize = 2 * crate::trust::MAX_EXTRA_PEM + 64 * 1024;
 
 pub struct Server {
     pub cfg: Arc<Config>,

@@ -32,8 +32,9 @@ pub struct Options {
 pub struct Proposal {
     pub connections: Vec<Proposed>,
     /// Connects refused before any request (by the kernel programs or the
-    /// listener: QUIC, raw TCP, …): no connection can allow them.
-    pub refused_connects: BTreeMap<String, u64>,
+    /// listener: QUIC, raw TCP, …): no connection can allow them. By
+    /// reason and address, the ports and how many.
+    pub refused_connects: BTreeMap<(String, String), BTreeMap<u16, u64>>,
     /// Requests the proposal is made from.
     pub requests: u64,
 }
@@ -79,8 +80,16 @@ pub fn propose(current: &Policy, records: &[Stored], opts: &Options) -> Proposal
                 .map(|x| x.request),
             kind::CONNECT_DENIED => {
                 if let Some(d) = r.parse::<ConnectDeniedData>().filter(|d| d.by != "job") {
-                    let what = format!("{} to {}", d.reason, d.dst.as_deref().unwrap_or("-"));
-                    *out.refused_connects.entry(what).or_default() += 1;
+                    let dst = d.dst.as_deref().unwrap_or("-");
+                    let (addr, port) = match dst.parse::<std::net::SocketAddr>() {
+                        Ok(a) => (a.ip().to_string(), a.port()),
+                        Err(_) => (dst.to_string(), 0),
+                    };
+                    *out.refused_connects
+                        .entry((d.reason, addr))
+                        .or_default()
+                        .entry(port)
+                        .or_default() += 1;
                 }
                 None
             }
@@ -311,8 +320,24 @@ impl Proposal {
                 "\n# Refused before any request (by the kernel programs or the listener);\n\
                  # no connection can allow these:\n",
             );
-            for (what, n) in &self.refused_connects {
-                t.push_str(&format!("#   {what} ({n})\n"));
+            for ((reason, addr), ports) in &self.refused_connects {
+                let n: u64 = ports.values().sum();
+                let at = match ports.len() {
+                    1 => host_port(addr, *ports.keys().next().expect("one")),
+                    k => format!("{addr}, {k} ports"),
+                };
+                let why = match (reason.as_str(), ports.keys().next()) {
+                    ("udp-not-dns", Some(443)) => {
+                        "; QUIC (HTTP/3): browsers fall back to TCP, which the daemon serves"
+                    }
+                    ("udp-not-dns", Some(53)) => "; DNS to a resolver not in capture.dns_resolvers",
+                    ("udp-not-dns", _) => "; UDP other than DNS",
+                    ("bind-not-loopback", _) => {
+                        "; a listener others could reach (WebRTC, a dev server): bind loopback"
+                    }
+                    _ => "",
+                };
+                t.push_str(&format!("#   {reason} to {at} ({n}){why}\n"));
             }
         }
         t

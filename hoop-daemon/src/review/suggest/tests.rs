@@ -228,7 +228,10 @@ fn one_connection_per_domain_with_exactly_what_was_seen() {
     );
     assert_eq!(
         p.refused_connects,
-        BTreeMap::from([("udp-not-dns to 127.0.0.9:443".to_string(), 1)])
+        BTreeMap::from([(
+            ("udp-not-dns".to_string(), "127.0.0.9".to_string()),
+            BTreeMap::from([(443, 1)])
+        )])
     );
 }
 
@@ -297,7 +300,7 @@ fn the_proposal_loads_and_covers_what_it_was_made_from() {
         "{toml}"
     );
     assert!(
-        toml.contains("#   udp-not-dns to 127.0.0.9:443 (1)"),
+        toml.contains("#   udp-not-dns to 127.0.0.9:443 (1); QUIC (HTTP/3)"),
         "{toml}"
     );
     let loaded = policy(&toml);
