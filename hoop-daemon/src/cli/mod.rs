@@ -196,6 +196,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             policy.connections.len(),
             cfg.identity.oidc.len()
         );
+        for o in policy.observe.status(crate::jobs::Jobs::now_ms()) {
+            println!(
+                "observe mode {} for {} until {}{}",
+                if o.active { "ON" } else { "ended" },
+                o.identities.join(", "),
+                o.until,
+                if o.flagged_only {
+                    " (jobs started with --observe)"
+                } else {
+                    ""
+                }
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = match &cli.command {
