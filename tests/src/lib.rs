@@ -294,9 +294,21 @@ impl TestEnv {
     /// [`Self::job_curl_args`] run as nobody in a job: the status, and
     /// what curl printed on stdout then stderr.
     pub fn curl_as_nobody(&self, extra: &[&str]) -> (u16, String) {
-        let args = self.job_curl_args(extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.run_as_nobody(&args);
+        self.curl_in_job(&["--user", "nobody"], extra)
+    }
+
+    /// [`Self::job_curl_args`] in a job started with `hoop run RUN_FLAGS
+    /// --`: the status, and what curl printed on stdout then stderr (and
+    /// `hoop run`'s own complaint, when it started no job).
+    pub fn curl_in_job(&self, run_flags: &[&str], extra: &[&str]) -> (u16, String) {
+        let out = self
+            .hoop()
+            .arg("run")
+            .args(run_flags)
+            .arg("--")
+            .args(self.job_curl_args(extra))
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let code = text
             .lines()

@@ -70,6 +70,56 @@ fn verify(env: &TestEnv) -> (i32, String) {
     hoop_out(env, &["audit", "verify", "--fleet"])
 }
 
+/// A host whose spool holds at most 100 records: `fleet` adds to its
+/// `[fleet]` table, `audit` is its `[audit]` table's keys.
+fn capped(
+    name: &str,
+    host_id: &str,
+    pg: &Postgres,
+    partner: &Partner,
+    fleet: &str,
+    audit: &str,
+) -> TestEnv {
+    TestEnv::custom(
+        name,
+        PROBE,
+        "",
+        &format!(
+            "[audit]\n{audit}\n\n[fleet]\npostgres = \"{}\"\nhost_id = \"{host_id}\"\nca_file = \"{}\"\nmax_unshipped = 100\n{fleet}",
+            pg.url(),
+            pg.ca_file.display()
+        ),
+        "\"127.0.0.0/8\"",
+        Some(&partner.policy("")),
+    )
+}
+
+/// One job, `n` requests one after the other (each is two records): a
+/// line per request, "STATUS REASON", and what curl said on stderr.
+fn serial(env: &TestEnv, partner: &Partner, n: usize) -> (Vec<String>, String) {
+    let ca = env.hoop_ca();
+    let out = env
+        .hoop()
+        .args(["run", "--", "curl", "-s", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %header{x-hoop-reason}\\n"])
+        .args([
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &partner.resolve(),
+        ])
+        .arg(partner.url(&format!("/hello?n=[1-{n}]")))
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The scheduling policy (`/proc/…/stat`'s 41st field) of the daemon's
 /// thread named `name`.
 fn thread_policy(env: &TestEnv, name: &str) -> Option<u32> {
@@ -508,49 +558,15 @@ fn past_the_spool_cap_requests_are_refused_and_it_is_recorded() {
     let dir = tempfile::tempdir().unwrap().keep();
     let pg = Postgres::start(&dir.join("pg")).unwrap();
     let partner = Partner::start(&dir, "api.partner.test");
-    let mut a = TestEnv::custom(
-        "fleet-cap",
-        PROBE,
-        "",
-        &format!(
-            "[fleet]\npostgres = \"{}\"\nhost_id = \"runner-cap\"\nca_file = \"{}\"\nmax_unshipped = 100\n",
-            pg.url(),
-            pg.ca_file.display()
-        ),
-        "\"127.0.0.0/8\"",
-        Some(&partner.policy("")),
-    );
+    let mut a = capped("fleet-cap", "runner-cap", &pg, &partner, "", "");
     a.start_daemon();
     // The control: with the server there, requests pass and ship.
     let (code, _) = a.curl_partner(&partner, "GET", "/hello?before=1", &[]);
     assert_eq!(code, 200);
     shipped(&a);
     pg.stop().unwrap();
-    // One job, 120 requests one after the other (each is two records).
-    let ca = a.hoop_ca();
-    let out = a
-        .hoop()
-        .args(["run", "--", "curl", "-s", "-o", "/dev/null"])
-        .args(["-w", "%{http_code} %header{x-hoop-reason}\\n"])
-        .args([
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &partner.resolve(),
-        ])
-        .arg(partner.url("/hello?n=[1-120]"))
-        .output()
-        .unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(
-        lines.len(),
-        120,
-        "{lines:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (lines, err) = serial(&a, &partner, 120);
+    assert_eq!(lines.len(), 120, "{lines:?}\n{err}");
     let first_refused = lines
         .iter()
         .position(|l| l != "200 ")
@@ -611,17 +627,13 @@ fn past_the_spool_cap_drop_oldest_goes_on_and_declares_the_gap() {
     let dir = tempfile::tempdir().unwrap().keep();
     let pg = Postgres::start(&dir.join("pg")).unwrap();
     let partner = Partner::start(&dir, "api.partner.test");
-    let mut a = TestEnv::custom(
+    let mut a = capped(
         "fleet-drop",
-        PROBE,
-        "",
-        &format!(
-            "[audit]\ncheckpoint_every = \"50ms\"\n\n[fleet]\npostgres = \"{}\"\nhost_id = \"runner-drop\"\nca_file = \"{}\"\nmax_unshipped = 100\nwhen_full = \"drop-oldest\"\n",
-            pg.url(),
-            pg.ca_file.display()
-        ),
-        "\"127.0.0.0/8\"",
-        Some(&partner.policy("")),
+        "runner-drop",
+        &pg,
+        &partner,
+        "when_full = \"drop-oldest\"\n",
+        "checkpoint_every = \"50ms\"",
     );
     a.start_daemon();
     let (code, _) = a.curl_partner(&partner, "GET", "/hello?before=1", &[]);
@@ -629,28 +641,10 @@ fn past_the_spool_cap_drop_oldest_goes_on_and_declares_the_gap() {
     shipped(&a);
     pg.stop().unwrap();
     // 200 requests one after the other: 400 records, four times the cap.
-    let ca = a.hoop_ca();
-    let out = a
-        .hoop()
-        .args(["run", "--", "curl", "-s", "-o", "/dev/null"])
-        .args(["-w", "%{http_code} %header{x-hoop-reason}\\n"])
-        .args([
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &partner.resolve(),
-        ])
-        .arg(partner.url("/hello?n=[1-200]"))
-        .output()
-        .unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let (lines, err) = serial(&a, &partner, 200);
     assert!(
         lines.len() == 200 && lines.iter().all(|l| l == "200 "),
-        "{lines:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{lines:?}\n{err}"
     );
     let reached = partner
         .origin

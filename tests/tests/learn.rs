@@ -320,21 +320,14 @@ fn an_observed_browser_job_teaches_a_policy_that_then_holds() {
     );
     // The control: an identity the proposal does not name is refused.
     let stranger = w.token(&env, "repo:acme/other:ref:refs/heads/main");
-    let (code, text) = curl_with_token(
-        &env,
-        &stranger,
-        &[],
-        seed::ASSETS_HOST,
-        ASSETS_IP,
-        "/assets/logo.png",
-    );
+    let (code, text) = logo(&env, &stranger, &[]);
     assert_eq!(code, 403, "{text}");
     assert!(text.contains("x-hoop-reason: no-connection"), "{text}");
 }
 
-/// `hoop run [--observe] --token-file T --user nobody -- curl …` to
+/// `hoop run --user nobody --token-file T [FLAGS] -- curl …` to
 /// `https://host/path` (resolved to `ip`), trusting hoop's CA: the status,
-/// and what curl printed.
+/// and what curl (or `hoop run`) printed.
 fn curl_with_token(
     env: &TestEnv,
     token: &str,
@@ -343,28 +336,26 @@ fn curl_with_token(
     ip: &str,
     path: &str,
 ) -> (u16, String) {
-    let args = env.job_curl_args(&[
-        "--resolve",
-        &format!("{host}:443:{ip}"),
-        &format!("https://{host}{path}"),
-    ]);
-    let out = env
-        .hoop()
-        .args(["run", "--user", "nobody", "--token-file", token])
-        .args(run_flags)
-        .arg("--")
-        .args(&args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let code = text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        text.to_lowercase() + &String::from_utf8_lossy(&out.stderr),
+    let flags = [&["--user", "nobody", "--token-file", token], run_flags].concat();
+    env.curl_in_job(
+        &flags,
+        &[
+            "--resolve",
+            &format!("{host}:443:{ip}"),
+            &format!("https://{host}{path}"),
+        ],
+    )
+}
+
+/// [`curl_with_token`] for the learn page's image on the assets host.
+fn logo(env: &TestEnv, token: &str, run_flags: &[&str]) -> (u16, String) {
+    curl_with_token(
+        env,
+        token,
+        run_flags,
+        seed::ASSETS_HOST,
+        ASSETS_IP,
+        "/assets/logo.png",
     )
 }
 
@@ -452,28 +443,14 @@ fn observe_mode_keeps_its_bounds() {
         "{text}"
     );
     assert_eq!(w.outside.hits(), 0);
-    let (code, text) = curl_with_token(
-        &env,
-        &scraper,
-        &[],
-        seed::ASSETS_HOST,
-        ASSETS_IP,
-        "/assets/logo.png",
-    );
+    let (code, text) = logo(&env, &scraper, &[]);
     assert_eq!(code, 200, "{text}");
 
     // Not for an identity no entry names: 403 no-connection, nothing
     // dialled.
     let before = w.assets.hits();
     let other = w.token(&env, "repo:evil/x:ref:refs/heads/main");
-    let (code, text) = curl_with_token(
-        &env,
-        &other,
-        &[],
-        seed::ASSETS_HOST,
-        ASSETS_IP,
-        "/assets/logo.png",
-    );
+    let (code, text) = logo(&env, &other, &[]);
     assert_eq!(code, 403, "{text}");
     assert!(text.contains("x-hoop-reason: no-connection"), "{text}");
     assert_eq!(w.assets.hits(), before);
@@ -481,33 +458,12 @@ fn observe_mode_keeps_its_bounds() {
     // flagged_only: without --observe, refused; with it (root, outside any
     // job), observed.
     let flagged = w.token(&env, "repo:acme/flagged:ref:refs/heads/main");
-    let (code, text) = curl_with_token(
-        &env,
-        &flagged,
-        &[],
-        seed::ASSETS_HOST,
-        ASSETS_IP,
-        "/assets/logo.png",
-    );
+    let (code, text) = logo(&env, &flagged, &[]);
     assert_eq!(code, 403, "{text}");
-    let (code, text) = curl_with_token(
-        &env,
-        &flagged,
-        &["--observe"],
-        seed::ASSETS_HOST,
-        ASSETS_IP,
-        "/assets/logo.png",
-    );
+    let (code, text) = logo(&env, &flagged, &["--observe"]);
     assert_eq!(code, 200, "{text}");
     // --observe for an identity no entry names: refused, no job.
-    let (code, text) = curl_with_token(
-        &env,
-        &other,
-        &["--observe"],
-        seed::ASSETS_HOST,
-        ASSETS_IP,
-        "/assets/logo.png",
-    );
+    let (code, text) = logo(&env, &other, &["--observe"]);
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("--observe refused: no [[observe]] entry names identity ci:repo:evil/x"),

@@ -197,17 +197,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             cfg.identity.oidc.len()
         );
         for o in policy.observe.status(crate::jobs::Jobs::now_ms()) {
-            println!(
-                "observe mode {} for {} until {}{}",
-                if o.active { "ON" } else { "ended" },
-                o.identities.join(", "),
-                o.until,
-                if o.flagged_only {
-                    " (jobs started with --observe)"
-                } else {
-                    ""
-                }
-            );
+            println!("observe mode {o}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -509,15 +499,7 @@ fn print_status(s: &Status) {
     }
     for o in &s.observe {
         println!(
-            "observe    {} {} until {}{}: what no connection covers is forwarded and recorded, not refused",
-            if o.active { "ON for" } else { "ended for" },
-            o.identities.join(", "),
-            o.until,
-            if o.flagged_only {
-                " (jobs started with --observe)"
-            } else {
-                ""
-            }
+            "observe    {o}: what no connection covers is forwarded and recorded, not refused"
         );
     }
     println!("jobs ({})", s.jobs.len());

@@ -30,6 +30,25 @@ pub struct ObserveStatus {
     pub active: bool,
 }
 
+/// `ON for ci:repo:acme/* until 2026-12-31T00:00:00Z (jobs started
+/// with --observe)`: how `hoop status` and `check-config` say it.
+impl std::fmt::Display for ObserveStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} for {} until {}{}",
+            if self.active { "ON" } else { "ended" },
+            self.identities.join(", "),
+            self.until,
+            if self.flagged_only {
+                " (jobs started with --observe)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 impl Observe {
     pub fn compile(cfg: &Config) -> Result<Self, ConfigError> {
         let mut entries = Vec::new();
