@@ -598,6 +598,23 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         &format!("document.querySelector('a[href=\"/sessions/{job_session}\"]')"),
         "the job's session in the list",
     );
+    // By upstream host too: one the job never reached lists nothing.
+    alice
+        .open(&format!("{console}/sessions?host=nowhere.example"))
+        .unwrap();
+    wait(
+        &mut alice,
+        "document.getElementById('no-sessions')",
+        "a host the job never reached",
+    );
+    alice
+        .open(&format!("{console}/sessions?host=api.partner.*"))
+        .unwrap();
+    wait(
+        &mut alice,
+        &format!("document.querySelector('a[href=\"/sessions/{job_session}\"]')"),
+        "the job's session under its upstream host",
+    );
     alice
         .open(&format!("{console}/sessions/{job_session}"))
         .unwrap();
@@ -637,6 +654,29 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         .unwrap();
     assert_eq!(r, json!({"status": 403, "reason": "not-auditor"}));
 
+    // Sign-out: the page's button ends the session; the old cookie reads
+    // nothing more (the control: the same request with it, just before).
+    let cookie = session_cookie(&mut alice);
+    let with_cookie = || {
+        curl(
+            &format!("{console}/sessions"),
+            &hoop_ca,
+            &["-H", &format!("cookie: __Host-hoop-console={cookie}")],
+        )
+    };
+    let (code, body, head) = with_cookie();
+    assert_eq!(code, 200, "{head}{body}");
+    alice.open(&format!("{console}/")).unwrap();
+    let _ = alice.eval("document.querySelector('form[action=\"/logout\"] button').click()");
+    wait(
+        &mut alice,
+        "location.pathname === '/' && !document.getElementById('who')",
+        "the page after signing out",
+    );
+    let (code, body, head) = with_cookie();
+    assert_eq!(code, 401, "the old cookie still reads: {head}{body}");
+    assert!(head.contains("x-hoop-reason: not-signed-in"), "{head}");
+
     // Everything is on record, with the approvers' identities.
     job.close();
     let out = env.hoop().args(["audit", "verify"]).output().unwrap();
@@ -668,6 +708,7 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
     for (event, who, detail) in [
         ("sign-in", "alice@example.test", "payments-leads"),
         ("sign-in", "dave@example.test", "marketing"),
+        ("sign-out", "alice@example.test", "signed out"),
         ("view", "alice@example.test", "viewed the held body"),
         (
             "refused",
@@ -1016,7 +1057,7 @@ fn a_job_reaches_the_console_by_no_path() {
         "content-security-policy: default-src 'none'; script-src 'self';",
         "frame-ancestors 'none'",
         "x-content-type-options: nosniff",
-        "referrer-policy: no-referrer",
+        "referrer-policy: same-origin",
         "cache-control: no-store",
     ] {
         assert!(head.contains(h), "{h:?} missing:\n{head}");

@@ -132,15 +132,18 @@ fn redirect(to: &str) -> Response<Body> {
     r
 }
 
-/// Every answer: no caching, no framing, no sniffing, no referrer, HTTPS
-/// only, and nothing but the console's own files may run or load.
+/// Every answer: no caching, no framing, no sniffing, no referrer to
+/// another origin, HTTPS only, and nothing but the console's own files may
+/// run or load. `same-origin`, not `no-referrer`: under `no-referrer` a
+/// browser sends `Origin: null` with a plain form's POST (the sign-out
+/// button), which the CSRF check rightly refuses as not ours.
 fn harden(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
     for (k, v) in [
         ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("strict-transport-security", "max-age=31536000"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cross-origin-resource-policy", "same-origin"),
