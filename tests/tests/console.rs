@@ -564,6 +564,38 @@ fn approvers_decide_in_the_console_and_nobody_else_can() {
         1,
         "only the approved payout may reach the partner"
     );
+
+    // Approved for a window: this payout, and the job's next one under
+    // the same rule without a hold (nothing pending, straight to 201).
+    let pay = "fetch('/v1/prod/payouts', {method: 'POST', headers: {'content-type': 'application/json'}, \
+               body: JSON.stringify({amount: 120, currency: 'EUR'})}).then(async r => ({status: r.status, text: await r.text()}))";
+    let payout = job.start(pay).unwrap();
+    let id4 = env.wait_pending(0);
+    wait(
+        &mut alice,
+        &format!("document.getElementById('a-{id4}')"),
+        "the payout to approve for 10 minutes",
+    );
+    alice
+        .eval(&format!(
+            "const g = document.querySelector('#a-{id4} form.decide');\
+             g.querySelector('select[name=for]').value = '600';\
+             g.querySelector('button.approve').click(); true"
+        ))
+        .unwrap();
+    let r = job.value(payout).unwrap();
+    assert_eq!(r["status"], 201, "{r}");
+    let r = job.eval(pay).unwrap();
+    assert_eq!(r["status"], 201, "within the window: {r}");
+    assert!(
+        !env.approvals().iter().any(|a| a["status"] == "pending"),
+        "the payout inside the window was held"
+    );
+    assert_eq!(
+        origin.seen().iter().filter(|s| s.method == "POST").count(),
+        3,
+        "the approved payout and the one inside its window"
+    );
     assert_eq!(
         other
             .eval(
