@@ -78,6 +78,14 @@ fn default_groups_claim() -> String {
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 impl ConsoleConfig {
+    /// Who started a job, by its token's claims: the claim
+    /// `job_actor_claim` names, mapped through `job_actors` where it is a
+    /// login. That person can't approve the job's requests.
+    pub fn job_actor(&self, claims: &std::collections::BTreeMap<String, String>) -> Option<String> {
+        let v = claims.get(self.job_actor_claim.as_deref()?)?;
+        Some(self.job_actors.get(v).cloned().unwrap_or_else(|| v.clone()))
+    }
+
     pub fn session_ttl(&self) -> Duration {
         self.session_ttl.map_or(DEFAULT_TTL, |h| h.0)
     }
@@ -129,5 +137,40 @@ impl ConsoleConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn the_job_actor_is_the_claim_mapped_where_it_is_a_login() {
+        let c: ConsoleConfig = toml::from_str(
+            "job_actor_claim = \"actor\"\n[job_actors]\ncarol = \"carol.m@acme.example\"\n",
+        )
+        .unwrap();
+        let claims = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // A login in the table: the e-mail it maps to.
+        assert_eq!(
+            c.job_actor(&claims(&[("actor", "carol")])).as_deref(),
+            Some("carol.m@acme.example")
+        );
+        // One not in it: as the claim says.
+        assert_eq!(
+            c.job_actor(&claims(&[("actor", "dave")])).as_deref(),
+            Some("dave")
+        );
+        // No such claim on the token, or no claim configured: nobody.
+        assert_eq!(c.job_actor(&claims(&[("sub", "carol")])), None);
+        let none: ConsoleConfig = toml::from_str("").unwrap();
+        assert_eq!(none.job_actor(&claims(&[("actor", "carol")])), None);
     }
 }

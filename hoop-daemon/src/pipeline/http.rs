@@ -314,10 +314,8 @@ async fn response_phases(
 /// job_actor_claim` names (mapped through `[console] job_actors` when the
 /// claim is a login): that person can't approve its requests.
 fn job_actor(conn: &Conn) -> Option<String> {
-    let c = &conn.gw.cfg.console;
-    let claim = c.job_actor_claim.as_deref()?;
-    let v = conn.flow.identity.as_deref()?.claims.get(claim)?;
-    Some(c.job_actors.get(v).cloned().unwrap_or_else(|| v.clone()))
+    let claims = &conn.flow.identity.as_deref()?.claims;
+    conn.gw.cfg.console.job_actor(claims)
 }
 
 /// Waits for a human's decision on this request, and records it.
