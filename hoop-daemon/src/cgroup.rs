@@ -130,7 +130,6 @@ pub fn find_by_id(root: &Path, id: u64) -> Option<PathBuf> {
     None
 }
 
-/// `path` relative to the cgroup2 mount, as static identity globs see it.
 /// The cgroup2 path of process `pid` (`/hoop.slice/job-…`), from
 /// `/proc/PID/cgroup`.
 pub fn of_pid(pid: u32) -> io::Result<String> {
@@ -141,6 +140,7 @@ pub fn of_pid(pid: u32) -> io::Result<String> {
         .ok_or_else(|| io::Error::other("no cgroup2 entry"))
 }
 
+/// `path` relative to the cgroup2 mount, as static identity globs see it.
 pub fn relative(mount: &Path, path: &Path) -> Option<String> {
     path.strip_prefix(mount).ok()?.to_str().map(str::to_owned)
 }

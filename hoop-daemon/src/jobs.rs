@@ -156,14 +156,14 @@ impl Jobs {
 
     pub fn insert(&self, job: Job) -> std::io::Result<Arc<Job>> {
         fs::create_dir_all(&self.dir)?;
-        let path = self.record_path(&job.id);
-        let tmp = path.with_extension("tmp");
         // Root's alone, like the rest of hoop's state: it names the job's
         // identity and command line.
-        let _ = fs::remove_file(&tmp);
-        crate::tls::ca::write_new(&tmp, &serde_json::to_vec(&job)?, 0o600)
-            .map_err(std::io::Error::other)?;
-        fs::rename(&tmp, &path)?;
+        crate::tls::ca::replace(
+            &self.record_path(&job.id),
+            &serde_json::to_vec(&job)?,
+            0o600,
+        )
+        .map_err(std::io::Error::other)?;
         let job = Arc::new(job);
         self.jobs.lock().unwrap().insert(job.cgroup_id, job.clone());
         Ok(job)

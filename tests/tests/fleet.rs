@@ -120,6 +120,16 @@ fn serial(env: &TestEnv, partner: &Partner, n: usize) -> (Vec<String>, String) {
     )
 }
 
+/// How many of [`serial`]'s requests reached the partner.
+fn reached(partner: &Partner) -> usize {
+    partner
+        .origin
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("n="))
+        .count()
+}
+
 /// The scheduling policy (`/proc/…/stat`'s 41st field) of the daemon's
 /// thread named `name`.
 fn thread_policy(env: &TestEnv, name: &str) -> Option<u32> {
@@ -582,12 +592,7 @@ fn past_the_spool_cap_requests_are_refused_and_it_is_recorded() {
         "{lines:?}"
     );
     // What was refused never reached the partner.
-    let reached = partner
-        .origin
-        .seen()
-        .iter()
-        .filter(|s| s.path.contains("n="))
-        .count();
+    let reached = reached(&partner);
     assert_eq!(reached, first_refused);
     let st = a.status()["fleet"].clone();
     assert!(st["lag_records"].as_u64().unwrap() >= 100, "{st}");
@@ -646,12 +651,7 @@ fn past_the_spool_cap_drop_oldest_goes_on_and_declares_the_gap() {
         lines.len() == 200 && lines.iter().all(|l| l == "200 "),
         "{lines:?}\n{err}"
     );
-    let reached = partner
-        .origin
-        .seen()
-        .iter()
-        .filter(|s| s.path.contains("n="))
-        .count();
+    let reached = reached(&partner);
     assert_eq!(reached, 200);
     let st = a.status()["fleet"].clone();
     let lag = st["lag_records"].as_u64().unwrap();

@@ -61,7 +61,16 @@ pub struct Writer {
     /// Spans dropped at the spool's cap whose `dropped` record the server
     /// may not have yet: the next such record repeats them, so that a
     /// later cut that takes an earlier record along loses no declaration.
-    drops: Vec<super::verify::Span>,
+    drops: Vec<Dropped>,
+}
+
+/// A span dropped at the spool's cap, and where its `dropped` record went.
+/// Kept in the `meta` table as JSON between runs.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Dropped {
+    from: u64,
+    to: u64,
+    declared_at: u64,
 }
 
 impl Writer {
@@ -105,15 +114,8 @@ impl Writer {
         // A restart must not forget a span whose record has not shipped.
         let drops = store::meta(&db, DROPS_META)
             .map_err(fail)?
-            .and_then(|j| serde_json::from_str::<Vec<(u64, u64, u64)>>(&j).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(from, to, at)| super::verify::Span {
-                from,
-                to,
-                declared_at: Some(at),
-            })
-            .collect();
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
         let w = Self {
             packer,
             db,
@@ -464,8 +466,7 @@ impl Writer {
         s.first_kept.fetch_max(to + 1, Ordering::AcqRel);
         // Declarations the server has are done with. Nothing shipped since
         // the last cut: the server's gap grows, and one span says so.
-        self.drops
-            .retain(|d| d.declared_at.is_some_and(|at| at >= server_at));
+        self.drops.retain(|d| d.declared_at >= server_at);
         let from = match self.drops.last() {
             Some(d) if server_at <= d.to + 1 => self.drops.pop().expect("last").from,
             _ => server_at,
@@ -483,19 +484,14 @@ impl Writer {
             max: s.max,
             earlier: self.drops.iter().map(|d| (d.from, d.to)).collect(),
         });
-        self.drops.push(super::verify::Span {
+        self.drops.push(Dropped {
             from,
             to,
-            declared_at: Some(self.next),
+            declared_at: self.next,
         });
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.commit(vec![(Sealed::of(e), None)]);
-        let kept: Vec<(u64, u64, u64)> = self
-            .drops
-            .iter()
-            .map(|d| (d.from, d.to, d.declared_at.unwrap_or_default()))
-            .collect();
-        let json = serde_json::to_string(&kept).expect("numbers serialise");
+        let json = serde_json::to_string(&self.drops).expect("numbers serialise");
         if let Err(e) = store::set_meta(&self.db, DROPS_META, &json) {
             tracing::error!(error = %e, "fleet: the dropped spans were not kept for the next run");
         }

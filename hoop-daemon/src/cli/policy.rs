@@ -21,17 +21,10 @@ pub enum PolicyCmd {
     /// --config, and report what it would decide or mask differently.
     /// Nothing is sent.
     Test {
-        #[arg(long)]
-        db: Option<PathBuf>,
-        #[arg(long, conflicts_with = "since")]
-        session: Option<String>,
-        /// Requests recorded in this window (default: all).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        records: RecordArgs,
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        fleet: FleetArgs,
     },
     /// Propose the least-privilege policy for what the record shows no
     /// connection covered (observe mode's `observed` requests and
@@ -39,14 +32,8 @@ pub enum PolicyCmd {
     /// `[[observe]]` entries removed and one `[[connection]]` per
     /// registrable domain added. Never proposes a credential.
     Suggest {
-        #[arg(long)]
-        db: Option<PathBuf>,
-        /// One session's requests.
-        #[arg(long, conflicts_with = "since")]
-        session: Option<String>,
-        /// Requests recorded in this window, e.g. 24h (default: all).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        records: RecordArgs,
         /// Only the requests of identities matching this glob.
         #[arg(long)]
         identity: Option<String>,
@@ -57,43 +44,58 @@ pub enum PolicyCmd {
         /// Write the proposal here (0600) instead of to stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        #[command(flatten)]
-        fleet: FleetArgs,
     },
+}
+
+/// Which recorded requests `hoop policy` reads.
+#[derive(clap::Args, Debug)]
+pub struct RecordArgs {
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// One session's requests.
+    #[arg(long, conflicts_with = "since")]
+    session: Option<String>,
+    /// Requests recorded in this window, e.g. 24h (default: all).
+    #[arg(long)]
+    since: Option<String>,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+impl RecordArgs {
+    fn read(self, cfg: &Config) -> Result<Vec<query::Stored>> {
+        let sel = query::Select {
+            session: self.session,
+            since_ms: since_ms(self.since.as_deref())?,
+        };
+        let logs = Logs::of(cfg, self.db, &self.fleet, scope_of(&sel))?;
+        let mut recs = Vec::new();
+        for log in &logs.logs {
+            recs.extend(query::records(&open(&log.path)?, &sel)?);
+        }
+        Ok(recs)
+    }
 }
 
 /// `cfg` is the candidate (`hoop policy test --config NEW.toml`).
 pub fn policy(cfg: &Config, cmd: PolicyCmd) -> Result<ExitCode> {
-    let (db, session, since, json, fleet) = match cmd {
-        PolicyCmd::Test {
-            db,
-            session,
-            since,
-            json,
-            fleet,
-        } => (db, session, since, json, fleet),
+    let (records, json) = match cmd {
+        PolicyCmd::Test { records, json } => (records, json),
         PolicyCmd::Suggest {
-            db,
-            session,
-            since,
+            records,
             identity,
             tight,
             out,
-            fleet,
         } => {
             let opts = suggest::Options {
                 tight,
                 identity: glob(identity.as_deref())?,
             };
-            return suggest(cfg, db, session, since, &fleet, opts, out);
+            return suggest(cfg, records, opts, out);
         }
     };
     let candidate = crate::policy::Policy::compile(cfg, None)?;
-    let sel = query::Select {
-        session,
-        since_ms: since_ms(since.as_deref())?,
-    };
-    let recs = records(cfg, db, &fleet, &sel)?;
+    let recs = records.read(cfg)?;
     let r = crate::review::dryrun::replay(&candidate, &recs);
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -125,29 +127,11 @@ pub fn policy(cfg: &Config, cmd: PolicyCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The records `hoop policy` reads.
-fn records(
-    cfg: &Config,
-    db: Option<PathBuf>,
-    fleet: &FleetArgs,
-    sel: &query::Select,
-) -> Result<Vec<query::Stored>> {
-    let logs = Logs::of(cfg, db, fleet, scope_of(sel))?;
-    let mut recs = Vec::new();
-    for log in &logs.logs {
-        recs.extend(query::records(&open(&log.path)?, sel)?);
-    }
-    Ok(recs)
-}
-
 /// `hoop policy suggest`: the proposal, checked before it is shown: it
 /// loads, and the same records replayed through it are refused nowhere.
 fn suggest(
     cfg: &Config,
-    db: Option<PathBuf>,
-    session: Option<String>,
-    since: Option<String>,
-    fleet: &FleetArgs,
+    records: RecordArgs,
     opts: suggest::Options,
     out: Option<PathBuf>,
 ) -> Result<ExitCode> {
@@ -160,11 +144,7 @@ fn suggest(
         );
     }
     let current = crate::policy::Policy::compile(cfg, None)?;
-    let sel = query::Select {
-        session,
-        since_ms: since_ms(since.as_deref())?,
-    };
-    let recs = records(cfg, db, fleet, &sel)?;
+    let recs = records.read(cfg)?;
     let proposal = suggest::propose(&current, &recs, &opts);
     let text = with_config(cfg, &proposal)?;
     // What it promises, checked: it loads as it is, and nothing it was
@@ -177,7 +157,8 @@ fn suggest(
         })?;
     let check = crate::review::dryrun::replay(&loaded, &recs);
     match &out {
-        Some(path) => write_private(path, &text)?,
+        // It holds the operator's config, the places of secrets included.
+        Some(path) => crate::tls::ca::replace(path, text.as_bytes(), 0o600)?,
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
     let hosts: usize = proposal.connections.iter().map(|c| c.hosts.len()).sum();
@@ -244,22 +225,4 @@ fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
-}
-
-/// The proposal holds the operator's config, secrets' places included:
-/// 0600, replaced whole.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

@@ -134,10 +134,10 @@ impl Shipping {
 }
 
 /// Starts the shipper for the log at `db`, signed with `pubkey`: on a
-/// thread of its own at SCHED_IDLE, with its own runtime (the blocking
-/// threads it starts inherit the policy). Reading, checking and sending a
-/// round of batches then uses only what the requests leave of a core: the
-/// spool absorbs a lag, a request does not wait behind a round.
+/// thread of its own, with its own runtime, which [`Pace`] keeps at
+/// SCHED_IDLE while it keeps up. Reading, checking and sending a round of
+/// batches then uses only what the requests leave of a core: the spool
+/// absorbs a lag, a request does not wait behind a round.
 pub fn spawn(
     target: Target,
     db: PathBuf,

@@ -129,6 +129,16 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Replaces `path` whole with `data`, created with `mode`: written beside
+/// it, then renamed over it, so a reader never sees half of it.
+pub fn replace(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, data, mode)?;
+    fs::rename(&tmp, path).map_err(crate::path_error::at("replacing", path))?;
+    Ok(())
+}
+
 fn cert_matches_key(cert: &CertificateDer<'_>, key: &KeyPair) -> bool {
     // The certificate's SPKI bytes appear verbatim in its DER.
     let spki = key.subject_public_key_info();
