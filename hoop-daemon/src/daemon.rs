@@ -91,23 +91,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         );
         None
     };
+    // Before each job got a truststore of its own, one was made here with
+    // keytool; nothing reads it any more.
+    for stale in ["java-truststore.p12", "java-truststore.ca.pem"] {
+        let _ = std::fs::remove_file(cfg.daemon.state_dir.join("trust").join(stale));
+    }
     spawn_job_reaper(
         jobs.clone(),
         watch_rx,
         gw.audit.clone(),
         cfg.daemon.runtime_dir.clone(),
     )?;
-    // Java's truststore for jobs: keytool starts a JVM, so it is made off
-    // the start-up path (a job that comes first waits for it).
-    let java_truststore = Arc::new(tokio::sync::OnceCell::new());
-    {
-        let (cell, state, ca) = (
-            java_truststore.clone(),
-            cfg.daemon.state_dir.clone(),
-            gw.ca.cert_path.clone(),
-        );
-        tokio::spawn(async move { crate::trust::java_truststore_once(&cell, &state, &ca).await });
-    }
     proxy::spawn(proxies, gw.clone(), jobs.clone());
 
     let control_gid = crate::users::group_id(&cfg.daemon.control_group);
@@ -125,7 +119,6 @@ pub async fn run(cfg: Config) -> Result<()> {
             let (cfg, gw) = (cfg.clone(), gw.clone());
             Box::new(move || reload(&cfg, &gw))
         },
-        java_truststore,
     });
     server.spawn(listener);
     tracing::info!(

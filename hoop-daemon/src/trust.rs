@@ -1,20 +1,16 @@
 //! What a job trusts, so that it needs no certificate flag: per job, a CA
 //! bundle (the system's roots, the caller's own bundles, hoop's CA) in a
-//! directory only the job's uid can read, removed when the job ends; and,
-//! once per daemon, a Java truststore (Java's roots plus hoop's CA, made
-//! with the JDK's keytool when there is one). `hoop run` points the
-//! runtimes' variables at them (`cli::run`).
+//! directory only the job's uid can read, removed when the job ends, and
+//! beside it the same certificates as a PKCS#12 truststore for Java.
+//! `hoop run` points the runtimes' variables at them (`cli::run`).
 use std::{
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    process::Command,
 };
 
 /// The system's bundle on Debian (ca-certificates); elsewhere the native
 /// store is read and written out.
 pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Java's roots on Debian (ca-certificates-java).
-const JAVA_CACERTS: &str = "/etc/ssl/certs/java/cacerts";
 /// keytool's well-known default; the store holds public certificates only.
 pub const JAVA_STORE_PASSWORD: &str = "changeit";
 /// Extra bundles from the caller are capped: they are copied per job.
@@ -32,6 +28,19 @@ pub enum TrustError {
     TooLarge,
     #[error("the caller's CA bundles hold something that is not a PEM certificate")]
     NotPem,
+    #[error("writing the job's Java truststore: {0}")]
+    JavaStore(String),
+    #[error("preparing the job's trust stopped: {0}")]
+    Stopped(String),
+}
+
+/// Where a job's trust was put.
+#[derive(Debug)]
+pub struct JobTrust {
+    /// PEM: the system's roots, the caller's, hoop's CA.
+    pub bundle: PathBuf,
+    /// The same certificates as PKCS#12, for Java.
+    pub java_truststore: PathBuf,
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrustError + 'a {
@@ -47,9 +56,9 @@ pub fn job_dir(runtime_dir: &Path, job: &str) -> PathBuf {
     runtime_dir.join("trust").join(job)
 }
 
-/// Writes the job's bundle, owned by `uid` (mode 0600 in a 0700
-/// directory): the system's roots, then `extra` (PEM, as the caller's own
-/// bundles hold), then hoop's CA. Its path.
+/// Writes the job's bundle and its Java truststore, owned by `uid` (mode
+/// 0600 in a 0700 directory): the system's roots, then `extra` (PEM, as
+/// the caller's own bundles hold), then hoop's CA.
 pub fn prepare_job(
     runtime_dir: &Path,
     job: &str,
@@ -57,7 +66,7 @@ pub fn prepare_job(
     gid: u32,
     extra: &str,
     hoop_ca_pem: &str,
-) -> Result<PathBuf, TrustError> {
+) -> Result<JobTrust, TrustError> {
     if extra.len() > MAX_EXTRA_PEM {
         return Err(TrustError::TooLarge);
     }
@@ -78,7 +87,7 @@ pub fn prepare_job(
         .mode(0o700)
         .create(&dir)
         .map_err(io("creating", &dir))?;
-    let file = dir.join("ca-bundle.pem");
+    let bundle = dir.join("ca-bundle.pem");
     let mut text = system_roots();
     if !text.ends_with('\n') {
         text.push('\n');
@@ -89,17 +98,19 @@ pub fn prepare_job(
     }
     text.push_str("# hoop's local CA\n");
     text.push_str(hoop_ca_pem);
-    {
+    let java_truststore = dir.join("ca-truststore.p12");
+    let store = java_store(&text)?;
+    for (file, bytes) in [(&bundle, text.as_bytes()), (&java_truststore, &store[..])] {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&file)
-            .map_err(io("writing", &file))?;
-        f.write_all(text.as_bytes()).map_err(io("writing", &file))?;
+            .open(file)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(io("writing", file))?;
     }
-    for p in [&file, &dir] {
+    for p in [&bundle, &java_truststore, &dir] {
         nix::unistd::chown(
             p.as_path(),
             Some(nix::unistd::Uid::from_raw(uid)),
@@ -111,7 +122,30 @@ pub fn prepare_job(
             source: e.into(),
         })?;
     }
-    Ok(file)
+    Ok(JobTrust {
+        bundle,
+        java_truststore,
+    })
+}
+
+/// The certificates of a PEM bundle as a PKCS#12 truststore Java reads
+/// (each a trusted-certificate entry). Made here, in milliseconds: the
+/// JDK's keytool takes seconds of JVM start, which a job would wait for.
+/// A certificate Java's parser would not take either is left out.
+fn java_store(pem_text: &str) -> Result<Vec<u8>, TrustError> {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry};
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut store = KeyStore::new();
+    let certs = CertificateDer::pem_slice_iter(pem_text.as_bytes()).filter_map(Result::ok);
+    for (i, der) in certs.enumerate() {
+        if let Ok(c) = Certificate::from_der(&der) {
+            store.add_entry(&format!("ca-{i}"), KeyStoreEntry::Certificate(c));
+        }
+    }
+    store
+        .writer(JAVA_STORE_PASSWORD)
+        .write()
+        .map_err(|e| TrustError::JavaStore(e.to_string()))
 }
 
 /// Removes a job's directory (the job ended).
@@ -151,94 +185,6 @@ pub fn pem<'a>(certs: impl Iterator<Item = &'a [u8]>) -> String {
     out
 }
 
-/// Java's truststore for jobs: `<state_dir>/trust/java-truststore.p12`,
-/// Java's roots plus hoop's CA, made once (again when hoop's CA changed).
-/// None where there is no JDK keytool or no Java roots to start from.
-pub fn java_truststore(state_dir: &Path, hoop_ca_file: &Path) -> Option<PathBuf> {
-    let keytool = which("keytool")?;
-    let cacerts = Path::new(JAVA_CACERTS);
-    if !cacerts.exists() {
-        return None;
-    }
-    let dir = state_dir.join("trust");
-    let store = dir.join("java-truststore.p12");
-    let stamp = dir.join("java-truststore.ca.pem");
-    let ca = std::fs::read(hoop_ca_file).ok()?;
-    if store.exists() && std::fs::read(&stamp).ok().as_deref() == Some(&ca[..]) {
-        return Some(store);
-    }
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
-    let tmp = dir.join("java-truststore.p12.new");
-    let _ = std::fs::remove_file(&tmp);
-    let run = |args: &[&str]| -> bool {
-        Command::new(&keytool)
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let (tmp_s, ca_s) = (tmp.to_string_lossy(), hoop_ca_file.to_string_lossy());
-    let ok = run(&[
-        "-importkeystore",
-        "-noprompt",
-        "-srckeystore",
-        JAVA_CACERTS,
-        "-srcstorepass",
-        JAVA_STORE_PASSWORD,
-        "-destkeystore",
-        &tmp_s,
-        "-deststoretype",
-        "PKCS12",
-        "-deststorepass",
-        JAVA_STORE_PASSWORD,
-    ]) && run(&[
-        "-importcert",
-        "-noprompt",
-        "-trustcacerts",
-        "-alias",
-        "hoop-local-ca",
-        "-file",
-        &ca_s,
-        "-keystore",
-        &tmp_s,
-        "-storetype",
-        "PKCS12",
-        "-storepass",
-        JAVA_STORE_PASSWORD,
-    ]);
-    if !ok {
-        tracing::warn!(keytool = %keytool.display(), "cannot make the Java truststore for jobs; Java jobs need their own");
-        let _ = std::fs::remove_file(&tmp);
-        return None;
-    }
-    let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644));
-    std::fs::rename(&tmp, &store).ok()?;
-    std::fs::write(&stamp, &ca).ok()?;
-    tracing::info!(store = %store.display(), "Java truststore for jobs (Java's roots and hoop's CA)");
-    Some(store)
-}
-
-/// The Java truststore, made at most once per daemon: whoever asks first
-/// (the daemon at start, or the first job) makes it, the rest wait for it.
-pub async fn java_truststore_once(
-    cell: &tokio::sync::OnceCell<Option<PathBuf>>,
-    state_dir: &Path,
-    hoop_ca_file: &Path,
-) -> Option<PathBuf> {
-    cell.get_or_init(|| {
-        let (state, ca) = (state_dir.to_path_buf(), hoop_ca_file.to_path_buf());
-        async move {
-            tokio::task::spawn_blocking(move || java_truststore(&state, &ca))
-                .await
-                .ok()
-                .flatten()
-        }
-    })
-    .await
-    .clone()
-}
-
 /// `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
@@ -246,4 +192,99 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem(name: &str) -> String {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn the_java_store_holds_every_certificate_of_the_bundle() {
+        let (a, b) = (ca_pem("roots' stand-in"), ca_pem("hoop's local CA"));
+        let text = format!("{a}# a comment line between\n{b}");
+        let store = java_store(&text).unwrap();
+        let read = p12_keystore::KeyStore::from_pkcs12(
+            &store,
+            JAVA_STORE_PASSWORD,
+            p12_keystore::Pkcs12ImportPolicy::Strict,
+        )
+        .unwrap();
+        let mut subjects: Vec<String> = read
+            .entries()
+            .filter_map(|(_, e)| match e {
+                p12_keystore::KeyStoreEntry::Certificate(c) => Some(c.subject().to_string()),
+                _ => None,
+            })
+            .collect();
+        subjects.sort();
+        assert_eq!(
+            subjects,
+            ["CN=hoop's local CA", "CN=roots' stand-in"],
+            "{subjects:?}"
+        );
+        // (Strict import skips certificates without the trusted-usage mark
+        // Java looks for: both have it.) Another password does not open it:
+        // it is the one `hoop run` names.
+        assert!(
+            p12_keystore::KeyStore::from_pkcs12(
+                &store,
+                "not-changeit",
+                p12_keystore::Pkcs12ImportPolicy::Strict
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_job_gets_both_files_its_own_and_nobody_elses() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        let extra = ca_pem("the caller's own CA");
+        let hoop = ca_pem("hoop's local CA");
+        let t = prepare_job(dir.path(), "j1", uid, gid, &extra, &hoop).unwrap();
+        let text = std::fs::read_to_string(&t.bundle).unwrap();
+        assert!(text.contains(extra.trim()) && text.ends_with(&hoop));
+        for p in [&t.bundle, &t.java_truststore] {
+            let m = std::fs::metadata(p).unwrap();
+            assert_eq!((m.mode() & 0o777, m.uid()), (0o600, uid), "{}", p.display());
+        }
+        let store = std::fs::read(&t.java_truststore).unwrap();
+        let read = p12_keystore::KeyStore::from_pkcs12(
+            &store,
+            JAVA_STORE_PASSWORD,
+            p12_keystore::Pkcs12ImportPolicy::Strict,
+        )
+        .unwrap();
+        // The system's roots, the caller's CA and hoop's: as many entries
+        // as the bundle has certificates.
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let in_bundle = CertificateDer::pem_slice_iter(text.as_bytes()).count();
+        assert!(in_bundle >= 2);
+        assert_eq!(read.entries_len(), in_bundle);
+        // Not PEM: refused, nothing written for the job.
+        assert!(matches!(
+            prepare_job(
+                dir.path(),
+                "j2",
+                uid,
+                gid,
+                "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+                &hoop
+            ),
+            Err(TrustError::NotPem)
+        ));
+        assert!(!job_dir(dir.path(), "j2").exists());
+    }
 }

@@ -3,8 +3,9 @@
 //! node (`https`), python3 (`urllib` and `requests`), git and java (`java.net.http`)
 //! fetch an HTTPS upstream through hoop with verification on; with
 //! `--no-trust-env` (the control) the same curl fails verification. The
-//! caller's own SSL_CERT_FILE is kept in the job's bundle; the bundle is
-//! the job's uid's alone, and goes when the job ends.
+//! caller's own SSL_CERT_FILE is kept in the job's bundle; the bundle and
+//! Java's store beside it are the job's uid's alone, and go when the job
+//! ends.
 use std::{path::Path, time::Duration};
 
 use hoop_testkit::{Origin, OriginOpts, TestCa};
@@ -163,7 +164,10 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
 
     // The bundle: the job's uid's alone, holding the caller's own CA and
     // hoop's; gone when the job ends.
+    // Java's store sits beside it, named by JAVA_TOOL_OPTIONS.
     let script = "stat -c '%a %U' \"$SSL_CERT_FILE\" \"$(dirname \"$SSL_CERT_FILE\")\"; \
+                  store=$(dirname \"$SSL_CERT_FILE\")/ca-truststore.p12; stat -c '%a %U' \"$store\"; \
+                  case \"$JAVA_TOOL_OPTIONS\" in *\"trustStore=$store \"*) echo java-store-named;; esac; \
                   echo \"$SSL_CERT_FILE\"; cat \"$SSL_CERT_FILE\"";
     let out = env
         .hoop()
@@ -175,6 +179,8 @@ fn every_common_runtime_trusts_hoop_without_a_flag() {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("600 nobody"), "{text}");
     assert_eq!(lines.next(), Some("700 nobody"), "{text}");
+    assert_eq!(lines.next(), Some("600 nobody"), "{text}");
+    assert_eq!(lines.next(), Some("java-store-named"), "{text}");
     let bundle = lines.next().unwrap().to_string();
     assert!(
         text.contains(own.cert_pem.trim()),

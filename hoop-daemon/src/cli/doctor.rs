@@ -110,7 +110,7 @@ pub fn doctor(cfg: &Config, url: &str) -> Result<ExitCode> {
             present: found("java") && found("javac"),
             run: vec![],
             cmd: s(&["java", &fetch.display().to_string(), url]),
-            fix: "install a JDK (keytool) on this host, so the daemon makes Java's truststore, or add `hoop ca export` to yours",
+            fix: "a JAVA_TOOL_OPTIONS trustStore of your own is kept: add `hoop ca export` to it",
         },
         Probe {
             runtime: "chromium",

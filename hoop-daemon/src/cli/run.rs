@@ -171,9 +171,7 @@ fn point_at(cmd: &mut Command, t: &crate::control::TrustGiven) {
     for v in CA_VARS {
         cmd.env(v, &t.bundle);
     }
-    let Some(store) = &t.java_truststore else {
-        return;
-    };
+    let store = &t.java_truststore;
     let opts = std::env::var("JAVA_TOOL_OPTIONS").unwrap_or_default();
     if opts.contains("javax.net.ssl.trustStore=") {
         eprintln!(

@@ -62,8 +62,8 @@ pub struct TrustAsk {
 pub struct TrustGiven {
     /// The CA bundle: the system's roots, the caller's, hoop's CA.
     pub bundle: String,
-    /// Java's roots and hoop's CA (PKCS#12), where the host has a JDK.
-    pub java_truststore: Option<String>,
+    /// The same certificates as PKCS#12, for Java.
+    pub java_truststore: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

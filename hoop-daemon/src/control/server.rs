@@ -38,8 +38,6 @@ pub struct Server {
     /// Re-reads the config and swaps its policy in (the daemon's own
     /// reload, also behind SIGHUP).
     pub reload: Reload,
-    /// Java's truststore for jobs, once made (None inside: no JDK here).
-    pub java_truststore: Arc<tokio::sync::OnceCell<Option<PathBuf>>>,
 }
 
 pub type Reload = Box<dyn Fn() -> Result<String, crate::config::ConfigError> + Send + Sync>;
@@ -227,7 +225,7 @@ impl Server {
             cgroup_id = cg.id, command = ?crate::audit::entry::redact_args(&job.command), "job started"
         );
         let trust = match trust {
-            Some(t) => match self.trust(&id, &t).await {
+            Some(t) => match self.trust(&id, t).await {
                 Ok(given) => Some(given),
                 Err(e) => {
                     // The job still runs (the caller's own trust is left
@@ -281,36 +279,30 @@ impl Server {
         Ok(())
     }
 
-    /// The job's CA bundle (and the Java truststore, if there is one).
+    /// The job's CA bundle and Java truststore (files and a PKCS#12 key
+    /// derivation: off the async workers).
     async fn trust(
         &self,
         job: &str,
-        t: &super::TrustAsk,
+        t: super::TrustAsk,
     ) -> Result<super::TrustGiven, crate::trust::TrustError> {
-        let ca = std::fs::read_to_string(&self.gw.ca.cert_path).map_err(|source| {
-            crate::trust::TrustError::Io {
-                what: "reading",
-                path: self.gw.ca.cert_path.clone(),
-                source,
-            }
-        })?;
-        let bundle = crate::trust::prepare_job(
-            &self.cfg.daemon.runtime_dir,
-            job,
-            t.uid,
-            t.gid,
-            &t.extra_pem,
-            &ca,
-        )?;
+        let ca_path = self.gw.ca.cert_path.clone();
+        let (runtime_dir, job) = (self.cfg.daemon.runtime_dir.clone(), job.to_string());
+        let given = tokio::task::spawn_blocking(move || {
+            let ca = std::fs::read_to_string(&ca_path).map_err(|source| {
+                crate::trust::TrustError::Io {
+                    what: "reading",
+                    path: ca_path.clone(),
+                    source,
+                }
+            })?;
+            crate::trust::prepare_job(&runtime_dir, &job, t.uid, t.gid, &t.extra_pem, &ca)
+        })
+        .await
+        .map_err(|e| crate::trust::TrustError::Stopped(e.to_string()))??;
         Ok(super::TrustGiven {
-            bundle: bundle.display().to_string(),
-            java_truststore: crate::trust::java_truststore_once(
-                &self.java_truststore,
-                &self.cfg.daemon.state_dir,
-                &self.gw.ca.cert_path,
-            )
-            .await
-            .map(|p| p.display().to_string()),
+            bundle: given.bundle.display().to_string(),
+            java_truststore: given.java_truststore.display().to_string(),
         })
     }
 
