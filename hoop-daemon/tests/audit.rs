@@ -399,3 +399,59 @@ async fn proxy_refusals_are_on_record() {
     );
     assert_eq!(denied.len(), 4, "{reasons:?}");
 }
+
+/// Observe mode reaches explicit-proxy clients too: a client proving an
+/// observed identity gets a host no connection covers, over CONNECT and
+/// SOCKS5, recorded as `observed` with the refusal it would have had and
+/// how it came; a client of another identity (the control) gets 403
+/// no-connection and the host is never dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_mode_reaches_proxy_clients_of_named_identities_only() {
+    let until = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let policy = format!(
+        "[[observe]]\nidentities = [\"test:proxy-client\"]\nuntil = \"{until}\"\n\n\
+         [[connection]]\nname = \"elsewhere\"\nhosts = [\"elsewhere.test\"]\nallow = [\"*\"]\n"
+    );
+    let env = env_with(5000, &policy).await;
+    let origin = env.origin().await;
+    let url = format!("https://localhost:{}/hello", origin.addr.port());
+    let socks = format!("socks5h://{}", env.proxy);
+    for proxy in [env.proxy_url(), socks.clone()] {
+        let (body, code, _) = parse_curl(&env.curl(&["-x", &proxy, &url]).await);
+        assert_eq!(code, 200, "{proxy}: {body}");
+    }
+    let reached = origin.connections();
+    assert_eq!(reached, 2);
+    let other = env.issuer.token("someone-else");
+    for proxy in [env.proxy_url(), socks] {
+        let out = env.curl_as(&other, &["-D", "-", "-x", &proxy, &url]).await;
+        let (text, code, _) = parse_curl(&out);
+        assert_eq!(code, 403, "{proxy}: {text}");
+        assert!(text.contains("x-hoop-reason: no-connection"), "{text}");
+    }
+    assert_eq!(
+        origin.connections(),
+        reached,
+        "a refused client was dialled"
+    );
+
+    let recs = records(&env);
+    let reqs = of::<RequestData>(&recs, kind::REQUEST);
+    let observed: Vec<_> = reqs
+        .iter()
+        .filter(|(_, r)| r.decision == "observed")
+        .map(|(_, r)| {
+            assert_eq!(r.connection, None);
+            assert!(
+                r.would_be
+                    .as_deref()
+                    .is_some_and(|w| w.contains("no connection")),
+                "{r:?}"
+            );
+            assert_eq!(r.origin.identity_name(), "test:proxy-client");
+            r.origin.via.as_str()
+        })
+        .collect();
+    assert_eq!(observed, ["connect", "socks5"], "{reqs:?}");
+    assert_eq!(reqs.len(), 2, "the other identity's requests went upstream");
+}
