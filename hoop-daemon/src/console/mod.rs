@@ -330,4 +330,65 @@ mod tests {
         assert_ne!(o("http://hoop.example"), o("https://hoop.example"));
         assert_eq!(o("null"), None);
     }
+
+    /// `cert_file` and `key_file`: the console serves that chain (a client
+    /// trusting only its issuer completes a handshake and sees the file's
+    /// leaf), and a key that is not the certificate's is a start error
+    /// naming the file.
+    #[tokio::test]
+    async fn the_console_serves_its_own_certificate_from_files() {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        use std::{net::SocketAddr, sync::Arc};
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = hoop_testkit::TestCa::new("Acme console CA");
+        let (chain, key) = issuer.leaf_pem(&["approve.acme.test"]);
+        let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_file, &chain).unwrap();
+        std::fs::write(&key_file, &key).unwrap();
+        let c = super::ConsoleConfig {
+            cert_file: Some(cert_file.clone()),
+            key_file: Some(key_file.clone()),
+            ..Default::default()
+        };
+        let ca = Arc::new(crate::tls::ca::Ca::load_or_create(&dir.path().join("ca")).unwrap());
+        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let server = super::server_tls(&c, addr, &ca).unwrap();
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(issuer.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let accept = tokio::spawn(async move {
+            tokio_rustls::TlsAcceptor::from(server)
+                .accept(b)
+                .await
+                .map(|_| ())
+        });
+        let name = ServerName::try_from("approve.acme.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, a)
+            .await
+            .expect("a client trusting the file's issuer completes the handshake");
+        let seen = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, leaf);
+        accept.await.unwrap().unwrap();
+
+        // Another key than the certificate's.
+        let (_, other_key) = issuer.leaf_pem(&["approve.acme.test"]);
+        std::fs::write(&key_file, &other_key).unwrap();
+        match super::server_tls(&c, addr, &ca) {
+            Err(super::StartError::Cert { path, .. }) => assert_eq!(path, cert_file),
+            other => panic!("a mismatched key was accepted: {other:?}"),
+        }
+    }
 }
