@@ -119,6 +119,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             let (cfg, gw) = (cfg.clone(), gw.clone());
             Box::new(move || reload(&cfg, &gw))
         },
+        open: Default::default(),
     });
     server.spawn(listener);
     tracing::info!(
@@ -303,7 +304,10 @@ fn reap_if_empty(jobs: &Jobs, job: &Job, audit: &Audit, runtime_dir: &Path) -> b
     if let Err(e) = cg.remove() {
         tracing::warn!(job = %job.id, error = %e, "cannot remove job cgroup");
     }
-    crate::trust::remove_job(runtime_dir, &job.id);
+    // The job's uid could fill its directory: removing it must not hold
+    // the reaper's task (nor the async workers) meanwhile.
+    let (dir, id) = (runtime_dir.to_path_buf(), job.id.clone());
+    tokio::task::spawn_blocking(move || crate::trust::remove_job(&dir, &id));
     if jobs.remove(job.cgroup_id).is_some() {
         tracing::info!(job = %job.id, cgroup = %job.cgroup_path.display(), "job ended");
         audit.record(Entry::of(&SessionEndData {

@@ -455,3 +455,104 @@ async fn observe_mode_reaches_proxy_clients_of_named_identities_only() {
     assert_eq!(observed, ["connect", "socks5"], "{reqs:?}");
     assert_eq!(reqs.len(), 2, "the other identity's requests went upstream");
 }
+
+/// Observe mode's stand-in for a host a connection covers for other
+/// identities keeps that connection's guardrails (its deny rule refuses,
+/// its masking masks; the control, a host nothing covers, shows the same
+/// field unmasked); and over a TLS connection that stays open each request
+/// is routed again: a reload that ends observe mode refuses the next
+/// request on it (403 no-connection), one that adds a connection for the
+/// host asks for a new connection (421), which then goes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_requests_keep_covering_guardrails_and_follow_the_policy_in_force() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let until = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let observe =
+        format!("[[observe]]\nidentities = [\"test:proxy-client\"]\nuntil = \"{until}\"\n\n");
+    let partner = "[[connection]]\nname = \"partner\"\nhosts = [\"localhost\"]\nallow = [\"test:billing\"]\n\
+        [connection.mask]\njson = [\"$..api_secret\"]\n\
+        [[connection.deny]]\nname = \"no-admin\"\npath = \"/admin/**\"\nmessage = \"admin is off limits\"\n\n";
+    let env = env_with(5000, &format!("{observe}{partner}")).await;
+    let origin = env.origin().await;
+    let port = origin.addr.port();
+    let proxy = env.proxy_url();
+    let get = |host: &'static str, path: &'static str| {
+        let (env, proxy) = (&env, proxy.clone());
+        async move {
+            let url = format!("https://{host}:{port}{path}");
+            parse_curl(&env.curl(&["-D", "-", "-x", &proxy, &url]).await)
+        }
+    };
+    let (text, code, _) = get("localhost", "/cards.json").await;
+    assert_eq!(code, 200, "{text}");
+    assert!(!text.contains("s3cr3t-value"), "unmasked: {text}");
+    let (text, code, _) = get("localhost", "/admin/users").await;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("x-hoop-reason: policy-denied"), "{text}");
+    let (text, code, _) = get("127.0.0.1", "/cards.json").await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("s3cr3t-value"), "the control: {text}");
+
+    // One TLS connection, three policies.
+    let open = || async {
+        let tls = env.tunnel(port, b"http/1.1").await;
+        let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        s
+    };
+    let send = |s: &mut hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>| {
+        let req = http::Request::get("/hello")
+            .header("host", format!("localhost:{port}"))
+            .body(Empty::new())
+            .unwrap();
+        let sent = s.send_request(req);
+        async move {
+            let resp = sent.await.unwrap();
+            let reason = resp
+                .headers()
+                .get("x-hoop-reason")
+                .map(|v| v.to_str().unwrap().to_string());
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            (status, reason)
+        }
+    };
+    let mut s = open().await;
+    assert_eq!(send(&mut s).await, (200, None));
+    env.reload(partner);
+    s.ready().await.unwrap();
+    assert_eq!(send(&mut s).await, (403, Some("no-connection".to_string())));
+
+    env.reload(&format!("{observe}{partner}"));
+    let mut s = open().await;
+    assert_eq!(send(&mut s).await, (200, None));
+    let mine = "[[connection]]\nname = \"mine\"\nhosts = [\"localhost\"]\nallow = [\"test:proxy-client\"]\n\n";
+    env.reload(&format!("{observe}{mine}{partner}"));
+    s.ready().await.unwrap();
+    assert_eq!(
+        send(&mut s).await,
+        (421, Some("misdirected-request".to_string()))
+    );
+    let mut s = open().await;
+    assert_eq!(send(&mut s).await, (200, None));
+
+    let recs = records(&env);
+    let reqs = of::<RequestData>(&recs, kind::REQUEST);
+    let through: Vec<_> = reqs
+        .iter()
+        .filter(|(_, r)| r.url.ends_with("/hello"))
+        .map(|(_, r)| (r.decision.as_str(), r.connection.as_deref()))
+        .collect();
+    assert_eq!(
+        through,
+        [
+            ("observed", None),
+            ("observed", None),
+            ("allow", Some("mine"))
+        ],
+        "{reqs:?}"
+    );
+}

@@ -368,7 +368,8 @@ fn observe_mode_keeps_its_bounds() {
     // The partner has a connection, with a credential, for billing jobs.
     let billing = format!(
         "[[connection]]\nname = \"partner-billing\"\nhosts = [\"{}\"]\nallow = [\"ci:repo:acme/billing*\"]\n\
-         credential = {{ header = \"authorization\", format = \"Bearer {{secret}}\", secret = {{ file = \"{}\" }} }}\n\n",
+         credential = {{ header = \"authorization\", format = \"Bearer {{secret}}\", secret = {{ file = \"{}\" }} }}\n\
+         [[connection.deny]]\nname = \"no-refunds\"\npath = \"/v1/refunds/**\"\nmessage = \"refunds are not automated\"\n\n",
         seed::PARTNER_HOST,
         secret_file.display()
     );
@@ -432,6 +433,26 @@ fn observe_mode_keeps_its_bounds() {
             .unwrap()
             .contains("connection partner-billing covers the host but not this identity"),
         "{observed}"
+    );
+
+    // The connection's guardrails still hold for the observed job (only
+    // its credential stays behind): refused before the partner.
+    let (code, text) = curl_with_token(
+        &env,
+        &scraper,
+        &[],
+        seed::PARTNER_HOST,
+        PARTNER_IP,
+        "/v1/refunds/77",
+    );
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("x-hoop-reason: policy-denied"), "{text}");
+    assert!(
+        !w.partner
+            .seen()
+            .iter()
+            .any(|s| s.path.starts_with("/v1/refunds")),
+        "the denied request reached the partner"
     );
 
     // Never outside egress.allow: refused before a dial, the host never

@@ -118,3 +118,97 @@ fn a_reused_pid_can_neither_approve_nor_be_moved_into_a_job() {
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("\"jobs\": []"), "{status}");
 }
+
+/// A control-group member asks root to prepare a job's trust files for
+/// another account, or for a group it is not in: each refused with the
+/// reason, no job started. The control: for its own uid and gid, served
+/// (a job, and its bundle handed to it).
+#[test]
+fn a_member_has_job_files_prepared_only_for_itself() {
+    let mut env = TestEnv::with("peers-trust", PROBE, "control_group = \"nogroup\"", "");
+    env.start_daemon();
+    let socket = env.dir.path().join("run/control.sock");
+    let run = |uid: u32, gid: u32| {
+        let json = format!(
+            r#"{{"op":"run","token":null,"command":["true"],"trust":{{"uid":{uid},"gid":{gid},"extra_pem":""}}}}"#
+        );
+        as_nobody(&env, &["control", socket.to_str().unwrap(), &json])
+    };
+    let answer = run(0, 65534);
+    assert!(
+        answer.contains("only root may prepare a job's files for another account (asked for uid 0, you are uid 65534)"),
+        "{answer}"
+    );
+    for gid in [0, 42] {
+        let answer = run(65534, gid);
+        assert!(
+            answer.contains(&format!(
+                "only root may hand a job's files to a group the caller is not in (asked for gid {gid})"
+            )),
+            "{answer}"
+        );
+    }
+    assert_eq!(env.log().matches("job started").count(), 0, "{}", env.log());
+    let answer = run(65534, 65534);
+    assert!(
+        answer.contains(r#""result":"run""#) && answer.contains("ca-bundle.pem"),
+        "the control: {answer}"
+    );
+    assert_eq!(env.log().matches("job started").count(), 1, "{}", env.log());
+}
+
+/// A control-group member floods the socket with connections that never
+/// send a request: past 16 its next is answered at once with the reason,
+/// unread; root is served all the while; once the member lets go, it is
+/// served again (the control). A stranger is refused before its request is
+/// read.
+#[test]
+fn a_member_cannot_crowd_the_control_socket() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut env = TestEnv::with("peers-flood", PROBE, "control_group = \"nogroup\"", "");
+    env.start_daemon();
+    let socket = env.dir.path().join("run/control.sock");
+    let script = r#"
+import socket, sys, time
+p = sys.argv[1]
+def ask():
+    s = socket.socket(socket.AF_UNIX); s.connect(p)
+    s.sendall(b'{"op":"status"}\n')
+    return s.makefile().readline().strip()[:120]
+held = []
+for _ in range(16):
+    s = socket.socket(socket.AF_UNIX); s.connect(p); held.append(s)
+time.sleep(0.5)
+print(ask(), flush=True)
+sys.stdin.readline()
+for s in held: s.close()
+time.sleep(0.5)
+print(ask(), flush=True)
+"#;
+    let mut member = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--init-groups", "--"])
+        .args(["/usr/bin/python3", "-c", script])
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(member.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("too many control connections from uid 65534 (at most 16 at once)"),
+        "{line}"
+    );
+    // Root, meanwhile.
+    assert_eq!(
+        env.status()["links"].as_array().unwrap().len(),
+        hoop_tests::PROGRAMS
+    );
+    member.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains(r#""result":"status""#), "the control: {line}");
+    member.wait().unwrap();
+}

@@ -39,6 +39,10 @@ pub enum ControlError {
         "only root may prepare a job's files for another account (asked for uid {asked}, you are uid {uid})"
     )]
     TrustOwner { asked: u32, uid: u32 },
+    #[error(
+        "only root may hand a job's files to a group the caller is not in (asked for gid {asked})"
+    )]
+    TrustGroup { asked: u32 },
     #[error("--observe refused: {why}; the job was not started")]
     ObserveNotPermitted { why: String },
 

@@ -25,6 +25,12 @@ use crate::{
 /// caller whose SSL_CERT_FILE held a full bundle (a job starting a job,
 /// a corporate bundle) got a broken pipe.
 const MAX_LINE: usize = 2 * crate::trust::MAX_EXTRA_PEM + 64 * 1024;
+/// How long a client has to send its request line. `hoop` sends it at
+/// once; a member trickling bytes holds a connection no longer.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Control connections one account other than root may hold at once:
+/// each may buffer up to MAX_LINE, and root must never be crowded out.
+const PER_UID: usize = 16;
 
 pub struct Server {
     pub cfg: Arc<Config>,
@@ -38,6 +44,8 @@ pub struct Server {
     /// Re-reads the config and swaps its policy in (the daemon's own
     /// reload, also behind SIGHUP).
     pub reload: Reload,
+    /// Open control connections per uid (root's are not counted).
+    pub open: Open,
 }
 
 pub type Reload = Box<dyn Fn() -> Result<String, crate::config::ConfigError> + Send + Sync>;
@@ -86,25 +94,46 @@ impl Server {
     async fn handle(&self, s: UnixStream) -> Result<(), ControlError> {
         let peer = Peer::of(&s)?;
         let (r, mut w) = s.into_split();
+        let answer = |resp: Response| async move {
+            let mut out = serde_json::to_vec(&resp)?;
+            out.push(b'\n');
+            w.write_all(&out).await?;
+            Ok(())
+        };
+        // Strangers and a member's flood are answered before a byte of
+        // their request is read or buffered.
+        if !self.authorised(&peer) {
+            return answer(Response::Error {
+                message: "not authorised: root or the control group only".into(),
+            })
+            .await;
+        }
+        let Some(_slot) = self.open.take(peer.uid) else {
+            return answer(Response::Error {
+                message: format!(
+                    "too many control connections from uid {} (at most {PER_UID} at once)",
+                    peer.uid
+                ),
+            })
+            .await;
+        };
         let mut line = String::new();
         let mut r = BufReader::new(r).take(MAX_LINE as u64);
-        r.read_line(&mut line).await?;
-        let resp = if !self.authorised(&peer) {
-            Response::Error {
-                message: "not authorised: root or the control group only".into(),
-            }
-        } else {
-            match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response::Error {
-                    message: format!("bad request: {e}"),
-                },
-                Ok(req) => self.dispatch(req, peer).await,
+        let resp = match tokio::time::timeout(READ_TIMEOUT, r.read_line(&mut line)).await {
+            Err(_) => Response::Error {
+                message: format!("no request within {}s", READ_TIMEOUT.as_secs()),
+            },
+            Ok(read) => {
+                read?;
+                match serde_json::from_str::<Request>(&line) {
+                    Err(e) => Response::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                    Ok(req) => self.dispatch(req, peer).await,
+                }
             }
         };
-        let mut out = serde_json::to_vec(&resp)?;
-        out.push(b'\n');
-        w.write_all(&out).await?;
-        Ok(())
+        answer(resp).await
     }
 
     fn authorised(&self, peer: &Peer) -> bool {
@@ -153,12 +182,18 @@ impl Server {
         peer: Peer,
     ) -> Result<Response, ControlError> {
         let (uid, pid) = (peer.uid, peer.pid.ok_or(ControlError::PeerPidUnknown)?);
-        // Only root may hand the job's files to another account.
+        // Only root may hand the job's files to another account or group.
         if let Some(t) = &trust
             && uid != 0
             && t.uid != uid
         {
             return Err(ControlError::TrustOwner { asked: t.uid, uid });
+        }
+        if let Some(t) = &trust
+            && uid != 0
+            && !peer.groups().contains(&t.gid)
+        {
+            return Err(ControlError::TrustGroup { asked: t.gid });
         }
         let capture = self.capture.as_ref().ok_or(ControlError::CaptureDisabled)?;
         let id = Jobs::new_job_id();
@@ -202,10 +237,17 @@ impl Server {
             started_unix_ms: Jobs::now_ms(),
             observe,
         };
-        let job = self.jobs.insert(job).map_err(crate::path_error::at(
-            "recording the job in",
-            self.jobs.dir(),
-        ))?;
+        let job = match self.jobs.insert(job.clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                // The caller is in the cgroup already, and is told to exit:
+                // the reaper removes the cgroup once it has.
+                let _ = self.watch_job.send(Arc::new(job));
+                return Err(
+                    crate::path_error::at("recording the job in", self.jobs.dir())(e).into(),
+                );
+            }
+        };
         // The session is on record before the job runs a single command.
         let mut session = crate::audit::entry::SessionData::of(&job);
         session.observe = policy
@@ -396,6 +438,45 @@ impl Server {
                 s
             }),
             observe: self.gw.policy().observe.status(Jobs::now_ms()),
+        }
+    }
+}
+
+/// Open control connections per uid.
+#[derive(Default)]
+pub struct Open(Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>);
+
+/// One open connection of a uid; gives its place back when dropped.
+pub struct Slot(
+    Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    u32,
+);
+
+impl Open {
+    /// A place for one more connection of `uid`, if it has one (root
+    /// always does).
+    fn take(&self, uid: u32) -> Option<Slot> {
+        if uid == 0 {
+            return Some(Slot(Arc::default(), 0));
+        }
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(uid).or_default();
+        if *n >= PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(self.0.clone(), uid))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
         }
     }
 }

@@ -427,7 +427,7 @@ fn shown_body(route: &Connection, parts: &http::request::Parts, b: &[u8]) -> Str
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let masked = match &route.mask {
+    let masked = match &route.guard.mask {
         Some(m) => match m.mask_body(ctype, b, &mut Default::default()) {
             Ok(out) => out,
             Err(e) => return format!("[not shown: {e}]"),
@@ -491,6 +491,20 @@ async fn route_for(conn: &Conn, host: &str) -> Result<Arc<Connection>, PipelineE
                 });
             }
             match route {
+                // Observe mode is bounded in time and by the policy in
+                // force, not by how long a connection stays open: asked
+                // again for every request.
+                Some(r) if r.observed.is_some() => {
+                    let now = conn.gw.route(&conn.flow, name, dst.port())?;
+                    if now.observed.is_none() {
+                        // A connection covers it now; its trust and
+                        // credential need a handshake of their own.
+                        return Err(PipelineError::Misdirected {
+                            detail: format!("connection {} now covers {name}: reconnect", now.name),
+                        });
+                    }
+                    Ok(now)
+                }
                 Some(r) => Ok(r.clone()),
                 None => conn.gw.route(&conn.flow, name, dst.port()),
             }

@@ -183,7 +183,7 @@ impl Gateway {
                     crate::jobs::Jobs::now_ms(),
                 ) =>
             {
-                Ok(Arc::new(Connection::observing(&why)))
+                Ok(Arc::new(policy.observing(&why)))
             }
             Err(why) => Err(PipelineError::NoRoute(why)),
         }
@@ -387,7 +387,7 @@ where
     // the job still gets a TLS handshake, to read why.
     let route = gw.route(&flow, &tls_name, flow.orig_dst.port());
     let trust = match &route {
-        Ok(c) => c.upstream_tls.as_deref().unwrap_or(&gw.upstream_tls),
+        Ok(c) => c.guard.upstream_tls.as_deref().unwrap_or(&gw.upstream_tls),
         Err(_) => &gw.upstream_tls,
     };
     let target = TlsTarget {

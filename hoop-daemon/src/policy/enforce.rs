@@ -76,12 +76,12 @@ impl Phases for Enforce {
     fn on_request(&self, req: &RequestView<'_>) -> Decision {
         let (flow, conn) = (req.flow, req.connection);
         // Most connections have no rules: no readings to build.
-        if conn.deny.is_empty() && conn.approve.is_empty() {
+        if conn.guard.deny.is_empty() && conn.guard.approve.is_empty() {
             return Decision::Allow;
         }
         let r = Readings::of(req.method, req.path, req.query, req.headers);
         let mut need_body = false;
-        for rule in &conn.deny {
+        for rule in &conn.guard.deny {
             match rule.check(&r, req.headers, None) {
                 Verdict::No => {}
                 Verdict::Yes => return denied(flow, conn, rule),
@@ -89,7 +89,7 @@ impl Phases for Enforce {
                 v => return undecidable(flow, conn, rule, v),
             }
         }
-        for (m, _) in &conn.approve {
+        for (m, _) in &conn.guard.approve {
             match m.check(&r, req.headers, None) {
                 Verdict::No => {}
                 // A held request's body is read before anyone is asked:
@@ -120,14 +120,14 @@ impl Phases for Enforce {
             r.add_method(&m);
         }
         r.unknown_method |= b.multipart_method;
-        for rule in &conn.deny {
+        for rule in &conn.guard.deny {
             match rule.check(&r, &req.headers, Some(&b)) {
                 Verdict::No | Verdict::NeedsBody => {}
                 Verdict::Yes => return denied(flow, conn, rule),
                 v => return undecidable(flow, conn, rule, v),
             }
         }
-        for (m, rule) in &conn.approve {
+        for (m, rule) in &conn.guard.approve {
             match m.check(&r, &req.headers, Some(&b)) {
                 Verdict::No | Verdict::NeedsBody => {}
                 Verdict::Yes => return Decision::Hold(rule.clone()),
@@ -189,7 +189,7 @@ impl Phases for Enforce {
                 counts.add(CANARY, hits as u64);
             }
         }
-        let plan = match &conn.mask {
+        let plan = match &conn.guard.mask {
             Some(m) => {
                 m.mask_headers(resp, &mut counts);
                 note_masked(flow, conn, "response headers", &counts);
@@ -218,7 +218,7 @@ impl Phases for Enforce {
         resp: &mut response::Parts,
         body: Bytes,
     ) -> Result<(Bytes, Counts), Refusal> {
-        let Some(m) = &conn.mask else {
+        let Some(m) = &conn.guard.mask else {
             return Ok((body, Counts::default()));
         };
         let uninspectable = |why: String| Refusal::Uninspectable {
@@ -277,7 +277,7 @@ impl Phases for Enforce {
         conn: &Connection,
         resp: &mut response::Parts,
     ) -> Result<Option<Box<dyn BodyTransform>>, Refusal> {
-        let Some(m) = &conn.mask else {
+        let Some(m) = &conn.guard.mask else {
             return Ok(None);
         };
         over_limit(flow, conn, m, resp, Bytes::new())?;
@@ -295,7 +295,7 @@ impl Phases for Enforce {
 /// Whether responses on `conn` are masked or canary-scanned, and so must
 /// arrive whole.
 fn inspects_responses(conn: &Connection) -> bool {
-    conn.mask.is_some() || conn.credential.is_some()
+    conn.guard.mask.is_some() || conn.credential.is_some()
 }
 
 /// Above `mask.max_body`: block (the default) fails closed; pass lets the

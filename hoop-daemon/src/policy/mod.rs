@@ -31,18 +31,26 @@ pub struct Connection {
     hosts: Vec<HostPattern>,
     allow: GlobSet,
     pub credential: Option<Credential>,
-    /// Trust for this connection's upstreams, when it names extra CAs.
+    /// Its upstream trust and rules: shared with observe mode's stand-in
+    /// for an identity the connection does not allow.
+    pub guard: Arc<Guardrails>,
+    /// Bytes of each body the audit log keeps (0: none).
+    pub record_body: usize,
+    /// Observe mode's stand-in for a connection that does not exist: why
+    /// the request would have been refused.
+    pub observed: Option<String>,
+}
+
+/// What a connection enforces whoever goes through it.
+#[derive(Default)]
+pub struct Guardrails {
+    /// Trust for the upstreams, when the connection names extra CAs.
     pub upstream_tls: Option<Arc<UpstreamTls>>,
     /// Guardrails, in config order.
     pub deny: Vec<rules::Rule>,
     pub mask: Option<mask::Masker>,
     /// Approval rules: the matcher and the rule.
     pub approve: Vec<(rules::Rule, Arc<approvers::ApprovalRule>)>,
-    /// Bytes of each body the audit log keeps (0: none).
-    pub record_body: usize,
-    /// Observe mode's stand-in for a connection that does not exist: why
-    /// the request would have been refused.
-    pub observed: Option<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -54,21 +62,20 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// What observe mode forwards a request no connection covers through:
-    /// no credential, no rule, no masking, no bodies kept (traffic to
-    /// hosts nobody configured; its method, URL and headers are what
-    /// `hoop policy suggest` needs). The upstream is still verified and
-    /// still inside `egress.allow`.
-    pub fn observing(why: &NoRoute) -> Self {
+    /// What observe mode forwards a request with no connection through:
+    /// never a credential, no bodies kept (its method, URL and headers are
+    /// what `hoop policy suggest` needs). A host nobody configured gets no
+    /// rule; a host a connection covers for other identities keeps that
+    /// connection's upstream trust, guardrails, masking and approvals
+    /// (`covering`, the first in config order). The upstream is still
+    /// verified and still inside `egress.allow`.
+    pub fn observing(why: &NoRoute, covering: Option<&Connection>) -> Self {
         Self {
             name: OBSERVED.into(),
             hosts: Vec::new(),
             allow: GlobSet::empty(),
             credential: None,
-            upstream_tls: None,
-            deny: Vec::new(),
-            mask: None,
-            approve: Vec::new(),
+            guard: covering.map_or_else(Default::default, |c| c.guard.clone()),
             record_body: 0,
             observed: Some(format!("no-connection: {why}")),
         }
@@ -260,10 +267,12 @@ impl Policy {
                 hosts,
                 allow,
                 credential,
-                upstream_tls,
-                deny,
-                mask,
-                approve,
+                guard: Arc::new(Guardrails {
+                    upstream_tls,
+                    deny,
+                    mask,
+                    approve,
+                }),
                 record_body: c.record.cap(),
                 observed: None,
             }));
@@ -299,6 +308,17 @@ impl Policy {
             identity: identity.name.clone(),
             covered_by,
         })
+    }
+
+    /// Observe mode's stand-in for a request `route` refused with `why`:
+    /// with the guardrails of the first connection that covers the host
+    /// for others, if one does ([`Connection::observing`]).
+    pub fn observing(&self, why: &NoRoute) -> Connection {
+        let covering = why
+            .covered_by
+            .first()
+            .and_then(|n| self.connections.iter().find(|c| &c.name == n));
+        Connection::observing(why, covering.map(|c| &**c))
     }
 
     /// The static identity of a cgroup (path relative to the cgroup2

@@ -279,7 +279,7 @@ fn masking(policy: &Policy, req: &RequestData, resp: Option<&Stored>) -> Option<
             flow_of(req).orig_dst.port(),
         )
         .ok()?;
-    let m = conn.mask.as_ref()?;
+    let m = conn.guard.mask.as_ref()?;
     let ctype = resp
         .parse::<ResponseData>()?
         .headers

@@ -32,6 +32,8 @@ pub struct Env {
     pub issuer: Issuer,
     /// A valid token of `issuer` (identity `test:proxy-client`).
     pub token: String,
+    /// The config's text before its policy part.
+    base: String,
 }
 
 pub async fn env(response_timeout_ms: u64) -> Env {
@@ -59,19 +61,18 @@ pub async fn env_full(response_timeout_ms: u64, policy: &str, alg: Alg) -> Env {
     let test_ca = TestCa::default();
     let upstream_ca = dir.path().join("upstream-ca.pem");
     std::fs::write(&upstream_ca, &test_ca.cert_pem).unwrap();
-    let text = format!(
+    let base = format!(
         "[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\nresponse_timeout_ms = {response_timeout_ms}\n\
          connect_timeout_ms = 2000\nhandshake_timeout_ms = 2000\n\
          [capture]\nenabled = false\n[proxy]\nlisten = []\n\
          [egress]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n[tls]\nupstream_ca_files = [\"{ca}\"]\n\
-         [[identity.oidc]]\nname = \"test\"\nissuer = \"{iss}\"\naudience = \"hoop\"\nca_files = [\"{issuer_ca}\"]\n\
-         {policy}",
+         [[identity.oidc]]\nname = \"test\"\nissuer = \"{iss}\"\naudience = \"hoop\"\nca_files = [\"{issuer_ca}\"]\n",
         d = dir.path().display(),
         ca = upstream_ca.display(),
         iss = issuer.url,
         issuer_ca = issuer_ca.display(),
     );
-    let cfg = Config::parse(&text, &dir.path().join("hoop.toml")).unwrap();
+    let cfg = Config::parse(&format!("{base}{policy}"), &dir.path().join("hoop.toml")).unwrap();
     let policy = Policy::compile(&cfg, None).unwrap();
     let jobs = Jobs::new(dir.path().join("jobs")).with_limits(ConnectionLimits::of(&cfg.limits));
     let services = hoop::daemon::start_services(&cfg).unwrap();
@@ -89,6 +90,7 @@ pub async fn env_full(response_timeout_ms: u64, policy: &str, alg: Alg) -> Env {
         test_ca,
         issuer,
         token,
+        base,
     }
 }
 
@@ -129,6 +131,13 @@ impl Env {
             .output()
             .await
             .expect("curl is installed")
+    }
+
+    /// Swaps `policy` in, as a reload does.
+    pub fn reload(&self, policy: &str) {
+        let path = self.dir.path().join("hoop.toml");
+        let cfg = Config::parse(&format!("{}{policy}", self.base), &path).unwrap();
+        self.gw.set_policy(Policy::compile(&cfg, None).unwrap());
     }
 
     pub fn proxy_url(&self) -> String {

@@ -51,7 +51,10 @@ impl<'a> Inspector<'a> {
     }
 
     pub fn of(c: &'a Connection) -> Self {
-        Self::new(c.credential.as_ref().map(|c| &*c.canary), c.mask.as_ref())
+        Self::new(
+            c.credential.as_ref().map(|c| &*c.canary),
+            c.guard.mask.as_ref(),
+        )
     }
 
     /// The message to pass on; `counts` gets what was masked, by rule.

@@ -49,7 +49,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The message size bound for `c`.
 pub fn max_message(c: &Connection) -> usize {
-    c.mask
+    c.guard
+        .mask
         .as_ref()
         .map_or(MAX_MESSAGE, |m| m.max_body.min(MAX_MESSAGE))
 }
