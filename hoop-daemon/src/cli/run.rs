@@ -171,7 +171,9 @@ fn point_at(cmd: &mut Command, t: &crate::control::TrustGiven) {
     for v in CA_VARS {
         cmd.env(v, &t.bundle);
     }
-    let store = &t.java_truststore;
+    let Some(store) = &t.java_truststore else {
+        return;
+    };
     let opts = std::env::var("JAVA_TOOL_OPTIONS").unwrap_or_default();
     if opts.contains("javax.net.ssl.trustStore=") {
         eprintln!(

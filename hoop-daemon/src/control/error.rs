@@ -1,5 +1,6 @@
-//! Everything the control socket can refuse or fail at. A request's error
-//! becomes its `Response::Error` once, in `Server::dispatch`.
+//! Everything the control socket can refuse or fail at. An error becomes
+//! the client's `Response::Error` once: in `Server::dispatch` for a
+//! request's, in `Server::handle` for the connection's.
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +10,14 @@ pub enum ControlError {
     Path(#[from] crate::path_error::PathError),
     #[error("another hoop daemon is serving {}", .0.display())]
     InUse(PathBuf),
+    #[error("not authorised: root or the control group only")]
+    NotAuthorised,
+    #[error("too many control connections from uid {uid} (at most {max} at once)")]
+    TooMany { uid: u32, max: usize },
+    #[error("no request within {secs}s")]
+    NoRequest { secs: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(serde_json::Error),
     #[error("control connection: {0}")]
     Io(#[from] std::io::Error),
 

@@ -2,6 +2,7 @@
 //! speaking one JSON request and one JSON response per line.
 pub mod error;
 pub mod metrics;
+pub mod open;
 pub mod peer;
 pub mod server;
 
@@ -62,8 +63,10 @@ pub struct TrustAsk {
 pub struct TrustGiven {
     /// The CA bundle: the system's roots, the caller's, hoop's CA.
     pub bundle: String,
-    /// The same certificates as PKCS#12, for Java.
-    pub java_truststore: String,
+    /// The same certificates as PKCS#12, for Java. (Optional on the
+    /// wire: a daemon of an older hoop may have had none to give.)
+    #[serde(default)]
+    pub java_truststore: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

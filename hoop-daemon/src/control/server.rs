@@ -28,9 +28,6 @@ const MAX_LINE: usize = 2 * crate::trust::MAX_EXTRA_PEM + 64 * 1024;
 /// How long a client has to send its request line. `hoop` sends it at
 /// once; a member trickling bytes holds a connection no longer.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Control connections one account other than root may hold at once:
-/// each may buffer up to MAX_LINE, and root must never be crowded out.
-const PER_UID: usize = 16;
 
 pub struct Server {
     pub cfg: Arc<Config>,
@@ -44,8 +41,9 @@ pub struct Server {
     /// Re-reads the config and swaps its policy in (the daemon's own
     /// reload, also behind SIGHUP).
     pub reload: Reload,
-    /// Open control connections per uid (root's are not counted).
-    pub open: Open,
+    /// Control connections per uid still sending their request (root's
+    /// are not counted).
+    pub open: super::open::Open,
 }
 
 pub type Reload = Box<dyn Fn() -> Result<String, crate::config::ConfigError> + Send + Sync>;
@@ -75,9 +73,24 @@ impl Server {
             loop {
                 match l.accept().await {
                     Ok((s, _)) => {
+                        // A place is taken here, in accept order, before
+                        // the connection's task runs: a flood can't race
+                        // the connections that came first.
+                        let admitted = Peer::of(&s).map_err(ControlError::from).and_then(|p| {
+                            if !self.authorised(&p) {
+                                return Err(ControlError::NotAuthorised);
+                            }
+                            match self.open.take(p.uid) {
+                                Some(slot) => Ok((p, slot)),
+                                None => Err(ControlError::TooMany {
+                                    uid: p.uid,
+                                    max: super::open::PER_UID,
+                                }),
+                            }
+                        });
                         let me = self.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = me.handle(s).await {
+                            if let Err(e) = me.handle(s, admitted).await {
                                 tracing::debug!(error = %e, "control connection ended with an error");
                             }
                         });
@@ -91,49 +104,43 @@ impl Server {
         });
     }
 
-    async fn handle(&self, s: UnixStream) -> Result<(), ControlError> {
-        let peer = Peer::of(&s)?;
+    /// One request and its answer. Strangers and a member's flood are
+    /// answered before a byte of their request is read or buffered; the
+    /// place is given back once the request is in.
+    async fn handle(
+        &self,
+        s: UnixStream,
+        admitted: Result<(Peer, super::open::Slot), ControlError>,
+    ) -> Result<(), ControlError> {
         let (r, mut w) = s.into_split();
-        let answer = |resp: Response| async move {
-            let mut out = serde_json::to_vec(&resp)?;
-            out.push(b'\n');
-            w.write_all(&out).await?;
-            Ok(())
-        };
-        // Strangers and a member's flood are answered before a byte of
-        // their request is read or buffered.
-        if !self.authorised(&peer) {
-            return answer(Response::Error {
-                message: "not authorised: root or the control group only".into(),
-            })
-            .await;
-        }
-        let Some(_slot) = self.open.take(peer.uid) else {
-            return answer(Response::Error {
-                message: format!(
-                    "too many control connections from uid {} (at most {PER_UID} at once)",
-                    peer.uid
-                ),
-            })
-            .await;
-        };
-        let mut line = String::new();
-        let mut r = BufReader::new(r).take(MAX_LINE as u64);
-        let resp = match tokio::time::timeout(READ_TIMEOUT, r.read_line(&mut line)).await {
-            Err(_) => Response::Error {
-                message: format!("no request within {}s", READ_TIMEOUT.as_secs()),
-            },
-            Ok(read) => {
-                read?;
-                match serde_json::from_str::<Request>(&line) {
-                    Err(e) => Response::Error {
-                        message: format!("bad request: {e}"),
-                    },
-                    Ok(req) => self.dispatch(req, peer).await,
+        let resp = match admitted {
+            Err(e) => Err(e),
+            Ok((peer, slot)) => {
+                let mut line = String::new();
+                let mut r = BufReader::new(r).take(MAX_LINE as u64);
+                let read = tokio::time::timeout(READ_TIMEOUT, r.read_line(&mut line)).await;
+                drop(slot);
+                match read {
+                    Err(_) => Err(ControlError::NoRequest {
+                        secs: READ_TIMEOUT.as_secs(),
+                    }),
+                    Ok(read) => {
+                        read?;
+                        match serde_json::from_str::<Request>(&line) {
+                            Err(e) => Err(ControlError::BadRequest(e)),
+                            Ok(req) => Ok(self.dispatch(req, peer).await),
+                        }
+                    }
                 }
             }
         };
-        answer(resp).await
+        let resp = resp.unwrap_or_else(|e| Response::Error {
+            message: e.to_string(),
+        });
+        let mut out = serde_json::to_vec(&resp)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+        Ok(())
     }
 
     fn authorised(&self, peer: &Peer) -> bool {
@@ -344,7 +351,7 @@ impl Server {
         .map_err(|e| crate::trust::TrustError::Stopped(e.to_string()))??;
         Ok(super::TrustGiven {
             bundle: given.bundle.display().to_string(),
-            java_truststore: given.java_truststore.display().to_string(),
+            java_truststore: Some(given.java_truststore.display().to_string()),
         })
     }
 
@@ -442,45 +449,6 @@ impl Server {
     }
 }
 
-/// Open control connections per uid.
-#[derive(Default)]
-pub struct Open(Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>);
-
-/// One open connection of a uid; gives its place back when dropped.
-pub struct Slot(
-    Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
-    u32,
-);
-
-impl Open {
-    /// A place for one more connection of `uid`, if it has one (root
-    /// always does).
-    fn take(&self, uid: u32) -> Option<Slot> {
-        if uid == 0 {
-            return Some(Slot(Arc::default(), 0));
-        }
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(uid).or_default();
-        if *n >= PER_UID {
-            return None;
-        }
-        *n += 1;
-        Some(Slot(self.0.clone(), uid))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// Sends one request to the daemon and reads its answer.
 pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response, ControlError> {
     let s = UnixStream::connect(socket)
@@ -492,7 +460,16 @@ pub async fn client_request(socket: &PathBuf, req: &Request) -> Result<Response,
     let (r, mut w) = s.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    w.write_all(&line).await?;
+    // The daemon may answer without reading a request (a refusal before
+    // it is read) and close: the answer is still there to read.
+    match w.write_all(&line).await {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) => {}
+        other => other?,
+    }
     let mut answer = String::new();
     BufReader::new(r).read_line(&mut answer).await?;
     if answer.is_empty() {

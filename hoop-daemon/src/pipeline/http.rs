@@ -496,7 +496,14 @@ async fn route_for(conn: &Conn, host: &str) -> Result<Arc<Connection>, PipelineE
                 // again for every request.
                 Some(r) if r.observed.is_some() => {
                     let now = conn.gw.route(&conn.flow, name, dst.port())?;
-                    if now.observed.is_none() {
+                    // The upstream was verified with the trust of the
+                    // handshake's route; other trust needs a new one.
+                    let same_trust = match (&r.guard.upstream_tls, &now.guard.upstream_tls) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    };
+                    if now.observed.is_none() || !same_trust {
                         // A connection covers it now; its trust and
                         // credential need a handshake of their own.
                         return Err(PipelineError::Misdirected {
