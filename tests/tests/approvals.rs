@@ -239,7 +239,7 @@ fn held_requests_wait_for_a_human_who_is_not_the_job() {
     s.env
         .wait_log(
             &["approval decided", "approver=uid:0 (root)"],
-            Duration::from_secs(1),
+            Duration::from_secs(10),
         )
         .expect("decisions are audited with the approver");
 }

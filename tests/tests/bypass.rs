@@ -361,7 +361,7 @@ fn every_escape_route_fails_with_its_own_refusal_and_nothing_reaches_the_upstrea
                 "udp-not-dns",
                 &format!("dst={}", udp443.addr),
             ],
-            Duration::from_secs(2),
+            Duration::from_secs(10),
         )
         .expect("no refusal event logged for UDP 443");
     assert!(line.contains("pid=") && line.contains("cgroup="), "{line}");
@@ -382,7 +382,7 @@ fn every_escape_route_fails_with_its_own_refusal_and_nothing_reaches_the_upstrea
     let (ok, line) = env.probe(true, &["udp", &resolver.addr.to_string()]);
     assert!(ok, "DNS to the configured resolver was refused: {line}");
     assert!(
-        eventually(Duration::from_secs(2), || resolver.hits() == 1),
+        eventually(Duration::from_secs(10), || resolver.hits() == 1),
         "resolver counter did not count"
     );
 }
@@ -490,7 +490,7 @@ fn children_threads_and_fast_open_are_captured_too() {
                 &format!("orig_dst={target} "),
                 &format!("pid={pid} "),
             ],
-            Duration::from_secs(2),
+            Duration::from_secs(10),
         );
         assert!(
             logged.is_some(),
@@ -545,7 +545,7 @@ fn the_kernel_logs_its_decision_only_under_debug() {
                     "udp-not-dns",
                     &format!("dst={}", target.addr),
                 ],
-                Duration::from_secs(2),
+                Duration::from_secs(10),
             )
             .unwrap_or_else(|| panic!("{name}: no refusal warning:\n{}", env.log()));
         let cgroup = warned

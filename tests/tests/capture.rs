@@ -70,7 +70,7 @@ fn job_reaches_upstreams_and_the_daemon_knows_who_and_where() {
         let started = env
             .wait_log(
                 &["job started", &format!("pid={pid} ")],
-                Duration::from_secs(2),
+                Duration::from_secs(10),
             )
             .unwrap_or_else(|| panic!("case {i}: no job-started line for pid {pid}"));
         let cgroup_id = field(&started, "cgroup_id").unwrap();
@@ -82,7 +82,7 @@ fn job_reaches_upstreams_and_the_daemon_knows_who_and_where() {
                     &format!("orig_dst={orig} "),
                     &format!("pid={pid} "),
                 ],
-                Duration::from_secs(2),
+                Duration::from_secs(10),
             )
             .unwrap_or_else(|| {
                 panic!(
@@ -134,12 +134,12 @@ fn jobs_keep_their_exit_code_and_their_cgroup_goes_away() {
     );
     let job_dir = TestEnv::cgroup_mount().join(line.trim_start_matches("0::/"));
     assert!(
-        eventually(Duration::from_secs(3), || !job_dir.exists()),
+        eventually(Duration::from_secs(10), || !job_dir.exists()),
         "job cgroup {} still exists after the job ended",
         job_dir.display()
     );
     assert!(
-        eventually(Duration::from_secs(2), || env.status()["jobs"]
+        eventually(Duration::from_secs(10), || env.status()["jobs"]
             .as_array()
             .unwrap()
             .is_empty()),
@@ -169,7 +169,7 @@ fn status_lists_programs_jobs_and_live_connections() {
         .unwrap();
     // The daemon holds the job's connection while it waits for a request.
     assert!(eventually(
-        Duration::from_secs(3),
+        Duration::from_secs(10),
         || env.status()["connections"].as_array().unwrap().len() == 1
     ));
     let s = env.status();
@@ -209,7 +209,7 @@ fn status_lists_programs_jobs_and_live_connections() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(eventually(Duration::from_secs(3), || {
+    assert!(eventually(Duration::from_secs(10), || {
         env.status()["jobs"].as_array().unwrap().len() == 2
     }));
     let s = env.status();

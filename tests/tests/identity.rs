@@ -172,7 +172,7 @@ fn forged_and_invalid_tokens_are_refused_with_their_reason_and_bind_nothing() {
     let started = env
         .wait_log(
             &["job started", "identity=ci:repo:acme/scraper"],
-            Duration::from_secs(2),
+            Duration::from_secs(10),
         )
         .expect("job started with the token's identity");
     assert!(!started.contains(&valid), "the token was logged");
@@ -315,7 +315,7 @@ fn the_credential_is_injected_upstream_and_never_reaches_the_job() {
     p.env
         .wait_log(
             &["credential leak masked", "connection=partner"],
-            Duration::from_secs(2),
+            Duration::from_secs(10),
         )
         .expect("the leak was reported");
 

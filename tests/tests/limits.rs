@@ -47,7 +47,7 @@ fn a_job_over_its_cap_is_reset_and_another_job_gets_through() {
     assert!(ok, "{line}");
     // On record, with its reason.
     let db = env.dir.path().join("state/audit.db");
-    let recorded = eventually(Duration::from_secs(3), || {
+    let recorded = eventually(Duration::from_secs(10), || {
         let out = env
             .hoop()
             .args(["export", "jsonl", "--db", db.to_str().unwrap()])
