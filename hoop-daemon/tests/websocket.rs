@@ -196,16 +196,21 @@ async fn next_text(ws: &mut Ws) -> String {
 
 /// The close frame hoop sent (skipping anything before it).
 async fn close_of(ws: &mut Ws) -> (u16, String) {
-    let t = Instant::now();
-    loop {
-        assert!(t.elapsed() < Duration::from_secs(10), "no close frame");
-        match ws.next().await {
-            Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
-            Some(Ok(Message::Close(None))) | None => panic!("closed without a reason"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("{e}"),
+    let close = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (f.code.into(), f.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => panic!("closed without a reason"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("{e}"),
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), close)
+        .await
+        .expect("no close frame within 10 s")
 }
 
 /// The log once `n` WebSockets have ended (their last batch is written).
@@ -492,4 +497,51 @@ async fn frames_hoop_cannot_read_close_both_sides_with_a_reason() {
             "websocket-protocol-error"
         ]
     );
+}
+
+/// A WebSocket opened in observe mode lasts as long as observe mode does:
+/// it stays open across the checks while the entry stands (the control:
+/// an echo after two of them), and once a reload removes the entry both
+/// sides get a close frame naming `no-connection`, on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observed_websocket_ends_with_observe_mode() {
+    let until = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let elsewhere =
+        "[[connection]]\nname = \"elsewhere\"\nhosts = [\"elsewhere.test\"]\nallow = [\"*\"]\n";
+    let env = env_with(
+        5000,
+        &format!(
+            "[[observe]]\nidentities = [\"test:proxy-client\"]\nuntil = \"{until}\"\n\n{elsewhere}"
+        ),
+    )
+    .await;
+    let origin = env.origin().await;
+    let mut ws = ws_connect(&env, origin.addr.port(), "/ws", &[])
+        .await
+        .unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "one");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ws.send(Message::text("two")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "two");
+
+    env.reload(elsewhere);
+    assert_eq!(
+        close_of(&mut ws).await,
+        (1008, "hoop: no-connection".into())
+    );
+    let recs = records_after(&env, 1).await;
+    let end = batches(&recs)
+        .into_iter()
+        .find_map(|m| m.end)
+        .expect("the WebSocket's end is on record");
+    assert_eq!(end.reason.as_deref(), Some("no-connection"), "{end:?}");
+    assert!(end.detail.contains("no connection allows"), "{end:?}");
+    let reqs: Vec<RequestData> = recs
+        .iter()
+        .filter(|r| r.kind == kind::REQUEST)
+        .map(|r| r.parse().unwrap())
+        .collect();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].decision, "observed");
 }

@@ -714,12 +714,23 @@ async fn forward(
         // Both sides switched to a WebSocket: every message from now on is
         // parsed, checked and recorded (websocket/), never copied raw.
         let up_upgrade = hyper::upgrade::on(&mut resp);
+        // Observed: asked again as it runs, like every request on the
+        // connection (`route_for`).
+        let stands = route.observed.is_some().then(|| {
+            let (gw, flow, host) = (conn.gw.clone(), conn.flow.clone(), x.data.host.clone());
+            Box::new(move || match gw.route(&flow, &host, flow.orig_dst.port()) {
+                Ok(c) if c.observed.is_some() => None,
+                Ok(c) => Some(format!("connection {} now covers {host}", c.name)),
+                Err(e) => Some(e.to_string()),
+            }) as websocket::Stands
+        });
         tokio::spawn(websocket::run(
             job_upgrade,
             up_upgrade,
             route.clone(),
             conn.flow.clone(),
             websocket::Recorder::new(x),
+            stands,
         ));
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);

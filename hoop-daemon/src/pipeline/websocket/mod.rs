@@ -70,6 +70,7 @@ type Sink = Mutex<SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>>;
 struct Relay {
     route: Arc<Connection>,
     flow: Arc<Flow>,
+    stands: Option<Stands>,
     rec: std::sync::Mutex<Recorder>,
     job: Sink,
     up: Sink,
@@ -83,6 +84,10 @@ enum Ended {
     Refused(Refusal),
 }
 
+/// Whether the route a WebSocket was opened on still stands: `Some(why)`
+/// once it does not (observe mode ended for it).
+pub(super) type Stands = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Runs the WebSocket once both sides have switched; to its end.
 pub(super) async fn run(
     job: OnUpgrade,
@@ -90,6 +95,7 @@ pub(super) async fn run(
     route: Arc<Connection>,
     flow: Arc<Flow>,
     mut rec: Recorder,
+    stands: Option<Stands>,
 ) {
     let (j, u) = match tokio::try_join!(job, up) {
         Ok(x) => x,
@@ -107,6 +113,7 @@ pub(super) async fn run(
     let relay = Relay {
         route,
         flow,
+        stands,
         rec: std::sync::Mutex::new(rec),
         job: Mutex::new(job_tx),
         up: Mutex::new(up_tx),
@@ -135,7 +142,12 @@ impl Relay {
             tokio::select! {
                 e = &mut send => break (e, true),
                 e = &mut recv => break (e, false),
-                _ = tick.tick() => self.rec.lock().unwrap().flush_if_due(),
+                _ = tick.tick() => {
+                    self.rec.lock().unwrap().flush_if_due();
+                    if let Some(r) = self.ended_by_policy().await {
+                        break (Ended::Refused(r), true);
+                    }
+                }
             }
         };
         let rest = async { if send_first { recv.await } else { send.await } };
@@ -145,6 +157,23 @@ impl Relay {
             (Ended::Refused(r), _) | (_, Ok(Ended::Refused(r))) => Ended::Refused(r),
             (first, _) => first,
         }
+    }
+
+    /// Observe mode is bounded by `until` and the policy in force, not by
+    /// how long a WebSocket stays open: checked at every tick, it closes
+    /// both sides once it ends.
+    async fn ended_by_policy(&self) -> Option<Refusal> {
+        let why = self.stands.as_ref().and_then(|s| s())?;
+        let r = Refusal {
+            reason: "no-connection",
+            code: CloseCode::Policy,
+            detail: why,
+        };
+        tracing::info!(flow = self.flow.id, detail = %r.detail, "websocket closed: observe mode ended");
+        for side in [&self.job, &self.up] {
+            let _ = send(side, Message::Close(Some(r.frame()))).await;
+        }
+        Some(r)
     }
 
     /// One direction: each message from `from` checked, recorded and
