@@ -347,6 +347,11 @@ fn curl_with_token(
     )
 }
 
+/// [`curl_with_token`] for `path` on the partner.
+fn partner(env: &TestEnv, token: &str, path: &str) -> (u16, String) {
+    curl_with_token(env, token, &[], seed::PARTNER_HOST, PARTNER_IP, path)
+}
+
 /// [`curl_with_token`] for the learn page's image on the assets host.
 fn logo(env: &TestEnv, token: &str, run_flags: &[&str]) -> (u16, String) {
     curl_with_token(
@@ -392,26 +397,12 @@ fn observe_mode_keeps_its_bounds() {
     // Never a credential: an observed job reaches a host whose connection
     // is another identity's without it; the control, a billing job,
     // gets it injected.
-    let (code, text) = curl_with_token(
-        &env,
-        &scraper,
-        &[],
-        seed::PARTNER_HOST,
-        PARTNER_IP,
-        "/v1/whoami?as=scraper",
-    );
+    let (code, text) = partner(&env, &scraper, "/v1/whoami?as=scraper");
     assert_eq!(code, 200, "{text}");
     assert_eq!(authorization(&w.partner, "/v1/whoami?as=scraper"), None);
     assert!(!text.contains(&secret), "{text}");
     let billing_token = w.token(&env, "repo:acme/billing:ref:refs/heads/main");
-    let (code, text) = curl_with_token(
-        &env,
-        &billing_token,
-        &[],
-        seed::PARTNER_HOST,
-        PARTNER_IP,
-        "/v1/whoami?as=billing",
-    );
+    let (code, text) = partner(&env, &billing_token, "/v1/whoami?as=billing");
     assert_eq!(code, 200, "{text}");
     assert_eq!(
         authorization(&w.partner, "/v1/whoami?as=billing"),
@@ -437,14 +428,7 @@ fn observe_mode_keeps_its_bounds() {
 
     // The connection's guardrails still hold for the observed job (only
     // its credential stays behind): refused before the partner.
-    let (code, text) = curl_with_token(
-        &env,
-        &scraper,
-        &[],
-        seed::PARTNER_HOST,
-        PARTNER_IP,
-        "/v1/refunds/77",
-    );
+    let (code, text) = partner(&env, &scraper, "/v1/refunds/77");
     assert_eq!(code, 403, "{text}");
     assert!(text.contains("x-hoop-reason: policy-denied"), "{text}");
     assert!(

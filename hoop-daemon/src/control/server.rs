@@ -192,15 +192,13 @@ impl Server {
         // Only root may hand the job's files to another account or group.
         if let Some(t) = &trust
             && uid != 0
-            && t.uid != uid
         {
-            return Err(ControlError::TrustOwner { asked: t.uid, uid });
-        }
-        if let Some(t) = &trust
-            && uid != 0
-            && !peer.groups().contains(&t.gid)
-        {
-            return Err(ControlError::TrustGroup { asked: t.gid });
+            if t.uid != uid {
+                return Err(ControlError::TrustOwner { asked: t.uid, uid });
+            }
+            if !peer.groups().contains(&t.gid) {
+                return Err(ControlError::TrustGroup { asked: t.gid });
+            }
         }
         let capture = self.capture.as_ref().ok_or(ControlError::CaptureDisabled)?;
         let id = Jobs::new_job_id();

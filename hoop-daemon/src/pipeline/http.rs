@@ -494,24 +494,7 @@ async fn route_for(conn: &Conn, host: &str) -> Result<Arc<Connection>, PipelineE
                 // Observe mode is bounded in time and by the policy in
                 // force, not by how long a connection stays open: asked
                 // again for every request.
-                Some(r) if r.observed.is_some() => {
-                    let now = conn.gw.route(&conn.flow, name, dst.port())?;
-                    // The upstream was verified with the trust of the
-                    // handshake's route; other trust needs a new one.
-                    let same_trust = match (&r.guard.upstream_tls, &now.guard.upstream_tls) {
-                        (None, None) => true,
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        _ => false,
-                    };
-                    if now.observed.is_none() || !same_trust {
-                        // A connection covers it now; its trust and
-                        // credential need a handshake of their own.
-                        return Err(PipelineError::Misdirected {
-                            detail: format!("connection {} now covers {name}: reconnect", now.name),
-                        });
-                    }
-                    Ok(now)
-                }
+                Some(r) if r.observed.is_some() => observed_again(&conn.gw, &conn.flow, name, r),
                 Some(r) => Ok(r.clone()),
                 None => conn.gw.route(&conn.flow, name, dst.port()),
             }
@@ -536,6 +519,31 @@ async fn route_for(conn: &Conn, host: &str) -> Result<Arc<Connection>, PipelineE
             Ok(route)
         }
     }
+}
+
+/// Observe mode is bounded in time and by the policy in force, not by how
+/// long a connection (or a WebSocket on it) stays open: an observed route
+/// is asked again for every request. Ended: the refusal; a connection
+/// covers the host now, or other upstream trust applies: a new handshake
+/// is needed (the upstream was verified with `was`'s trust).
+fn observed_again(
+    gw: &Gateway,
+    flow: &Flow,
+    host: &str,
+    was: &Connection,
+) -> Result<Arc<Connection>, PipelineError> {
+    let now = gw.route(flow, host, flow.orig_dst.port())?;
+    let same_trust = match (&was.guard.upstream_tls, &now.guard.upstream_tls) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    if now.observed.is_none() || !same_trust {
+        return Err(PipelineError::Misdirected {
+            detail: format!("the policy for {host} changed: reconnect"),
+        });
+    }
+    Ok(now)
 }
 
 /// Plaintext to an address the job chose: the Host it names must resolve
@@ -715,13 +723,18 @@ async fn forward(
         // parsed, checked and recorded (websocket/), never copied raw.
         let up_upgrade = hyper::upgrade::on(&mut resp);
         // Observed: asked again as it runs, like every request on the
-        // connection (`route_for`).
+        // connection.
         let stands = route.observed.is_some().then(|| {
-            let (gw, flow, host) = (conn.gw.clone(), conn.flow.clone(), x.data.host.clone());
-            Box::new(move || match gw.route(&flow, &host, flow.orig_dst.port()) {
-                Ok(c) if c.observed.is_some() => None,
-                Ok(c) => Some(format!("connection {} now covers {host}", c.name)),
-                Err(e) => Some(e.to_string()),
+            let (gw, flow, host, was) = (
+                conn.gw.clone(),
+                conn.flow.clone(),
+                x.data.host.clone(),
+                route.clone(),
+            );
+            Box::new(move || {
+                observed_again(&gw, &flow, &host, &was)
+                    .err()
+                    .map(|e| e.to_string())
             }) as websocket::Stands
         });
         tokio::spawn(websocket::run(
