@@ -29,6 +29,8 @@ pub struct Sample {
 struct Measured {
     figure: Figure,
     cpu_us: Option<f64>,
+    /// Where it went: the audit writer's part, context switches.
+    cost: Option<proc_cpu::PerRequest>,
 }
 
 struct Row {
@@ -77,10 +79,11 @@ impl Report {
         let r = (|| -> Result<Measured> {
             let meter = proxy.map(proc_cpu::Meter::start).transpose()?;
             let s = measure()?;
-            let cpu_us = meter.map(|m| m.per_request_us(s.requests)).transpose()?;
+            let cost = meter.map(|m| m.per_request(s.requests)).transpose()?;
             Ok(Measured {
                 figure: s.figure,
-                cpu_us,
+                cpu_us: cost.map(|c| c.cpu_us),
+                cost,
             })
         })()
         .map_err(|e| {
@@ -90,8 +93,17 @@ impl Report {
         });
         if let Ok(m) = &r {
             let cpu = m
-                .cpu_us
-                .map(|c| format!(", proxy CPU {c:.1} µs/req"))
+                .cost
+                .map(|c| {
+                    let writer = c
+                        .writer_us
+                        .map(|w| format!(" (audit writer {w:.1})"))
+                        .unwrap_or_default();
+                    format!(
+                        ", proxy CPU {:.1} µs/req{writer}, {:.2} context switches/req",
+                        c.cpu_us, c.switches
+                    )
+                })
                 .unwrap_or_default();
             eprintln!("  = {path}: {}{cpu}", fmt(&m.figure));
         }
@@ -145,11 +157,13 @@ impl Report {
                 s,
                 "{}\n|---|---:|---:|---:|---:|---:|{}",
                 if over {
-                    format!(" CPU µs/req over {base} |")
+                    format!(
+                        " CPU µs/req over {base} | of which the audit writer | context switches/req |"
+                    )
                 } else {
                     String::new()
                 },
-                if over { "---:|" } else { "" }
+                if over { "---:|---:|---:|" } else { "" }
             );
             let direct = self.get(w, base);
             let mitm = self.get(w, "mitmproxy");
@@ -159,7 +173,12 @@ impl Report {
                 let m = match &r.result {
                     Ok(m) => m,
                     Err(e) => {
-                        let _ = writeln!(s, "| {p} | failed: {} | | | | |", e.replace('|', "/"));
+                        let cells = if over { " | | |" } else { "" };
+                        let _ = writeln!(
+                            s,
+                            "| {p} | failed: {} | | | | |{cells}",
+                            e.replace('|', "/")
+                        );
                         continue;
                     }
                 };
@@ -178,7 +197,12 @@ impl Report {
                         (Some(c), Some(b)) => format!("{:+.1}", c - b),
                         _ => "–".into(),
                     };
-                    let _ = write!(s, " {d} |");
+                    let writer = m
+                        .cost
+                        .and_then(|c| c.writer_us)
+                        .map_or("–".into(), |w| format!("{w:.1}"));
+                    let switches = m.cost.map_or("–".into(), |c| format!("{:.2}", c.switches));
+                    let _ = write!(s, " {d} | {writer} | {switches} |");
                 }
                 s.push('\n');
             }
@@ -211,7 +235,9 @@ impl Report {
              against mitmproxy. \"CPU µs/req\" is the proxy process's user + system CPU time \
              over the run divided by the requests the load tool completed (– where no proxy \
              is in the path); \"× no-op peer\" is that over the peer's in the same table, lower \
-             is better. Targets, measured from now on: hoop ≥ 50% of direct req/s and \
+             is better. In the audit-cost tables, \"of which the audit writer\" is the CPU \
+             of hoop's audit writer thread per request, and \"context switches/req\" those of \
+             all the proxy's threads. Targets, measured from now on: hoop ≥ 50% of direct req/s and \
              ≥ 50× mitmproxy; hoop's CPU per request ≤ 1.25× the no-op peer's (issue 20).\n\n{}",
             self.command,
             date.trim(),
@@ -298,5 +324,55 @@ mod tests {
         assert!(line(PEER).ends_with("| 1.00× |"), "{t}");
         assert!(line("no requests").contains("failed: the load tool completed no request"));
         assert!(line("gone").contains("failed: reading /proc/"), "{t}");
+    }
+
+    #[test]
+    fn an_audit_table_shows_the_writer_thread_and_the_switches() {
+        let mut r = Report::new("cmd".into(), "setup".into(), None);
+        let w = "audit cost";
+        r.baseline(w, "audit off");
+        let spin = |ms: u128| {
+            let t = std::time::Instant::now();
+            while t.elapsed().as_millis() < ms {
+                std::hint::black_box(t.elapsed());
+            }
+        };
+        r.run(w, "audit off", Some(std::process::id()), || {
+            spin(200);
+            rate(500.0, 10)
+        });
+        // This process as hoop with its writer: a thread of that name,
+        // alive across the run.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::Builder::new()
+            .name(proc_cpu::WRITER_THREAD.into())
+            .spawn(move || {
+                let _ = wait.recv();
+            })
+            .unwrap();
+        r.run(w, "audit on", Some(std::process::id()), || {
+            spin(200);
+            rate(400.0, 10)
+        });
+        drop(go);
+        writer.join().unwrap();
+        assert_eq!(r.failed, 0);
+        let t = r.table();
+        assert!(
+            t.contains("| of which the audit writer | context switches/req |"),
+            "{t}"
+        );
+        let cells = |p: &str| -> Vec<String> {
+            let l = t
+                .lines()
+                .find(|l| l.starts_with(&format!("| {p} |")))
+                .unwrap();
+            l.split('|').map(|c| c.trim().to_string()).collect()
+        };
+        // | path | figure | vs | mitm | cpu | × peer | over | writer | switches |
+        let on = cells("audit on");
+        assert_eq!(on.len(), 11, "{t}");
+        assert!(on[8].parse::<f64>().is_ok(), "the writer's CPU: {t}");
+        assert!(on[9].parse::<f64>().is_ok(), "switches: {t}");
     }
 }

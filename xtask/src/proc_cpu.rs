@@ -4,35 +4,125 @@
 //! The kernel reports both in clock ticks (1/100 s here), so a reading is
 //! exact to a tick: a 10 s run at thousands of requests per second is
 //! measured to well under 1%.
+//!
+//! Two more figures tell where a proxy's CPU went: the share of hoop's
+//! audit writer thread (named [`WRITER_THREAD`]), and the context switches
+//! of all the process's threads per request (each costs several µs in a
+//! VM, and a hand-off between threads sharing a core costs two).
 use anyhow::{Context, Result, bail};
+
+/// The name hoop gives its audit writer thread (`audit/mod.rs`).
+pub const WRITER_THREAD: &str = "hoop-audit";
 
 /// A CPU reading of one process, taken when a measured run starts.
 pub struct Meter {
     pid: u32,
     start: u64,
+    /// The audit writer's CPU ticks, if the process has that thread.
+    writer: Option<(u32, u64)>,
+    switches: u64,
+}
+
+/// What one request cost the proxy, over a measured run.
+#[derive(Clone, Copy, Debug)]
+pub struct PerRequest {
+    pub cpu_us: f64,
+    /// The audit writer thread's part of `cpu_us`.
+    pub writer_us: Option<f64>,
+    /// Context switches of the proxy's threads (voluntary and not).
+    pub switches: f64,
 }
 
 impl Meter {
     pub fn start(pid: u32) -> Result<Self> {
+        let start = ticks_of(&format!("/proc/{pid}/stat"))?;
+        let writer = match writer_tid(pid)? {
+            Some(tid) => Some((tid, ticks_of(&format!("/proc/{pid}/task/{tid}/stat"))?)),
+            None => None,
+        };
         Ok(Self {
             pid,
-            start: ticks_of(pid)?,
+            start,
+            writer,
+            switches: switches_of(pid)?,
         })
     }
 
-    /// CPU µs per request since `start`, for `requests` completed.
-    pub fn per_request_us(&self, requests: u64) -> Result<f64> {
-        let end = ticks_of(self.pid)?;
-        let used = end
+    /// CPU µs per request since `start`, for `requests` completed, and
+    /// where it went.
+    pub fn per_request(&self, requests: u64) -> Result<PerRequest> {
+        let pid = self.pid;
+        let used = ticks_of(&format!("/proc/{pid}/stat"))?
             .checked_sub(self.start)
-            .with_context(|| format!("process {}'s CPU time went back", self.pid))?;
-        per_request_us(used, clock_ticks()?, requests)
+            .with_context(|| format!("process {pid}'s CPU time went back"))?;
+        let hz = clock_ticks()?;
+        let writer_us = match self.writer {
+            Some((tid, start)) => {
+                // Gone (it never exits while hoop runs): no figure.
+                let t = ticks_of(&format!("/proc/{pid}/task/{tid}/stat")).ok();
+                t.and_then(|t| t.checked_sub(start))
+                    .map(|used| used as f64 * 1e6 / hz as f64 / requests.max(1) as f64)
+            }
+            None => None,
+        };
+        let switches = switches_of(pid)?.saturating_sub(self.switches);
+        Ok(PerRequest {
+            cpu_us: per_request_us(used, hz, requests)?,
+            writer_us,
+            switches: switches as f64 / requests.max(1) as f64,
+        })
     }
 }
 
-fn ticks_of(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path)
+/// The thread id of hoop's audit writer in `pid`, if it runs one.
+fn writer_tid(pid: u32) -> Result<Option<u32>> {
+    for tid in tids(pid)? {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"));
+        if comm.is_ok_and(|c| c.trim_end() == WRITER_THREAD) {
+            return Ok(Some(tid));
+        }
+    }
+    Ok(None)
+}
+
+fn tids(pid: u32) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))?;
+    Ok(entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// Context switches of all of `pid`'s live threads. A thread that exits
+/// mid-run takes its count along; hoop's threads live as long as it.
+fn switches_of(pid: u32) -> Result<u64> {
+    let mut n = 0;
+    for tid in tids(pid)? {
+        // A thread may exit between the listing and the read.
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
+            n += ctxt_switches(&status)
+                .with_context(|| format!("parsing /proc/{pid}/task/{tid}/status"))?;
+        }
+    }
+    Ok(n)
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of a status file.
+pub fn ctxt_switches(status: &str) -> Result<u64> {
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .with_context(|| format!("no {name}"))?;
+        line.trim()
+            .parse()
+            .with_context(|| format!("{name} is {line:?}"))
+    };
+    Ok(field("voluntary_ctxt_switches")? + field("nonvoluntary_ctxt_switches")?)
+}
+
+fn ticks_of(path: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(path)
         .with_context(|| format!("reading {path}: has the proxy exited?"))?;
     stat_ticks(&stat).with_context(|| format!("parsing {path}"))
 }
@@ -105,6 +195,49 @@ mod tests {
     }
 
     #[test]
+    fn context_switches_are_both_kinds_summed() {
+        let status = "Name:\ttokio\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t1200\n\
+                      nonvoluntary_ctxt_switches:\t34\n";
+        assert_eq!(ctxt_switches(status).unwrap(), 1234);
+        let e = ctxt_switches("Name:\ttokio\nvoluntary_ctxt_switches:\t1\n").unwrap_err();
+        assert!(
+            e.to_string().contains("no nonvoluntary_ctxt_switches"),
+            "{e}"
+        );
+        // A prefix of another field's name is not that field.
+        assert!(
+            ctxt_switches("voluntary_ctxt_switches_x:\t1\nnonvoluntary_ctxt_switches:\t2\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn this_process_threads_and_switches_are_read() {
+        let pid = std::process::id();
+        // Other tests' threads come and go (their counts with them): this
+        // thread's own count, and the process's sum, which includes it.
+        let own = || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            ctxt_switches(&status).unwrap()
+        };
+        let before = own();
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let after = own();
+        assert!(
+            after >= before + 5,
+            "5 sleeps read as {} switches",
+            after - before
+        );
+        assert!(switches_of(pid).unwrap() >= after);
+        assert!(
+            switches_of(u32::MAX).is_err(),
+            "a missing process is an error"
+        );
+    }
+
+    #[test]
     fn cpu_per_request_in_microseconds() {
         // 250 ticks at 100 Hz = 2.5 s of CPU over 100 000 requests.
         assert_eq!(per_request_us(250, 100, 100_000).unwrap(), 25.0);
@@ -127,13 +260,14 @@ mod tests {
         // busy the machine), then the meter must read at least that.
         let t = std::time::Instant::now();
         let mut x = 0u64;
-        while ticks_of(pid).unwrap() < m.start + 3 {
+        let stat = format!("/proc/{pid}/stat");
+        while ticks_of(&stat).unwrap() < m.start + 3 {
             assert!(t.elapsed().as_secs() < 20, "no CPU charged in 20 s");
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
         }
-        let us = m.per_request_us(1).unwrap();
+        let us = m.per_request(1).unwrap().cpu_us;
         let tick_us = 1e6 / clock_ticks().unwrap() as f64;
         assert!(us >= 3.0 * tick_us, "3 ticks of spinning read as {us} µs");
         assert!(
