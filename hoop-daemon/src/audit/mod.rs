@@ -75,6 +75,71 @@ pub enum StartError {
 
 type Reply = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
 
+/// One commit's answers, for [`Replies`] to hand out.
+type Answers = Vec<(Reply, Result<u64, AuditError>)>;
+
+/// Hands each commit's answers to their waiters from a task on the
+/// daemon's runtime. The writer thread sends one message per commit: one
+/// cross-thread wake-up for the whole group, where a oneshot per waiter
+/// cost one each (an eventfd write whenever the worker had parked, and a
+/// switch to it mid-commit: 7 per commit on one shared core); the
+/// dispatcher's wakes are local to the runtime.
+struct Replies {
+    tx: tokio::sync::mpsc::UnboundedSender<Answers>,
+    /// Taken by the first [`Audit::commit`]: spawned on its runtime.
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Answers>>>,
+    started: std::sync::OnceLock<()>,
+}
+
+impl Replies {
+    fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            started: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Called before the first waited record is sent. Off a tokio
+    /// runtime the channel is closed, and the writer answers each waiter
+    /// itself.
+    fn start(&self) {
+        self.started.get_or_init(|| {
+            let Some(mut rx) = self.rx.lock().expect("not poisoned").take() else {
+                return;
+            };
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    while let Some(answers) = rx.recv().await {
+                        for (reply, result) in answers {
+                            let _ = reply.send(result);
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// The writer's end of [`Replies`].
+#[derive(Clone)]
+struct Answer(tokio::sync::mpsc::UnboundedSender<Answers>);
+
+impl Answer {
+    fn send(&self, answers: Answers) {
+        if answers.is_empty() {
+            return;
+        }
+        // The dispatcher's runtime is gone: answer directly.
+        if let Err(e) = self.0.send(answers) {
+            for (reply, result) in e.0 {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
 enum Cmd {
     Append(seal::Sealed, Option<Reply>),
     Shutdown(std::sync::mpsc::Sender<()>),
@@ -98,6 +163,7 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Audit {
     tx: Option<mpsc::Sender<Cmd>>,
+    replies: Option<Arc<Replies>>,
     pub stats: Arc<Stats>,
     pub path: Option<PathBuf>,
     spool: Option<Arc<Spool>>,
@@ -144,6 +210,7 @@ impl Audit {
     pub fn disabled() -> Self {
         Self {
             tx: None,
+            replies: None,
             stats: Arc::default(),
             path: None,
             spool: None,
@@ -189,6 +256,7 @@ impl Audit {
             None => store::set_meta(&db, "public_key", &pubkey).map_err(database)?,
         }
         let stats = Arc::new(Stats::default());
+        let replies = Arc::new(Replies::new());
         let w = writer::Writer::resume(
             db,
             path.clone(),
@@ -196,6 +264,7 @@ impl Audit {
             stats.clone(),
             cfg.checkpoint_interval(),
             cfg.retention(),
+            Answer(replies.tx.clone()),
         )?
         .spooling(spool.clone());
         let (tx, rx) = mpsc::channel();
@@ -214,6 +283,7 @@ impl Audit {
         tracing::info!(db = %path.display(), public_key = %pubkey, sync = ?cfg.sync, "audit log");
         Ok(Self {
             tx: Some(tx),
+            replies: Some(replies),
             stats,
             path: Some(path),
             spool,
@@ -229,6 +299,9 @@ impl Audit {
         let Some(tx) = &self.tx else { return Ok(0) };
         if let Some(s) = &self.spool {
             self.spool_room(s)?;
+        }
+        if let Some(r) = &self.replies {
+            r.start();
         }
         let sealed = seal::Sealed::of(e);
         let (reply, rx) = tokio::sync::oneshot::channel();

@@ -1009,3 +1009,56 @@ async fn drop_oldest_cuts_at_a_checkpoint_and_declares_the_gap() {
         "{r:?}"
     );
 }
+
+/// Concurrent waiters are answered through the dispatcher, each with its
+/// own record's seq; once the runtime that ran the dispatcher is gone, a
+/// waiter on another runtime is still answered (by the writer itself), not
+/// left hanging.
+#[test]
+fn waiters_are_answered_on_one_runtime_and_after_it_is_gone() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Audit::start(&config(""), d.path()).unwrap();
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seqs = first.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|n| {
+                let a = a.clone();
+                tokio::spawn(async move { (n, a.commit(entry(n)).await.unwrap()) })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(
+                tokio::time::timeout(Duration::from_secs(10), t)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        seqs
+    });
+    drop(first);
+    // Every record got its own seq, and the seq names that record.
+    let mut got: Vec<u64> = seqs.iter().map(|(_, s)| *s).collect();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len(), 64, "{seqs:?}");
+    let seq = block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), a.commit(entry(64)))
+            .await
+            .expect("answered after the dispatcher's runtime is gone")
+            .unwrap()
+    });
+    assert!(seq > *got.last().unwrap());
+    a.shutdown();
+    let conn = rusqlite::Connection::open(d.path().join(DB_FILE)).unwrap();
+    let read = query::records(&conn, &query::Select::default()).unwrap();
+    for (n, s) in &seqs {
+        let r = read.iter().find(|r| r.seq == *s).unwrap();
+        assert_eq!(r.data["n"].as_u64(), Some(*n), "seq {s}");
+    }
+}

@@ -62,6 +62,8 @@ pub struct Writer {
     /// may not have yet: the next such record repeats them, so that a
     /// later cut that takes an earlier record along loses no declaration.
     drops: Vec<Dropped>,
+    /// Where each commit's answers go (one message per commit).
+    answer: super::Answer,
 }
 
 /// A span dropped at the spool's cap, and where its `dropped` record went.
@@ -84,6 +86,7 @@ impl Writer {
         stats: Arc<Stats>,
         checkpoint_every: Duration,
         retain: Option<Duration>,
+        answer: super::Answer,
     ) -> Result<Self, StartError> {
         let fail = |source| StartError::Database {
             path: path.clone(),
@@ -131,6 +134,7 @@ impl Writer {
             tail,
             spool: None,
             drops,
+            answer,
         };
         w.check_unsigned_tail()?;
         Ok(w)
@@ -196,10 +200,11 @@ impl Writer {
             let mut yields = 0;
             // Group commit: whatever queued while the last commit ran shares
             // this one. When the queue looks empty the writer yields its
-            // core twice before committing: where it shares a core with the
-            // request tasks, that lets them queue theirs (batches grew ten
-            // times, commits per record fell as much); with a core to
-            // itself, yielding returns at once.
+            // core, until two yields in a row bring nothing: where it shares
+            // a core with the request tasks, that lets them queue theirs
+            // while they still are (batches grew ten times, commits per
+            // record fell as much); with a core to itself, yielding returns
+            // at once.
             //
             // Records nobody waits on (responses, decisions, refusals) ride
             // with the next waited one, or go after LAZY: alone, each would
@@ -216,10 +221,10 @@ impl Writer {
                 }
                 if batch.len() < MAX_BATCH && stop.is_none() {
                     next = rx.try_recv().ok();
-                    if next.is_none() && yields < 2 {
-                        yields += 1;
+                    while next.is_none() && yields < 2 {
                         std::thread::yield_now();
                         next = rx.try_recv().ok();
+                        yields = if next.is_some() { 0 } else { yields + 1 };
                     }
                     if next.is_none() && !waited {
                         let d = *deadline.get_or_insert_with(|| Instant::now() + LAZY);
@@ -360,11 +365,11 @@ impl Writer {
                 self.stats.last_commit_us.store(us, Ordering::Relaxed);
                 self.stats.commit_us.fetch_add(us, Ordering::Relaxed);
                 let first = first_seq + marker as u64;
-                for (seq, (_, reply)) in (first..).zip(batch) {
-                    if let Some(r) = reply {
-                        let _ = r.send(Ok(seq));
-                    }
-                }
+                let answers = (first..)
+                    .zip(batch)
+                    .filter_map(|(seq, (_, reply))| Some((reply?, Ok(seq))))
+                    .collect();
+                self.answer.send(answers);
             }
             Err(e) => {
                 self.stats.failures.fetch_add(n, Ordering::Relaxed);
@@ -373,11 +378,11 @@ impl Writer {
                     db = %self.path.display(), error = %why, records = n,
                     "audit write failed: these requests are refused (503), not forwarded"
                 );
-                for (_, reply) in batch {
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(AuditError::Write(why.clone())));
-                    }
-                }
+                let answers = batch
+                    .into_iter()
+                    .filter_map(|(_, reply)| Some((reply?, Err(AuditError::Write(why.clone())))))
+                    .collect();
+                self.answer.send(answers);
             }
         }
     }
