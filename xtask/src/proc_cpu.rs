@@ -20,7 +20,8 @@ pub struct Meter {
     start: u64,
     /// The audit writer's CPU ticks, if the process has that thread.
     writer: Option<(u32, u64)>,
-    switches: u64,
+    /// Context switches per thread at the start.
+    switches: std::collections::HashMap<u32, u64>,
 }
 
 /// What one request cost the proxy, over a measured run.
@@ -65,7 +66,12 @@ impl Meter {
             }
             None => None,
         };
-        let switches = switches_of(pid)?.saturating_sub(self.switches);
+        // Per thread, so that a thread leaving mid-run (tokio's blocking
+        // pool) takes only its own run's switches along, not its past.
+        let switches: u64 = switches_of(pid)?
+            .iter()
+            .map(|(tid, n)| n.saturating_sub(self.switches.get(tid).copied().unwrap_or(0)))
+            .sum();
         Ok(PerRequest {
             cpu_us: per_request_us(used, hz, requests)?,
             writer_us,
@@ -93,15 +99,15 @@ fn tids(pid: u32) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// Context switches of all of `pid`'s live threads. A thread that exits
-/// mid-run takes its count along; hoop's threads live as long as it.
-fn switches_of(pid: u32) -> Result<u64> {
-    let mut n = 0;
+/// Context switches of each of `pid`'s live threads.
+fn switches_of(pid: u32) -> Result<std::collections::HashMap<u32, u64>> {
+    let mut n = std::collections::HashMap::new();
     for tid in tids(pid)? {
         // A thread may exit between the listing and the read.
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
-            n += ctxt_switches(&status)
+            let c = ctxt_switches(&status)
                 .with_context(|| format!("parsing /proc/{pid}/task/{tid}/status"))?;
+            n.insert(tid, c);
         }
     }
     Ok(n)
@@ -230,7 +236,10 @@ mod tests {
             "5 sleeps read as {} switches",
             after - before
         );
-        assert!(switches_of(pid).unwrap() >= after);
+        let tid = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid: u32 = tid.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        let read = switches_of(pid).unwrap()[&tid];
+        assert!(read >= after && read <= own(), "{read} against {after}");
         assert!(
             switches_of(u32::MAX).is_err(),
             "a missing process is an error"

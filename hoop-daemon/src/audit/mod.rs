@@ -101,15 +101,21 @@ impl Replies {
         }
     }
 
-    /// Called before the first waited record is sent. Off a tokio
-    /// runtime the channel is closed, and the writer answers each waiter
-    /// itself.
+    /// Called before the first waited record is sent. The dispatcher runs
+    /// on that caller's runtime if it is multi-threaded (the daemon's:
+    /// its workers keep running it). Anywhere else (off a runtime, or a
+    /// current-thread one, which runs its tasks only inside `block_on`
+    /// and would leave other callers' answers waiting) the channel is
+    /// closed, and the writer answers each waiter itself.
     fn start(&self) {
         self.started.get_or_init(|| {
             let Some(mut rx) = self.rx.lock().expect("not poisoned").take() else {
                 return;
             };
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let rt = tokio::runtime::Handle::try_current()
+                .ok()
+                .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if let Some(rt) = rt {
                 rt.spawn(async move {
                     while let Some(answers) = rx.recv().await {
                         for (reply, result) in answers {

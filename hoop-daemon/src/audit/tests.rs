@@ -1062,3 +1062,31 @@ fn waiters_are_answered_on_one_runtime_and_after_it_is_gone() {
         assert_eq!(r.data["n"].as_u64(), Some(*n), "seq {s}");
     }
 }
+
+/// The first waiter on a current-thread runtime, which runs tasks only
+/// inside its `block_on`: a waiter elsewhere is still answered while that
+/// runtime sits idle (no dispatcher is left on it).
+#[test]
+fn a_waiter_is_answered_while_the_first_callers_current_thread_runtime_idles() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Audit::start(&config(""), d.path()).unwrap();
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = idle.block_on(a.commit(entry(0))).unwrap();
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let second = other.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), a.commit(entry(1)))
+            .await
+            .expect("answered while the first caller's runtime idles")
+            .unwrap()
+    });
+    assert_eq!(second, first + 1);
+    drop(idle);
+    a.shutdown();
+}
