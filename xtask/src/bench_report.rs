@@ -23,14 +23,19 @@ pub struct Sample {
     pub requests: u64,
 }
 
-/// A row's result: the figure, and for a path through a proxy, the
-/// proxy's CPU µs per request over the same run.
+/// A row's result: the figure, and for a path through a proxy, what a
+/// request cost the proxy over the same run (CPU µs, the audit writer's
+/// part, context switches).
 #[derive(Clone, Copy)]
 struct Measured {
     figure: Figure,
-    cpu_us: Option<f64>,
-    /// Where it went: the audit writer's part, context switches.
     cost: Option<proc_cpu::PerRequest>,
+}
+
+impl Measured {
+    fn cpu_us(&self) -> Option<f64> {
+        self.cost.map(|c| c.cpu_us)
+    }
 }
 
 struct Row {
@@ -82,7 +87,6 @@ impl Report {
             let cost = meter.map(|m| m.per_request(s.requests)).transpose()?;
             Ok(Measured {
                 figure: s.figure,
-                cpu_us: cost.map(|c| c.cpu_us),
                 cost,
             })
         })()
@@ -167,7 +171,7 @@ impl Report {
             );
             let direct = self.get(w, base);
             let mitm = self.get(w, "mitmproxy");
-            let peer = self.get(w, PEER).and_then(|m| m.cpu_us);
+            let peer = self.get(w, PEER).and_then(|m| m.cpu_us());
             for r in self.rows.iter().filter(|r| r.workload == w) {
                 let p = &r.path;
                 let m = match &r.result {
@@ -188,12 +192,12 @@ impl Report {
                     fmt(&m.figure),
                     ratio(&m.figure, direct.map(|d| d.figure)),
                     ratio(&m.figure, mitm.map(|d| d.figure)),
-                    m.cpu_us.map_or("–".into(), |c| format!("{c:.1}")),
-                    cpu_ratio(m.cpu_us, peer),
+                    m.cpu_us().map_or("–".into(), |c| format!("{c:.1}")),
+                    cpu_ratio(m.cpu_us(), peer),
                 );
                 if over {
-                    let b = direct.and_then(|d| d.cpu_us);
-                    let d = match (m.cpu_us, b) {
+                    let b = direct.and_then(|d| d.cpu_us());
+                    let d = match (m.cpu_us(), b) {
                         (Some(c), Some(b)) => format!("{:+.1}", c - b),
                         _ => "–".into(),
                     };
@@ -297,6 +301,14 @@ mod tests {
         })
     }
 
+    /// Burns this process's CPU for `ms`.
+    fn spin(ms: u128) {
+        let t = std::time::Instant::now();
+        while t.elapsed().as_millis() < ms {
+            std::hint::black_box(t.elapsed());
+        }
+    }
+
     #[test]
     fn a_proxy_row_that_cannot_be_charged_fails_and_the_table_says_so() {
         let mut r = Report::new("cmd".into(), "setup".into(), None);
@@ -305,10 +317,7 @@ mod tests {
         // This process as the "proxy": its CPU over a run that spins a
         // little is real and positive.
         r.run(w, PEER, Some(std::process::id()), || {
-            let t = std::time::Instant::now();
-            while t.elapsed().as_millis() < 300 {
-                std::hint::black_box(t.elapsed());
-            }
+            spin(300);
             rate(500.0, 10)
         });
         r.run(w, "no requests", Some(std::process::id()), || rate(0.0, 0));
@@ -331,12 +340,6 @@ mod tests {
         let mut r = Report::new("cmd".into(), "setup".into(), None);
         let w = "audit cost";
         r.baseline(w, "audit off");
-        let spin = |ms: u128| {
-            let t = std::time::Instant::now();
-            while t.elapsed().as_millis() < ms {
-                std::hint::black_box(t.elapsed());
-            }
-        };
         r.run(w, "audit off", Some(std::process::id()), || {
             spin(200);
             rate(500.0, 10)

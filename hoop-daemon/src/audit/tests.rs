@@ -745,6 +745,15 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
+/// A multi-threaded runtime of `workers` (the daemon's kind).
+fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
 
@@ -1018,11 +1027,7 @@ async fn drop_oldest_cuts_at_a_checkpoint_and_declares_the_gap() {
 fn waiters_are_answered_on_one_runtime_and_after_it_is_gone() {
     let d = tempfile::tempdir().unwrap();
     let a = Audit::start(&config(""), d.path()).unwrap();
-    let first = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let first = multi_thread(2);
     let seqs = first.block_on(async {
         let tasks: Vec<_> = (0..64)
             .map(|n| {
@@ -1075,11 +1080,7 @@ fn a_waiter_is_answered_while_the_first_callers_current_thread_runtime_idles() {
         .build()
         .unwrap();
     let first = idle.block_on(a.commit(entry(0))).unwrap();
-    let other = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let other = multi_thread(1);
     let second = other.block_on(async {
         tokio::time::timeout(Duration::from_secs(10), a.commit(entry(1)))
             .await
