@@ -1000,14 +1000,25 @@ timeout = "30s"
     assert_eq!(code, 401, "{head}");
     assert!(head.contains("x-hoop-reason: slack-replay"), "{head}");
 
-    let out = env.hoop().args(["export", "jsonl"]).output().unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
-    let events: Vec<Value> = lines
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r["kind"] == "console")
-        .map(|r| r["data"].clone())
-        .collect();
+    let console_events = || -> Vec<Value> {
+        let out = env.hoop().args(["export", "jsonl"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["kind"] == "console")
+            .map(|r| r["data"].clone())
+            .collect()
+    };
+    let refusals = |events: &[Value]| {
+        events
+            .iter()
+            .filter(|e| e["event"] == "slack-refused")
+            .count()
+    };
+    // Refusals are recorded without a durable wait (with the next commit,
+    // or within 10 ms): the replay's may land just after its 401.
+    hoop_tests::eventually(Duration::from_secs(10), || refusals(&console_events()) >= 6);
+    let events = console_events();
     let count = |event: &str| events.iter().filter(|e| e["event"] == event).count();
     // Five refusals above and the replay.
     assert_eq!(count("slack-refused"), 6, "{events:#?}");
