@@ -667,6 +667,13 @@ fn past_the_spool_cap_drop_oldest_goes_on_and_declares_the_gap() {
     );
 
     pg.start_again().unwrap();
+    shipped(&a);
+    // A tail shipped as it is written, long enough (20 requests, 50 ms
+    // checkpoints) that the undeclared gap below has two checkpoints to
+    // fall between after the last declared span, wherever the last drop
+    // happened to cut.
+    let (lines, err) = serial(&a, &partner, 20);
+    assert!(lines.iter().all(|l| l == "200 "), "{lines:?}\n{err}");
     let st = shipped(&a);
     a.stop_daemon();
     let last = st["local_seq"].as_u64().unwrap();
