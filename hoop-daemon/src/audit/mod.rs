@@ -425,4 +425,6 @@ pub fn public_key_bytes(state_dir: &Path) -> Result<Vec<u8>, StartError> {
 }
 
 #[cfg(test)]
+mod index_tests;
+#[cfg(test)]
 mod tests;

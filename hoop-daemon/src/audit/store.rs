@@ -1,8 +1,13 @@
 //! The audit database (SQLite, WAL). A commit of the writer is one row of
 //! `batches`: its records' bytes ([`super::seal`]), the chain's head after
 //! them and the head's signature, so that a commit costs one insert
-//! whatever it holds. `batch_sessions` indexes which sessions a batch
-//! holds; `checkpoints` keeps the signatures kept apart (one per interval,
+//! whatever it holds. `session_spans` indexes where each session's records
+//! are: a row per session per flush of the writer (every few hundred
+//! milliseconds, not every commit), naming the first and last batch that
+//! held its records then; batches after `meta.sessions_through` are not
+//! indexed yet and every session lookup reads them. `batch_sessions` is
+//! the older index, a row per session per batch (logs written before
+//! spans, and fleet mirrors). `checkpoints` keeps the signatures kept apart (one per interval,
 //! at stop, and the anchor retention leaves). `records` holds the records
 //! of logs begun before batches, a row each; the chain goes on from them.
 //!
@@ -18,7 +23,7 @@ use super::chain::{Checkpoint, GENESIS, Record};
 /// Every column of `records` but `hash` is covered by the hash, so
 /// nothing outside the hashed bytes decides what `hoop sessions` shows;
 /// in `batches`, the seqs and times are checked against the records'.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "CREATE TABLE records (
         seq INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
@@ -54,6 +59,18 @@ const MIGRATIONS: [&str; 3] = [
     ) WITHOUT ROWID;",
     // The fleet's shipper reads the sessions of a run of batches.
     "CREATE INDEX batch_sessions_first ON batch_sessions(first_seq);",
+    // A row per session per flush instead of per commit: with many jobs,
+    // per-batch rows were the costliest part of a commit. What batches
+    // exist now are indexed by `batch_sessions` already.
+    "CREATE TABLE session_spans (
+        session TEXT NOT NULL,
+        first_batch INTEGER NOT NULL,
+        last_batch INTEGER NOT NULL,
+        PRIMARY KEY (session, first_batch)
+    ) WITHOUT ROWID;
+    CREATE INDEX session_spans_last ON session_spans(last_batch);
+    INSERT OR REPLACE INTO meta (key, value)
+        SELECT 'sessions_through', COALESCE(MAX(first_seq), -1) FROM batches;",
 ];
 
 /// A database as hoops before batches left it (for the migration test).
@@ -170,8 +187,12 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
 /// True once the database has the batched layout (a database only a
 /// hoop before it wrote, read by the CLI, has not).
 pub fn batched(db: &Connection) -> rusqlite::Result<bool> {
-    let v: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    Ok(v >= 2)
+    Ok(version(db)? >= 2)
+}
+
+/// The migrations done on this database.
+fn version(db: &Connection) -> rusqlite::Result<i64> {
+    db.pragma_query_value(None, "user_version", |r| r.get(0))
 }
 
 /// One commit as stored.
@@ -235,11 +256,73 @@ pub fn insert_batch(db: &Connection, b: &Batch) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Notes that the batch at `first_seq` holds records of `session`.
+/// Notes that the batch at `first_seq` holds records of `session` (the
+/// older, per-batch index: fleet mirrors write it).
 pub fn insert_session(db: &Connection, session: &str, first_seq: u64) -> rusqlite::Result<()> {
     db.prepare_cached("INSERT OR IGNORE INTO batch_sessions (session, first_seq) VALUES (?1, ?2)")?
         .execute(params![session, first_seq as i64])?;
     Ok(())
+}
+
+/// Where `session`'s records were between two flushes of the index: in
+/// some of the batches starting at `first_batch..=last_batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first_batch: u64,
+    pub last_batch: u64,
+}
+
+const THROUGH: &str = "sessions_through";
+
+/// Indexes `spans` and marks every batch starting at or before `through`
+/// as indexed. A span's batches all start after the last mark.
+pub fn insert_spans<'a>(
+    db: &Connection,
+    spans: impl IntoIterator<Item = (&'a str, Span)>,
+    through: u64,
+) -> rusqlite::Result<()> {
+    let mut st = db.prepare_cached(
+        "INSERT OR REPLACE INTO session_spans (session, first_batch, last_batch) VALUES (?1, ?2, ?3)",
+    )?;
+    for (s, span) in spans {
+        st.execute(params![s, span.first_batch as i64, span.last_batch as i64])?;
+    }
+    set_meta(db, THROUGH, &through.to_string())
+}
+
+/// The last batch the session index covers: `None` where it covers every
+/// batch (a layout before spans, read by an older schema's rules), `-1`
+/// where it covers none yet.
+pub fn sessions_through(db: &Connection) -> rusqlite::Result<Option<i64>> {
+    Ok(meta(db, THROUGH)?.and_then(|v| v.parse().ok()))
+}
+
+/// The first seqs of the batches holding (or, for spans, possibly
+/// holding) `session`'s records that end at or after `from`, in order:
+/// its spans' batches, its per-batch rows, and every batch the index does
+/// not cover yet. Readers filter the records by session.
+fn session_batches(db: &Connection, from: u64, session: &str) -> rusqlite::Result<Vec<i64>> {
+    let through = sessions_through(db)?.unwrap_or(i64::MAX);
+    // A log no hoop with spans has written (read by the CLI) has no table.
+    let spans = match version(db)? >= 4 {
+        true => {
+            "SELECT b.first_seq FROM session_spans s JOIN batches b
+               ON b.first_seq BETWEEN s.first_batch AND s.last_batch
+               WHERE s.session = ?2 AND b.last_seq >= ?1
+             UNION"
+        }
+        false => "",
+    };
+    let mut st = db.prepare(&format!(
+        "{spans}
+         SELECT b.first_seq FROM batch_sessions s JOIN batches b ON b.first_seq = s.first_seq
+           WHERE s.session = ?2 AND b.last_seq >= ?1
+         UNION
+         SELECT first_seq FROM batches WHERE first_seq > ?3 AND last_seq >= ?1
+         ORDER BY 1"
+    ))?;
+    st.query_map(params![from as i64, session, through], |r| r.get(0))?
+        .collect()
 }
 
 /// Calls `f` with every batch that holds records from `from` on (those of
@@ -253,23 +336,24 @@ pub fn each_batch(
     if !batched(db)? {
         return Ok(());
     }
-    let mut st;
-    let mut rows = match session {
-        None => {
-            st = db.prepare(&format!(
-                "SELECT {BATCH_COLUMNS} FROM batches WHERE last_seq >= ?1 ORDER BY first_seq"
-            ))?;
-            st.query(params![from as i64])?
+    if let Some(s) = session {
+        // The keys first (integers, no blobs to sort), then each batch.
+        let mut st = db.prepare_cached(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE first_seq = ?1"
+        ))?;
+        for key in session_batches(db, from, s)? {
+            if let Some(b) = st.query_row([key], batch).optional().transpose()
+                && !f(b)
+            {
+                break;
+            }
         }
-        Some(s) => {
-            st = db.prepare(&format!(
-                "SELECT {BATCH_COLUMNS} FROM batches WHERE first_seq IN
-                   (SELECT first_seq FROM batch_sessions WHERE session = ?2)
-                 AND last_seq >= ?1 ORDER BY first_seq"
-            ))?;
-            st.query(params![from as i64, s])?
-        }
-    };
+        return Ok(());
+    }
+    let mut st = db.prepare(&format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE last_seq >= ?1 ORDER BY first_seq"
+    ))?;
+    let mut rows = st.query(params![from as i64])?;
     while let Some(r) = rows.next()? {
         if !f(batch(r)) {
             break;
@@ -601,6 +685,12 @@ pub fn prune_through(db: &mut Connection, seq: u64) -> rusqlite::Result<u64> {
             "DELETE FROM batch_sessions WHERE first_seq <= ?1",
             [seq as i64],
         )?;
+        if version(&tx)? >= 4 {
+            tx.execute(
+                "DELETE FROM session_spans WHERE last_batch <= ?1",
+                [seq as i64],
+            )?;
+        }
     }
     tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [seq as i64])?;
     tx.commit()?;
@@ -653,15 +743,26 @@ pub fn batches_from(db: &Connection, first: u64, limit: usize) -> rusqlite::Resu
 }
 
 /// The sessions of the batches starting in `first..=last`: `(session,
-/// first_seq)`.
+/// first_seq)`, from the index (a span names its session with each of its
+/// batches: a superset). Only the batches the index covers
+/// ([`sessions_through`]) have theirs here.
 pub fn sessions_between(
     db: &Connection,
     first: u64,
     last: u64,
 ) -> rusqlite::Result<Vec<(String, u64)>> {
-    let mut st = db.prepare_cached(
-        "SELECT session, first_seq FROM batch_sessions WHERE first_seq BETWEEN ?1 AND ?2",
-    )?;
+    let spans = match version(db)? >= 4 {
+        true => {
+            "UNION
+             SELECT s.session, b.first_seq FROM session_spans s JOIN batches b
+               ON b.first_seq BETWEEN max(s.first_batch, ?1) AND min(s.last_batch, ?2)
+               WHERE s.last_batch >= ?1 AND s.first_batch <= ?2"
+        }
+        false => "",
+    };
+    let mut st = db.prepare_cached(&format!(
+        "SELECT session, first_seq FROM batch_sessions WHERE first_seq BETWEEN ?1 AND ?2 {spans}"
+    ))?;
     let rows = st.query_map(params![first as i64, last as i64], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
     })?;

@@ -8,6 +8,7 @@
 //! signature at start were written by someone else, and are marked so,
 //! never signed.
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc,
@@ -24,7 +25,7 @@ use super::{
     AuditError, Cmd, StartError, Stats,
     chain::{self, Checkpoint, GENESIS},
     seal::{self, Packer, Sealed},
-    store::{self, Batch},
+    store::{self, Batch, Span},
 };
 use crate::jobs::Jobs;
 
@@ -35,6 +36,12 @@ const MAX_BATCH: usize = 1024;
 const LAZY: Duration = Duration::from_millis(10);
 /// How often retention looks for records to prune.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How long the session index may lag the last commit: it is written with
+/// the first commit after this, or alone once the writer idles. Readers
+/// scan the batches after it; the fleet's shipper waits for it.
+const INDEX_EVERY: Duration = Duration::from_millis(250);
+/// Sessions in the index's memory that write it at once.
+const INDEX_MAX_SESSIONS: usize = 4096;
 
 pub struct Writer {
     pub db: Connection,
@@ -64,6 +71,10 @@ pub struct Writer {
     drops: Vec<Dropped>,
     /// Where each commit's answers go (one message per commit).
     answer: super::Answer,
+    /// The session index not written yet: each session's span of batches
+    /// since the last write, the last batch it covers, and since when.
+    spans: BTreeMap<String, Span>,
+    unindexed: Option<(u64, Instant)>,
 }
 
 /// A span dropped at the spool's cap, and where its `dropped` record went.
@@ -119,7 +130,10 @@ impl Writer {
             .map_err(fail)?
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or_default();
+        let (spans, unindexed) = unindexed_tail(&db).map_err(fail)?;
         let w = Self {
+            spans,
+            unindexed,
             packer,
             db,
             path,
@@ -189,9 +203,19 @@ impl Writer {
                 self.checkpoint_every
                     .saturating_sub(last_checkpoint.elapsed())
             };
+            let wait = match self.unindexed {
+                Some((_, since)) => wait.min(INDEX_EVERY.saturating_sub(since.elapsed())),
+                None => wait,
+            };
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => c,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    // Idle: the index goes alone rather than lag on.
+                    if self.index_due() {
+                        self.write_index();
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = Vec::new();
@@ -250,6 +274,7 @@ impl Writer {
                 if !rest.is_empty() {
                     self.commit(rest);
                 }
+                self.write_index();
                 self.keep_head();
                 tracing::info!(
                     records = self.stats.records.load(Ordering::Relaxed),
@@ -265,6 +290,7 @@ impl Writer {
                 return;
             }
         }
+        self.write_index();
         self.keep_head();
     }
 
@@ -330,18 +356,18 @@ impl Writer {
             head: prev,
             sig: Some(c.sig.clone()),
         };
+        // In memory until the index is due. Should the commit fail, the
+        // next batch takes this key: a span then covers it needlessly,
+        // which readers' filtering makes harmless.
+        for (s, _) in &batch {
+            note_session(&mut self.spans, &s.session, first_seq);
+        }
+        let index = self.index_due();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.db.transaction()?;
             store::insert_batch(&tx, &row)?;
-            let mut sessions: Vec<&str> = batch
-                .iter()
-                .map(|(s, _)| s.session.as_str())
-                .filter(|s| !s.is_empty())
-                .collect();
-            sessions.sort_unstable();
-            sessions.dedup();
-            for s in sessions {
-                store::insert_session(&tx, s, first_seq)?;
+            if index {
+                store::insert_spans(&tx, spans(&self.spans), first_seq)?;
             }
             tx.commit()
         })();
@@ -351,6 +377,16 @@ impl Writer {
                 if marker {
                     self.tail = None;
                     batch.remove(0);
+                }
+                match index {
+                    true => {
+                        self.spans.clear();
+                        self.unindexed = None;
+                    }
+                    false => {
+                        let since = self.unindexed.map_or_else(Instant::now, |(_, t)| t);
+                        self.unindexed = Some((first_seq, since));
+                    }
                 }
                 self.next = last_seq + 1;
                 self.stats.next_seq.store(self.next, Ordering::Release);
@@ -384,6 +420,34 @@ impl Writer {
                     .collect();
                 self.answer.send(answers);
             }
+        }
+    }
+
+    /// True once the index in memory should be written.
+    fn index_due(&self) -> bool {
+        self.spans.len() >= INDEX_MAX_SESSIONS
+            || self
+                .unindexed
+                .is_some_and(|(_, since)| since.elapsed() >= INDEX_EVERY)
+    }
+
+    /// Writes the session index kept in memory, in its own transaction.
+    fn write_index(&mut self) {
+        let Some((through, _)) = self.unindexed else {
+            return;
+        };
+        let r = (|| {
+            let tx = self.db.transaction()?;
+            store::insert_spans(&tx, spans(&self.spans), through)?;
+            tx.commit()
+        })();
+        match r {
+            Ok(()) => {
+                self.spans.clear();
+                self.unindexed = None;
+            }
+            // Readers scan what it lacks; it is tried again.
+            Err(e) => tracing::error!(error = %e, "audit session index not written"),
         }
     }
 
@@ -506,3 +570,67 @@ impl Writer {
 /// Where the spans dropped at the cap whose record may not have shipped
 /// are kept between runs (the `meta` table).
 const DROPS_META: &str = "fleet_drops";
+
+/// Notes that the batch at `first_seq` holds a record of `session`.
+fn note_session(spans: &mut BTreeMap<String, Span>, session: &str, first_seq: u64) {
+    if session.is_empty() {
+        return;
+    }
+    match spans.get_mut(session) {
+        Some(span) => span.last_batch = first_seq,
+        None => {
+            let span = Span {
+                first_batch: first_seq,
+                last_batch: first_seq,
+            };
+            spans.insert(session.to_string(), span);
+        }
+    }
+}
+
+fn spans(spans: &BTreeMap<String, Span>) -> impl Iterator<Item = (&str, Span)> {
+    spans.iter().map(|(s, span)| (s.as_str(), *span))
+}
+
+/// The batches a previous run committed but did not index (it stopped
+/// before the index was due): their sessions, to be indexed with this
+/// run's, so that no batch is left out when the mark moves past them.
+type Unindexed = (BTreeMap<String, Span>, Option<(u64, Instant)>);
+
+fn unindexed_tail(db: &Connection) -> rusqlite::Result<Unindexed> {
+    let mut spans = BTreeMap::new();
+    let mut last = None;
+    let Some(through) = store::sessions_through(db)? else {
+        return Ok((spans, None));
+    };
+    let from = u64::try_from(through + 1).unwrap_or(0);
+    let mut failed = None;
+    store::each_batch(db, from, None, |b| {
+        let b = match b {
+            Ok(b) => b,
+            Err(e) => {
+                failed = Some(e);
+                return false;
+            }
+        };
+        if (b.first_seq as i64) <= through {
+            return true;
+        }
+        last = Some(b.first_seq);
+        // A batch that does not decode is verify's to report; readers
+        // scan it while it stays unindexed, and the mark moving past it
+        // loses nothing it could have found.
+        if let Ok(records) = seal::unpack(b.codec, &b.records) {
+            for (_, bytes) in seal::split(&records).map_while(Result::ok) {
+                if let Ok(f) = seal::fields(bytes) {
+                    note_session(&mut spans, &f.session, b.first_seq);
+                }
+            }
+        }
+        true
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok((spans, last.map(|l| (l, Instant::now()))))
+}

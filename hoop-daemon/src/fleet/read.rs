@@ -122,6 +122,8 @@ pub async fn mirror(
         for r in sessions {
             store::insert_session(&tx, r.get(0), r.get::<_, i64>(1) as u64).map_err(local)?;
         }
+        // The server's index covers every batch it has.
+        store::insert_spans(&tx, [], hi).map_err(local)?;
     }
     for r in client
         .query(

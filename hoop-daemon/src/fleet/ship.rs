@@ -454,7 +454,12 @@ impl Local {
     /// Up to [`CHUNK`] batches from `next` on.
     fn read(&self, next: u64) -> Result<Chunk, FleetError> {
         self.with(|db| {
-            let batches = store::batches_from(db, next, CHUNK)?;
+            let mut batches = store::batches_from(db, next, CHUNK)?;
+            // The server's session index is this one's: a batch goes once
+            // the writer has indexed it (within a quarter second).
+            if let Some(through) = store::sessions_through(db)? {
+                batches.retain(|b| b.first_seq as i64 <= through);
+            }
             let local_seq = store::head(db)?.map(|(s, _)| s);
             let Some(last) = batches.last().map(|b| b.last_seq) else {
                 return Ok(Chunk {
