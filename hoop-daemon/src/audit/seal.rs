@@ -206,6 +206,36 @@ pub fn kind(b: &[u8]) -> Result<&str, Malformed> {
     }
 }
 
+/// The session (the second field), without decoding the rest.
+pub fn session(b: &[u8]) -> Result<&str, Malformed> {
+    let (&tag, rest) = b.split_first().ok_or(Malformed)?;
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or(Malformed)?;
+    if tag != PRESENT {
+        return Err(Malformed);
+    }
+    kind(
+        rest.get(u32::from_be_bytes(*len) as usize..)
+            .ok_or(Malformed)?,
+    )
+}
+
+/// The sessions a batch's records belong to (none empty), sorted, once
+/// each. What does not decode adds none: `verify` names it.
+pub fn sessions(codec: u8, stored: &[u8]) -> Vec<String> {
+    let Ok(records) = unpack(codec, stored) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = split(&records)
+        .map_while(Result::ok)
+        .filter_map(|(_, bytes)| session(bytes).ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Appends a numbered record to a batch's blob.
 pub fn append(blob: &mut Vec<u8>, ts_ms: u64, bytes: &[u8]) {
     blob.extend_from_slice(&ts_ms.to_be_bytes());
@@ -273,6 +303,32 @@ mod tests {
             assert_eq!(f.resp_body.as_deref(), body);
             assert_eq!(s.digest, digest(&s.bytes));
         }
+    }
+
+    #[test]
+    fn a_batchs_sessions_are_read_without_decoding_the_rest() {
+        let mut blob = Vec::new();
+        for (n, name) in ["job-2", "", "job-1", "job-2"].into_iter().enumerate() {
+            let mut e = entry("{}", Some(b"body"));
+            e.session = name.into();
+            let s = Sealed::of(e);
+            assert_eq!(
+                session(&s.bytes),
+                Ok(fields(&s.bytes).unwrap().session.as_str())
+            );
+            append(&mut blob, n as u64, &s.bytes);
+        }
+        let (codec, packed) = Packer::new().unwrap().pack(blob.clone());
+        assert_eq!(
+            sessions(codec, &packed),
+            ["job-1", "job-2"],
+            "once each, none empty"
+        );
+        // A record cut short ends what is read; a bad blob gives none.
+        let cut = &blob[..blob.len() - 3];
+        assert_eq!(sessions(CODEC_RAW, cut), ["job-1", "job-2"]);
+        assert_eq!(sessions(CODEC_RAW, &blob[..20]), Vec::<String>::new());
+        assert!(session(&[PRESENT, 0, 0, 0, 1, b'k', ABSENT]).is_err());
     }
 
     #[test]

@@ -291,10 +291,17 @@ pub fn insert_spans<'a>(
 }
 
 /// The last batch the session index covers: `None` where it covers every
-/// batch (a layout before spans, read by an older schema's rules), `-1`
-/// where it covers none yet.
+/// batch (a layout before spans: a row per batch), `-1` where it covers
+/// none yet (or its mark is gone: every batch is then read).
 pub fn sessions_through(db: &Connection) -> rusqlite::Result<Option<i64>> {
-    Ok(meta(db, THROUGH)?.and_then(|v| v.parse().ok()))
+    if version(db)? < 4 {
+        return Ok(None);
+    }
+    Ok(Some(
+        meta(db, THROUGH)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1),
+    ))
 }
 
 /// The first seqs of the batches holding (or, for spans, possibly
@@ -740,33 +747,6 @@ pub fn batches_from(db: &Connection, first: u64, limit: usize) -> rusqlite::Resu
     ))?;
     st.query_map(params![first as i64, limit as i64], batch)?
         .collect()
-}
-
-/// The sessions of the batches starting in `first..=last`: `(session,
-/// first_seq)`, from the index (a span names its session with each of its
-/// batches: a superset). Only the batches the index covers
-/// ([`sessions_through`]) have theirs here.
-pub fn sessions_between(
-    db: &Connection,
-    first: u64,
-    last: u64,
-) -> rusqlite::Result<Vec<(String, u64)>> {
-    let spans = match version(db)? >= 4 {
-        true => {
-            "UNION
-             SELECT s.session, b.first_seq FROM session_spans s JOIN batches b
-               ON b.first_seq BETWEEN max(s.first_batch, ?1) AND min(s.last_batch, ?2)
-               WHERE s.last_batch >= ?1 AND s.first_batch <= ?2"
-        }
-        false => "",
-    };
-    let mut st = db.prepare_cached(&format!(
-        "SELECT session, first_seq FROM batch_sessions WHERE first_seq BETWEEN ?1 AND ?2 {spans}"
-    ))?;
-    let rows = st.query_map(params![first as i64, last as i64], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-    })?;
-    rows.collect()
 }
 
 /// The batch that ends at `seq`, if there is one: its head.

@@ -446,8 +446,12 @@ impl Writer {
                 self.spans.clear();
                 self.unindexed = None;
             }
-            // Readers scan what it lacks; it is tried again.
-            Err(e) => tracing::error!(error = %e, "audit session index not written"),
+            // Readers scan what it lacks; it is tried again after as long
+            // (a full or read-only database must not make this spin).
+            Err(e) => {
+                self.unindexed = Some((through, Instant::now()));
+                tracing::error!(error = %e, "audit session index not written");
+            }
         }
     }
 
@@ -618,14 +622,9 @@ fn unindexed_tail(db: &Connection) -> rusqlite::Result<Unindexed> {
         }
         last = Some(b.first_seq);
         // A batch that does not decode is verify's to report; readers
-        // scan it while it stays unindexed, and the mark moving past it
-        // loses nothing it could have found.
-        if let Ok(records) = seal::unpack(b.codec, &b.records) {
-            for (_, bytes) in seal::split(&records).map_while(Result::ok) {
-                if let Ok(f) = seal::fields(bytes) {
-                    note_session(&mut spans, &f.session, b.first_seq);
-                }
-            }
+        // could not find its records either.
+        for s in seal::sessions(b.codec, &b.records) {
+            note_session(&mut spans, &s, b.first_seq);
         }
         true
     })?;

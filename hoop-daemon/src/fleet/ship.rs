@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::{FleetError, Target, schema};
-use crate::audit::{self, chain::Checkpoint, store, verify};
+use crate::audit::{self, chain::Checkpoint, seal, store, verify};
 
 /// Batches per transaction: bounds what one round holds in memory.
 pub const CHUNK: usize = 256;
@@ -454,12 +454,7 @@ impl Local {
     /// Up to [`CHUNK`] batches from `next` on.
     fn read(&self, next: u64) -> Result<Chunk, FleetError> {
         self.with(|db| {
-            let mut batches = store::batches_from(db, next, CHUNK)?;
-            // The server's session index is this one's: a batch goes once
-            // the writer has indexed it (within a quarter second).
-            if let Some(through) = store::sessions_through(db)? {
-                batches.retain(|b| b.first_seq as i64 <= through);
-            }
+            let batches = store::batches_from(db, next, CHUNK)?;
             let local_seq = store::head(db)?.map(|(s, _)| s);
             let Some(last) = batches.last().map(|b| b.last_seq) else {
                 return Ok(Chunk {
@@ -469,7 +464,17 @@ impl Local {
                     local_seq,
                 });
             };
-            let sessions = store::sessions_between(db, next, last)?;
+            // From the records themselves: the server's index is exact,
+            // and a batch need not wait for the local one.
+            let sessions = batches
+                .iter()
+                .flat_map(|b| {
+                    let first = b.first_seq;
+                    seal::sessions(b.codec, &b.records)
+                        .into_iter()
+                        .map(move |s| (s, first))
+                })
+                .collect();
             // The one before `next` too: on a first shipment it anchors
             // the chain; later it is on the server already.
             let from = next.saturating_sub(1);
