@@ -56,12 +56,18 @@ pub fn hoop_bin() -> PathBuf {
     p.canonicalize().unwrap()
 }
 
-/// Two ports free on both 127.0.0.1 and ::1 (the listener needs both).
+/// A port free on both 127.0.0.1 and ::1 (the listener needs both), and
+/// not handed out before in this process: each probe's listener is closed
+/// before the next, so the kernel may offer the same port twice (a
+/// daemon's proxy port once equalled its capture port).
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        if TcpListener::bind(("::1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && TcpListener::bind(("::1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
