@@ -5,21 +5,15 @@ use std::{path::Path, time::Duration};
 
 use serde_json::json;
 
-use super::{entry::kind, *};
-
-fn config() -> AuditConfig {
-    AuditConfig {
-        enabled: true,
-        sync: Sync::Normal,
-        checkpoint_every: crate::config::duration::Human(Duration::from_secs(60)),
-        retain: None,
-        max_db_bytes: 0,
-    }
-}
+use super::{
+    entry::kind,
+    tests::{config, exec},
+    *,
+};
 
 /// Commits one record of each `(session, n)`, each waited on: a batch each.
 async fn write(dir: &Path, records: &[(&str, u64)]) {
-    let a = Audit::start(&config(), dir).unwrap();
+    let a = Audit::start(&config(""), dir).unwrap();
     for (s, n) in records {
         a.commit(Entry::new(kind::REQUEST, s, &json!({"n": n})))
             .await
@@ -70,7 +64,7 @@ fn spans(db: &rusqlite::Connection) -> Vec<(String, u64, u64)> {
 async fn lookups_find_a_session_before_its_index_is_written_after_and_across_a_crash() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join(DB_FILE);
-    let a = Audit::start(&config(), d.path()).unwrap();
+    let a = Audit::start(&config(""), d.path()).unwrap();
     for (s, n) in [("a", 0), ("a", 1), ("b", 2), ("a", 3)] {
         a.commit(Entry::new(kind::REQUEST, s, &json!({"n": n})))
             .await
@@ -154,11 +148,4 @@ async fn a_log_indexed_per_batch_is_read_and_migrated() {
     assert_eq!(ns(&db, "b"), vec![1, 3]);
     let r = verify::verify_file(&path, None).unwrap();
     assert!(r.ok(), "{:?}", r.broken);
-}
-
-fn exec(db: &Path, sql: &str) {
-    rusqlite::Connection::open(db)
-        .unwrap()
-        .execute_batch(sql)
-        .unwrap();
 }

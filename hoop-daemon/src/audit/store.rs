@@ -2,13 +2,14 @@
 //! `batches`: its records' bytes ([`super::seal`]), the chain's head after
 //! them and the head's signature, so that a commit costs one insert
 //! whatever it holds. `session_spans` indexes where each session's records
-//! are: a row per session per flush of the writer (every few hundred
-//! milliseconds, not every commit), naming the first and last batch that
-//! held its records then; batches after `meta.sessions_through` are not
-//! indexed yet and every session lookup reads them. `batch_sessions` is
-//! the older index, a row per session per batch (logs written before
-//! spans, and fleet mirrors). `checkpoints` keeps the signatures kept apart (one per interval,
-//! at stop, and the anchor retention leaves). `records` holds the records
+//! may be: a row per session per write of the index (every quarter second,
+//! not every commit), naming the first and last batch that held its
+//! records since the write before; batches after `meta.sessions_through`
+//! are not indexed yet and every session lookup reads them.
+//! `batch_sessions` is the older index, a row per session per batch (logs
+//! written before spans, and fleet mirrors). `checkpoints` keeps the
+//! signatures kept apart (one per interval, at stop, and the anchor
+//! retention leaves). `records` holds the records
 //! of logs begun before batches, a row each; the chain goes on from them.
 //!
 //! The daemon's writer thread is the only writer; the CLI and exports open

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{entry::kind, *};
 
-fn config(retain: &str) -> AuditConfig {
+pub(super) fn config(retain: &str) -> AuditConfig {
     AuditConfig {
         enabled: true,
         sync: Sync::Normal,
@@ -37,7 +37,7 @@ async fn write(dir: &Path, retain: &str, range: std::ops::Range<u64>) -> Vec<u64
     seqs
 }
 
-fn exec(db: &Path, sql: &str) {
+pub(super) fn exec(db: &Path, sql: &str) {
     rusqlite::Connection::open(db)
         .unwrap()
         .execute_batch(sql)

@@ -36,9 +36,9 @@ const MAX_BATCH: usize = 1024;
 const LAZY: Duration = Duration::from_millis(10);
 /// How often retention looks for records to prune.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// How long the session index may lag the last commit: it is written with
-/// the first commit after this, or alone once the writer idles. Readers
-/// scan the batches after it; the fleet's shipper waits for it.
+/// How long the session index may lag the first commit it lacks: it is
+/// written with the first commit after this, or alone once the writer
+/// idles. Readers scan the batches after its mark.
 const INDEX_EVERY: Duration = Duration::from_millis(250);
 /// Sessions in the index's memory that write it at once.
 const INDEX_MAX_SESSIONS: usize = 4096;
@@ -607,29 +607,23 @@ fn unindexed_tail(db: &Connection) -> rusqlite::Result<Unindexed> {
     let Some(through) = store::sessions_through(db)? else {
         return Ok((spans, None));
     };
-    let from = u64::try_from(through + 1).unwrap_or(0);
-    let mut failed = None;
-    store::each_batch(db, from, None, |b| {
-        let b = match b {
-            Ok(b) => b,
-            Err(e) => {
-                failed = Some(e);
-                return false;
-            }
+    let mut next = u64::try_from(through + 1).unwrap_or(0);
+    // By the key, a bounded chunk at a time: a log whose mark was lost is
+    // read whole.
+    loop {
+        let chunk = store::batches_from(db, next, 256)?;
+        let Some(end) = chunk.last().map(|b| b.first_seq) else {
+            break;
         };
-        if (b.first_seq as i64) <= through {
-            return true;
+        for b in &chunk {
+            // A batch that does not decode is verify's to report; readers
+            // could not find its records either.
+            for s in seal::sessions(b.codec, &b.records) {
+                note_session(&mut spans, &s, b.first_seq);
+            }
         }
-        last = Some(b.first_seq);
-        // A batch that does not decode is verify's to report; readers
-        // could not find its records either.
-        for s in seal::sessions(b.codec, &b.records) {
-            note_session(&mut spans, &s, b.first_seq);
-        }
-        true
-    })?;
-    if let Some(e) = failed {
-        return Err(e);
+        last = Some(end);
+        next = end + 1;
     }
     Ok((spans, last.map(|l| (l, Instant::now()))))
 }
