@@ -45,6 +45,7 @@ impl Provider {
                 server_dir.display()
             );
         }
+        let log = dir.join("idp-stderr.log");
         let mut child = Command::new("node")
             .arg(server_dir.join("server.mjs"))
             .arg(ip)
@@ -52,19 +53,34 @@ impl Provider {
             .arg(&key_file)
             .arg(redirect)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting node (Debian's nodejs)")?;
         use std::io::BufRead;
         let mut out = std::io::BufReader::new(child.stdout.take().context("no stdout")?);
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        // The provider logs to stdout later on: keep reading, or its next
-        // write would fail and end it.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let Some(issuer) = line.trim().strip_prefix("listening ") else {
+        // The first line on a thread of its own: a provider that neither
+        // starts nor exits must fail the caller, not hang it (seen once).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = tx.send(out.read_line(&mut line).map(|_| line));
+            // The provider logs to stdout later on: keep reading, or its
+            // next write would fail and end it.
+            std::io::copy(&mut out, &mut std::io::sink())
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .map_err(|_| anyhow::anyhow!("no answer within 30 s"))
+            .and_then(|r| Ok(r?));
+        let issuer = match &line {
+            Ok(l) => l.trim().strip_prefix("listening "),
+            Err(_) => None,
+        };
+        let Some(issuer) = issuer else {
             let _ = child.kill();
-            bail!("oidc-provider did not start: {line:?}");
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("oidc-provider did not start ({line:?}); its stderr:\n{stderr}");
         };
         Ok(Self {
             issuer: issuer.to_string(),
